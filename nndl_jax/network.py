@@ -1,0 +1,160 @@
+"""The book's network.py (chapter 1), as a thin façade over the functional core.
+
+    >>> from nndl_jax import mnist_loader, network
+    >>> training_data, validation_data, test_data = mnist_loader.load_data_wrapper()
+    >>> net = network.Network([784, 30, 10])
+    >>> net.SGD(training_data, 30, 10, 3.0, test_data=test_data)
+    Epoch 0: 9129 / 10000
+    ...
+
+A sigmoid network, quadratic cost, weights and biases drawn from N(0, 1),
+plain mini-batch SGD. The weights live in ``self.params`` (the core's
+pytree: a list of {"w": [n_in, n_out], "b": [n_out]}); the book's attributes
+``weights`` ([n_out, n_in] arrays) and ``biases`` ([n_out, 1]) are views
+converted on access. Training runs as one compiled program per epoch
+(``train.Trainer``). Beyond the book's arguments, ``SGD`` takes ``shuffle``
+(False keeps dataset order, to replay a run step by step) and ``seed``.
+"""
+import jax
+import numpy as np
+
+from nndl_jax import costs, layers, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import as_arrays
+
+
+def book_to_params(weights, biases):
+    """The book's ``weights`` [n_out, n_in] and ``biases`` [n_out, 1] → core params."""
+    return [{"w": jax.numpy.asarray(np.asarray(w, np.float32).T),
+             "b": jax.numpy.asarray(np.asarray(b, np.float32).reshape(-1))}
+            for w, b in zip(weights, biases)]
+
+
+def params_to_book(params):
+    """Core params → the book's (weights [n_out, n_in], biases [n_out, 1])."""
+    return ([np.asarray(p["w"]).T for p in params], [np.asarray(p["b"]).reshape(-1, 1) for p in params])
+
+
+class Network:
+    """A fully connected sigmoid network trained on the quadratic cost.
+
+    ``sizes``: neurons per layer, e.g. [784, 30, 10]. ``seed``: the seed of
+    every random draw (initial weights, then shuffling), so a run is replayable.
+    ``activation``, ``cost`` and ``init`` let network2 reuse this class.
+    """
+
+    cost = costs.quadratic
+    activation = staticmethod(sigmoid)
+    initializer = staticmethod(layers.large_weight_init)
+
+    def __init__(self, sizes, *, seed=0):
+        self.sizes = [int(s) for s in sizes]
+        self.num_layers = len(self.sizes)
+        init_key, self._train_key = jax.random.split(jax.random.key(seed))
+        self._init, self._apply = layers.mlp(self.sizes, self.activation, init=self.initializer)
+        self.params = self._init(init_key, (self.sizes[0],))[1]
+        self._sgd_calls = 0
+        self._trainers = {}
+
+    # --- the book's attributes -------------------------------------------------
+    @property
+    def weights(self):
+        return params_to_book(self.params)[0]
+
+    @weights.setter
+    def weights(self, weights):
+        self.params = book_to_params(weights, self.biases)
+
+    @property
+    def biases(self):
+        return params_to_book(self.params)[1]
+
+    @biases.setter
+    def biases(self, biases):
+        self.params = book_to_params(self.weights, biases)
+
+    # --- the book's methods ------------------------------------------------------
+    def feedforward(self, a):
+        """The network's output for ``a``: a column (784, 1) as in the book,
+        giving a column (10, 1), or a batch [n, 784], giving [n, 10]."""
+        a = np.asarray(a, np.float32)
+        column = a.ndim == 2 and a.shape == (self.sizes[0], 1)
+        x = a.reshape(1, -1) if column or a.ndim == 1 else a
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
+                             f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
+        out = np.asarray(self.cost.output(self._apply(self.params, x)))
+        return out.T if column else (out[0] if a.ndim == 1 else out)
+
+    def SGD(self, training_data, epochs, mini_batch_size, eta, test_data=None, *,
+            shuffle=True, seed=None):
+        """Train with mini-batch stochastic gradient descent, printing the
+        book's ``Epoch j: correct / n`` when ``test_data`` is given."""
+        training = as_arrays(training_data)
+        test = as_arrays(test_data) if test_data is not None else None
+        _check_hyper(epochs, mini_batch_size, eta)
+        n_test = len(test.y) if test is not None else 0
+
+        def report(e, record):
+            if test is not None:
+                print(f"Epoch {e}: {record['evaluation_accuracy'][0]} / {n_test}", flush=True)
+            else:
+                print(f"Epoch {e} complete", flush=True)
+
+        params, _, _ = train.fit(self._trainer(mini_batch_size, shuffle), train.stack([self.params]),
+                                 training, epochs, key=self._sgd_key(seed), eta=eta,
+                                 evaluation_data=test, on_epoch=report)
+        self.params = train.unstack(params)[0]
+
+    def evaluate(self, test_data):
+        """The number of inputs for which the network's most active output
+        neuron is the correct label."""
+        test = as_arrays(test_data)
+        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x, test.y,
+                                                     np.zeros(1, np.float32))
+        return int(correct[0])
+
+    def update_mini_batch(self, mini_batch, eta):
+        """One gradient-descent step on one mini-batch (the book's method)."""
+        batch = as_arrays(mini_batch)
+        trainer = self._trainer(len(batch.y), False)
+        params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1,
+                                 key=self._train_key, eta=eta)
+        self.params = train.unstack(params)[0]
+
+    def backprop(self, x, y):
+        """(nabla_b, nabla_w): the gradient of the cost C_x of one example, in
+        the book's layout, computed by ``jax.grad`` (``backprop.py`` holds the
+        hand-written NumPy version that the tests compare it with)."""
+        ex = as_arrays([(x, y)])
+        grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
+                                                       cost=self.cost)[0])(self.params)
+        nabla_w, nabla_b = params_to_book(grads)
+        return nabla_b, nabla_w
+
+    def cost_derivative(self, output_activations, y):
+        """∂C_x/∂a for the quadratic cost: a − y."""
+        return output_activations - y
+
+    # --- plumbing --------------------------------------------------------------------
+    def _trainer(self, mini_batch_size, shuffle, **kw):
+        key = (int(mini_batch_size), bool(shuffle), tuple(sorted(kw.items())))
+        if key not in self._trainers:
+            self._trainers[key] = train.Trainer(self._apply, self.cost, int(mini_batch_size),
+                                                shuffle=bool(shuffle), **kw)
+        return self._trainers[key]
+
+    def _sgd_key(self, seed):
+        if seed is not None:
+            return jax.random.key(seed)
+        self._sgd_calls += 1
+        return jax.random.fold_in(self._train_key, self._sgd_calls - 1)
+
+
+def _check_hyper(epochs, mini_batch_size, eta):
+    if int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if int(mini_batch_size) != mini_batch_size or mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+    if not eta > 0:
+        raise ValueError(f"eta must be a positive learning rate, got {eta!r}")
