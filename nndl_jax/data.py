@@ -374,6 +374,7 @@ def _fetch_one(data_dir: Path, key: str, mirrors, opener) -> Path:
             if target.exists():  # appeared meanwhile; never overwrite a user's file
                 tmp.unlink()
             else:
+                os.chmod(tmp, 0o644)  # mkstemp makes it private
                 os.replace(tmp, target)
             return target
         except Exception as e:  # noqa: BLE001 - try the next mirror

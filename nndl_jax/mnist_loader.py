@@ -1,0 +1,63 @@
+"""mnist_loader: the book's loader, with the book's names and return values.
+
+    >>> from nndl_jax import mnist_loader
+    >>> training_data, validation_data, test_data = mnist_loader.load_data_wrapper()
+
+The files are found, verified and (into the cache only) downloaded by
+`nndl_jax.data.load_mnist`; this module only reshapes the arrays into the
+book's layout. The project itself uses the array form, `load_arrays`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nndl_jax.data import Splits, load_mnist
+
+__all__ = ["load_data", "load_data_wrapper", "vectorized_result", "load_arrays"]
+
+
+def load_arrays(data_dir=None) -> Splits:
+    """The book's split as arrays: ``Splits(training, validation, test)`` of
+    `nndl_jax.data.Dataset` (x float32 [n, 784] in [0, 1], y int32 [n])."""
+    return load_mnist(data_dir)
+
+
+def load_data(data_dir=None):
+    """Return ``(training_data, validation_data, test_data)`` as in the book.
+
+    Each is a pair ``(x, y)``: ``x`` a float32 array [n, 784] of pixel
+    intensities in [0, 1], ``y`` an int64 array [n] of digits; n is 50,000
+    for training, 10,000 for validation and test.
+    """
+    return tuple((d.x, d.y.astype(np.int64)) for d in load_arrays(data_dir))
+
+
+def load_data_wrapper(data_dir=None):
+    """Return ``(training_data, validation_data, test_data)`` as lists, as in the book.
+
+    ``training_data`` is a list of 50,000 pairs ``(x, y)``: ``x`` a (784, 1)
+    float32 column of pixels, ``y`` the (10, 1) one-hot `vectorized_result`
+    of the digit. ``validation_data`` and ``test_data`` are lists of 10,000
+    pairs ``(x, y)`` with ``y`` the digit as an int. (The book's Python 2 code
+    returned lists; its Python 3 ports return ``zip`` objects, which can be
+    consumed only once: these are lists.)
+    """
+    tr_d, va_d, te_d = load_arrays(data_dir)
+    one_hot = np.eye(10)[tr_d.y][:, :, None]  # float64, as the book's vectorized_result
+    training_data = list(zip(_columns(tr_d.x), one_hot))
+    validation_data = list(zip(_columns(va_d.x), va_d.y.tolist()))
+    test_data = list(zip(_columns(te_d.x), te_d.y.tolist()))
+    return training_data, validation_data, test_data
+
+
+def vectorized_result(j):
+    """A (10, 1) unit vector with 1.0 in position ``j`` (float64, as in the book)."""
+    e = np.zeros((10, 1))
+    e[j] = 1.0
+    return e
+
+
+def _columns(x):
+    # One (784, 1) view per image; the views share the one big array.
+    return list(x.reshape(len(x), -1, 1))
