@@ -308,6 +308,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
     }
 
     def find_class(self, module, name):
