@@ -264,7 +264,9 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
       without improvement, and stop it once η has fallen to ``schedule_floor``
       of its start (the book's 1/128).
     - ``on_epoch(e, record)``: called after each epoch with the epoch's values
-      ([K] NumPy arrays), for printing progress.
+      ([K] NumPy arrays), for printing progress; ``record["params"]`` holds the
+      K networks' params after the epoch (device arrays, donated by the next
+      epoch: compute from them inside the callback, e.g. with a jitted function).
     """
     x, y = _device_data(training_data, _dtype(params))
     params = jax.tree_util.tree_map(jnp.copy, params)  # the epoch donates its buffers, not the caller's
@@ -303,7 +305,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         history.eta.append(np.asarray(get_eta(opt_state)))
         epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
         params, opt_state = trainer.epoch(params, opt_state, x, y, epoch_keys, c, jnp.asarray(active))
-        record = {"epoch": e, "active": active.copy()}
+        record = {"epoch": e, "active": active.copy(), "params": params}
         if {"training_cost", "training_accuracy"} & set(monitor):
             correct, cost = trainer.evaluate(params, x, y, lmbda)
             record["training_cost"], record["training_accuracy"] = np.asarray(cost), np.asarray(correct)
