@@ -17,13 +17,16 @@ The book's initializers are functions ``(key, n_in, n_out) -> (w, b)``:
 - ``default_weight_init``: w ~ N(0, 1/n_in), b ~ N(0, 1) (network2.py)
 - ``network3_init``: w ~ N(0, 1/n_out), b ~ N(0, 1) (network3.py)
 - ``zeros_init``: w = 0, b = 0 (network3.py's softmax layer)
+
+network3's layers: ``conv_pool`` (ConvPoolLayer), ``fully_connected``
+(FullyConnectedLayer) and ``softmax`` (SoftmaxLayer).
 """
 import math
 
 import jax
 import jax.numpy as jnp
 
-from nndl_jax.activations import linear
+from nndl_jax.activations import linear, sigmoid
 
 
 # --- the book's initializers -------------------------------------------------
@@ -134,3 +137,101 @@ def mlp(sizes, activation, *, init=default_weight_init):
         raise ValueError(f"sizes must list at least two positive layer sizes, got {sizes}")
     hidden = [dense(n, activation, init=init) for n in sizes[1:-1]]
     return serial(*hidden, dense(sizes[-1], linear, init=init))
+
+
+# --- network3's layers: convolution + max-pooling, fully connected, softmax --
+
+CONV_LAYOUTS = ("NCHW", "NHWC")
+
+
+def max_pool(x, poolsize, layout="NCHW"):
+    """Non-overlapping max-pooling of feature maps (Theano's ``pool_2d`` with
+    ``ignore_border=True``): windows of ``poolsize`` with the same stride;
+    rows and columns that do not fill a window are dropped."""
+    ph, pw = poolsize
+    window = (1, 1, ph, pw) if layout == "NCHW" else (1, ph, pw, 1)
+    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, window, window, "VALID")
+
+
+def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *, layout="NCHW"):
+    """network3's ConvPoolLayer: a = act(maxpool(x ⋆ w) + b).
+
+    - ``filter_shape = (k, c, fh, fw)``: k feature maps, c input maps, fh × fw filters.
+    - ``image_shape = (mini_batch_size, c, h, w)``: only ``(c, h, w)`` is used
+      (the batch axis is free); ``x`` may be ``[n, c*h*w]`` (the book's flat
+      images, e.g. ``[n, 784]``) or ``[n, c, h, w]``.
+    - ``x ⋆ w`` is a valid cross-correlation with stride 1
+      (``lax.conv_general_dilated``): no kernel flip. Theano's ``conv2d``
+      flips the kernel (a true convolution); since the filters are learned
+      from a symmetric initialization, this only mirrors the learned filters.
+    - The max-pool comes BEFORE the bias and the activation, as in the book.
+    - The output has shape ``[n, k, (h-fh+1)//ph, (w-fw+1)//pw]``: in (c, h, w)
+      order, so flattening it (as the next ``dense`` layer does) matches
+      Theano's ``flatten(2)``.
+
+    Params: ``{"w": filter_shape, "b": [k]}``, w ~ N(0, 1/n_out) with
+    n_out = k·fh·fw/(ph·pw), b ~ N(0, 1), as network3 initializes them.
+    ``layout`` chooses the internal layout of the convolution ("NCHW", the
+    book's, or "NHWC"); the params, input and output keep the book's layout
+    either way, with transposes at the edges.
+    """
+    filter_shape = tuple(int(s) for s in filter_shape)
+    image_shape = tuple(int(s) for s in image_shape)
+    poolsize = tuple(int(s) for s in poolsize)
+    if len(filter_shape) != 4 or min(filter_shape) < 1:
+        raise ValueError(f"filter_shape must be 4 positive sizes (k, c, fh, fw), got {filter_shape}")
+    if len(image_shape) != 4 or min(image_shape[1:]) < 1:
+        raise ValueError(f"image_shape must be (mini_batch_size, c, h, w), got {image_shape}")
+    if len(poolsize) != 2 or min(poolsize) < 1:
+        raise ValueError(f"poolsize must be two positive sizes, got {poolsize}")
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"layout must be one of {CONV_LAYOUTS}, got {layout!r}")
+    k, c, fh, fw = filter_shape
+    chw = image_shape[1:]
+    if chw[0] != c:
+        raise ValueError(f"filter_shape has {c} input maps but image_shape has {chw[0]}")
+    if chw[1] < fh or chw[2] < fw:
+        raise ValueError(f"filters {fh}x{fw} do not fit images {chw[1]}x{chw[2]}")
+    ph, pw = poolsize
+    out_shape = (k, (chw[1] - fh + 1) // ph, (chw[2] - fw + 1) // pw)
+    if min(out_shape) < 1:
+        raise ValueError(f"the pool {poolsize} is larger than the convolved maps")
+
+    def init_fn(key, input_shape):
+        if math.prod(input_shape) != math.prod(chw):
+            raise ValueError(f"conv_pool expects inputs of {math.prod(chw)} values "
+                             f"(image_shape {chw}), got input_shape {tuple(input_shape)}")
+        n_out = k * fh * fw / (ph * pw)
+        kw, kb = jax.random.split(key)
+        w = jax.random.normal(kw, filter_shape) * math.sqrt(1.0 / n_out)
+        b = jax.random.normal(kb, (k,))
+        return out_shape, {"w": w, "b": b}
+
+    def apply_fn(params, x, *, train=False, key=None):
+        del train, key  # no dropout in network3's ConvPoolLayer
+        x = x.reshape((x.shape[0],) + chw)
+        w, b = params["w"], params["b"]
+        if layout == "NCHW":
+            s = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            s = max_pool(s, poolsize, "NCHW") + b.reshape(1, k, 1, 1)
+            return activation(s)
+        s = jax.lax.conv_general_dilated(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), (1, 1),
+                                         "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        s = max_pool(s, poolsize, "NHWC") + b.reshape(1, 1, 1, k)
+        return activation(s).transpose(0, 3, 1, 2)
+
+    return init_fn, apply_fn
+
+
+def fully_connected(n_out, activation=sigmoid, *, p_dropout=0.0):
+    """network3's FullyConnectedLayer: ``dense`` with network3's initializer
+    (w ~ N(0, 1/n_out), b ~ N(0, 1)) and the book's dropout on its input."""
+    return dense(n_out, activation, init=network3_init, p_dropout=p_dropout)
+
+
+def softmax(n_out, *, p_dropout=0.0):
+    """network3's SoftmaxLayer, returning its weighted input z: zero-initialized
+    weights and biases, dropout on its input; the softmax itself comes with the
+    cost (``costs.log_likelihood``), which computes log-softmax stably from z."""
+    return dense(n_out, linear, init=zeros_init, p_dropout=p_dropout)
