@@ -1,0 +1,362 @@
+"""The book's network2.py (chapter 3), as a thin façade over the functional core.
+
+    >>> from nndl_jax import mnist_loader, network2
+    >>> training_data, validation_data, test_data = mnist_loader.load_data_wrapper()
+    >>> net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost)
+    >>> net.large_weight_initializer()
+    >>> net.SGD(training_data, 30, 10, 0.5, evaluation_data=test_data,
+    ...         monitor_evaluation_accuracy=True)
+    Epoch 0 training complete
+    Accuracy on evaluation data: 9097 / 10000
+    ...
+
+What chapter 3 adds to network.py: the cross-entropy cost, L2 regularization
+(w → (1 − ηλ/n)w − η∇C, biases not decayed, n the size of the training set),
+the 1/√n_in weight initialization, monitoring of cost and accuracy on the
+training and evaluation data, early stopping (no-improvement-in-n), saving and
+loading in the book's JSON format. Beyond the book (its problems): L1
+regularization, momentum, the halve-η-on-a-plateau schedule, the
+log-likelihood cost with a softmax output.
+
+The training loop is ``train.fit`` (one compiled program per epoch; the
+monitoring, early stopping and the schedule live there); this module converts
+the book's arguments, prints what the book prints and keeps the params.
+
+The cost classes keep the book's NumPy ``fn(a, y)`` and ``delta(z, a, y)`` for
+readers; training uses the core cost they name (``CrossEntropyCost.core`` is
+``costs.cross_entropy``), computed stably from the weighted input z.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from nndl_jax import costs, layers, network, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import as_arrays
+from nndl_jax.network import book_to_params, params_to_book  # noqa: F401 (the book's layout)
+
+
+# --- the costs, as in the book --------------------------------------------------
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z)))
+
+
+class QuadraticCost:
+    """C = ½||a − y||² (chapter 1's cost)."""
+
+    core = costs.quadratic
+
+    @staticmethod
+    def fn(a, y):
+        """The cost of output ``a`` for desired output ``y``."""
+        return 0.5 * np.linalg.norm(a - y) ** 2
+
+    @staticmethod
+    def delta(z, a, y):
+        """The output-layer error δ^L = (a − y) ⊙ σ'(z)."""
+        s = _sigmoid(z)
+        return (a - y) * s * (1 - s)
+
+
+class CrossEntropyCost:
+    """C = −Σ_j [y_j ln a_j + (1 − y_j) ln(1 − a_j)] (chapter 3)."""
+
+    core = costs.cross_entropy
+
+    @staticmethod
+    def fn(a, y):
+        """The cost of output ``a`` for desired output ``y``. ``np.nan_to_num``
+        makes 0·ln 0 count as 0, as in the book (training uses the stable
+        form from z instead, see ``costs.cross_entropy``)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sum(np.nan_to_num(-y * np.log(a) - (1 - y) * np.log(1 - a)))
+
+    @staticmethod
+    def delta(z, a, y):
+        """The output-layer error δ^L = a − y (σ'(z) cancels; z is unused)."""
+        return a - y
+
+
+class LogLikelihoodCost:
+    """C = −ln a_y with a softmax output layer (chapter 3's softmax section;
+    an extension: the book's network2.py has no softmax)."""
+
+    core = costs.log_likelihood
+
+    @staticmethod
+    def fn(a, y):
+        with np.errstate(divide="ignore"):
+            return float(np.nan_to_num(-np.sum(y * np.log(a))))
+
+    @staticmethod
+    def delta(z, a, y):
+        return a - y
+
+
+COSTS = {c.__name__: c for c in (QuadraticCost, CrossEntropyCost, LogLikelihoodCost)}
+
+
+# --- the network -------------------------------------------------------------------
+
+class Network(network.Network):
+    """A fully connected network for chapter 3.
+
+    ``sizes``: neurons per layer; ``cost``: ``QuadraticCost``,
+    ``CrossEntropyCost`` (default) or ``LogLikelihoodCost``; ``seed``: every
+    random draw (initial weights, shuffling); ``activation`` of the hidden
+    layers. Weights start from ``default_weight_initializer`` (N(0, 1/n_in)).
+    ``self.cost`` is the book's cost class, as in the book.
+    """
+
+    def __init__(self, sizes, cost=CrossEntropyCost, *, seed=0, activation=sigmoid):
+        if not (isinstance(cost, type) and isinstance(getattr(cost, "core", None), costs.Cost)):
+            raise ValueError(f"cost must be one of the classes {sorted(COSTS)}, got {cost!r}")
+        self.activation = activation
+        self.initializer = layers.default_weight_init
+        self.seed = int(seed)
+        self.regularization = "l2"
+        super().__init__(sizes, seed=seed)
+        self.cost = cost
+
+    # --- initialization ----------------------------------------------------------
+    def _redraw(self, init):
+        init_key = jax.random.split(jax.random.key(self.seed))[0]
+        self._init, self._apply = layers.mlp(self.sizes, self.activation, init=init)
+        self._trainers = {}
+        self.params = self._init(init_key, (self.sizes[0],))[1]
+
+    def default_weight_initializer(self):
+        """Weights N(0, 1/n_in) (standard deviation 1/√n_in), biases N(0, 1).
+        Draws from the network's seed, so it is the same draw every time."""
+        self._redraw(layers.default_weight_init)
+
+    def large_weight_initializer(self):
+        """Weights and biases N(0, 1), as in chapter 1 (from the same draws as
+        ``default_weight_initializer``: the weights differ by a factor √n_in)."""
+        self._redraw(layers.large_weight_init)
+
+    # --- the book's methods ------------------------------------------------------
+    def feedforward(self, a):
+        """The output for ``a``: a (n_in, 1) column gives a (n_out, 1) column,
+        an [n, n_in] batch gives [n, n_out]."""
+        a = np.asarray(a, np.float32)
+        column = a.ndim == 2 and a.shape == (self.sizes[0], 1)
+        x = a.reshape(1, -1) if column or a.ndim == 1 else a
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
+                             f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
+        out = np.asarray(self.cost.core.output(self._apply(self.params, x)))
+        return out.T if column else (out[0] if a.ndim == 1 else out)
+
+    def SGD(self, training_data, epochs, mini_batch_size, eta, lmbda=0.0, evaluation_data=None,
+            monitor_evaluation_cost=False, monitor_evaluation_accuracy=False,
+            monitor_training_cost=False, monitor_training_accuracy=False,
+            early_stopping_n=0, *, regularization="l2", momentum=0.0, schedule_n=0,
+            shuffle=True, seed=None):
+        """Mini-batch SGD with the book's monitoring; returns the book's four
+        lists ``(evaluation_cost, evaluation_accuracy, training_cost,
+        training_accuracy)``, empty where not monitored.
+
+        ``lmbda``: the regularization parameter λ (weights decay by ηλ/n per
+        step, n = len(training_data)). ``early_stopping_n``: stop after n
+        epochs with no new best evaluation accuracy. Beyond the book:
+        ``regularization`` "l2" or "l1"; ``momentum`` μ (v → μv − η∇C,
+        w → w + v); ``schedule_n``: halve η after n epochs with no new best
+        evaluation accuracy and stop once η is 1/128 of its start;
+        ``shuffle=False`` keeps dataset order; ``seed`` fixes the shuffling.
+        """
+        network._check_hyper(epochs, mini_batch_size, eta)
+        if regularization not in ("l2", "l1"):
+            raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
+        if not lmbda >= 0:
+            raise ValueError(f"lmbda must be >= 0, got {lmbda!r}")
+        for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
+            if int(v) != v or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if early_stopping_n and schedule_n:
+            raise ValueError("choose early_stopping_n or schedule_n, not both")
+        training = self._data(training_data)
+        evaluation = self._data(evaluation_data) if evaluation_data is not None else None
+        if evaluation is None and (monitor_evaluation_cost or monitor_evaluation_accuracy
+                                   or early_stopping_n or schedule_n):
+            raise ValueError("monitoring evaluation data, early stopping and the schedule "
+                             "need evaluation_data")
+        monitor = [name for name, on in zip(train.MONITORS, (
+            monitor_evaluation_cost, monitor_evaluation_accuracy,
+            monitor_training_cost, monitor_training_accuracy)) if on]
+        n, n_data = len(training.y), (len(evaluation.y) if evaluation is not None else 0)
+        self.regularization = regularization
+
+        def report(e, record):
+            print(f"Epoch {e} training complete")
+            if monitor_training_cost:
+                print(f"Cost on training data: {float(record['training_cost'][0])}")
+            if monitor_training_accuracy:
+                print(f"Accuracy on training data: {int(record['training_accuracy'][0])} / {n}")
+            if monitor_evaluation_cost:
+                print(f"Cost on evaluation data: {float(record['evaluation_cost'][0])}")
+            if monitor_evaluation_accuracy:
+                print(f"Accuracy on evaluation data: {int(record['evaluation_accuracy'][0])} / {n_data}")
+            print(flush=True)
+
+        trainer = self._trainer(mini_batch_size, shuffle, penalty=regularization,
+                                momentum=float(momentum))
+        params, _, history = train.fit(
+            trainer, train.stack([self.params]), training, int(epochs), key=self._sgd_key(seed),
+            eta=eta, lmbda=lmbda, evaluation_data=evaluation, monitor=monitor,
+            early_stopping_n=int(early_stopping_n), schedule_n=int(schedule_n), on_epoch=report)
+        self.params = train.unstack(params)[0]
+        self.stopped_at = int(history.stopped_at[0])
+        self.eta_history = [float(v[0]) for v in history.eta]
+        if self.stopped_at >= 0 and early_stopping_n:
+            print(f"Early-stopping: No accuracy change in last epochs: {early_stopping_n}")
+        elif self.stopped_at >= 0:
+            print(f"Learning-rate schedule: eta fell to 1/128 of {eta} after epoch {self.stopped_at}")
+        sys.stdout.flush()
+        return ([float(v[0]) for v in history.evaluation_cost],
+                [int(v[0]) for v in history.evaluation_accuracy],
+                [float(v[0]) for v in history.training_cost],
+                [int(v[0]) for v in history.training_accuracy])
+
+    def accuracy(self, data, convert=False):
+        """The number of inputs whose most active output neuron is the label.
+
+        ``convert`` is the book's flag (True for one-hot training data, False
+        for the integer labels of validation/test data). Here the labels are
+        read whichever way they come (``data.as_arrays``), so the flag is
+        accepted and only has to describe the data; a mismatch is an error.
+        """
+        d = self._data(data, convert)
+        correct, _ = self._evaluate(d, 0.0)
+        return int(correct)
+
+    def total_cost(self, data, lmbda, convert=False):
+        """The mean cost over ``data`` plus 0.5·(λ/len(data))·Σ||w||² (the book's
+        convention: λ is divided by the size of the data evaluated; with L1
+        training, the L1 term λ/len(data)·Σ|w|). ``convert`` as in ``accuracy``."""
+        d = self._data(data, convert)
+        _, cost = self._evaluate(d, lmbda)
+        return float(cost)
+
+    def save(self, filename):
+        """Save to ``filename`` in the book's JSON format, atomically: a temporary
+        file beside it, then a rename, so an existing file is never half-written."""
+        weights, biases = params_to_book(self.params)
+        data = {"sizes": self.sizes,
+                "weights": [w.astype(float).tolist() for w in weights],
+                "biases": [b.astype(float).tolist() for b in biases],
+                "cost": self.cost.__name__}
+        path = Path(filename)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _data(self, data, convert=None):
+        if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
+            data = list(data)  # the book's loaders hand out zips, read once
+        d = as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
+        if convert is not None:
+            one_hot = _one_hot_labels(data)
+            if one_hot is not None and one_hot != bool(convert):
+                raise ValueError(
+                    f"convert={convert} but the labels are {'one-hot vectors' if one_hot else 'integers'}; "
+                    "the book passes convert=True for (one-hot) training data and False for "
+                    "validation/test data")
+        return d
+
+    def _evaluate(self, d, lmbda):
+        trainer = self._trainer(10, True, penalty=self.regularization, momentum=0.0)
+        correct, cost = trainer.evaluate(train.stack([self.params]), d.x, d.y,
+                                         np.full(1, lmbda, np.float32))
+        return correct[0], cost[0]
+
+    def _trainer(self, mini_batch_size, shuffle, **kw):
+        key = (int(mini_batch_size), bool(shuffle), tuple(sorted(kw.items())))
+        if key not in self._trainers:
+            self._trainers[key] = train.Trainer(self._apply, self.cost.core, int(mini_batch_size),
+                                                shuffle=bool(shuffle), **kw)
+        return self._trainers[key]
+
+    def backprop(self, x, y):
+        """(nabla_b, nabla_w) of the cost C_x of one example, by ``jax.grad``."""
+        ex = self._data([(x, y)])
+        grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
+                                                       cost=self.cost.core)[0])(self.params)
+        nabla_w, nabla_b = params_to_book(grads)
+        return nabla_b, nabla_w
+
+
+def _one_hot_labels(data):
+    """Whether the labels of ``data`` are one-hot vectors (None: cannot tell)."""
+    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[1], "shape"):
+        return np.ndim(data[1]) >= 2
+    try:
+        return np.size(data[0][1]) > 1
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
+# --- loading ------------------------------------------------------------------------
+
+class NetworkFileError(ValueError):
+    """A network file that cannot be loaded (missing, not JSON, wrong content)."""
+
+
+def load(filename):
+    """Load a network saved by ``save`` (ours or the book's: the same JSON).
+
+    Every check happens before a network is built, so a bad file gives a
+    ``NetworkFileError`` (or ``FileNotFoundError``) naming the file and the
+    problem, never a partial network.
+    """
+    path = Path(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"network file {path} does not exist")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NetworkFileError(f"{path} is not a JSON network file (truncated or corrupt?): {e}") from None
+    if not isinstance(data, dict):
+        raise NetworkFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("sizes", "weights", "biases", "cost") if k not in data]
+    if missing:
+        raise NetworkFileError(f"{path}: missing keys {missing}")
+    if data["cost"] not in COSTS:
+        raise NetworkFileError(f"{path}: unknown cost {data['cost']!r}; expected one of {sorted(COSTS)}")
+    sizes = data["sizes"]
+    if (not isinstance(sizes, list) or len(sizes) < 2
+            or not all(isinstance(s, int) and s >= 1 for s in sizes)):
+        raise NetworkFileError(f"{path}: sizes must be a list of at least two positive integers, got {sizes!r}")
+    weights, biases = data["weights"], data["biases"]
+    if not isinstance(weights, list) or not isinstance(biases, list) \
+            or len(weights) != len(sizes) - 1 or len(biases) != len(sizes) - 1:
+        raise NetworkFileError(f"{path}: expected {len(sizes) - 1} weight and bias arrays for sizes {sizes}")
+    ws, bs = [], []
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        try:
+            w = np.asarray(weights[l], dtype=np.float64)
+            b = np.asarray(biases[l], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise NetworkFileError(f"{path}: layer {l} holds ragged or non-numeric arrays") from None
+        if w.shape != (n_out, n_in) or b.shape != (n_out, 1):
+            raise NetworkFileError(f"{path}: layer {l} has weights {w.shape} and biases {b.shape}; "
+                                   f"sizes {sizes} need ({n_out}, {n_in}) and ({n_out}, 1)")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise NetworkFileError(f"{path}: layer {l} holds non-finite numbers")
+        ws.append(w)
+        bs.append(b)
+    net = Network(sizes, cost=COSTS[data["cost"]])
+    net.params = book_to_params(ws, bs)
+    return net
