@@ -22,8 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse_args(chapter, description, argv=None, *, default_seeds=3):
-    """The command line every chapter takes."""
+def parse_args(chapter, description, argv=None, *, default_seeds=3, add_arguments=None):
+    """The command line every chapter takes; ``add_arguments(parser)``, when
+    given, adds a chapter's own options (they appear in ``--help``)."""
     p = argparse.ArgumentParser(prog=f"python -m experiments.{chapter}", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -38,6 +39,8 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3):
                    help="run only these rows (ids from the table)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")

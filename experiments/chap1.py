@@ -1,0 +1,244 @@
+"""Chapter 1: the book's network.py on MNIST, and the two baselines.
+
+    python -m experiments.chap1 [--quick] [--seeds 3] [--out DIR] [--only 1.1 1.5]
+                                [--svm-train-size 50000]
+
+Sigmoid neurons, quadratic cost, weights and biases drawn from N(0, 1), plain
+mini-batch SGD with mini-batches of 10, 30 epochs on the 50,000 training
+images, accuracy on the 10,000 test images after every epoch. The rows that
+share an architecture (1.1 with 1.4, 1.2 with 1.3) and all their seeds are one
+vmapped program: e.g. [784,100,10] with η = 3.0 and η = 0.001, 3 seeds each,
+is 6 stacked networks trained together (``train.fit`` with η as a [K] array).
+Run k of every row uses seed ``--seed + k``, so the η variants of one
+architecture start from the same initial weights.
+
+For the working rows the table shows the peak test accuracy over the epochs
+(the book reports best-of-three peaks); for the failure cases (η = 0.001,
+η = 100) the final-epoch accuracy, which is what the book's transcripts show.
+
+The baselines: average darkness (the book's mnist_average_darkness.py: mean
+total pixel value of each digit over the training images; a test image gets
+the digit whose mean is nearest its own total), and an SVM (the book's
+mnist_svm.py: scikit-learn's SVC with the 2015 defaults, i.e. an RBF kernel,
+C = 1, gamma = 1/784, which today must be asked for as ``gamma='auto'``).
+
+--quick: 2 epochs on 5,000 training and 1,000 test images, SVM on 2,000.
+"""
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import report
+from nndl_jax import costs, layers, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import Dataset, load_mnist
+
+# The book's rows (BOOK-RESULTS.md, chapter 1). "measure": which number of the
+# per-epoch curve the book quotes: its peak, or the final epoch.
+ROWS = [
+    dict(id="1.1", experiment="[784,30,10], η=3.0, mb 10, 30 epochs: peak test accuracy",
+         kind="sgd", sizes=(784, 30, 10), eta=3.0, book=95.42, measure="peak"),
+    dict(id="1.2", experiment="[784,100,10], η=3.0, mb 10, 30 epochs: peak test accuracy",
+         kind="sgd", sizes=(784, 100, 10), eta=3.0, book=96.59, measure="peak"),
+    dict(id="1.3", experiment="[784,100,10], η=0.001 (too small): accuracy at epoch 29",
+         kind="sgd", sizes=(784, 100, 10), eta=0.001, book=21.42, measure="final"),
+    dict(id="1.4", experiment="[784,30,10], η=100.0 (too large): accuracy at epoch 29",
+         kind="sgd", sizes=(784, 30, 10), eta=100.0, book=9.82, measure="final"),
+    dict(id="1.5", experiment="average-darkness baseline (nearest mean darkness)",
+         kind="darkness", book=22.25),
+    dict(id="1.6", experiment="SVM baseline: SVC(gamma='auto'), RBF, C=1, γ=1/784",
+         kind="svm", book=94.35),
+]
+
+# The book's transcripts (test images correct out of 10,000, by epoch), drawn on the figure.
+BOOK_TRANSCRIPTS = {
+    "1.1": {0: 9129, 1: 9295, 2: 9348, 27: 9528, 28: 9542, 29: 9534},
+    "1.3": {0: 1139, 1: 1136, 2: 1135, 27: 2101, 28: 2123, 29: 2142},
+    "1.4": {0: 1009, 1: 1009, 2: 1009, 3: 1009, 27: 982, 28: 982, 29: 982},
+}
+
+EPOCHS, MINI_BATCH_SIZE = 30, 10
+QUICK = dict(epochs=2, n_train=5000, n_test=1000, svm_train_size=2000)
+
+
+# --- the baselines -----------------------------------------------------------
+
+def average_darkness(training, test):
+    """The book's mnist_average_darkness.py: number of test images correct.
+
+    The darkness of an image is the sum of its pixel values. Average it per
+    digit over the training images; guess, for each test image, the digit
+    whose average darkness is nearest the image's own. Sums are taken in
+    float64, so the result does not depend on summation order.
+    """
+    train_dark = np.asarray(training.x, np.float64).sum(axis=1)
+    train_y = np.asarray(training.y)
+    digits = np.arange(10)
+    means = np.array([train_dark[train_y == d].mean() for d in digits])
+    test_dark = np.asarray(test.x, np.float64).sum(axis=1)
+    guesses = digits[np.argmin(np.abs(test_dark[:, None] - means[None, :]), axis=1)]
+    return int(np.sum(guesses == np.asarray(test.y)))
+
+
+def svm_baseline(training, test, train_size):
+    """The book's mnist_svm.py: SVC with an RBF kernel, C = 1, gamma = 1/784,
+    trained on the first ``train_size`` training images; number of test images
+    correct, or None when scikit-learn is not installed."""
+    try:
+        from sklearn import svm
+    except ImportError:
+        print("  (scikit-learn is not installed: skipping the SVM baseline; "
+              "pip install 'nndl-jax[baselines]')")
+        return None
+    n = min(int(train_size), len(training.y))
+    clf = svm.SVC(gamma="auto")  # the 2015 default: 1 / n_features; C = 1, kernel 'rbf'
+    t0 = time.time()
+    print(f"  SVM: fitting SVC(gamma='auto') on {n} training images ...", flush=True)
+    clf.fit(training.x[:n], training.y[:n])
+    print(f"  SVM: fitted in {time.time() - t0:.1f} s; predicting {len(test.y)} test images ...",
+          flush=True)
+    correct = int(np.sum(clf.predict(test.x) == test.y))
+    print(f"  SVM: {correct} / {len(test.y)} correct ({time.time() - t0:.1f} s in all)", flush=True)
+    return correct
+
+
+# --- the networks --------------------------------------------------------------
+
+def train_group(rows, seeds, training, test, epochs):
+    """Train every run of ``rows`` (one architecture, several η) as one program.
+
+    Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct).
+    """
+    sizes = rows[0]["sizes"]
+    init, apply = layers.mlp(sizes, sigmoid, init=layers.large_weight_init)
+    init_keys, train_keys = train.seed_keys(seeds)
+    k = len(seeds)
+    init_keys, train_keys = (jnp.concatenate([init_keys] * len(rows)),
+                             jnp.concatenate([train_keys] * len(rows)))
+    params = train.init_many(init, init_keys, (sizes[0],))
+    eta = np.repeat([r["eta"] for r in rows], k).astype(np.float32)
+    trainer = train.Trainer(apply, costs.quadratic, MINI_BATCH_SIZE)
+    n_test, t0 = len(test.y), time.time()
+    arch = "[" + ",".join(map(str, sizes)) + "]"
+
+    def on_epoch(e, record):
+        acc = np.asarray(record["evaluation_accuracy"]).reshape(len(rows), k)
+        parts = [f"{r['id']} η={r['eta']:g}: {a[0]} / {n_test}" + "".join(f", {v}" for v in a[1:])
+                 for r, a in zip(rows, acc.tolist())]
+        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({time.time() - t0:.1f} s)",
+              flush=True)
+
+    print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
+          flush=True)
+    _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
+                              key=train_keys, eta=eta, evaluation_data=(test.x, test.y),
+                              monitor=("evaluation_accuracy",), on_epoch=on_epoch)
+    curves = np.asarray(history.evaluation_accuracy).reshape(-1, len(rows), k)
+    return curves, time.time() - t0
+
+
+def _subset(data, n):
+    return Dataset(data.x[:n], data.y[:n]) if n else data
+
+
+def run(args):
+    splits = load_mnist(args.data_dir)
+    epochs = QUICK["epochs"] if args.quick else args.epochs
+    training = _subset(splits.training, QUICK["n_train"] if args.quick else None)
+    test = _subset(splits.test, QUICK["n_test"] if args.quick else None)
+    svm_size = QUICK["svm_train_size"] if args.quick else args.svm_train_size
+    n_test, seeds = len(test.y), report.seeds(args)
+    print(f"chap1: {len(training.y)} training images, {n_test} test images, {epochs} epochs, "
+          f"mini-batch {MINI_BATCH_SIZE}, seeds {seeds}", flush=True)
+
+    rows, curves, timings = [], {}, {}
+    sgd = [r for r in ROWS if r["kind"] == "sgd" and report.wanted(args, r["id"])]
+    for sizes in dict.fromkeys(r["sizes"] for r in sgd):
+        group = [r for r in sgd if r["sizes"] == sizes]
+        acc, wall = train_group(group, seeds, training, test, epochs)
+        timings["[" + ",".join(map(str, sizes)) + "]"] = wall
+        for i, r in enumerate(group):
+            curves[r["id"]] = acc[:, i, :]
+    for r in ROWS:
+        if not report.wanted(args, r["id"]):
+            continue
+        if r["kind"] == "sgd":
+            c = 100.0 * curves[r["id"]] / n_test          # [epochs, seeds], percent
+            peak, final = c.max(axis=0), c[-1]
+            measured = peak if r["measure"] == "peak" else final
+            note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
+                    f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
+                   f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
+            rows.append(report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
+                                   sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
+                                   epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
+                                   peak=peak.tolist(), final=final.tolist(),
+                                   curve=curves[r["id"]].T.tolist(), n_test=n_test))
+        elif r["kind"] == "darkness":
+            correct = average_darkness(training, test)
+            print(f"average darkness: {correct} / {n_test}", flush=True)
+            rows.append(report.row(r["id"], r["experiment"], r["book"], 100.0 * correct / n_test,
+                                   note=f"{correct} / {n_test} (book: 2225 / 10000)",
+                                   correct=correct, n_test=n_test, n_train=len(training.y)))
+        elif r["kind"] == "svm":
+            t0 = time.time()
+            correct = svm_baseline(training, test, svm_size)
+            n = min(svm_size, len(training.y))
+            rows.append(report.row(r["id"], r["experiment"], r["book"],
+                                   None if correct is None else 100.0 * correct / n_test,
+                                   note="skipped: scikit-learn not installed" if correct is None
+                                   else f"{correct} / {n_test}, trained on {n} images "
+                                        f"({time.time() - t0:.0f} s)",
+                                   correct=correct, n_test=n_test, n_train=n,
+                                   seconds=time.time() - t0))
+    plot(args, rows, n_test)
+    return rows, {"timings_seconds": timings, "n_train": len(training.y), "n_test": n_test,
+                  "epochs": epochs}
+
+
+def plot(args, rows, n_test):
+    """chap1_accuracy.png: test accuracy per epoch, every run, with the book's transcripts."""
+    sgd = [r for r in rows if "curve" in r]
+    if not sgd:
+        return
+    fig, path = report.figure(args, "chap1_accuracy")
+    if fig is None:
+        return
+    ax = fig.add_subplot(1, 1, 1)
+    colors = dict(zip(("1.1", "1.2", "1.3", "1.4"), ("C0", "C1", "C2", "C3")))
+    for r in sgd:
+        for k, curve in enumerate(r["curve"]):
+            ax.plot(np.arange(len(curve)), 100.0 * np.asarray(curve) / n_test, color=colors[r["id"]],
+                    alpha=0.8, lw=1.2, label=f"{r['id']} {r['sizes']} η={r['eta']:g}" if k == 0 else None)
+        book = BOOK_TRANSCRIPTS.get(r["id"])
+        if book and n_test == 10000:
+            ax.plot(list(book), [v / 100.0 for v in book.values()], "x", color=colors[r["id"]], ms=7,
+                    label=f"{r['id']} book transcript")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"test accuracy (%, of {n_test})")
+    ax.set_title("Chapter 1: network.py on MNIST (each line one seed)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    report.save(fig, path)
+
+
+def add_arguments(p):
+    """The options only this chapter takes."""
+    p.add_argument("--svm-train-size", type=int, default=50000,
+                   help="training images for the SVM baseline (default %(default)s; --quick: 2000)")
+    p.add_argument("--epochs", type=int, default=EPOCHS,
+                   help="epochs per network (default: the book's %(default)s; --quick: 2)")
+
+
+def main(argv=None):
+    args = report.parse_args("chap1", __doc__, argv, add_arguments=add_arguments)
+    if args.svm_train_size < 1 or args.epochs < 1:
+        raise SystemExit("chap1: --svm-train-size and --epochs must be positive")
+    rows, payload = run(args)
+    return report.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
+
+
+if __name__ == "__main__":
+    main()
