@@ -92,6 +92,7 @@ def dense(n_out, activation=linear, *, init=default_weight_init, p_dropout=0.0):
     def apply_fn(params, x, *, train=False, key=None):
         x = x.reshape(x.shape[0], -1)
         w, b = params["w"], params["b"]
+        b = b.reshape(1, -1)  # explicit broadcast over the batch (strict rank promotion)
         if p_dropout and train:
             if key is None:
                 raise ValueError("a dropout layer needs a PRNG key when train=True")
@@ -150,7 +151,7 @@ def max_pool(x, poolsize, layout="NCHW"):
     rows and columns that do not fill a window are dropped."""
     ph, pw = poolsize
     window = (1, 1, ph, pw) if layout == "NCHW" else (1, ph, pw, 1)
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, window, window, "VALID")
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
 
 
 def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *, layout="NCHW"):

@@ -351,3 +351,65 @@ def seed_keys(seeds):
 def init_many(init, keys, input_shape):
     """Initialize K networks from [K] keys, stacked on a leading axis."""
     return jax.vmap(lambda k: init(k, input_shape)[1])(keys)
+
+
+# --- network3's bookkeeping and ensembles ----------------------------------------
+
+def best_validation(validation_accuracy, test_accuracy):
+    """network3's bookkeeping: for each net, the best validation accuracy, the
+    epoch it was reached and the test accuracy at that epoch.
+
+    ``validation_accuracy``, ``test_accuracy``: [epochs, K] (one row per epoch).
+    The book's tie rule: a validation accuracy *equal* to the best so far
+    (``>=``) also counts as the best, so among tied epochs the latest wins.
+    Returns NumPy arrays ``(best_validation [K], best_epoch [K], test_at_best [K])``.
+    """
+    val = np.asarray(validation_accuracy)
+    test = np.asarray(test_accuracy)
+    if val.ndim != 2 or val.shape != test.shape or val.shape[0] == 0:
+        raise ValueError(f"need equal [epochs, K] arrays with at least one epoch, "
+                         f"got {val.shape} and {test.shape}")
+    best_epoch = val.shape[0] - 1 - np.argmax(val[::-1], axis=0)  # the LAST epoch reaching the max
+    cols = np.arange(val.shape[1])
+    return val[best_epoch, cols], best_epoch, test[best_epoch, cols]
+
+
+def plurality_vote(predictions, n_classes):
+    """The ensemble's answer for each example: the label most of the K nets
+    predict (``predictions``: int [K, n]), computed on the device.
+
+    Tie rule, as the book's ``Counter(...).most_common(1)``: among labels with
+    the same number of votes, the one voted for by the earliest net wins.
+    """
+    predictions = jnp.asarray(predictions)
+    k = predictions.shape[0]
+    votes = jax.nn.one_hot(predictions, n_classes, dtype=jnp.int32)           # [K, n, C]
+    counts = jnp.sum(votes, axis=0)                                          # [n, C]
+    first = jnp.min(jnp.where(votes > 0, jnp.arange(k, dtype=jnp.int32).reshape(k, 1, 1),
+                              jnp.int32(k)), axis=0)                         # [n, C]
+    return jnp.argmax(counts * (k + 1) - first, axis=-1)
+
+
+# --- the K axis across devices -------------------------------------------------
+
+def padded_count(k, devices=None):
+    """K rounded up to a multiple of the number of devices (the K axis is
+    sharded evenly; callers train the extra nets and drop them)."""
+    n = len(jax.local_devices() if devices is None else devices)
+    return -(-int(k) // n) * n
+
+
+def shard_stacked(tree, devices=None):
+    """Place a pytree stacked on a leading K axis (params, keys) across the
+    local devices: ``NamedSharding`` over a 1-D mesh named "k", each device
+    holding K/D nets. With one device, or K not divisible by the number of
+    devices (see ``padded_count``), the tree is returned unchanged.
+    The compiled epoch then runs each device's nets where they live (the
+    compiler partitions the ``vmap`` along the K axis)."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(devices) < 2 or not leaves or leaves[0].shape[0] % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("k",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("k"))
+    return jax.device_put(tree, sharding)
