@@ -95,7 +95,8 @@ def format_table(rows):
     for r in rows:
         m, u = r["measured"], r["unit"]
         if isinstance(m, dict):
-            meas = f"{_fmt(m['mean'], u)} ± {m['std']:.2f}"
+            sd = f"{m['std']:.2f}" if u == "%" else f"{m['std']:.2g}"
+            meas = f"{_fmt(m['mean'], u)} ± {sd}"
             best = f"{_fmt(m['best'], u)} ({len(m['runs'])})"
         else:
             meas, best = _fmt(m, u), ""
