@@ -1,0 +1,147 @@
+"""network3's layers against the NumPy reference and against the book's rules.
+
+- conv_pool's outputs and jax.grad (wrt x, w, b of Σ upstream ⊙ a) equal
+  backprop.conv_pool_forward / conv_pool_backward in float64 to ≤ 1e-10, for
+  the four activations and both internal layouts;
+- dropout keeps a fraction ≈ 1 − p of the units, and the evaluation scaling
+  by (1 − p) equals the expectation of the training output;
+- every layer's init promises the shape its apply gives; one value by hand.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nndl_jax import activations, backprop, layers
+
+TOL = 1e-10
+
+
+def _random_case(seed, n=3, c=2, h=10, w=9, k=4, f=3):
+    rng = np.random.default_rng(seed)
+    # distinct values: no ties inside a pool window and no z exactly 0 for ReLU
+    x = rng.normal(size=(n, c, h, w))
+    wt = rng.normal(size=(k, c, f, f))
+    b = rng.normal(size=(k,))
+    return x, wt, b
+
+
+@pytest.mark.parametrize("layout", layers.CONV_LAYOUTS)
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "linear"])
+def test_conv_pool_forward_and_grads_match_numpy_reference(name, layout):
+    x, w, b = _random_case(1)
+    init, apply = layers.conv_pool(w.shape, (7,) + x.shape[1:], (2, 2),
+                                   activations.by_name(name), layout=layout)
+    ref = backprop.conv_pool_forward(x, w, b, (2, 2), name)
+    upstream = np.random.default_rng(2).normal(size=ref.shape)
+    dx_ref, dw_ref, db_ref = backprop.conv_pool_backward(x, w, b, upstream, (2, 2), name)
+    with jax.enable_x64(True):
+        xj, wj, bj, uj = (jnp.asarray(a, jnp.float64) for a in (x, w, b, upstream))
+        a = apply({"w": wj, "b": bj}, xj)
+        assert a.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(a), ref, rtol=0, atol=TOL)
+
+        def s(x_, w_, b_):
+            return jnp.sum(uj * apply({"w": w_, "b": b_}, x_))
+
+        dx, dw, db = jax.grad(s, argnums=(0, 1, 2))(xj, wj, bj)
+        np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=0, atol=TOL)
+        np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=0, atol=TOL)
+        np.testing.assert_allclose(np.asarray(db), db_ref, rtol=0, atol=TOL)
+
+
+def test_conv_pool_accepts_flat_images_and_drops_partial_windows():
+    # 28x28 through 5x5 filters gives 24x24, pooled to 12x12; a 9-wide map
+    # through 3x3 gives 7 columns, pooled to 3 (the 7th column is dropped).
+    x, w, b = _random_case(3, h=10, w=9)
+    _, apply = layers.conv_pool(w.shape, (1,) + x.shape[1:])
+    flat = apply({"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)},
+                 jnp.asarray(x.reshape(len(x), -1), jnp.float32))
+    assert flat.shape == (3, 4, 4, 3)
+    ref = backprop.conv_pool_forward(x, w, b)
+    np.testing.assert_allclose(np.asarray(flat), ref, rtol=1e-5, atol=1e-5)  # float32
+
+
+def test_conv_pool_hand_computed_value():
+    # one 3x3 image [[0, 2, 4], [6, 8, 10], [12, 14, 16]], one 2x2 filter of
+    # ones: the correlation is the sums of 2x2 blocks [[16, 24], [40, 48]]; the
+    # 2x2 max-pool gives 48; + b = -47.5; a = sigmoid(0.5).
+    x = jnp.arange(9.0, dtype=jnp.float32).reshape(1, 1, 3, 3) * jnp.float32(2.0)
+    init, apply = layers.conv_pool((1, 1, 2, 2), (1, 1, 3, 3), (2, 2))
+    a = apply({"w": jnp.ones((1, 1, 2, 2)), "b": jnp.full((1,), -47.5)}, x)
+    assert a.shape == (1, 1, 1, 1)
+    assert float(a[0, 0, 0, 0]) == pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-6)
+
+
+def test_conv_pool_init_follows_network3():
+    # w ~ N(0, 1/n_out), n_out = k*fh*fw/prod(pool) = 40*25/4 = 250; b ~ N(0, 1)
+    init, _ = layers.conv_pool((40, 20, 5, 5), (10, 20, 12, 12))
+    shape, p = init(jax.random.key(0), (20 * 12 * 12,))
+    assert shape == (40, 4, 4) and p["w"].shape == (40, 20, 5, 5) and p["b"].shape == (40,)
+    # sample std of 20,000 normal draws: relative standard error ≈ 1/sqrt(2*20000) = 0.5%
+    assert float(jnp.std(p["w"])) == pytest.approx(math.sqrt(1 / 250), rel=0.03)
+
+
+@pytest.mark.parametrize("make, in_shape", [
+    (lambda: layers.conv_pool((20, 1, 5, 5), (10, 1, 28, 28)), (784,)),
+    (lambda: layers.conv_pool((40, 20, 5, 5), (10, 20, 12, 12), activation=activations.relu,
+                              layout="NHWC"), (20, 12, 12)),
+    (lambda: layers.fully_connected(100, activations.tanh, p_dropout=0.5), (40, 4, 4)),
+    (lambda: layers.softmax(10, p_dropout=0.5), (100,)),
+])
+def test_shape_promised_by_init_is_shape_from_apply(make, in_shape, key):
+    init, apply = make()
+    out_shape, params = init(key, in_shape)
+    x = jnp.ones((3,) + in_shape)
+    assert apply(params, x).shape == (3,) + tuple(out_shape)
+    assert apply(params, x, train=True, key=key).shape == (3,) + tuple(out_shape)
+
+
+def test_softmax_layer_starts_at_zero(key):
+    _, p = layers.softmax(10)[0](key, (100,))
+    assert not np.any(np.asarray(p["w"])) and not np.any(np.asarray(p["b"]))
+
+
+def test_conv_pool_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="input maps"):
+        layers.conv_pool((20, 3, 5, 5), (10, 1, 28, 28))
+    with pytest.raises(ValueError, match="do not fit"):
+        layers.conv_pool((20, 1, 30, 30), (10, 1, 28, 28))
+    with pytest.raises(ValueError, match="layout"):
+        layers.conv_pool((20, 1, 5, 5), (10, 1, 28, 28), layout="HWCN")
+    init, _ = layers.conv_pool((20, 1, 5, 5), (10, 1, 28, 28))
+    with pytest.raises(ValueError, match="784"):
+        init(jax.random.key(0), (100,))
+
+
+P = 0.5
+N_UNITS = 200_000
+
+
+def test_dropout_keeps_a_fraction_one_minus_p():
+    x = jnp.ones((1, N_UNITS))
+    kept = float(jnp.mean(layers.dropout(x, P, jax.random.key(7)) != 0))
+    # binomial: sd of the kept fraction = sqrt(p(1-p)/N) ≈ 0.0011; allow 5 sd
+    assert abs(kept - (1 - P)) < 5 * math.sqrt(P * (1 - P) / N_UNITS)
+
+
+def test_dropout_evaluation_scaling_is_the_expected_training_output(key):
+    # E[dropout(x)·w + b] = (1-p)·x·w + b: the mean training output of a linear
+    # layer over many dropout masks equals its evaluation output.
+    init, apply = layers.dense(5, activations.linear, init=layers.network3_init, p_dropout=P)
+    _, params = init(key, (50,))
+    x = jax.random.uniform(jax.random.key(1), (1, 50))
+    evaluation = apply(params, x)
+    draws = 20_000
+    train_out = jax.vmap(lambda k: apply(params, x, train=True, key=k))(
+        jax.random.split(jax.random.key(2), draws))[:, 0, :]
+    # per output: sd of one draw is sqrt(p(1-p) Σ x_i² w_i²); the mean of 20,000 draws
+    # is within 5 standard errors.
+    sd = jnp.sqrt(P * (1 - P) * jnp.sum((x[0][:, None] * params["w"]) ** 2, axis=0))
+    err = jnp.abs(jnp.mean(train_out, axis=0) - evaluation[0])
+    assert bool(jnp.all(err < 5 * sd / math.sqrt(draws))), (err, sd)
+    # and without the scaling it would be wrong by far more than that
+    unscaled = x @ params["w"] + params["b"].reshape(1, -1)
+    assert float(jnp.max(jnp.abs(unscaled - evaluation))) > float(jnp.max(10 * sd / math.sqrt(draws)))
