@@ -1,0 +1,409 @@
+"""Chapter 3: improving the way neural networks learn.
+
+    python -m experiments.chap3 [--quick] [--only 3.2 3.4 ...] [--seeds 3] [--out DIR]
+
+The book's network2 runs: cross-entropy, overfitting on 1,000 images, L2
+regularization, the two weight initializations, several learning rates,
+more training data (with the SVM beside it), the hyper-parameter
+walk-through, early stopping and the learning-rate schedule. Every row trains
+its runs (seeds, and where the book compares settings, the settings too) as
+K stacked networks in one vmapped program (``train.fit``).
+
+Accuracies are the best epoch's (the book quotes peaks, "95.42 percent at its
+peak"); the final epoch's value is recorded beside it in the JSON. Each row
+says whether it is measured on the test set or the validation set, as the book
+did. Rows 3.2-3.9 use ``large_weight_initializer`` (N(0, 1)) as the book's
+text does until the weight-initialization section; later rows use network2's
+default N(0, 1/n_in).
+
+--quick runs every row through the same code on 500 training images, 500
+evaluation images and a few epochs (more_data: two sizes, 3,000 examples each
+instead of 1,500,000); its numbers say nothing about the book's.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import report
+from nndl_jax import costs, layers, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import Dataset, load_mnist
+
+# The book's rows. n_train None: all 50,000 training images. eval: the set the
+# book measured on. configs: settings trained side by side (× seeds) in one program.
+ROWS = [
+    dict(id="3.2", kind="accuracy", what="cross-entropy [784,30,10], η 0.5, 30 epochs, large init (test)",
+         sizes=[784, 30, 10], epochs=30, eval="test", configs=[dict(eta=0.5, lmbda=0.0, init="large")],
+         book=95.49, also={"3.5": ("same run: training accuracy (book 97.86 %), test peak 95.33 %", 97.86)}),
+    dict(id="3.3", kind="accuracy", what="cross-entropy [784,100,10], η 0.5, 30 epochs, large init (test)",
+         sizes=[784, 100, 10], epochs=30, eval="test", configs=[dict(eta=0.5, lmbda=0.0, init="large")],
+         book=96.82),
+    dict(id="3.4", kind="curves", what="overfitting: 1,000 images, 400 epochs, η 0.5, λ 0 (test, peak)",
+         sizes=[784, 30, 10], epochs=400, n_train=1000, eval="test",
+         configs=[dict(eta=0.5, lmbda=0.0, init="large")], book=82.27, curve="overfitting"),
+    dict(id="3.6", kind="curves", what="L2 on 1,000 images: λ 0.1, 400 epochs, η 0.5 (test, peak)",
+         sizes=[784, 30, 10], epochs=400, n_train=1000, eval="test",
+         configs=[dict(eta=0.5, lmbda=0.1, init="large")], book=87.1, curve="regularized"),
+    dict(id="3.7", kind="accuracy", what="L2 full data: λ 5.0, η 0.5, 30 epochs, [784,30,10] (test)",
+         sizes=[784, 30, 10], epochs=30, eval="test", configs=[dict(eta=0.5, lmbda=5.0, init="large")],
+         book=96.49),
+    dict(id="3.8", kind="accuracy", what="[784,100,10], λ 5.0, η 0.5, 30 epochs (validation)",
+         sizes=[784, 100, 10], epochs=30, eval="validation",
+         configs=[dict(eta=0.5, lmbda=5.0, init="large")], book=97.92),
+    dict(id="3.9", kind="accuracy", what="[784,100,10], λ 5.0, η 0.1, 60 epochs (validation)",
+         sizes=[784, 100, 10], epochs=60, eval="validation",
+         configs=[dict(eta=0.1, lmbda=5.0, init="large")], book=98.04),
+    dict(id="3.10", kind="weight_init", what="weight init [784,30,10], η 0.1, λ 5.0, 30 epochs (validation)",
+         sizes=[784, 30, 10], epochs=30, eval="validation",
+         configs=[dict(eta=0.1, lmbda=5.0, init="default"), dict(eta=0.1, lmbda=5.0, init="large")],
+         book={"default": {"epoch 1": 92.70, "final": 96.50}, "large": {"epoch 1": 86.43, "final": 96.37}},
+         curve="weight_initialization_30"),
+    dict(id="3.18", kind="multiple_eta", what="training cost, η ∈ {0.025, 0.25, 2.5}, λ 5.0, 30 epochs",
+         sizes=[784, 30, 10], epochs=30, eval=None,
+         configs=[dict(eta=e, lmbda=5.0, init="default") for e in (0.025, 0.25, 2.5)],
+         book=[0.339, 0.33, 0.861], curve="multiple_eta"),
+    dict(id="3.14", kind="more_data", what="more data: validation accuracy vs training-set size",
+         sizes=[784, 30, 10], eval="validation", examples=1_500_000, eta=0.5, init="large",
+         train_sizes=[100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000],
+         book=[69.09, 76.37, 85.29, 88.85, 91.27, 93.24, 94.89, 95.85, 95.97], curve="more_data"),
+    dict(id="3.15", kind="svm", what="more data: SVC(gamma='auto') validation accuracy vs size",
+         eval="validation", train_sizes=[100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000],
+         book=[25.07, 48.93, 75.13, 83.87, 88.49, 91.46, 92.45, 93.47, 94.48], curve="more_data_svm"),
+    dict(id="3.16", kind="transcript", what="walk-through: [784,30,10], η 10, λ 1000, full data (validation)",
+         sizes=[784, 30, 10], epochs=30, eval="validation",
+         configs=[dict(eta=10.0, lmbda=1000.0, init="default")], book={"a": [1030, 990, 1009, 967]},
+         book_of=10000),
+    dict(id="3.17", kind="transcript", what="walk-through: [784,10], 1,000 images, validation[:100]",
+         sizes=[784, 10], epochs=30, n_train=1000, n_eval=100, eval="validation",
+         configs=[dict(name="a", eta=10.0, lmbda=1000.0, init="default"),
+                  dict(name="b", eta=10.0, lmbda=20.0, init="default"),
+                  dict(name="c", eta=100.0, lmbda=20.0, init="default"),
+                  dict(name="d", eta=1.0, lmbda=20.0, init="default")],
+         book={"a": [10, 10, 10], "b": [12, 14, 25, 18], "c": [10, 10, 10], "d": [62, 42, 43, 61]},
+         book_of=100),
+    dict(id="3.20", kind="stopping", what="early stopping, no-improvement-in-10, η 0.5, λ 5.0 (validation)",
+         sizes=[784, 30, 10], epochs=400, eval="validation", early_stopping_n=10,
+         configs=[dict(eta=0.5, lmbda=5.0, init="default")], book=None),
+    dict(id="3.21", kind="stopping", what="schedule: halve η on no-improvement-in-10 until η/128 (val)",
+         sizes=[784, 30, 10], epochs=400, eval="validation", schedule_n=10,
+         configs=[dict(eta=0.5, lmbda=5.0, init="default")], book=None),
+]
+
+# --quick: sizes chosen so that most rows share one compiled program (500 images).
+QUICK = dict(n_train=500, n_eval=500, epochs=3, long_epochs=6, examples=3000, train_sizes=[100, 500],
+             svm_sizes=[100, 300], stop_epochs=12)
+
+
+# --- data and training ---------------------------------------------------------------
+
+def _subset(d, n):
+    return d if n is None or n >= len(d.y) else Dataset(d.x[:n], d.y[:n])
+
+
+def row_data(args, splits, spec):
+    """(training, evaluation) for a row, cut down in --quick mode."""
+    n_train, n_eval = spec.get("n_train"), spec.get("n_eval")
+    if args.quick:
+        n_train = min(n_train or QUICK["n_train"], QUICK["n_train"])
+        n_eval = min(n_eval or QUICK["n_eval"], QUICK["n_eval"])
+    ev = None if spec.get("eval") is None else _subset(getattr(splits, spec["eval"]), n_eval)
+    return _subset(splits.training, n_train), ev
+
+
+def row_epochs(args, spec):
+    if not args.quick:
+        return spec["epochs"]
+    if "early_stopping_n" in spec or "schedule_n" in spec:
+        return QUICK["stop_epochs"]
+    return QUICK["long_epochs"] if spec["epochs"] > 100 else QUICK["epochs"]
+
+
+_TRAINERS = {}
+
+
+def _trainer(sizes):
+    """One compiled Trainer per architecture (rows of the same shapes share it):
+    cross-entropy, L2, mini-batches of 10, network2's settings."""
+    if sizes not in _TRAINERS:
+        _, apply = layers.mlp(sizes, sigmoid)
+        _TRAINERS[sizes] = train.Trainer(apply, costs.cross_entropy, 10, penalty="l2")
+    return _TRAINERS[sizes]
+
+
+def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=None, **fit_kw):
+    """Train every config of ``spec`` × every seed as one stacked program.
+
+    Returns the History's arrays reshaped to [epochs, configs, seeds] (and with
+    ``final_eval``, "final_accuracy" [configs, seeds]: the number correct on
+    it after the last epoch), the stop epochs [configs, seeds] and the seeds."""
+    seeds = report.seeds(args)
+    configs = spec["configs"]
+    init_keys, train_keys = train.seed_keys(seeds)
+    params = [train.init_many(layers.mlp(spec["sizes"], sigmoid, init=layers.INITIALIZERS[c["init"]])[0],
+                              init_keys, (spec["sizes"][0],)) for c in configs]
+    params = jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *params)
+    per_net = lambda name: np.repeat([c[name] for c in configs], len(seeds))  # noqa: E731
+    trainer = _trainer(tuple(spec["sizes"]))
+    of = len(evaluation.y) if evaluation is not None else None
+    lmbda = per_net("lmbda").astype(np.float32)
+    show = report.progress(spec["id"], epochs, of=of,
+                           key="evaluation_accuracy" if evaluation is not None else "training_cost")
+    every = max(1, epochs // 30)
+    params, _, hist = train.fit(
+        trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
+        eta=per_net("eta").astype(np.float32), lmbda=lmbda, evaluation_data=evaluation, monitor=monitor,
+        on_epoch=lambda e, r: show(e, r) if (e + 1) % every == 0 or e + 1 == epochs else None,
+        **fit_kw)
+    shape = (len(configs), len(seeds))
+    arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
+    if final_eval is not None:
+        correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x), jnp.asarray(final_eval.y),
+                                      jnp.asarray(lmbda))
+        arrays["final_accuracy"] = np.asarray(correct).reshape(shape)
+    return arrays, hist.stopped_at.reshape(shape), seeds
+
+
+def pct(correct, n):
+    return 100.0 * np.asarray(correct, float) / n
+
+
+# --- the kinds of row ----------------------------------------------------------------
+
+def run_accuracy(args, splits, spec):
+    training, ev = row_data(args, splits, spec)
+    monitor = ("evaluation_accuracy", "training_accuracy") if "also" in spec else ("evaluation_accuracy",)
+    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), monitor)
+    acc = pct(h["evaluation_accuracy"][:, 0], len(ev.y))                  # [epochs, seeds]
+    rows = [report.row(spec["id"], spec["what"], spec["book"], acc.max(axis=0),
+                       note=f"peak over epochs on {spec['eval']} ({len(ev.y)} images, {len(training.y)} "
+                            "training); final epoch: " + ", ".join(f"{a:.2f}" for a in acc[-1]),
+                       set=spec["eval"], peak_epoch=acc.argmax(axis=0) + 1, final=acc[-1], seeds=seeds)]
+    for rid, (what, book) in spec.get("also", {}).items():
+        tr = pct(h["training_accuracy"][:, 0], len(training.y))
+        rows.append(report.row(rid, what, book, tr[-1], set="training",
+                               note="training accuracy at the last epoch; test peak "
+                                    + ", ".join(f"{a:.2f}" for a in acc.max(axis=0)),
+                               test_peak=acc.max(axis=0), seeds=seeds))
+    return rows
+
+
+def run_curves(args, splits, spec):
+    training, ev = row_data(args, splits, spec)
+    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), train.MONITORS)
+    m = {k: h[k][:, 0] for k in train.MONITORS}                               # [epochs, seeds]
+    acc = pct(m["evaluation_accuracy"], len(ev.y))
+    book = report.book_curve(spec["curve"])
+    panels = [("evaluation_cost", "cost on the test data", 1.0, 1.0),
+              ("evaluation_accuracy", "accuracy (%) on the test data", 100.0 / len(ev.y), 100.0 / 10000),
+              ("training_cost", "cost on the training data", 1.0, 1.0),
+              ("training_accuracy", "accuracy (%) on the training data", 100.0 / len(training.y), 100.0 / 1000)]
+    for i, (name, label, scale, book_scale) in enumerate(panels):
+        fig, path = report.figure(args, f"{spec['curve']}_{name}")
+        if fig is None:
+            break
+        ax = fig.gca()
+        for s, seed in enumerate(seeds):
+            ax.plot(np.arange(len(m[name])), m[name][:, s] * scale, lw=1, label=f"measured (seed {seed})")
+        if book is not None:
+            ax.plot(np.asarray(book[i], float) * book_scale, "k--", lw=1, label="book")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{spec['id']}: {spec['what']}")
+        ax.legend(fontsize=7)
+        report.save(fig, path)
+    return [report.row(
+        spec["id"], spec["what"], spec["book"], acc.max(axis=0), set=spec["eval"], seeds=seeds,
+        note=f"test peak at epoch {', '.join(str(e) for e in acc.argmax(axis=0) + 1)} (book ~280); "
+             f"test cost lowest at epoch {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)}"
+             f" (book ~15); final training accuracy "
+             f"{', '.join(f'{a:.1f}' for a in pct(m['training_accuracy'][-1], len(training.y)))} %",
+        peak_epoch=acc.argmax(axis=0) + 1, test_cost_min_epoch=m["evaluation_cost"].argmin(axis=0) + 1,
+        curves={k: v for k, v in m.items()})]
+
+
+def run_weight_init(args, splits, spec):
+    training, ev = row_data(args, splits, spec)
+    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec),
+                                ("evaluation_accuracy",))
+    acc = pct(h["evaluation_accuracy"], len(ev.y))                           # [epochs, 2, seeds]
+    book = report.book_curve(spec["curve"])
+    fig, path = report.figure(args, spec["curve"])
+    rows = []
+    for c, cfg in enumerate(spec["configs"]):
+        name = cfg["init"]
+        rows.append(report.row(f"{spec['id']}{'a' if c == 0 else 'b'}",
+                               f"{name} init: accuracy after epoch 1 (validation)",
+                               spec["book"][name]["epoch 1"], acc[0, c], set=spec["eval"], seeds=seeds))
+        rows.append(report.row(f"{spec['id']}{'c' if c == 0 else 'd'}", f"{name} init: final accuracy (validation)",
+                               spec["book"][name]["final"], acc[-1, c], set=spec["eval"], seeds=seeds,
+                               curve=acc[:, c]))
+        if fig is not None:
+            ax = fig.gca()
+            ax.plot(np.arange(1, len(acc) + 1), acc[:, c].mean(axis=1), lw=1.5,
+                    label=f"{name} init (measured, mean of {len(seeds)})")
+            if book is not None:
+                ax.plot(np.arange(1, 31), np.asarray(book[f"{name}_weight_initialization"][1], float) / 100, "--", lw=1,
+                        label=f"{name} init (book)")
+    if fig is not None:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{spec['id']}: {spec['what']}")
+        ax.legend(fontsize=7)
+        report.save(fig, path)
+    return rows
+
+
+def run_multiple_eta(args, splits, spec):
+    training, _ = row_data(args, splits, spec)
+    h, _, seeds = train_configs(args, spec, training, None, row_epochs(args, spec), ("training_cost",))
+    cost = h["training_cost"]                                                 # [epochs, 3, seeds]
+    book = report.book_curve(spec["curve"])
+    fig, path = report.figure(args, spec["curve"])
+    rows = []
+    for c, cfg in enumerate(spec["configs"]):
+        rows.append(report.row(f"{spec['id']}{'abc'[c]}", f"η = {cfg['eta']}: training cost at the last epoch",
+                               spec["book"][c], cost[-1, c], unit="", set="training", seeds=seeds,
+                               curve=cost[:, c]))
+        if fig is not None:
+            line, = fig.gca().plot(np.arange(len(cost)), cost[:, c].mean(axis=1), lw=1.5,
+                                   label=f"η = {cfg['eta']} (measured)")
+            if book is not None:
+                fig.gca().plot(book[c][2], "--", color=line.get_color(), lw=1, label=f"η = {cfg['eta']} (book)")
+    if fig is not None:
+        fig.gca().set_xlabel("epoch")
+        fig.gca().set_ylabel("cost on the training data")
+        fig.gca().legend(fontsize=7)
+        report.save(fig, path)
+    return rows
+
+
+def _sizes(args, spec):
+    return QUICK["train_sizes"] if args.quick else spec["train_sizes"]
+
+
+def _log_figure(args, name, series, title):
+    """Accuracy against training-set size, linear and log x axis: ``series`` is
+    a list of (label, sizes, values, style)."""
+    for scale in ("linear", "log"):
+        fig, path = report.figure(args, f"{name}_{scale}")
+        if fig is None:
+            return
+        ax = fig.gca()
+        for label, sizes, values, style in series:
+            ax.plot(sizes, values, style, label=label)
+        ax.set_xscale(scale)
+        ax.set_xlabel("training set size")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        report.save(fig, path)
+
+
+def run_more_data(args, splits, spec):
+    examples = QUICK["examples"] if args.quick else spec["examples"]
+    ev = _subset(splits.validation, QUICK["n_eval"] if args.quick else None)
+    sizes = _sizes(args, spec)
+    accs, rows = [], []
+    for i, size in enumerate(sizes):
+        epochs = examples // size
+        sub = dict(spec, id=f"{spec['id']}@{size}",
+                   configs=[dict(eta=spec["eta"], lmbda=size * 1e-4, init=spec["init"])])
+        print(f"\nTraining network with data set size {size} ({epochs} epochs)", flush=True)
+        h, _, seeds = train_configs(args, sub, _subset(splits.training, size), None, epochs, (),
+                                    final_eval=ev)
+        acc = pct(h["final_accuracy"][0], len(ev.y))
+        accs.append(acc)
+        book = spec["book"][spec["train_sizes"].index(size)]
+        rows.append(report.row(f"{spec['id']}@{size}", f"more data: {size} images, {epochs} epochs, "
+                               f"λ {size * 1e-4:g} (validation, last epoch)", book, acc,
+                               set="validation", seeds=seeds, epochs=epochs, lmbda=size * 1e-4))
+    svm = report.book_curve("more_data_svm")
+    series = [("network (measured, mean)", sizes, [a.mean() for a in accs], "o-")]
+    book = report.book_curve(spec["curve"])
+    if book is not None:
+        series.append(("network (book)", spec["train_sizes"], book, "k--"))
+    if svm is not None:
+        series.append(("SVM (book)", spec["train_sizes"], svm, "k:"))
+    _log_figure(args, "more_data", series, spec["what"])
+    return rows
+
+
+def run_svm(args, splits, spec):
+    from sklearn import svm as sk_svm
+    sizes = QUICK["svm_sizes"] if args.quick else spec["train_sizes"]
+    ev = _subset(splits.validation, QUICK["n_eval"] if args.quick else None)
+    rows, accs = [], []
+    for size in sizes:
+        clf = sk_svm.SVC(gamma="auto")  # the 2015 default: RBF, C = 1, gamma = 1/784
+        print(f"  [{spec['id']}] SVC on {size} images ...", flush=True)
+        clf.fit(splits.training.x[:size], splits.training.y[:size])
+        acc = 100.0 * float(np.mean(clf.predict(ev.x) == ev.y))
+        accs.append(acc)
+        book = spec["book"][spec["train_sizes"].index(size)] if size in spec["train_sizes"] else None
+        rows.append(report.row(f"{spec['id']}@{size}", f"SVC(gamma='auto') on {size} images (validation)",
+                               book, acc, set="validation", note="deterministic (no seed)"))
+    book = report.book_curve(spec["curve"])
+    series = [("SVM (measured)", sizes, accs, "o-")]
+    if book is not None:
+        series.append(("SVM (book)", spec["train_sizes"], book, "k:"))
+    _log_figure(args, "more_data_svm", series, spec["what"])
+    return rows
+
+
+def run_transcript(args, splits, spec):
+    training, ev = row_data(args, splits, spec)
+    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), ("evaluation_accuracy",))
+    acc = h["evaluation_accuracy"]                                             # [epochs, configs, seeds]
+    rows = []
+    for c, cfg in enumerate(spec["configs"]):
+        name = cfg.get("name", "a")
+        book = spec["book"].get(name)
+        shown = acc[:4, c, 0].tolist() + ["…"] + acc[-1:, c, 0].tolist() + [f"/ {len(ev.y)}"]
+        rows.append(report.row(
+            f"{spec['id']}{name if len(spec['configs']) > 1 else ''}",
+            f"η {cfg['eta']:g}, λ {cfg['lmbda']:g}: accuracy at the last epoch",
+            None if book is None else 100.0 * book[-1] / spec["book_of"], pct(acc[-1, c], len(ev.y)),
+            set=spec["eval"], seeds=seeds, transcript=acc[:, c], book_transcript=book,
+            note=f"seed {seeds[0]} transcript: {' '.join(map(str, shown))}; "
+                 f"book: {' '.join(map(str, book or []))} (book's last number is its last epoch shown)"))
+    return rows
+
+
+def run_stopping(args, splits, spec):
+    training, ev = row_data(args, splits, spec)
+    epochs = row_epochs(args, spec)
+    kw = {k: spec[k] for k in ("early_stopping_n", "schedule_n") if k in spec}
+    h, stopped, seeds = train_configs(args, spec, training, ev, epochs, ("evaluation_accuracy",), **kw)
+    acc = pct(h["evaluation_accuracy"][:, 0], len(ev.y))                      # [epochs, seeds]
+    ran = np.where(stopped[0] >= 0, stopped[0] + 1, len(acc))
+    best = [float(np.nanmax(acc[:r, s])) for s, r in enumerate(ran)]
+    rule = (f"no-improvement-in-{kw['early_stopping_n']}" if "early_stopping_n" in kw
+            else f"halve η at no-improvement-in-{kw['schedule_n']}, stop at η/128")
+    return [report.row(spec["id"], spec["what"], None, best, set=spec["eval"], seeds=seeds,
+                       note=f"{rule}: ran {', '.join(map(str, ran))} epochs (limit {epochs}; stopped: "
+                            f"{', '.join(str(bool(s >= 0)) for s in stopped[0])}); measured = best accuracy",
+                       stopped_after_epochs=ran, eta=h["eta"][:, 0], curve=acc)]
+
+
+RUNNERS = {"accuracy": run_accuracy, "curves": run_curves, "weight_init": run_weight_init,
+           "multiple_eta": run_multiple_eta, "more_data": run_more_data, "svm": run_svm,
+           "transcript": run_transcript, "stopping": run_stopping}
+
+
+def run(args):
+    splits = load_mnist(args.data_dir)
+    rows = []
+    for spec in ROWS:
+        if report.wanted(args, spec["id"]):
+            print(f"\n== {spec['id']}: {spec['what']}", flush=True)
+            rows.extend(RUNNERS[spec["kind"]](args, splits, spec))
+    return rows
+
+
+def main(argv=None):
+    args = report.parse_args("chap3", __doc__, argv)
+    return report.finish(args, run(args))
+
+
+if __name__ == "__main__":
+    main()
