@@ -287,6 +287,8 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
     if opt_state is None:
         opt_state = trainer.init_opt_state(params, eta)
+    else:  # as for params: the epoch donates the copy, the caller's state stays usable
+        opt_state = jax.tree_util.tree_map(jnp.copy, opt_state)
     unknown = set(monitor) - set(MONITORS)
     if unknown:
         raise ValueError(f"unknown monitors {sorted(unknown)}; choose from {MONITORS}")
