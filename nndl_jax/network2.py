@@ -226,20 +226,24 @@ class Network(network.Network):
     def accuracy(self, data, convert=False):
         """The number of inputs whose most active output neuron is the label.
 
-        ``convert`` is the book's flag (True for one-hot training data, False
-        for the integer labels of validation/test data). Here the labels are
-        read whichever way they come (``data.as_arrays``), so the flag is
-        accepted and only has to describe the data; a mismatch is an error.
+        ``convert`` is the book's flag: True for the (one-hot) training data,
+        False for the integer labels of validation/test data. Here the labels
+        are read whichever way they come (``data.as_arrays``), so the flag is
+        accepted and only has to match the data: for the book's list of
+        (x, y) pairs a mismatch is an error; for (x, y) arrays it is ignored.
         """
-        d = self._data(data, convert)
+        d = self._data(data, one_hot=bool(convert))
         correct, _ = self._evaluate(d, 0.0)
         return int(correct)
 
     def total_cost(self, data, lmbda, convert=False):
         """The mean cost over ``data`` plus 0.5·(λ/len(data))·Σ||w||² (the book's
         convention: λ is divided by the size of the data evaluated; with L1
-        training, the L1 term λ/len(data)·Σ|w|). ``convert`` as in ``accuracy``."""
-        d = self._data(data, convert)
+        training, the L1 term λ/len(data)·Σ|w|). ``convert`` is the book's flag,
+        the other way round from ``accuracy``'s: False for the (one-hot)
+        training data, True for the integer labels of validation/test data; it
+        only has to match the data (checked for the book's list of pairs)."""
+        d = self._data(data, one_hot=not convert)
         _, cost = self._evaluate(d, lmbda)
         return float(cost)
 
@@ -262,17 +266,18 @@ class Network(network.Network):
                 tmp.unlink()
 
     # --- plumbing ----------------------------------------------------------------------
-    def _data(self, data, convert=None):
+    def _data(self, data, one_hot=None):
         if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
             data = list(data)  # the book's loaders hand out zips, read once
         d = as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
-        if convert is not None:
-            one_hot = _one_hot_labels(data)
-            if one_hot is not None and one_hot != bool(convert):
+        if one_hot is not None:
+            found = _one_hot_labels(data)
+            if found is not None and found != one_hot:
                 raise ValueError(
-                    f"convert={convert} but the labels are {'one-hot vectors' if one_hot else 'integers'}; "
-                    "the book passes convert=True for (one-hot) training data and False for "
-                    "validation/test data")
+                    f"the convert flag says the labels are {'one-hot vectors' if one_hot else 'integers'} "
+                    f"but they are {'one-hot vectors' if found else 'integers'}; the book passes "
+                    "accuracy(training_data, convert=True) and total_cost(validation_data, lmbda, "
+                    "convert=True), and convert=False the other way round")
         return d
 
     def _evaluate(self, d, lmbda):
@@ -298,9 +303,10 @@ class Network(network.Network):
 
 
 def _one_hot_labels(data):
-    """Whether the labels of ``data`` are one-hot vectors (None: cannot tell)."""
+    """For the book's list of (x, y) pairs: whether its labels are one-hot
+    vectors. None for arrays (the flag is the book's, for the book's layout)."""
     if isinstance(data, tuple) and len(data) == 2 and hasattr(data[1], "shape"):
-        return np.ndim(data[1]) >= 2
+        return None
     try:
         return np.size(data[0][1]) > 1
     except (TypeError, IndexError, KeyError):
