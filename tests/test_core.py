@@ -22,8 +22,7 @@ from nndl_jax import activations, costs, layers, train
     (layers.dense(7), (5,)),
     (layers.dense(3, activations.sigmoid), (2, 3, 4)),     # multi-axis input is flattened
     (layers.mlp([5, 4, 3], activations.relu), (5,)),
-    (layers.mlp([784, 30, 10], activations.sigmoid), (784,)),
-], ids=["dense", "dense-flatten", "mlp-5-4-3", "mlp-784-30-10"])
+], ids=["dense", "dense-flatten", "mlp-5-4-3"])
 def test_apply_output_shape_equals_init_output_shape(layer, input_shape, key):
     init, apply = layer
     out_shape, params = init(key, input_shape)
