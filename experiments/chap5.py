@@ -1,0 +1,309 @@
+"""Chapter 5: why are deep neural networks hard to train?
+
+Deeper sigmoid networks (network2's defaults: cross-entropy, weights
+N(0, 1/n_in), L2 with λ = 5.0) barely beat one hidden layer (rows 5.1–5.4),
+because the gradient vanishes towards the early layers: the norm of ∂C/∂b^l,
+averaged over the first 1000 training images, falls by a factor of about 4
+per layer at initialization (5.5–5.7) and stays ordered during 500 epochs of
+batch gradient descent (5.8, the book's fig/generate_gradient.py). 5.9 is the
+bar chart of six neurons' ∂C/∂b per layer, 5.10 the chapter's analytic
+bounds: max σ′ = 1/4 and the widest input range over which |w σ′(wa + b)| ≥ 1.
+
+    python -m experiments.chap5            # the full chapter (see --help)
+    python -m experiments.chap5 --quick    # CI: small subsets, few epochs
+
+Repeated runs (``--seeds``) are K stacked networks trained as one vmapped
+program (``train.fit``); the gradient norms are computed by a jitted, vmapped
+function of the params, after every epoch (``on_epoch``'s ``record["params"]``).
+"""
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import report
+from nndl_jax import costs, layers, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import load_mnist
+
+# network2's defaults and the chapter's settings.
+ETA, LMBDA, MINI_BATCH, EPOCHS = 0.1, 5.0, 10, 30
+GRADIENT_IMAGES, GRADIENT_EPOCHS = 1000, 500  # fig/generate_gradient.py: batch GD on training_data[:1000]
+INIT_SEEDS = 32  # the norms at init are cheap: rows 5.5–5.7 average 32 fresh initializations
+
+# id, description, hyperparameters, the book's number(s).
+ROWS = [
+    ("5.1", "[784,30,10] val accuracy (peak of 30 epochs)", dict(sizes=[784, 30, 10]), 96.48),
+    ("5.2", "[784,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 10]), 96.90),
+    ("5.3", "[784,30,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 30, 10]), 96.57),
+    ("5.4", "[784,30,30,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 30, 30, 10]), 96.53),
+    ("5.5", "||dC/db^l|| at init, 2 hidden layers", dict(hidden=2), [0.0657, 0.3092]),
+    ("5.6", "||dC/db^l|| at init, 3 hidden layers", dict(hidden=3), [0.01184, 0.05997, 0.28314]),
+    ("5.7", "||dC/db^l|| at init, 4 hidden layers", dict(hidden=4), [0.00298, 0.01708, 0.06954, 0.28514]),
+    ("5.8", "||dC/db^l|| after 500 epochs batch GD (eta 0.1, lmbda 5, mb 1000)",
+     dict(hidden=(2, 3, 4)), {2: [0.00343, 0.00963], 3: [8.6e-5, 2.2e-4, 1.26e-3],
+                              4: [8.2e-6, 2.6e-5, 1.8e-4, 9.2e-4]}),
+    ("5.9", "six neurons' dC/db in [784,30,30,10] at init: mean |.| per layer",
+     dict(sizes=[784, 30, 30, 10], neurons=6), "initial_gradient"),
+    ("5.10", "max sigma'; widest |w sigma'(wa+b)| >= 1 range", dict(), dict(max_sigma_prime=0.25, w=6.9, width=0.45)),
+]
+ROW = {r[0]: r for r in ROWS}
+
+
+# --- the measurements ----------------------------------------------------------
+
+def bias_gradient_norms(params, x, y, *, apply, cost=costs.cross_entropy):
+    """||∂C/∂b^l|| for each hidden layer l, with ∂C/∂b = (1/n) Σ_x ∂C_x/∂b over
+    the n examples (the book's get_average_gradient). The L2 penalty touches
+    only weights, so it is left out. Returns [num_hidden_layers]."""
+    grads = jax.grad(lambda p: jnp.mean(train.example_costs(p, x, y, apply=apply, cost=cost)))(params)
+    return jnp.stack([jnp.linalg.norm(g["b"]) for g in grads[:-1]])
+
+
+def bias_gradients(params, x, y, *, apply, cost=costs.cross_entropy):
+    """The averaged ∂C/∂b of every hidden layer (a list of vectors)."""
+    grads = jax.grad(lambda p: jnp.mean(train.example_costs(p, x, y, apply=apply, cost=cost)))(params)
+    return [g["b"] for g in grads[:-1]]
+
+
+def sigmoid_prime_max(num=200_001):
+    """max_z σ′(z), on a grid of z in [-10, 10] (the chapter: 1/4, at z = 0)."""
+    z = np.linspace(-10.0, 10.0, num)
+    s = 1.0 / (1.0 + np.exp(-z))
+    return float(np.max(s * (1.0 - s)))
+
+
+def width_of_large_gradient(w, du=1e-5):
+    """The width of the set of inputs a with |w σ′(wa + b)| ≥ 1, measured on a
+    grid: with u = wa + b it is (length of {u : σ′(u) ≥ 1/|w|}) / |w|, and b
+    only shifts the set. Zero for |w| ≤ 4, where σ′ ≤ 1/4 never reaches 1/|w|.
+    ``w`` may be an array of weights."""
+    u = np.arange(-10.0, 10.0, du)
+    s = 1.0 / (1.0 + np.exp(-u))
+    slopes = np.sort(s * (1.0 - s))
+    count = slopes.size - np.searchsorted(slopes, 1.0 / np.abs(w), side="left")
+    return count * du / np.abs(w)
+
+
+def width_closed_form(w):
+    """The problem's bound (2/|w|) ln(|w|(1 + √(1 − 4/|w|))/2 − 1), for |w| > 4."""
+    w = abs(w)
+    return 2.0 / w * math.log(w * (1.0 + math.sqrt(1.0 - 4.0 / w)) / 2.0 - 1.0)
+
+
+def widest_range(ws=None):
+    """(|w| at which the width peaks, the peak width), measured on a grid of |w|."""
+    ws = np.arange(4.0, 20.0, 0.001) if ws is None else np.asarray(ws)
+    widths = width_of_large_gradient(ws)
+    i = int(np.argmax(widths))
+    return float(ws[i]), float(widths[i])
+
+
+# --- the experiments -------------------------------------------------------------
+
+def _net(sizes):
+    return layers.mlp(sizes, sigmoid, init=layers.default_weight_init)
+
+
+def depth_accuracy(args, splits, sizes, n_train, epochs):
+    """Train K = --seeds networks of shape ``sizes`` as one program; per-epoch
+    validation accuracy [epochs, K]."""
+    init, apply = _net(sizes)
+    init_keys, train_keys = train.seed_keys(report.seeds(args))
+    params = train.init_many(init, init_keys, (sizes[0],))
+    trainer = train.Trainer(apply, costs.cross_entropy, MINI_BATCH, penalty="l2")
+    tr, va = splits.training, splits.validation
+    n_val = len(va.y) if not args.quick else min(len(va.y), 1000)
+    _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
+                           key=train_keys, eta=ETA, lmbda=LMBDA,
+                           evaluation_data=(va.x[:n_val], va.y[:n_val]),
+                           monitor=("evaluation_accuracy",),
+                           on_epoch=report.progress(str(sizes), epochs, of=n_val))
+    return 100.0 * np.asarray(hist.evaluation_accuracy) / n_val
+
+
+def gradient_norms_during_training(args, x, y, hidden, epochs):
+    """The book's training_speed experiment: K nets [784, 30×hidden, 10],
+    batch gradient descent (one mini-batch of all n images) for ``epochs``
+    epochs; ||∂C/∂b^l|| at init and after every epoch: [epochs + 1, K, hidden]."""
+    sizes = [784] + [30] * hidden + [10]
+    init, apply = _net(sizes)
+    init_keys, train_keys = train.seed_keys(report.seeds(args))
+    params = train.init_many(init, init_keys, (784,))
+    norms_k = jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))
+    # Full batch: the order inside the one mini-batch does not change the step.
+    trainer = train.Trainer(apply, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
+    norms = [norms_k(params)]
+    t0 = time.time()
+
+    def on_epoch(e, record):
+        norms.append(norms_k(record["params"]))  # dispatched before the next epoch donates params
+        if (e + 1) % max(1, epochs // 5) == 0:
+            print(f"  [{hidden} hidden] epoch {e + 1}/{epochs}: ||dC/db|| "
+                  f"{np.asarray(norms[-1]).mean(0).round(6).tolist()}  ({time.time() - t0:.1f} s)", flush=True)
+
+    train.fit(trainer, params, (x, y), epochs, key=train_keys, eta=ETA, lmbda=LMBDA, on_epoch=on_epoch)
+    return np.stack([np.asarray(n) for n in norms])
+
+
+def norms_at_init(x, y, hidden, seeds):
+    """||∂C/∂b^l|| at initialization of [784, 30×hidden, 10] for each seed: [K, hidden]."""
+    init, apply = _net([784] + [30] * hidden + [10])
+    init_keys, _ = train.seed_keys(seeds)
+    params = train.init_many(init, init_keys, (784,))
+    return np.asarray(jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))(params))
+
+
+def initial_gradient(args, x, y, neurons=6):
+    """∂C/∂b of the first ``neurons`` neurons of each hidden layer of
+    [784,30,30,10] at init, for each seed: [K, 2, neurons]."""
+    init, apply = _net(ROW["5.9"][2]["sizes"])
+    init_keys, _ = train.seed_keys(report.seeds(args))
+    params = train.init_many(init, init_keys, (784,))
+    grads = jax.jit(jax.vmap(lambda p: bias_gradients(p, x, y, apply=apply)))(params)
+    return np.stack([np.asarray(g)[:, :neurons] for g in grads], axis=1)
+
+
+# --- figures -----------------------------------------------------------------------
+
+def _plot_depths(args, curves):
+    fig, path = report.figure(args, "depth_accuracy")
+    if fig is None:
+        return
+    ax = fig.gca()
+    for (row_id, sizes), acc in curves.items():
+        e = np.arange(1, acc.shape[0] + 1)
+        ax.plot(e, acc.mean(1), label=f"{sizes} (book {ROW[row_id][3]}%)")
+        ax.fill_between(e, acc.min(1), acc.max(1), alpha=0.2)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
+           title="Deeper sigmoid nets (mean over seeds, band: min–max)")
+    ax.legend(fontsize=8)
+    report.save(fig, path)
+
+
+def _plot_training_speed(args, hidden, norms):
+    fig, path = report.figure(args, f"training_speed_{hidden}_layers")
+    if fig is None:
+        return
+    ax = fig.gca()
+    book = report.book_curve(f"norms_during_training_{hidden}_layers")
+    e = np.arange(norms.shape[0])
+    for layer in range(hidden):
+        color = f"C{layer}"
+        ax.plot(e, norms[:, :, layer].mean(1), color=color, label=f"hidden layer {layer + 1}")
+        ax.fill_between(e, norms[:, :, layer].min(1), norms[:, :, layer].max(1), color=color, alpha=0.2)
+        if book is not None:
+            ax.plot(np.arange(len(book)), [b[layer] for b in book], color=color, ls="--", lw=1,
+                    label=f"book, layer {layer + 1}")
+    ax.set_yscale("log")
+    ax.set(xlabel="epochs of batch gradient descent", ylabel="||dC/db^l||",
+           title=f"Speed of learning, {hidden} hidden layers (band: min–max over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    report.save(fig, path)
+
+
+def _plot_initial_gradient(args, measured, book):
+    fig, path = report.figure(args, "initial_gradient")
+    if fig is None:
+        return
+    axes = fig.subplots(1, 2, sharey=True)
+    n = measured.shape[-1]
+    for layer, ax in enumerate(axes):
+        ax.bar(np.arange(n) - 0.2, measured[0, layer], width=0.4, label=f"measured (seed {args.seed})")
+        if book is not None:
+            ax.bar(np.arange(n) + 0.2, book[layer], width=0.4, label="book")
+        ax.set(title=f"hidden layer {layer + 1}", xlabel="neuron")
+    axes[0].set_ylabel("dC/db at init")
+    axes[0].legend(fontsize=8)
+    report.save(fig, path)
+
+
+# --- run / main -----------------------------------------------------------------------
+
+def run(args):
+    rows, payload = [], {"settings": dict(eta=ETA, lmbda=LMBDA, mini_batch_size=MINI_BATCH)}
+    need_data = any(report.wanted(args, r) for r in ("5.1", "5.2", "5.3", "5.4", "5.5", "5.6",
+                                                       "5.7", "5.8", "5.9"))
+    splits = load_mnist(args.data_dir) if need_data else None
+    n_train = 1000 if args.quick else len(splits.training.y) if splits else 0
+    epochs = 2 if args.quick else EPOCHS
+    gd_epochs = 5 if args.quick else GRADIENT_EPOCHS
+    payload["settings"].update(n_train=n_train, epochs=epochs, gradient_images=GRADIENT_IMAGES,
+                               gradient_epochs=gd_epochs)
+
+    curves = {}
+    for row_id in ("5.1", "5.2", "5.3", "5.4"):
+        if not report.wanted(args, row_id):
+            continue
+        _, desc, hp, book = ROW[row_id]
+        t0 = time.time()
+        acc = depth_accuracy(args, splits, hp["sizes"], n_train, epochs)
+        curves[(row_id, str(hp["sizes"]))] = acc
+        rows.append(report.row(row_id, desc, book, acc.max(0), final=report.summarize(acc[-1]),
+                               peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
+                               seconds=time.time() - t0,
+                               note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%"))
+    if curves:
+        _plot_depths(args, curves)
+
+    if need_data:
+        x = jnp.asarray(splits.training.x[:GRADIENT_IMAGES])
+        y = jnp.asarray(splits.training.y[:GRADIENT_IMAGES])
+    norms_by_depth = {}
+    for hidden, row_id in ((2, "5.5"), (3, "5.6"), (4, "5.7")):
+        if not (report.wanted(args, row_id) or report.wanted(args, "5.8")):
+            continue
+        t0 = time.time()
+        norms = gradient_norms_during_training(args, x, y, hidden, gd_epochs)
+        norms_by_depth[hidden] = norms
+        payload[f"norms_during_training_{hidden}_layers"] = norms.tolist()  # [epoch, seed, layer]
+        if report.wanted(args, row_id):
+            init_seeds = [args.seed + k for k in range(args.seeds if args.quick else max(INIT_SEEDS, args.seeds))]
+            at_init = norms[0] if args.quick else norms_at_init(x, y, hidden, init_seeds)
+            payload[f"norms_at_init_{hidden}_layers"] = dict(seeds=init_seeds, norms=at_init.tolist())
+            for layer, book in enumerate(ROW[row_id][3]):
+                rows.append(report.row(f"{row_id}.{layer + 1}", f"{ROW[row_id][1]}: layer {layer + 1}",
+                                       book, at_init[:, layer], unit="", seconds=time.time() - t0,
+                                       note="" if layer else f"over {len(init_seeds)} seeds from --seed; "
+                                       f"the {args.seeds} trained nets: "
+                                       + ", ".join(f"{v:.4g}" for v in norms[0].mean(0))))
+        _plot_training_speed(args, hidden, norms)
+    if report.wanted(args, "5.8"):
+        for hidden, norms in norms_by_depth.items():
+            for layer, book in enumerate(ROW["5.8"][3][hidden]):
+                rows.append(report.row(f"5.8.{hidden}.{layer + 1}",
+                                       f"||dC/db|| after {norms.shape[0] - 1} epochs GD, {hidden}L, layer {layer + 1}",
+                                       book if not args.quick else None, norms[-1, :, layer], unit="",
+                                       note="book: its last record (after 499 epochs)" if layer == 0 else ""))
+
+    if report.wanted(args, "5.9"):
+        measured = initial_gradient(args, x, y, ROW["5.9"][2]["neurons"])
+        book = report.book_curve("initial_gradient")
+        payload["initial_gradient"] = measured.tolist()  # [seed, layer, neuron]
+        for layer in range(2):
+            rows.append(report.row(f"5.9.{layer + 1}", f"{ROW['5.9'][1]}, layer {layer + 1}",
+                                   None if book is None else float(np.mean(np.abs(book[layer]))),
+                                   np.abs(measured[:, layer]).mean(-1), unit=""))
+        _plot_initial_gradient(args, measured, book)
+
+    if report.wanted(args, "5.10"):
+        book = ROW["5.10"][3]
+        w_star, width = widest_range()
+        rows.append(report.row("5.10.1", "max sigma'(z)", book["max_sigma_prime"], sigmoid_prime_max(), unit=""))
+        rows.append(report.row("5.10.2", "|w| where the |w sigma'| >= 1 range is widest", book["w"], w_star,
+                               unit=""))
+        rows.append(report.row("5.10.3", "that widest range of a", book["width"], width, unit="",
+                               closed_form=width_closed_form(w_star)))
+    return rows, payload
+
+
+def main(argv=None):
+    args = report.parse_args("chap5", __doc__, argv)
+    rows, payload = run(args)
+    return report.finish(args, rows, **payload)
+
+
+if __name__ == "__main__":
+    main()
