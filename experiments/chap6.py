@@ -1,0 +1,258 @@
+"""Chapter 6: convolutional networks (the book's network3.py and conv.py).
+
+Every row uses mini-batches of 10, a softmax output with the log-likelihood
+cost, network3's initialization and no shuffling, and reports the test
+accuracy at the epoch of best validation accuracy (the book's ``>=`` rule),
+as mean ± spread and best-of-k over the seeds, which train together as one
+vmapped program (sharded over the devices when there are several). Rows 6.11
+and 6.12 share one run of max(--seeds, 5) dropout nets: 6.11 reports each
+net, 6.12 their plurality vote (ties: the earliest net's label, as the book's
+Counter.most_common).
+
+Extra options (besides the shared ones below):
+  --epochs N       run every row for N epochs instead of the book's 60 / 40
+  --train-size N   use the first N training images (expanded rows: their
+                   5N-image expansion) instead of 50,000 / 250,000
+Both are recorded in the JSON and printed in the table's notes, so a
+shortened run is never passed off as the book's setting.
+
+    python -m experiments.chap6 --quick
+    python -m experiments.chap6 --only 6.1 6.2 --seeds 3
+    python -m experiments.chap6 --only 6.11 6.12 --epochs 10 --train-size 10000
+"""
+import argparse
+import time
+
+import numpy as np
+
+from experiments import report
+from nndl_jax import data, network3
+from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
+
+MB = 10
+
+# id, experiment, architecture, activation, hidden size, eta, lmbda, epochs, expanded data, book (%)
+ROWS = [
+    ("6.1", "Shallow: FC(784→100) + softmax, sigmoid", "shallow", "sigmoid", 100, 0.1, 0.0, 60, False, 97.80),
+    ("6.2", "conv(20) + FC(2880→100) + softmax, sigmoid", "conv", "sigmoid", 100, 0.1, 0.0, 60, False, 98.78),
+    ("6.3", "Omit FC: conv(20) + softmax, sigmoid", "conv_only", "sigmoid", 0, 0.1, 0.0, 60, False, None),
+    ("6.4", "Two conv: conv(20) conv(40) FC(640→100), sigmoid", "dbl_conv", "sigmoid", 100, 0.1, 0.0, 60, False, 99.06),
+    ("6.5", "Two conv, tanh (book: qualitative only)", "dbl_conv", "tanh", 100, 0.1, 0.0, 60, False, None),
+    ("6.6", "Two conv, ReLU, η=0.03, λ=0.1", "dbl_conv", "relu", 100, 0.03, 0.1, 60, False, 99.23),
+    ("6.7", "Two conv, ReLU, expanded data (250k)", "dbl_conv", "relu", 100, 0.03, 0.1, 60, True, 99.37),
+    ("6.8a", "Expanded, FC 300", "dbl_conv", "relu", 300, 0.03, 0.1, 60, True, 99.46),
+    ("6.8b", "Expanded, FC 1000", "dbl_conv", "relu", 1000, 0.03, 0.1, 60, True, 99.43),
+    ("6.9", "Expanded, two FC 100-100", "dbl_conv_2fc", "relu", 100, 0.03, 0.1, 60, True, 99.43),
+    ("6.10a", "Expanded, two FC 300-300", "dbl_conv_2fc", "relu", 300, 0.03, 0.1, 60, True, 99.48),
+    ("6.10b", "Expanded, two FC 1000-1000", "dbl_conv_2fc", "relu", 1000, 0.03, 0.1, 60, True, 99.47),
+    ("6.11", "Dropout p=0.5: FC 1000-1000, expanded, 40 epochs", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.60),
+    ("6.12", "Ensemble of 5 dropout nets (6.11), plurality vote", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.67),
+]
+COLUMNS = ("id", "experiment", "arch", "activation", "n", "eta", "lmbda", "epochs", "expanded", "book")
+ENSEMBLE_SIZE = 5
+QUICK = {"train_size": 100, "eval_size": 100, "epochs": 1, "seeds": 1}
+
+
+def base_id(row_id):
+    """"6.8a" -> "6.8": --only selects a row and all its variants."""
+    return row_id.rstrip("ab")
+
+
+def architecture(arch, activation, n, mb=MB):
+    """The book's conv.py networks as network3 layers."""
+    act = network3.activations.by_name(activation)
+    conv1 = ConvPoolLayer((20, 1, 5, 5), (mb, 1, 28, 28), (2, 2), act)
+    conv2 = ConvPoolLayer((40, 20, 5, 5), (mb, 20, 12, 12), (2, 2), act)
+    if arch == "shallow":
+        return [FullyConnectedLayer(784, n, act), SoftmaxLayer(n, 10)]
+    if arch == "conv":
+        return [conv1, FullyConnectedLayer(20 * 12 * 12, n, act), SoftmaxLayer(n, 10)]
+    if arch == "conv_only":
+        return [conv1, SoftmaxLayer(20 * 12 * 12, 10)]
+    if arch == "dbl_conv":
+        return [conv1, conv2, FullyConnectedLayer(40 * 4 * 4, n, act), SoftmaxLayer(n, 10)]
+    if arch == "dbl_conv_2fc":
+        return [conv1, conv2, FullyConnectedLayer(640, n, act), FullyConnectedLayer(n, n, act),
+                SoftmaxLayer(n, 10)]
+    if arch == "dropout":
+        return [conv1, conv2, FullyConnectedLayer(640, n, act, p_dropout=0.5),
+                FullyConnectedLayer(n, n, act, p_dropout=0.5), SoftmaxLayer(n, 10, p_dropout=0.5)]
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+def _extra_args(argv):
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--train-size", type=int, default=None)
+    extra, rest = p.parse_known_args(argv)
+    if extra.epochs is not None and extra.epochs < 1:
+        raise SystemExit("--epochs must be at least 1")
+    if extra.train_size is not None and extra.train_size < MB:
+        raise SystemExit(f"--train-size must be at least the mini-batch size {MB}")
+    return extra, rest
+
+
+def load(args):
+    """The three sets, cut to the run's sizes, and the expanded training set."""
+    splits = data.load_mnist(args.data_dir)
+    n_train = args.train_size or (QUICK["train_size"] if args.quick else len(splits.training.y))
+    n_eval = QUICK["eval_size"] if args.quick else None
+    cut = lambda d, n: data.Dataset(d.x[:n], d.y[:n])  # noqa: E731
+    training = cut(splits.training, n_train)
+    return training, cut(splits.validation, n_eval), cut(splits.test, n_eval)
+
+
+def settings_note(args, row_epochs, n_train, expanded):
+    notes = []
+    if args.epochs_run(row_epochs) != row_epochs:
+        notes.append(f"{args.epochs_run(row_epochs)} epochs (book {row_epochs})")
+    book_n = 250_000 if expanded else 50_000
+    if n_train != book_n:
+        notes.append(f"{n_train} training images (book {book_n})")
+    return "SHORTENED: " + ", ".join(notes) if notes else ""
+
+
+def run(args):
+    training, validation, test = load(args)
+    expanded = None
+    rows, extra = [], {"settings": {"epochs_override": args.epochs, "train_size": len(training.y),
+                                    "eval_size": len(test.y), "mini_batch_size": MB}, "curves": {}}
+    shared = {}   # 6.11 and 6.12 share one run
+    filters_net = None
+    for spec in ROWS:
+        r = dict(zip(COLUMNS, spec))
+        if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
+            continue
+        if r["expanded"] and expanded is None:
+            t0 = time.time()
+            expanded = data.expand(training.x, training.y, seed=0)
+            print(f"expanded {len(training.y)} training images to {len(expanded.y)} "
+                  f"({time.time() - t0:.1f} s)")
+        train_set = expanded if r["expanded"] else training
+        epochs = args.epochs_run(r["epochs"])
+        net_layers = architecture(r["arch"], r["activation"], r["n"])
+        seeds = report.seeds(args)
+        if r["arch"] == "dropout":
+            seeds = [args.seed + k for k in range(max(args.seeds, ENSEMBLE_SIZE))]
+        key = (r["arch"], r["n"])
+        if key in shared:
+            out = shared[key]
+        else:
+            print(f"\n{r['id']}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
+                  f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
+            t0 = time.time()
+            progress = _progress(r["id"], epochs, t0)
+            if r["arch"] == "dropout":
+                out = network3.ensemble(net_layers, MB, train_set, epochs, r["eta"], validation, test,
+                                        r["lmbda"], seeds=seeds, on_epoch=progress)
+                shared[key] = out
+            else:
+                out = network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation,
+                                          test, r["lmbda"], seeds=seeds, on_epoch=progress)
+            out["seconds"] = time.time() - t0
+        note = settings_note(args, r["epochs"], len(train_set.y), r["expanded"])
+        common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs,
+                      book_epochs=r["epochs"], train_size=len(train_set.y), seconds=out["seconds"],
+                      best_epoch=out["best_epoch"], best_validation=100 * out["best_validation"],
+                      devices=out["devices"])
+        if r["id"] == "6.12":
+            ens = seeds[:ENSEMBLE_SIZE]
+            vote = out["vote"] if len(seeds) == ENSEMBLE_SIZE else _vote(out, ENSEMBLE_SIZE)
+            acc = 100 * float(np.mean(vote == test.y))
+            errors = np.flatnonzero(vote != test.y)
+            rows.append(report.row(r["id"], r["experiment"], r["book"], acc,
+                                   note=(note + "; " if note else "") + f"{len(errors)} errors of {len(test.y)}"
+                                   + " (book: 33 of 10,000)",
+                                   **common | {"seeds": ens, "errors": len(errors)}))
+            _ensemble_errors(args, test, vote, errors)
+        else:
+            if r["id"] == "6.5":
+                note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
+                                                       "accuracy very similar to sigmoid (6.4)")
+            rows.append(report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
+                                   note=note, **common))
+        extra["curves"][r["id"]] = {"validation_accuracy": out["validation_accuracy"],
+                                    "test_accuracy": out["test_accuracy"]}
+        if r["arch"] != "shallow":
+            filters_net = (net_layers, out["params"])
+    if filters_net is not None:
+        _filters(args, *filters_net)
+    return rows, extra
+
+
+def _vote(out, k):
+    from nndl_jax import train
+    return np.asarray(train.plurality_vote(out["predictions"][:k], 10))
+
+
+def _progress(label, epochs, t0):
+    def on_epoch(e, val, test):
+        print(f"  [{label}] epoch {e + 1}/{epochs}: validation "
+              + " ".join(f"{100 * v:.2f}" for v in val) + " | test "
+              + " ".join(f"{100 * t:.2f}" for t in test) + f"  ({time.time() - t0:.1f} s)", flush=True)
+    return on_epoch
+
+
+def _mosaic(tiles, cols, pad=1):
+    """Tiles [m, h, w] (each scaled to [0, 1]) in a grid, separated by ``pad`` pixels."""
+    m, h, w = tiles.shape
+    rows = -(-m // cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), np.nan)
+    for i, t in enumerate(tiles):
+        lo, hi = t.min(), t.max()
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = (
+            (t - lo) / (hi - lo) if hi > lo else 0.5)
+    return out
+
+
+def _filters(args, net_layers, params):
+    """net_full_layer_0.png / _1.png: the learned filters of the first net (seed
+    --seed) of the last conv row run; dark = positive weight, as in the book."""
+    convs = [i for i, layer in enumerate(net_layers) if isinstance(layer, ConvPoolLayer)]
+    for j, i in enumerate(convs[:2]):
+        w = np.asarray(params[i]["w"][0])               # net 0: [k, c, 5, 5]
+        tiles = w.reshape(-1, w.shape[2], w.shape[3])   # layer 1: row k holds its c input filters
+        fig, path = report.figure(args, f"net_full_layer_{j}")
+        if fig is None:
+            return
+        ax = fig.add_subplot(1, 1, 1)
+        ax.imshow(_mosaic(tiles, w.shape[1] if j else 10), cmap="Greys", interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"layer {j}: {w.shape[0]} filters {w.shape[2]}×{w.shape[3]}"
+                     + (f" over {w.shape[1]} input maps (one row per filter)" if j else ""))
+        report.save(fig, path)
+
+
+def _ensemble_errors(args, test, vote, errors, limit=40):
+    fig, path = report.figure(args, "ensemble_errors")
+    if fig is None:
+        return
+    shown = errors[:limit]
+    cols = 10
+    rows = max(1, -(-len(shown) // cols))
+    fig.set_size_inches(cols * 0.9, rows * 1.1 + 0.4)
+    for i, idx in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(test.x[idx].reshape(28, 28), cmap="Greys", interpolation="nearest")
+        ax.set_title(f"{test.y[idx]}→{vote[idx]}", fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(f"ensemble errors (true→predicted): {len(errors)} of {len(test.y)}"
+                 + (f", first {limit} shown" if len(errors) > limit else ""), fontsize=9)
+    report.save(fig, path)
+
+
+def main(argv=None):
+    extra, rest = _extra_args(argv)
+    args = report.parse_args("chap6", __doc__, rest)
+    if args.quick and "--seeds" not in (rest or []):
+        args.seeds = QUICK["seeds"]  # quick: one net per row (the dropout rows still train 5)
+    args.epochs, args.train_size = extra.epochs, extra.train_size
+    quick_epochs = QUICK["epochs"] if args.quick else None
+    args.epochs_run = lambda book: extra.epochs or quick_epochs or book
+    rows, payload = run(args)
+    return report.finish(args, rows, **payload)
+
+
+if __name__ == "__main__":
+    main()
