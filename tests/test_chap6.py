@@ -1,0 +1,41 @@
+"""experiments.chap6 in quick mode, through the real layers and train.fit.
+
+The whole quick table (14 rows, 12 distinct compiled networks) takes about two
+minutes of CPU, so this test runs a representative subset: the shallow net,
+the conv-only net and the dropout ensemble (6.11 + 6.12, five nets voting on
+expanded data), which also draws all three figures."""
+import json
+
+import pytest
+
+from experiments import chap6
+
+
+def test_rows_table_matches_the_book():
+    ids = [r[0] for r in chap6.ROWS]
+    assert ids[0] == "6.1" and ids[-1] == "6.12" and len(set(ids)) == len(ids)
+    book = {r[0]: r[-1] for r in chap6.ROWS}
+    assert book["6.2"] == 98.78 and book["6.11"] == 99.60 and book["6.12"] == 99.67
+    for r in chap6.ROWS:
+        layers = chap6.architecture(r[2], r[3], r[4])   # every architecture builds
+        assert layers[-1].n_out == 10
+
+
+def test_quick_main_writes_results(tmp_path, mnist_dir):
+    chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
+                      "--only", "6.1", "6.3", "6.11", "6.12", "--seeds", "2"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True and results["seeds"] == [12345678, 12345679]
+    rows = {r["id"]: r for r in results["rows"]}
+    assert set(rows) == {"6.1", "6.3", "6.11", "6.12"}
+    assert len(rows["6.1"]["measured"]["runs"]) == 2
+    assert len(rows["6.11"]["measured"]["runs"]) == 5 and rows["6.12"]["seeds"] == list(range(12345678, 12345683))
+    for r in rows.values():
+        assert "SHORTENED" in r["note"] and r["epochs"] == 1
+        m = r["measured"]
+        vals = m["runs"] if isinstance(m, dict) else [m]
+        assert all(0.0 <= v <= 100.0 for v in vals)
+    assert rows["6.11"]["train_size"] == 5 * results["settings"]["train_size"]  # expanded
+    assert rows["6.12"]["errors"] == pytest.approx(results["settings"]["eval_size"] * (1 - rows["6.12"]["measured"] / 100))
+    for name in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
+        assert (tmp_path / name).stat().st_size > 0
