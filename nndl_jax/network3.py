@@ -232,8 +232,10 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     val_acc, test_acc = [], []
     lmbda_k = jnp.full((k_all,), lmbda, jnp.float32)
 
+    test_x, test_y = jnp.asarray(test.x), jnp.asarray(test.y)  # on the device once
+
     def record_epoch(e, record):
-        correct, _ = trainer.evaluate(record["params"], jnp.asarray(test.x), jnp.asarray(test.y), lmbda_k)
+        correct, _ = trainer.evaluate(record["params"], test_x, test_y, lmbda_k)
         val_acc.append(record["evaluation_accuracy"][:k] / len(validation.y))
         test_acc.append(np.asarray(correct)[:k] / len(test.y))
         if on_epoch is not None:
