@@ -83,7 +83,7 @@ class Network:
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
                              f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
-        out = np.asarray(self.cost.output(self._apply(self.params, x)))
+        out = np.asarray(self._core_cost.output(self._apply(self.params, x)))
         return out.T if column else (out[0] if a.ndim == 1 else out)
 
     def SGD(self, training_data, epochs, mini_batch_size, eta, test_data=None, *,
@@ -128,7 +128,7 @@ class Network:
         hand-written NumPy version that the tests compare it with)."""
         ex = as_arrays([(x, y)])
         grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
-                                                       cost=self.cost)[0])(self.params)
+                                                       cost=self._core_cost)[0])(self.params)
         nabla_w, nabla_b = params_to_book(grads)
         return nabla_b, nabla_w
 
@@ -137,10 +137,16 @@ class Network:
         return output_activations - y
 
     # --- plumbing --------------------------------------------------------------------
+    @property
+    def _core_cost(self):
+        """The core ``costs.Cost`` that training and feedforward use (network2
+        keeps the book's cost class in ``self.cost`` and overrides this)."""
+        return self.cost
+
     def _trainer(self, mini_batch_size, shuffle, **kw):
         key = (int(mini_batch_size), bool(shuffle), tuple(sorted(kw.items())))
         if key not in self._trainers:
-            self._trainers[key] = train.Trainer(self._apply, self.cost, int(mini_batch_size),
+            self._trainers[key] = train.Trainer(self._apply, self._core_cost, int(mini_batch_size),
                                                 shuffle=bool(shuffle), **kw)
         return self._trainers[key]
 

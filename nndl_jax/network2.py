@@ -141,18 +141,6 @@ class Network(network.Network):
         self._redraw(layers.large_weight_init)
 
     # --- the book's methods ------------------------------------------------------
-    def feedforward(self, a):
-        """The output for ``a``: a (n_in, 1) column gives a (n_out, 1) column,
-        an [n, n_in] batch gives [n, n_out]."""
-        a = np.asarray(a, np.float32)
-        column = a.ndim == 2 and a.shape == (self.sizes[0], 1)
-        x = a.reshape(1, -1) if column or a.ndim == 1 else a
-        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
-                             f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
-        out = np.asarray(self.cost.core.output(self._apply(self.params, x)))
-        return out.T if column else (out[0] if a.ndim == 1 else out)
-
     def SGD(self, training_data, epochs, mini_batch_size, eta, lmbda=0.0, evaluation_data=None,
             monitor_evaluation_cost=False, monitor_evaluation_accuracy=False,
             monitor_training_cost=False, monitor_training_accuracy=False,
@@ -286,18 +274,15 @@ class Network(network.Network):
                                          np.full(1, lmbda, np.float32))
         return correct[0], cost[0]
 
-    def _trainer(self, mini_batch_size, shuffle, **kw):
-        key = (int(mini_batch_size), bool(shuffle), tuple(sorted(kw.items())))
-        if key not in self._trainers:
-            self._trainers[key] = train.Trainer(self._apply, self.cost.core, int(mini_batch_size),
-                                                shuffle=bool(shuffle), **kw)
-        return self._trainers[key]
+    @property
+    def _core_cost(self):
+        return self.cost.core
 
     def backprop(self, x, y):
         """(nabla_b, nabla_w) of the cost C_x of one example, by ``jax.grad``."""
         ex = self._data([(x, y)])
         grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
-                                                       cost=self.cost.core)[0])(self.params)
+                                                       cost=self._core_cost)[0])(self.params)
         nabla_w, nabla_b = params_to_book(grads)
         return nabla_b, nabla_w
 
