@@ -90,8 +90,8 @@ class Network:
             shuffle=True, seed=None):
         """Train with mini-batch stochastic gradient descent, printing the
         book's ``Epoch j: correct / n`` when ``test_data`` is given."""
-        training = as_arrays(training_data)
-        test = as_arrays(test_data) if test_data is not None else None
+        training = self._data(training_data)
+        test = self._data(test_data) if test_data is not None else None
         _check_hyper(epochs, mini_batch_size, eta)
         n_test = len(test.y) if test is not None else 0
 
@@ -109,14 +109,14 @@ class Network:
     def evaluate(self, test_data):
         """The number of inputs for which the network's most active output
         neuron is the correct label."""
-        test = as_arrays(test_data)
+        test = self._data(test_data)
         correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x, test.y,
                                                      np.zeros(1, np.float32))
         return int(correct[0])
 
     def update_mini_batch(self, mini_batch, eta):
         """One gradient-descent step on one mini-batch (the book's method)."""
-        batch = as_arrays(mini_batch)
+        batch = self._data(mini_batch)
         trainer = self._trainer(len(batch.y), False)
         params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1,
                                  key=self._train_key, eta=eta)
@@ -126,7 +126,7 @@ class Network:
         """(nabla_b, nabla_w): the gradient of the cost C_x of one example, in
         the book's layout, computed by ``jax.grad`` (``backprop.py`` holds the
         hand-written NumPy version that the tests compare it with)."""
-        ex = as_arrays([(x, y)])
+        ex = self._data([(x, y)])
         grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
                                                        cost=self._core_cost)[0])(self.params)
         nabla_w, nabla_b = params_to_book(grads)
@@ -137,6 +137,14 @@ class Network:
         return output_activations - y
 
     # --- plumbing --------------------------------------------------------------------
+    def _data(self, data):
+        """Any of the accepted data layouts → ``data.Dataset`` for this
+        network's input and output widths (the book's loaders hand out
+        ``zip`` objects in Python 3, read once here)."""
+        if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
+            data = list(data)
+        return as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
+
     @property
     def _core_cost(self):
         """The core ``costs.Cost`` that training and feedforward use (network2

@@ -36,7 +36,6 @@ import numpy as np
 
 from nndl_jax import costs, layers, network, train
 from nndl_jax.activations import sigmoid
-from nndl_jax.data import as_arrays
 from nndl_jax.network import book_to_params, params_to_book  # noqa: F401 (the book's layout)
 
 
@@ -256,8 +255,8 @@ class Network(network.Network):
     # --- plumbing ----------------------------------------------------------------------
     def _data(self, data, one_hot=None):
         if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
-            data = list(data)  # the book's loaders hand out zips, read once
-        d = as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
+            data = list(data)  # read a zip once: both lines below look at it
+        d = super()._data(data)
         if one_hot is not None:
             found = _one_hot_labels(data)
             if found is not None and found != one_hot:

@@ -182,3 +182,18 @@ def test_one_real_epoch_reaches_over_85_percent(mnist, capsys):
     correct = int(re.fullmatch(r"Epoch 0: (\d+) / 10000\n", capsys.readouterr().out).group(1))
     assert correct > 8500, correct
     assert net.evaluate(mnist.test) == correct
+
+
+def test_network_of_any_width_trains_through_the_facade():
+    """The façade is not tied to MNIST's 784 inputs and 10 outputs: a [4, 3, 2]
+    net trains on arrays and on the book's layout, and rejects a wrong width."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int32)
+    net = network.Network([4, 3, 2], seed=1)
+    net.SGD((x, y), 2, 5, 3.0)
+    assert net.feedforward(x[:1].T).shape == (2, 1)
+    book_layout = [(xi.reshape(4, 1), int(yi)) for xi, yi in zip(x, y)]
+    assert net.evaluate(book_layout) == net.evaluate((x, y))
+    with pytest.raises(ValueError):
+        net.evaluate((rng.random((5, 7), dtype=np.float32), y[:5]))
