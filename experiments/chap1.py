@@ -170,6 +170,8 @@ def run(args):
             note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
                     f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
                    f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
+            if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
+                note = f"SHORTENED: {epochs} epochs{' on a subset (--quick)' if args.quick else ''}; " + note
             rows.append(report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                                    sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                                    epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,

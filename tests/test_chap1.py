@@ -30,6 +30,7 @@ def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path):
         curve = np.asarray(r["curve"])
         assert curve.shape == (3, 2)  # [seeds, epochs] of test images correct out of 1,000
         assert np.all((curve >= 0) & (curve <= 1000))
+        assert r["note"].startswith("SHORTENED: 2 epochs"), r["note"]  # quick rows never pass for the book's setting
         expected = curve.max(axis=1) if r["measure"] == "peak" else curve[:, -1]
         np.testing.assert_allclose(r["measured"]["runs"], expected / 10.0)
     # The working rate learns; the η variants of one architecture share their seeds' initial
