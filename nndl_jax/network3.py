@@ -36,6 +36,7 @@ Beyond the book: ``save``/``load`` (a documented ``.npz`` format),
 ``ensemble`` (K nets and their plurality vote), which shard the K axis over
 all local devices when there are several.
 """
+import functools
 import json
 import os
 import tempfile
@@ -271,11 +272,17 @@ def _apply_cache(net_layers):
     return _APPLY[key]
 
 
+_PREDICT = {}
+
+
 def predictions(net_layers, params, x):
-    """Predicted labels [K, n] of K stacked networks on ``x``."""
+    """Predicted labels [K, n] of K stacked networks on ``x``. The compiled
+    predictor is kept per architecture, so repeated calls do not recompile."""
     _, apply = _apply_cache(net_layers)
-    z = jax.jit(jax.vmap(lambda p, xs: train.predict(p, xs, apply=apply), in_axes=(0, None)))(
-        params, jnp.asarray(x, jnp.float32))
+    if apply not in _PREDICT:
+        _PREDICT[apply] = jax.jit(jax.vmap(functools.partial(train.predict, apply=apply),
+                                           in_axes=(0, None)))
+    z = _PREDICT[apply](params, jnp.asarray(x, jnp.float32))
     return jnp.argmax(z, axis=-1)
 
 
