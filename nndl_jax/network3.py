@@ -52,8 +52,9 @@ from nndl_jax.data import as_arrays
 
 ReLU = relu
 
-CONV_LAYOUT = "NCHW"
-"""The internal layout of conv-pool layers (see ``benchmarks/bench_conv.py``)."""
+CONV_LAYOUT = "auto"
+"""The internal layout of conv-pool layers: "auto" (NHWC on the CPU, NCHW elsewhere), "NCHW"
+or "NHWC" (see ``layers.conv_layout`` and ``benchmarks/bench_conv.py``)."""
 
 FORMAT = "nndl-jax network3 v1"
 

@@ -2,7 +2,8 @@
 
 - conv_pool's outputs and jax.grad (wrt x, w, b of Σ upstream ⊙ a) equal
   backprop.conv_pool_forward / conv_pool_backward in float64 to ≤ 1e-10, for
-  the four activations and both internal layouts;
+  the four activations and both internal layouts; the NHWC layout's
+  hand-written convolution VJP equals jax.grad of the plain convolution;
 - dropout keeps a fraction ≈ 1 − p of the units, and the evaluation scaling
   by (1 − p) equals the expectation of the training output;
 - every layer's init promises the shape its apply gives; one value by hand.
@@ -50,6 +51,56 @@ def test_conv_pool_forward_and_grads_match_numpy_reference(name, layout):
         np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=0, atol=TOL)
         np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=0, atol=TOL)
         np.testing.assert_allclose(np.asarray(db), db_ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("shape", [((3, 10, 9, 2), (3, 3, 2, 4)), ((2, 12, 12, 20), (5, 5, 20, 40)),
+                                   ((1, 7, 6, 1), (4, 2, 1, 3))])
+def test_conv2d_nhwc_hand_written_vjp_equals_jax_grad_of_the_plain_convolution(shape):
+    """The canonical-form gradient convolutions of layers.conv2d_nhwc against
+    jax.grad of lax.conv_general_dilated, float64, ≤ 1e-10 (square and
+    rectangular filters, one and many input maps)."""
+    x_shape, w_shape = shape
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x, w = (jnp.asarray(rng.normal(size=s), jnp.float64) for s in (x_shape, w_shape))
+        plain = lambda x_, w_: jax.lax.conv_general_dilated(  # noqa: E731
+            x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = layers.conv2d_nhwc(x, w)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(plain(x, w)), rtol=0, atol=TOL)
+        u = jnp.asarray(rng.normal(size=y.shape), jnp.float64)
+        got = jax.grad(lambda a, b: jnp.sum(u * layers.conv2d_nhwc(a, b)), (0, 1))(x, w)
+        want = jax.grad(lambda a, b: jnp.sum(u * plain(a, b)), (0, 1))(x, w)
+        for g, v in zip(got, want):
+            assert g.shape == v.shape
+            np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=0, atol=TOL)
+
+
+def test_conv_layout_auto_is_nhwc_on_the_cpu_and_nchw_elsewhere():
+    assert layers.conv_layout("auto") == ("NHWC" if jax.default_backend() == "cpu" else "NCHW")
+    assert [layers.conv_layout(lay) for lay in layers.CONV_LAYOUTS] == list(layers.CONV_LAYOUTS)
+    with pytest.raises(ValueError, match="'auto'"):
+        layers.conv_layout("HWCN")
+
+
+def test_conv_net_trained_k_at_a_time_by_vmap_and_by_map_agree():
+    """Two conv nets trained as one program: vmapped (grouped convolutions) and
+    one after another (lax.map) give the same params, float32 tolerance 1e-5."""
+    from nndl_jax import costs, train
+    init, apply = layers.serial(layers.conv_pool((3, 1, 3, 3), (5, 1, 8, 8), (2, 2), activations.relu),
+                                layers.conv_pool((2, 3, 2, 2), (5, 3, 3, 3), (1, 1), activations.sigmoid),
+                                layers.softmax(10))
+    rng = np.random.default_rng(5)
+    data = (rng.random((23, 64), dtype=np.float32), rng.integers(0, 10, 23).astype(np.int32))
+    init_keys, train_keys = train.seed_keys([1, 2])
+    params = train.init_many(init, init_keys, (64,))
+    out = {}
+    for mode in ("vmap", "map"):
+        trainer = train.Trainer(apply, costs.log_likelihood, 5, penalty="l2", over_k=mode)
+        out[mode], _, _ = train.fit(trainer, params, data, 2, key=train_keys, eta=jnp.array([0.1, 0.3]),
+                                    lmbda=0.5)
+    for a, b, p0 in zip(*(jax.tree_util.tree_leaves(t) for t in (out["vmap"], out["map"], params))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(out["map"][0]["w"]), np.asarray(params[0]["w"]), atol=1e-3)
 
 
 def test_conv_pool_accepts_flat_images_and_drops_partial_windows():

@@ -157,21 +157,32 @@ def test_epoch_e_is_the_same_whether_or_not_earlier_epochs_ran_in_this_process(t
     assert not np.allclose(np.asarray(three[0]["w"]), np.asarray(wrong_epoch[0]["w"]), rtol=0, atol=1e-6)
 
 
-def test_k_stacked_nets_equal_k_separate_runs(toy):
-    """vmap correctness: 3 nets with their own init, shuffle key, η and λ trained
-    as one program equal 3 runs of one net, to float32 tolerance."""
-    init, trainer, data = toy
+@pytest.mark.parametrize("over_k", ["vmap", "map"])
+def test_k_stacked_nets_equal_k_separate_runs(toy, over_k):
+    """vmap (and lax.map) correctness: 3 nets with their own init, shuffle key,
+    η and λ trained as one program equal 3 runs of one net, to float32 tolerance."""
+    init, toy_trainer, data = toy
+    trainer = train.Trainer(toy_trainer.apply, toy_trainer.cost, 8, penalty="l2", momentum=0.5,
+                            over_k=over_k)
     init_keys, train_keys = train.seed_keys([1, 2, 3])
     params = train.init_many(init, init_keys, (SIZES[0],))
     eta, lmbda = jnp.array([0.1, 0.5, 2.0]), jnp.array([0.0, 1.0, 5.0])
     stacked, _, _ = train.fit(trainer, params, data, 2, key=train_keys, eta=eta, lmbda=lmbda)
     for i, single_params in enumerate(train.unstack(params)):
-        single, _, _ = train.fit(trainer, train.stack([single_params]), data, 2,
+        single, _, _ = train.fit(toy_trainer, train.stack([single_params]), data, 2,
                                  key=train_keys[i], eta=eta[i], lmbda=lmbda[i])
         assert_trees_close(train.unstack(stacked)[i], train.unstack(single)[0], rtol=1e-5, atol=1e-6)
     # the nets did train, and differently
     assert not np.allclose(np.asarray(stacked[0]["w"]), np.asarray(params[0]["w"]), atol=1e-3)
     assert not np.allclose(np.asarray(stacked[0]["w"][0]), np.asarray(stacked[0]["w"][1]), atol=1e-3)
+
+
+def test_k_axis_mode_auto_is_map_on_one_cpu_device_and_rejects_unknown_modes():
+    single_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
+    assert train.k_axis_mode("auto") == ("map" if single_cpu else "vmap")
+    assert train.k_axis_mode("vmap") == "vmap" and train.k_axis_mode("map") == "map"
+    with pytest.raises(ValueError, match="over_k"):
+        train.Trainer(lambda p, x, **k: x, costs.quadratic, 5, over_k="pmap")
 
 
 # --- early stopping and the schedule: a deterministic threshold problem -------------------
