@@ -172,6 +172,7 @@ def run(args):
                                     "test_accuracy": out["test_accuracy"]}
         if r["arch"] != "shallow":
             filters_net = (net_layers, out["params"])
+        report.checkpoint(args, rows, **extra)
     if filters_net is not None:
         _filters(args, *filters_net)
     return rows, extra

@@ -177,16 +177,33 @@ def environment():
             "devices": [str(d) for d in jax.devices()]}
 
 
+PARTIAL = "results.partial.json"
+
+
+def _results(args, rows, complete, payload):
+    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args),
+           "wall_seconds": time.time() - args.started, "complete": complete,
+           "environment": environment(), "rows": rows}
+    out.update(payload)
+    return out
+
+
+def checkpoint(args, rows, **payload):
+    """After each row of a long run: the rows so far in ``results.partial.json``
+    (``"complete": false``), so a run cut off after hours keeps its finished
+    rows; ``results.json`` from an earlier run is left alone until ``finish``."""
+    write_json(Path(args.out) / PARTIAL, _results(args, rows, False, payload))
+
+
 def finish(args, rows, **payload):
-    """Print the table, write ``results.json`` (rows, seeds, settings, machine)."""
-    wall = time.time() - args.started
+    """Print the table, write ``results.json`` (rows, seeds, settings, machine)
+    and remove this run's ``results.partial.json``."""
+    out = _results(args, rows, True, payload)
     print()
     print(format_table(rows))
-    print(f"\n{args.chapter}: {wall:.1f} s wall{' (quick mode)' if args.quick else ''}")
-    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args),
-           "wall_seconds": wall, "environment": environment(), "rows": rows}
-    out.update(payload)
+    print(f"\n{args.chapter}: {out['wall_seconds']:.1f} s wall{' (quick mode)' if args.quick else ''}")
     write_json(Path(args.out) / "results.json", out)
+    (Path(args.out) / PARTIAL).unlink(missing_ok=True)
     print(f"wrote {Path(args.out) / 'results.json'}")
     return out
 
