@@ -192,7 +192,7 @@ def _trainer(apply, mini_batch_size, shuffle, cache={}):  # noqa: B006 (one comp
     key = (apply, int(mini_batch_size), bool(shuffle))
     if key not in cache:
         cache[key] = train.Trainer(apply, costs.log_likelihood, int(mini_batch_size),
-                                   penalty="l2", shuffle=bool(shuffle))
+                                   penalty="l2", shuffle=bool(shuffle), over_k="auto")
     return cache[key]
 
 

@@ -98,7 +98,7 @@ def test_conv_net_trained_k_at_a_time_by_vmap_and_by_map_agree():
         trainer = train.Trainer(apply, costs.log_likelihood, 5, penalty="l2", over_k=mode)
         out[mode], _, _ = train.fit(trainer, params, data, 2, key=train_keys, eta=jnp.array([0.1, 0.3]),
                                     lmbda=0.5)
-    for a, b, p0 in zip(*(jax.tree_util.tree_leaves(t) for t in (out["vmap"], out["map"], params))):
+    for a, b in zip(*(jax.tree_util.tree_leaves(t) for t in (out["vmap"], out["map"]))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(out["map"][0]["w"]), np.asarray(params[0]["w"]), atol=1e-3)
 
