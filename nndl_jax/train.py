@@ -21,9 +21,15 @@ Randomness: each epoch gets ``fold_in(key, epoch)``, split into a shuffle key
 and a dropout key, and mini-batch ``i`` drops out with ``fold_in(dropout_key,
 i)``; so epoch 7 is the same whether or not epochs 0–6 ran in this process.
 """
+import functools
+import hashlib
+import json
+import os
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,14 +87,24 @@ def minibatch_indices(n, m, key, shuffle):
     return order.reshape(num_batches, m), mask.reshape(num_batches, m)
 
 
-def epoch(params, opt_state, x, y, key, c, *, apply, cost, penalty, optimizer,
-          mini_batch_size, shuffle):
-    """One epoch of mini-batch SGD as a single ``lax.scan`` over mini-batches."""
+def epoch(params, opt_state, x, y, key, c, e=0, *, apply, cost, penalty, optimizer,
+          mini_batch_size, shuffle, on_iteration=None, iteration_every=1000):
+    """One epoch of mini-batch SGD as a single ``lax.scan`` over mini-batches.
+
+    ``e`` is the epoch's number; with ``on_iteration``, the scan calls
+    ``on_iteration(iteration)`` (``jax.debug.callback``) at every global
+    iteration ``e * num_batches + i`` that is a multiple of
+    ``iteration_every`` (network3 prints "Training mini-batch number N").
+    """
     shuffle_key, dropout_key = jax.random.split(key)
     idx, mask = minibatch_indices(x.shape[0], mini_batch_size, shuffle_key, shuffle)
 
     def body(carry, batch):
         i, b_idx, b_mask = batch
+        if on_iteration is not None:
+            iteration = e * idx.shape[0] + i
+            jax.lax.cond(iteration % iteration_every == 0,
+                         lambda: jax.debug.callback(on_iteration, iteration), lambda: None)
         params, opt_state = step(*carry, x[b_idx], y[b_idx], b_mask, c,
                                  jax.random.fold_in(dropout_key, i), apply=apply,
                                  cost=cost, penalty=penalty, optimizer=optimizer)
@@ -145,28 +161,42 @@ def unstack(tree):
     return [jax.tree_util.tree_map(lambda x: x[i], tree) for i in range(k)]
 
 
-MONITORS = ("evaluation_cost", "evaluation_accuracy", "training_cost", "training_accuracy")
-
-
 @dataclass
 class History:
     """What ``fit`` records, one row per epoch run, one column per network.
 
-    The four monitoring lists of the book's network2 ``SGD`` (empty when not
-    monitored), the learning rate each epoch ran with, and for each net the
-    epoch at which early stopping or the schedule stopped it (-1: ran to the end).
+    ``metrics[name]``: a list of [K] arrays, one per epoch, for every name a
+    record carries: ``<set>_accuracy`` (number correct) and ``<set>_cost``
+    (mean cost plus the penalty with ``lmbda / len(set)``) for each named
+    evaluation set (see ``fit``). ``eta``: the learning rate each epoch ran
+    with. ``stopped_at``: for each net, the epoch at which a stopping rule
+    (early stopping, the schedule's floor) stopped it, -1 if none did;
+    ``diverged_at``: the epoch after which its parameters were no longer
+    finite, -1 if they stayed finite.
     """
 
-    evaluation_cost: list = field(default_factory=list)
-    evaluation_accuracy: list = field(default_factory=list)
-    training_cost: list = field(default_factory=list)
-    training_accuracy: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
     eta: list = field(default_factory=list)
     stopped_at: Optional[np.ndarray] = None
+    diverged_at: Optional[np.ndarray] = None
+
+    def __getitem__(self, name):
+        return self.metrics.get(name, [])
+
+    def append(self, record, names):
+        for name in names:
+            self.metrics.setdefault(name, []).append(np.asarray(record[name]))
 
     def as_arrays(self):
-        """The lists as NumPy arrays ``[epochs, K]`` (for JSON and plots)."""
-        return {name: np.asarray(getattr(self, name)) for name in MONITORS + ("eta",)}
+        """Every metric and ``eta`` as NumPy arrays ``[epochs, K]`` (for JSON and plots)."""
+        out = {name: np.asarray(v) for name, v in self.metrics.items()}
+        out["eta"] = np.asarray(self.eta)
+        return out
+
+
+def metric_names(set_names):
+    """The record entries ``fit`` fills for the named evaluation sets."""
+    return [f"{s}_{m}" for s in set_names for m in ("accuracy", "cost")]
 
 
 @dataclass(eq=False)
@@ -195,6 +225,8 @@ class Trainer:
     shuffle: bool = True
     eval_chunk: int = 1000
     over_k: str = "vmap"
+    on_iteration: Optional[Callable] = None
+    iteration_every: int = 1000
 
     def __post_init__(self):
         if int(self.mini_batch_size) < 1:
@@ -206,17 +238,18 @@ class Trainer:
             learning_rate=1.0, momentum=self.momentum or None)
         one_epoch = partial(epoch, apply=self.apply, cost=self.cost, penalty=penalty,
                             optimizer=self.optimizer, mini_batch_size=int(self.mini_batch_size),
-                            shuffle=self.shuffle)
+                            shuffle=self.shuffle, on_iteration=self.on_iteration,
+                            iteration_every=int(self.iteration_every))
 
         over_k = k_axis_mode(self.over_k)
 
-        def epoch_k(params, opt_state, x, y, keys, c, active):
+        def epoch_k(params, opt_state, x, y, keys, c, active, e):
             if over_k == "vmap" or keys.shape[0] == 1:
-                new_params, new_state = jax.vmap(one_epoch, in_axes=(0, 0, None, None, 0, 0))(
-                    params, opt_state, x, y, keys, c)
+                new_params, new_state = jax.vmap(one_epoch, in_axes=(0, 0, None, None, 0, 0, None))(
+                    params, opt_state, x, y, keys, c, e)
             else:  # one net after another, inside the same compiled program
                 new_params, new_state = jax.lax.map(
-                    lambda a: one_epoch(a[0], a[1], x, y, a[2], a[3]), (params, opt_state, keys, c))
+                    lambda a: one_epoch(a[0], a[1], x, y, a[2], a[3], e), (params, opt_state, keys, c))
             keep = lambda new, old: jnp.where(  # noqa: E731 (a net that stopped keeps its params)
                 active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
             return (jax.tree_util.tree_map(keep, new_params, params),
@@ -228,6 +261,11 @@ class Trainer:
             in_axes=(0, None, None, 0)))
         self.predict = jax.jit(jax.vmap(partial(predict, apply=self.apply, chunk=self.eval_chunk),
                                         in_axes=(0, None)))
+
+    def spec(self):
+        """The settings that define the compiled program (a checkpoint records them)."""
+        return {"cost": self.cost.name, "mini_batch_size": int(self.mini_batch_size),
+                "penalty": self.penalty, "momentum": float(self.momentum), "shuffle": bool(self.shuffle)}
 
     def init_opt_state(self, params, eta):
         """Optimizer state for K stacked networks, with learning rates ``eta`` [K]."""
@@ -274,101 +312,366 @@ def _device_data(data, dtype):
     return jnp.asarray(x, dtype), jnp.asarray(y)
 
 
-def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
-        opt_state=None, evaluation_data=None, monitor=(), early_stopping_n=0,
-        schedule_n=0, schedule_floor=1 / 128, start_epoch=0, on_epoch=None):
-    """Train K stacked networks for ``epochs`` epochs; return (params, opt_state, History).
+# --- stopping rules and schedules: small functions beside fit ---------------------
 
-    - ``params``: K networks stacked on a leading axis (``stack``).
-    - ``training_data``, ``evaluation_data``: ``(x, y)`` arrays (see ``data.as_arrays``).
+class Rule(NamedTuple):
+    """A per-epoch rule over K nets, in the way an optax transformation is an
+    ``(init, update)`` pair: ``init(k) -> state`` (a dict of NumPy arrays,
+    saved in checkpoints) and ``update(state, record, eta) -> (state, eta,
+    done)``, where ``record`` is the epoch's record, ``eta`` the nets'
+    learning rates [K] and ``done`` [K] marks nets to stop. ``spec`` describes
+    the rule (it is part of a checkpoint's identity)."""
+
+    init: Callable
+    update: Callable
+    spec: dict
+
+
+def _plateau_counter(metric):
+    """The epochs since each net's best ``metric`` (a strict improvement resets it)."""
+    def init(k):
+        return {"best": np.full(k, -np.inf), "since_best": np.zeros(k, np.int64)}
+
+    def update(state, record):
+        value = np.asarray(record[metric], np.float64)
+        improved = value > state["best"]
+        return state | {"best": np.where(improved, value, state["best"]),
+                        "since_best": np.where(improved, 0, state["since_best"] + 1)}
+    return init, update
+
+
+def early_stopping(n, metric="evaluation_accuracy"):
+    """The book's no-improvement-in-n: stop a net after ``n`` epochs without a
+    new best ``metric``."""
+    n = _positive_int(n, "early_stopping_n")
+    init, count = _plateau_counter(metric)
+
+    def update(state, record, eta):
+        state = count(state, record)
+        return state, eta, state["since_best"] >= n
+    return Rule(init, update, {"rule": "early_stopping", "n": n, "metric": metric})
+
+
+def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
+    """The book's learning-rate schedule: halve a net's η after ``n`` epochs
+    without a new best ``metric`` (the count then restarts), and stop the net
+    once η has fallen to ``floor`` times its first value."""
+    n = _positive_int(n, "schedule_n")
+    init_count, count = _plateau_counter(metric)
+
+    def init(k):
+        return init_count(k) | {"eta0": np.full(k, np.nan)}
+
+    def update(state, record, eta):
+        eta = np.asarray(eta)
+        state = count(state, record)
+        eta0 = np.where(np.isnan(state["eta0"]), eta, state["eta0"])
+        plateau = state["since_best"] >= n
+        new_eta = np.where(plateau, eta / 2, eta)
+        done = plateau & (new_eta <= eta0 * floor * (1 + 1e-6))
+        return (state | {"since_best": np.where(plateau, 0, state["since_best"]), "eta0": eta0},
+                new_eta, done)
+    return Rule(init, update, {"rule": "plateau_schedule", "n": n, "floor": floor, "metric": metric})
+
+
+def _positive_int(n, name):
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def check_hyperparameters(eta, lmbda, epochs):
+    """The one check of the values every run takes: η > 0 and finite, λ ≥ 0 and
+    finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    eta, lmbda = np.asarray(eta, np.float64), np.asarray(lmbda, np.float64)
+    if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):
+        raise ValueError(f"the learning rate eta must be positive and finite, got {eta}")
+    if not (np.all(np.isfinite(lmbda)) and np.all(lmbda >= 0)):
+        raise ValueError(f"the regularization parameter lmbda must be >= 0 and finite, got {lmbda}")
+    return eta, lmbda, int(epochs)
+
+
+# --- checkpoints ---------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "nndl-jax fit checkpoint v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that belongs to another run."""
+
+
+@dataclass
+class Checkpoint:
+    """Where ``fit`` saves its whole state after every epoch, and what run it is.
+
+    ``meta``: JSON-able facts that identify the run (architecture, row, seeds,
+    settings); ``fit`` adds its own (shapes, η, λ, epochs, data fingerprint,
+    rules). A file whose facts differ is refused with ``CheckpointError``,
+    never silently reused. The file is an uncompressed ``.npz`` written to a
+    temporary file in the same folder and renamed, so a run killed at any
+    moment leaves either the previous epoch's checkpoint or this one.
+    """
+
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+
+    def exists(self):
+        return self.path.is_file()
+
+    def epochs_done(self):
+        """How many epochs the saved state holds (0 when there is no file)."""
+        if not self.exists():
+            return 0
+        return int(self._read()["epoch"]) + 1
+
+    def _read(self):
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files}
+            if str(arrays.pop("format")) != CHECKPOINT_FORMAT:
+                raise ValueError("not a checkpoint of this format")
+            arrays["meta"] = json.loads(str(arrays["meta"]))
+            return arrays
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise CheckpointError(
+                f"{self.path}: unreadable checkpoint ({e}); move it away to start this run "
+                f"afresh (--restart in the experiments)") from e
+
+    def load(self, meta):
+        arrays = self._read()
+        if arrays["meta"] != meta:
+            saved = arrays["meta"]
+            diff = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
+            raise CheckpointError(
+                f"{self.path} belongs to another run (differs in {', '.join(diff)}: saved "
+                + "; ".join(f"{k}={saved.get(k)!r}" for k in diff) + "; this run "
+                + "; ".join(f"{k}={meta.get(k)!r}" for k in diff)
+                + "). Use another output folder, or --restart to discard it.")
+        return arrays
+
+    def save(self, arrays, meta):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, format=np.array(CHECKPOINT_FORMAT),
+                         meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def remove(self):
+        self.path.unlink(missing_ok=True)
+
+
+def _fingerprint(x, y):
+    """A cheap identity of a data set: its shape and a hash of its labels and a
+    sample of its inputs."""
+    x, y = np.asarray(x), np.asarray(y)
+    h = hashlib.sha1(np.ascontiguousarray(y).tobytes())
+    h.update(np.ascontiguousarray(x.reshape(x.shape[0], -1)[::max(1, x.shape[0] // 1000)]).tobytes())
+    return {"shape": list(x.shape), "sha1": h.hexdigest()}
+
+
+# --- the one way to train K networks ----------------------------------------------
+
+class Fitted(NamedTuple):
+    """What ``fit`` returns: the K nets' params and optimizer state after the
+    last epoch, and the ``History``."""
+
+    params: object
+    opt_state: object
+    history: History
+
+
+def _finite(tree):
+    """[K]: whether every parameter of each of the K stacked nets is finite."""
+    leaves = [jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+              for a in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves), axis=0)
+
+
+_all_finite = jax.jit(_finite)
+
+
+def _pad_k(tree, k_all):
+    """K stacked nets padded to ``k_all`` with copies of the last (for an even sharding)."""
+    return jax.tree_util.tree_map(
+        lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], k_all - a.shape[0], axis=0)]), tree)
+
+
+def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
+        evaluation=None, rules=(), on_epoch=None, checkpoint=None, opt_state=None, start_epoch=0,
+        report_divergence=True):
+    """Train K stacked networks for ``epochs`` epochs; return ``Fitted(params, opt_state, history)``.
+
+    The one training loop of the project: the façades and every chapter call it.
+
+    - ``params``: K networks stacked on a leading axis (``stack``, ``init_many``;
+      ``from_seeds`` makes them and their keys from integer seeds).
+    - ``training_data``, ``evaluation``: ``(x, y)`` arrays (see ``data.as_arrays``);
+      ``evaluation`` maps names to sets, e.g. ``{"validation": v, "test": t}``
+      or network2's ``{"evaluation": e, "training": t}``. After every epoch each
+      set's accuracy and cost are computed inside compiled code and recorded as
+      ``<name>_accuracy`` and ``<name>_cost``.
     - ``key``: one PRNG key per network ([K] keys) or one key for all of them;
       epoch e of net k uses ``fold_in(key[k], e)``.
     - ``eta``, ``lmbda``: scalars or [K] arrays. The training penalty coefficient
       is ``lmbda / n_penalty`` (``n_penalty`` defaults to the training-set size,
       network2's rule; network3 passes its number of mini-batches).
-    - ``monitor``: names from ``MONITORS`` computed after every epoch, inside
-      compiled code; costs include the penalty with ``lmbda / len(data)``.
-    - ``early_stopping_n``: stop a net after n epochs without a new best
-      evaluation accuracy (the book's no-improvement-in-n).
-    - ``schedule_n``: instead of stopping, halve that net's η after n epochs
-      without improvement, and stop it once η has fallen to ``schedule_floor``
-      of its start (the book's 1/128).
+    - ``rules``: ``Rule``s applied after each epoch, in order (``early_stopping``,
+      ``plateau_schedule``): they may change η and stop nets. A net whose
+      parameters are no longer finite is stopped too and reported (which net,
+      which epoch, η) in ``history.diverged_at``.
     - ``on_epoch(e, record)``: called after each epoch with the epoch's values
-      ([K] NumPy arrays), for printing progress; ``record["params"]`` holds the
-      K networks' params after the epoch (device arrays, donated by the next
-      epoch: compute from them inside the callback, e.g. with a jitted function).
-    """
-    x, y = _device_data(training_data, _dtype(params))
-    params = jax.tree_util.tree_map(jnp.copy, params)  # the epoch donates its buffers, not the caller's
-    n = x.shape[0]
-    k = jax.tree_util.tree_leaves(params)[0].shape[0]
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if n == 0:
-        raise ValueError("the training data is empty")
-    dtype = _dtype(params)
-    eta = jnp.broadcast_to(jnp.asarray(eta, dtype), (k,))
-    if bool(jnp.any(eta <= 0)):
-        raise ValueError(f"the learning rate eta must be positive, got {np.asarray(eta)}")
-    lmbda = jnp.broadcast_to(jnp.asarray(lmbda, dtype), (k,))
-    if bool(jnp.any(lmbda < 0)):
-        raise ValueError(f"the regularization parameter lmbda must be >= 0, got {np.asarray(lmbda)}")
-    c = lmbda / (n if n_penalty is None else n_penalty)
-    keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
-    if opt_state is None:
-        opt_state = trainer.init_opt_state(params, eta)
-    else:  # as for params: the epoch donates the copy, the caller's state stays usable
-        opt_state = jax.tree_util.tree_map(jnp.copy, opt_state)
-    unknown = set(monitor) - set(MONITORS)
-    if unknown:
-        raise ValueError(f"unknown monitors {sorted(unknown)}; choose from {MONITORS}")
-    needs_eval = bool(early_stopping_n or schedule_n or
-                      {"evaluation_cost", "evaluation_accuracy"} & set(monitor))
-    if needs_eval and evaluation_data is None:
-        raise ValueError("monitoring evaluation data, early stopping and the schedule need evaluation_data")
-    ev = _device_data(evaluation_data, dtype) if evaluation_data is not None else None
+      ([K] NumPy arrays: the metrics above, ``active``, ``eta``, ``finite``) and
+      ``record["params"]`` (the K nets' params after the epoch, device arrays
+      donated by the next epoch: compute from them inside the callback).
+    - ``checkpoint``: a ``Checkpoint``. The whole state (params, optimizer state,
+      keys, epoch, history, rule states) is saved there after every epoch; when
+      the file exists, the run continues from it (after checking it belongs to
+      this run), so an interrupted run finishes bit-identical to an
+      uninterrupted one. The caller removes it once the results are safe.
 
-    history = History(stopped_at=np.full(k, -1))
+    With several local devices the K axis is padded to a multiple of the
+    device count (copies of the last net, trained and dropped) and sharded.
+    """
+    dtype = _dtype(params)
+    eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
+    x, y = _device_data(training_data, dtype)
+    if x.shape[0] == 0:
+        raise ValueError("the training data is empty")
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
+    eta, lmbda = np.broadcast_to(eta, (k,)), np.broadcast_to(lmbda, (k,))
+    c = jnp.asarray(lmbda / (x.shape[0] if n_penalty is None else n_penalty), dtype)
+    sets = {name: _device_data(d, dtype) for name, d in (evaluation or {}).items()}
+    names = metric_names(sets)
+    rules = tuple(rules)
+    for rule in rules:
+        if rule.spec["metric"] not in names:
+            raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
+                             f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
+
+    k_all = padded_count(k)
+    pad = (lambda t: _pad_k(t, k_all)) if k_all != k else (lambda t: t)
+    params = shard_stacked(pad(jax.tree_util.tree_map(jnp.copy, params)))  # the epoch donates buffers
+    keys = shard_stacked(pad(keys))
+    lmbda_all = jnp.asarray(np.resize(lmbda, k_all), dtype)
+    c = jnp.concatenate([c, jnp.repeat(c[-1:], k_all - k)])
+    if opt_state is None:
+        opt_state = trainer.init_opt_state(params, np.resize(eta, k_all))
+    else:  # as for params: the epoch donates the copy, the caller's state stays usable
+        opt_state = pad(jax.tree_util.tree_map(jnp.copy, opt_state))
+
+    history = History(stopped_at=np.full(k, -1), diverged_at=np.full(k, -1))
     active = np.ones(k, bool)
-    best = np.full(k, -1)
-    since_best = np.zeros(k, int)
-    eta0 = np.asarray(get_eta(opt_state))
-    for e in range(start_epoch, start_epoch + epochs):
-        history.eta.append(np.asarray(get_eta(opt_state)))
+    rule_states = [rule.init(k) for rule in rules]
+    first = start_epoch
+    if checkpoint is not None:
+        meta = dict(checkpoint.meta, fit={
+            "k": k, "devices": len(jax.local_devices()), "epochs": start_epoch + epochs,
+            "eta": eta.tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty,
+            "params": [[list(a.shape), str(a.dtype)] for a in jax.tree_util.tree_leaves(params)],
+            "trainer": trainer.spec(), "training": _fingerprint(*training_data),
+            "evaluation": {name: _fingerprint(*d) for name, d in (evaluation or {}).items()},
+            "rules": [rule.spec for rule in rules], "start_epoch": start_epoch})
+        meta = json.loads(json.dumps(meta, sort_keys=True, default=_json_default))
+        if checkpoint.exists():
+            saved = checkpoint.load(meta)
+            params, opt_state, keys = _restore(saved, "params", params), _restore(
+                saved, "opt_state", opt_state), _restore(saved, "keys", keys, wrap=True)
+            params, keys = shard_stacked(params), shard_stacked(keys)
+            active = saved["active"].astype(bool)
+            history.stopped_at, history.diverged_at = saved["stopped_at"], saved["diverged_at"]
+            history.eta = list(saved["eta_history"])
+            history.metrics = {name: list(saved[f"metric_{name}"]) for name in names}
+            rule_states = [{n: saved[f"rule{i}_{n}"] for n in state} for i, state in enumerate(rule_states)]
+            first = int(saved["epoch"]) + 1
+            print(f"resuming from {checkpoint.path}: {first - start_epoch} of {epochs} epochs done",
+                  flush=True)
+
+    for e in range(first, start_epoch + epochs):
+        if not active.any():
+            break
+        eta_now = np.asarray(get_eta(opt_state))[:k]
+        history.eta.append(eta_now)
         epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
-        params, opt_state = trainer.epoch(params, opt_state, x, y, epoch_keys, c, jnp.asarray(active))
-        record = {"epoch": e, "active": active.copy(), "params": params}
-        if {"training_cost", "training_accuracy"} & set(monitor):
-            correct, cost = trainer.evaluate(params, x, y, lmbda)
-            record["training_cost"], record["training_accuracy"] = np.asarray(cost), np.asarray(correct)
-        if ev is not None:
-            correct, cost = trainer.evaluate(params, ev[0], ev[1], lmbda)
-            record["evaluation_cost"], record["evaluation_accuracy"] = np.asarray(cost), np.asarray(correct)
-        for name in monitor:
-            getattr(history, name).append(record[name])
+        params, opt_state = trainer.epoch(params, opt_state, x, y, epoch_keys, c,
+                                          jnp.asarray(np.resize(active, k_all)), e)
+        record = {"epoch": e, "active": active.copy(), "eta": eta_now, "params": params}
+        for name, (ex, ey) in sets.items():
+            correct, cost = trainer.evaluate(params, ex, ey, lmbda_all)
+            record[f"{name}_accuracy"] = np.asarray(correct)[:k]
+            record[f"{name}_cost"] = np.asarray(cost)[:k]
+        history.append(record, names)
+        record["finite"] = np.asarray(_all_finite(params))[:k]
+        diverged = active & ~record["finite"]
+        history.diverged_at = np.where(diverged, e, history.diverged_at)
+        if report_divergence:
+            for i in np.flatnonzero(diverged):
+                print(f"net {i} diverged in epoch {e} (eta={eta_now[i]:g}): its parameters are no "
+                      "longer finite; it stops training here. Try a smaller eta.", flush=True)
+        done = diverged
+        new_eta = eta_now
+        for i, rule in enumerate(rules):  # a rule moves only the nets still training
+            state, rule_eta, stop = rule.update(rule_states[i], record, new_eta)
+            rule_states[i] = {n: np.where(active, v, rule_states[i][n]) for n, v in state.items()}
+            new_eta = np.where(active, rule_eta, new_eta).astype(eta_now.dtype)
+            stop = active & ~diverged & np.asarray(stop)
+            history.stopped_at = np.where(stop, e, history.stopped_at)
+            done = done | stop
+        if np.any(new_eta != eta_now):
+            opt_state = set_eta(opt_state, np.concatenate([new_eta, np.asarray(get_eta(opt_state))[k:]]))
+        active = active & ~done
+        record["active"] = active.copy()
+        if checkpoint is not None:
+            checkpoint.save(_state_arrays(params, opt_state, keys, e, active, history, names,
+                                          rule_states), meta)
         if on_epoch is not None:
             on_epoch(e, record)
-        if early_stopping_n or schedule_n:
-            acc = record["evaluation_accuracy"]
-            improved = acc > best
-            best = np.where(improved, acc, best)
-            since_best = np.where(improved, 0, since_best + 1)
-            if schedule_n:
-                plateau = active & (since_best >= schedule_n)
-                if plateau.any():
-                    new_eta = np.where(plateau, np.asarray(get_eta(opt_state)) / 2, np.asarray(get_eta(opt_state)))
-                    opt_state = set_eta(opt_state, new_eta)
-                    since_best = np.where(plateau, 0, since_best)
-                    done = plateau & (new_eta <= eta0 * schedule_floor * (1 + 1e-6))
-                else:
-                    done = np.zeros(k, bool)
-            else:
-                done = active & (since_best >= early_stopping_n)
-            history.stopped_at = np.where(done, e, history.stopped_at)
-            active = active & ~done
-            if not active.any():
-                break
-    return params, opt_state, history
+    if k_all != k:
+        params = jax.tree_util.tree_map(lambda a: a[:k], params)
+        opt_state = jax.tree_util.tree_map(lambda a: a[:k] if jnp.ndim(a) else a, opt_state)
+    return Fitted(params, opt_state, history)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _state_arrays(params, opt_state, keys, e, active, history, names, rule_states):
+    arrays = {"epoch": np.array(e), "active": active, "stopped_at": history.stopped_at,
+              "diverged_at": history.diverged_at, "eta_history": np.asarray(history.eta),
+              "keys_0": np.asarray(jax.random.key_data(keys))}
+    for prefix, tree in (("params", params), ("opt_state", opt_state)):
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+            arrays[f"{prefix}_{i}"] = np.asarray(leaf)
+    for name in names:
+        arrays[f"metric_{name}"] = np.asarray(history.metrics[name])
+    for i, state in enumerate(rule_states):
+        for n, v in state.items():
+            arrays[f"rule{i}_{n}"] = np.asarray(v)
+    return arrays
+
+
+def _restore(saved, prefix, like, wrap=False):
+    """The saved leaves ``<prefix>_<i>`` in the structure (and dtypes) of ``like``."""
+    if wrap:
+        return jax.random.wrap_key_data(jnp.asarray(saved[f"{prefix}_0"]),
+                                        impl=jax.random.key_impl(like))
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(saved[f"{prefix}_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)])
 
 
 # --- seeds and K networks ------------------------------------------------------
@@ -383,6 +686,21 @@ def seed_keys(seeds):
 def init_many(init, keys, input_shape):
     """Initialize K networks from [K] keys, stacked on a leading axis."""
     return jax.vmap(lambda k: init(k, input_shape)[1])(keys)
+
+
+def from_seeds(init, input_shape, seeds):
+    """K networks and their training keys from integer seeds: ``(params, keys)``
+    for ``fit`` (seed s: ``seed_keys([s])``, so a net is the same whichever
+    other seeds it trains beside)."""
+    init_keys, train_keys = seed_keys(seeds)
+    return init_many(init, init_keys, input_shape), train_keys
+
+
+@functools.lru_cache(maxsize=None)
+def trainer_for(apply, cost, mini_batch_size, **settings):
+    """The one cache of compiled trainers: the same network function, cost and
+    settings give the same ``Trainer`` (and so reuse its compiled epoch)."""
+    return Trainer(apply, cost, int(mini_batch_size), **settings)
 
 
 # --- network3's bookkeeping and ensembles ----------------------------------------

@@ -219,9 +219,8 @@ def gap(params):
 def test_early_stopping_stops_a_net_after_n_epochs_without_improvement_while_another_trains(threshold, key):
     trainer, params, training, evaluation = threshold
     out, _, hist = train.fit(trainer, params, training, 10, key=key, eta=THRESHOLD_ETA,
-                             evaluation_data=evaluation, monitor=("evaluation_accuracy",),
-                             early_stopping_n=3)
-    acc = np.asarray(hist.evaluation_accuracy)
+                             evaluation={"evaluation": evaluation}, rules=[train.early_stopping(3)])
+    acc = np.asarray(hist["evaluation_accuracy"])
     assert acc.shape == (10, 2)                       # net 1 kept the loop going for all 10 epochs
     assert np.all(np.diff(acc[:, 1]) > 0)             # the construction: net 1 improves every epoch
     assert np.all(acc[:, 0] == 0)                     # ... and net 0 never does after epoch 0
@@ -233,9 +232,9 @@ def test_early_stopping_stops_a_net_after_n_epochs_without_improvement_while_ano
 def test_schedule_halves_eta_after_n_epochs_without_improvement_and_stops_at_1_over_128(threshold, key):
     trainer, params, training, evaluation = threshold
     _, _, hist = train.fit(trainer, params, training, 20, key=key, eta=THRESHOLD_ETA,
-                           evaluation_data=evaluation, monitor=("evaluation_accuracy",), schedule_n=2)
+                           evaluation={"evaluation": evaluation}, rules=[train.plateau_schedule(2)])
     eta = np.asarray(hist.eta)                        # η each epoch ran with, [epochs, K]
-    assert np.all(np.diff(np.asarray(hist.evaluation_accuracy)[:, 1]) > 0)
+    assert np.all(np.diff(np.asarray(hist["evaluation_accuracy"])[:, 1]) > 0)
     np.testing.assert_allclose(eta[:, 1], 1.0)        # an improving net keeps its η
     # net 0: plateaus of 2 epochs end at epochs 2, 4, 6, ...; the 7th halving
     # (end of epoch 14) reaches 1/128 of the start and stops it.
@@ -256,9 +255,13 @@ def small():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(eta=0.0), "eta must be positive"),
     (dict(eta=-0.5), "eta must be positive"),
+    (dict(eta=float("inf")), "eta must be positive and finite"),
+    (dict(eta=float("nan")), "eta must be positive and finite"),
     (dict(eta=0.5, lmbda=-1.0), "lmbda must be >= 0"),
-    (dict(eta=0.5, monitor=("evaluation_acuracy",)), "unknown monitors"),
-    (dict(eta=0.5, early_stopping_n=3), "need evaluation_data"),
+    (dict(eta=0.5, lmbda=float("inf")), "lmbda must be >= 0 and finite"),
+    (dict(eta=0.5, rules=[train.early_stopping(3)]), "needs the evaluation set 'evaluation'"),
+    (dict(eta=0.5, rules=[train.early_stopping(3, metric="validation_acuracy")],
+          evaluation={"validation": toy_data(10)}), "watches 'validation_acuracy'"),
 ])
 def test_fit_rejects_bad_hyperparameters_with_a_clear_message(small, kwargs, message, key):
     apply, params, data = small
