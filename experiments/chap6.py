@@ -138,14 +138,16 @@ def run(args):
             print(f"\n{r['id']}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
                   f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
             t0 = time.time()
-            progress = _progress(r["id"], epochs, t0)
+            progress = _progress(r["id"], epochs, len(validation.y), len(test.y), t0)
+            run_id = "6.11" if r["arch"] == "dropout" else r["id"]   # 6.11 and 6.12 share one run
+            ckpt = report.row_checkpoint(args, run_id, {
+                "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
+                "epochs": epochs, "expanded": r["expanded"]})
+            train_fn = network3.ensemble if r["arch"] == "dropout" else network3.train_many
+            out = train_fn(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
+                           seeds=seeds, on_epoch=progress, checkpoint=ckpt)
             if r["arch"] == "dropout":
-                out = network3.ensemble(net_layers, MB, train_set, epochs, r["eta"], validation, test,
-                                        r["lmbda"], seeds=seeds, on_epoch=progress)
                 shared[key] = out
-            else:
-                out = network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation,
-                                          test, r["lmbda"], seeds=seeds, on_epoch=progress)
             out["seconds"] = time.time() - t0
         note = settings_note(args, r["epochs"], len(train_set.y), r["expanded"])
         common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs,
@@ -173,6 +175,8 @@ def run(args):
         if r["arch"] != "shallow":
             filters_net = (net_layers, out["params"])
         report.checkpoint(args, rows, **extra)
+        if key not in shared or r["id"] == "6.12" or not report.wanted(args, "6.12"):
+            report.row_finished(ckpt)
     if filters_net is not None:
         _filters(args, *filters_net)
     return rows, extra
@@ -183,11 +187,19 @@ def _vote(out, k):
     return np.asarray(train.plurality_vote(out["predictions"][:k], 10))
 
 
-def _progress(label, epochs, t0):
-    def on_epoch(e, val, test):
+def _progress(label, epochs, n_val, n_test, t0):
+    """One line per epoch: every net's validation and test accuracy, elapsed time and an ETA
+    (from the epochs run in this process, so a resumed run's estimate is right too)."""
+    first = []
+
+    def on_epoch(e, record):
+        first.append(e) if not first else None
+        elapsed = time.time() - t0
+        eta_s = elapsed / (e + 1 - first[0]) * (epochs - e - 1)
         print(f"  [{label}] epoch {e + 1}/{epochs}: validation "
-              + " ".join(f"{100 * v:.2f}" for v in val) + " | test "
-              + " ".join(f"{100 * t:.2f}" for t in test) + f"  ({time.time() - t0:.1f} s)", flush=True)
+              + " ".join(f"{100 * v / n_val:.2f}" for v in record["validation_accuracy"]) + " | test "
+              + " ".join(f"{100 * t / n_test:.2f}" for t in record["test_accuracy"])
+              + f"  ({elapsed:.1f} s, ETA {eta_s / 60:.1f} min)", flush=True)
     return on_epoch
 
 

@@ -39,13 +39,20 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3, add_argument
                    help="run only these rows (ids from the table)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the rows an interrupted run left unfinished, from their last epoch")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of an interrupted run and start its rows afresh")
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.resume and args.restart:
+        p.error("--resume and --restart exclude each other")
     args.chapter = chapter
     args.started = time.time()
+    check_unfinished(args)
     return args
 
 
@@ -221,3 +228,53 @@ def progress(label, total_epochs, key="evaluation_accuracy", of=None):
               flush=True)
 
     return on_epoch
+
+
+# --- resumable rows: where each row's checkpoint lives ------------------------------
+
+def checkpoint_dir(args):
+    """The folder of this command's row checkpoints, outside the work tree:
+    ``<user cache>/checkpoints/<chapter>-<sha1 of the absolute --out>[:12]``
+    (the user cache is ``$XDG_CACHE_HOME/nndl-jax``, ``~/.cache/nndl-jax``)."""
+    import hashlib
+
+    from nndl_jax import data
+    out = str(Path(args.out).resolve())
+    return data.cache_dir() / "checkpoints" / f"{args.chapter}-{hashlib.sha1(out.encode()).hexdigest()[:12]}"
+
+
+def row_checkpoint(args, row_id, meta):
+    """The ``train.Checkpoint`` of one row (saved after every epoch, removed by
+    ``row_finished`` once the row's results are written). ``--resume``
+    continues from it; ``--restart`` discards it; without either an existing
+    one is an error (nothing saved is thrown away silently)."""
+    from nndl_jax import train
+    ckpt = train.Checkpoint(checkpoint_dir(args) / f"{row_id}.npz",
+                            dict(meta, chapter=args.chapter, quick=bool(args.quick),
+                                 x64=bool(getattr(args, "x64", False))))
+    if ckpt.exists() and getattr(args, "restart", False):
+        ckpt.remove()
+    return ckpt
+
+
+def unfinished_rows(args):
+    """Row ids with a checkpoint left by an interrupted run of this command."""
+    folder = checkpoint_dir(args)
+    return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+
+
+def check_unfinished(args):
+    """Before any training: an interrupted run's checkpoints need ``--resume``
+    (continue them) or ``--restart`` (discard them)."""
+    left = unfinished_rows(args)
+    if left and not (getattr(args, "resume", False) or getattr(args, "restart", False)):
+        raise SystemExit(
+            f"{args.chapter}: rows {', '.join(left)} of an interrupted run into {args.out} are saved in "
+            f"{checkpoint_dir(args)}: add --resume to continue them from their last finished epoch, "
+            "or --restart to discard them")
+
+
+def row_finished(ckpt):
+    """Remove a row's checkpoint once its results are written."""
+    if ckpt is not None:
+        ckpt.remove()

@@ -22,7 +22,8 @@ What differs from the book, and why:
 - The convolution is a cross-correlation (no kernel flip; Theano's conv2d
   flips). Learned filters come out mirrored relative to Theano's; accuracies
   are unaffected.
-- ``SGD`` prints one line per epoch instead of "Training mini-batch number N".
+- ``SGD`` prints "Training mini-batch number N" every 1,000 mini-batches, as
+  the book's (from inside the compiled epoch), and the book's epoch lines.
   It uses the book's mini-batches: dataset order (``shuffle=False``, as the
   book's network3 never shuffles), the last ``n mod mini_batch_size``
   training examples unused, L2 term 0.5·λ·Σ‖w‖²/num_training_batches, and the
@@ -188,29 +189,32 @@ def load_data_shared(filename=None):
 
 # --- K networks at once ---------------------------------------------------------------
 
-def _trainer(apply, mini_batch_size, shuffle, cache={}):  # noqa: B006 (one compiled trainer per net)
-    key = (apply, int(mini_batch_size), bool(shuffle))
-    if key not in cache:
-        cache[key] = train.Trainer(apply, costs.log_likelihood, int(mini_batch_size),
-                                   penalty="l2", shuffle=bool(shuffle), over_k="auto")
-    return cache[key]
+def print_iteration(iteration):
+    """The book's progress line, every 1,000 mini-batches (``Trainer.on_iteration``)."""
+    print(f"Training mini-batch number {int(iteration)}", flush=True)
+
+
+def _trainer(apply, mini_batch_size, shuffle, print_progress=False):
+    return train.trainer_for(apply, costs.log_likelihood, int(mini_batch_size), penalty="l2",
+                             shuffle=bool(shuffle), over_k="auto",
+                             on_iteration=print_iteration if print_progress else None)
 
 
 def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validation_data,
                test_data, lmbda=0.0, *, seeds=(0,), shuffle=False, params=None, train_keys=None,
-               on_epoch=None):
-    """Train K = len(seeds) networks of the same architecture as one vmapped
-    program, the book's way (network3's SGD), and track, per net, the
-    validation and test accuracy after every epoch.
+               on_epoch=None, checkpoint=None, print_progress=False):
+    """Train K = len(seeds) networks of the same architecture as one program
+    (``train.fit``), the book's way (network3's SGD): the last
+    ``n mod mini_batch_size`` training examples unused, L2 coefficient
+    λ / num_training_batches, the validation and test accuracy of every net
+    after every epoch.
 
-    Seed s gives the init and training keys ``train.seed_keys([s])``. With
-    several local devices the K axis is sharded over them (padded with extra
-    nets, seeds after the last, which are trained and dropped).
     ``params``/``train_keys`` ([K] stacked) replace the seeds' draws (used by
-    ``Network.SGD``). Returns a dict: ``params`` (stacked [K]),
+    ``Network.SGD``); ``on_epoch(e, record)`` and ``checkpoint`` are
+    ``train.fit``'s. Returns a dict: ``params`` (stacked [K]),
     ``validation_accuracy`` and ``test_accuracy`` ([epochs, K] fractions),
     ``best_validation``, ``best_epoch``, ``test_at_best`` ([K]) with the book's
-    ``>=`` rule, ``num_training_batches``, ``seeds``.
+    ``>=`` rule, ``diverged_at`` [K], ``num_training_batches``, ``seeds``.
     """
     init, apply = _apply_cache(net_layers)
     mb = _positive(mini_batch_size, "mini_batch_size")
@@ -220,45 +224,25 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     if num_batches < 1:
         raise ValueError(f"{len(training.y)} training examples make no mini-batch of {mb}")
     training = type(training)(training.x[:num_batches * mb], training.y[:num_batches * mb])
-    seeds = [int(s) for s in seeds]
-    k = len(seeds) if params is None else jax.tree_util.tree_leaves(params)[0].shape[0]
-    k_all = train.padded_count(k)
-    if params is None:
-        extra = [max(seeds) + 1 + i for i in range(k_all - k)]
-        init_keys, train_keys = train.seed_keys(seeds + extra)
-        params = train.init_many(init, init_keys, (training.x.shape[1],))
-    elif k_all != k:
-        params, train_keys = (_pad(t, k_all) for t in (params, train_keys))
-    params, train_keys = train.shard_stacked(params), train.shard_stacked(train_keys)
-    trainer = _trainer(apply, mb, shuffle)
-    val_acc, test_acc = [], []
-    lmbda_k = jnp.full((k_all,), lmbda, jnp.float32)
-
-    test_x, test_y = jnp.asarray(test.x), jnp.asarray(test.y)  # on the device once
-
-    def record_epoch(e, record):
-        correct, _ = trainer.evaluate(record["params"], test_x, test_y, lmbda_k)
-        val_acc.append(record["evaluation_accuracy"][:k] / len(validation.y))
-        test_acc.append(np.asarray(correct)[:k] / len(test.y))
-        if on_epoch is not None:
-            on_epoch(e, val_acc[-1], test_acc[-1])
-
-    params, _, _ = train.fit(trainer, params, training, int(epochs), key=train_keys, eta=eta,
-                             lmbda=lmbda, n_penalty=num_batches, evaluation_data=validation,
-                             on_epoch=record_epoch)
-    params = jax.tree_util.tree_map(lambda a: a[:k], params)
-    out = {"params": params, "validation_accuracy": np.asarray(val_acc).reshape(-1, k),
-           "test_accuracy": np.asarray(test_acc).reshape(-1, k),
-           "num_training_batches": num_batches, "seeds": seeds, "devices": len(jax.local_devices())}
-    if epochs:
+    from_seeds = params is None
+    if from_seeds:
+        params, train_keys = train.from_seeds(init, (training.x.shape[1],), seeds)
+    run = train.fit(_trainer(apply, mb, shuffle, print_progress), params, training, epochs,
+                    key=train_keys, eta=eta, lmbda=lmbda, n_penalty=num_batches,
+                    evaluation={"validation": validation, "test": test},
+                    on_epoch=on_epoch, checkpoint=checkpoint)
+    hist = run.history.as_arrays()
+    k = len(run.history.stopped_at)
+    out = {"params": run.params,
+           "validation_accuracy": hist.get("validation_accuracy", np.zeros((0, k))) / len(validation.y),
+           "test_accuracy": hist.get("test_accuracy", np.zeros((0, k))) / len(test.y),
+           "diverged_at": run.history.diverged_at, "num_training_batches": num_batches,
+           "seeds": [int(s) for s in seeds] if from_seeds else None,
+           "devices": len(jax.local_devices())}
+    if len(out["validation_accuracy"]):
         out["best_validation"], out["best_epoch"], out["test_at_best"] = train.best_validation(
             out["validation_accuracy"], out["test_accuracy"])
     return out
-
-
-def _pad(tree, k_all):
-    return jax.tree_util.tree_map(
-        lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], k_all - a.shape[0], axis=0)]), tree)
 
 
 _APPLY = {}
@@ -288,7 +272,7 @@ def predictions(net_layers, params, x):
 
 
 def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation_data, test_data,
-             lmbda=0.0, *, seeds=(0, 1, 2, 3, 4), shuffle=False, on_epoch=None):
+             lmbda=0.0, *, seeds=(0, 1, 2, 3, 4), shuffle=False, on_epoch=None, checkpoint=None):
     """The book's ensemble (conv.ensemble): K nets trained from different seeds
     (one vmapped program), each net's final test predictions, and their
     plurality vote (``train.plurality_vote``: ties go to the label of the
@@ -296,7 +280,8 @@ def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation
     plus ``predictions`` [K, n], ``vote`` [n], ``vote_accuracy``, ``errors``
     (indices of the misclassified test images)."""
     out = train_many(net_layers, mini_batch_size, training_data, epochs, eta, validation_data,
-                     test_data, lmbda, seeds=seeds, shuffle=shuffle, on_epoch=on_epoch)
+                     test_data, lmbda, seeds=seeds, shuffle=shuffle, on_epoch=on_epoch,
+                     checkpoint=checkpoint)
     test = as_arrays(test_data)
     preds = predictions(net_layers, out["params"], test.x)
     vote = np.asarray(train.plurality_vote(preds, net_layers[-1].n_out))
@@ -342,18 +327,17 @@ class Network:
         if int(mini_batch_size) != self.mini_batch_size:
             raise ValueError(f"the network was built for mini-batches of {self.mini_batch_size}, "
                              f"SGD was given {mini_batch_size}")
-        if int(epochs) != epochs or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if not eta > 0:
-            raise ValueError(f"eta must be a positive learning rate, got {eta!r}")
+        n_val, n_test = len(as_arrays(validation_data).y), len(as_arrays(test_data).y)
         best = [-1.0]
 
-        def report(e, val, test):
-            print(f"Epoch {e}: validation accuracy {val[0]:.2%}", flush=True)
-            if val[0] >= best[0]:
-                best[0] = val[0]
+        def report(e, record):
+            val = record["validation_accuracy"][0] / n_val
+            print(f"Epoch {e}: validation accuracy {val:.2%}", flush=True)
+            if val >= best[0]:
+                best[0] = val
                 print("This is the best validation accuracy to date.")
-                print(f"The corresponding test accuracy is {test[0]:.2%}", flush=True)
+                print(f"The corresponding test accuracy is {record['test_accuracy'][0] / n_test:.2%}",
+                      flush=True)
 
         if seed is not None:
             keys = train.seed_keys([seed])[1]
@@ -362,11 +346,11 @@ class Network:
             self._sgd_calls += 1
         out = train_many(self.layers, mini_batch_size, training_data, epochs, eta, validation_data,
                          test_data, lmbda, shuffle=shuffle, params=train.stack([self.params]),
-                         train_keys=keys, on_epoch=report)
+                         train_keys=keys, on_epoch=report, print_progress=True)
         self.params = train.unstack(out["params"])[0]
         self._sync()
         print("Finished training network.")
-        if epochs:
+        if "best_epoch" in out:
             nb = out["num_training_batches"]
             print(f"Best validation accuracy of {out['best_validation'][0]:.2%} obtained at "
                   f"iteration {nb * (int(out['best_epoch'][0]) + 1) - 1}")
