@@ -54,7 +54,6 @@ class Network:
         self._init, self._apply = layers.mlp(self.sizes, self.activation, init=self.initializer)
         self.params = self._init(init_key, (self.sizes[0],))[1]
         self._sgd_calls = 0
-        self._trainers = {}
 
     # --- the book's attributes -------------------------------------------------
     @property
@@ -103,7 +102,8 @@ class Network:
 
         params, _, _ = train.fit(self._trainer(mini_batch_size, shuffle), train.stack([self.params]),
                                  training, epochs, key=self._sgd_key(seed), eta=eta,
-                                 evaluation_data=test, on_epoch=report)
+                                 evaluation={"evaluation": test} if test is not None else None,
+                                 on_epoch=report)
         self.params = train.unstack(params)[0]
 
     def evaluate(self, test_data):
@@ -152,11 +152,8 @@ class Network:
         return self.cost
 
     def _trainer(self, mini_batch_size, shuffle, **kw):
-        key = (int(mini_batch_size), bool(shuffle), tuple(sorted(kw.items())))
-        if key not in self._trainers:
-            self._trainers[key] = train.Trainer(self._apply, self._core_cost, int(mini_batch_size),
-                                                shuffle=bool(shuffle), **kw)
-        return self._trainers[key]
+        return train.trainer_for(self._apply, self._core_cost, int(mini_batch_size),
+                                 shuffle=bool(shuffle), **kw)
 
     def _sgd_key(self, seed):
         if seed is not None:
@@ -166,9 +163,6 @@ class Network:
 
 
 def _check_hyper(epochs, mini_batch_size, eta):
-    if int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if int(mini_batch_size) != mini_batch_size or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
-    if not eta > 0:
-        raise ValueError(f"eta must be a positive learning rate, got {eta!r}")
+    """The book's SGD arguments, checked before any data is converted (``train``'s checks)."""
+    train.check_hyperparameters(eta, 0.0, epochs)
+    train.positive_int(mini_batch_size, "mini_batch_size")

@@ -126,7 +126,6 @@ class Network(network.Network):
     def _redraw(self, init):
         init_key = jax.random.split(jax.random.key(self.seed))[0]
         self._init, self._apply = layers.mlp(self.sizes, self.activation, init=init)
-        self._trainers = {}
         self.params = self._init(init_key, (self.sizes[0],))[1]
 
     def default_weight_initializer(self):
@@ -160,8 +159,6 @@ class Network(network.Network):
         network._check_hyper(epochs, mini_batch_size, eta)
         if regularization not in ("l2", "l1"):
             raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
-        if not lmbda >= 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda!r}")
         for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
             if int(v) != v or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -173,9 +170,11 @@ class Network(network.Network):
                                    or early_stopping_n or schedule_n):
             raise ValueError("monitoring evaluation data, early stopping and the schedule "
                              "need evaluation_data")
-        monitor = [name for name, on in zip(train.MONITORS, (
-            monitor_evaluation_cost, monitor_evaluation_accuracy,
-            monitor_training_cost, monitor_training_accuracy)) if on]
+        sets = {"evaluation": evaluation} if evaluation is not None else {}
+        if monitor_training_cost or monitor_training_accuracy:
+            sets["training"] = training
+        rules = ([train.early_stopping(early_stopping_n)] if early_stopping_n else []) + (
+            [train.plateau_schedule(schedule_n)] if schedule_n else [])
         n, n_data = len(training.y), (len(evaluation.y) if evaluation is not None else 0)
         self.regularization = regularization
 
@@ -194,9 +193,8 @@ class Network(network.Network):
         trainer = self._trainer(mini_batch_size, shuffle, penalty=regularization,
                                 momentum=float(momentum))
         params, _, history = train.fit(
-            trainer, train.stack([self.params]), training, int(epochs), key=self._sgd_key(seed),
-            eta=eta, lmbda=lmbda, evaluation_data=evaluation, monitor=monitor,
-            early_stopping_n=int(early_stopping_n), schedule_n=int(schedule_n), on_epoch=report)
+            trainer, train.stack([self.params]), training, epochs, key=self._sgd_key(seed),
+            eta=eta, lmbda=lmbda, evaluation=sets, rules=rules, on_epoch=report)
         self.params = train.unstack(params)[0]
         self.stopped_at = int(history.stopped_at[0])
         self.eta_history = [float(v[0]) for v in history.eta]
@@ -205,10 +203,11 @@ class Network(network.Network):
         elif self.stopped_at >= 0:
             print(f"Learning-rate schedule: eta fell to 1/128 of {eta} after epoch {self.stopped_at}")
         sys.stdout.flush()
-        return ([float(v[0]) for v in history.evaluation_cost],
-                [int(v[0]) for v in history.evaluation_accuracy],
-                [float(v[0]) for v in history.training_cost],
-                [int(v[0]) for v in history.training_accuracy])
+        monitored = lambda name, on: history[name] if on else []  # noqa: E731
+        return ([float(v[0]) for v in monitored("evaluation_cost", monitor_evaluation_cost)],
+                [int(v[0]) for v in monitored("evaluation_accuracy", monitor_evaluation_accuracy)],
+                [float(v[0]) for v in monitored("training_cost", monitor_training_cost)],
+                [int(v[0]) for v in monitored("training_accuracy", monitor_training_accuracy)])
 
     def accuracy(self, data, convert=False):
         """The number of inputs whose most active output neuron is the label.

@@ -229,8 +229,7 @@ class Trainer:
     iteration_every: int = 1000
 
     def __post_init__(self):
-        if int(self.mini_batch_size) < 1:
-            raise ValueError(f"mini_batch_size must be a positive integer, got {self.mini_batch_size}")
+        positive_int(self.mini_batch_size, "mini_batch_size")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         penalty = costs_mod.penalty_by_name(self.penalty)
@@ -343,7 +342,7 @@ def _plateau_counter(metric):
 def early_stopping(n, metric="evaluation_accuracy"):
     """The book's no-improvement-in-n: stop a net after ``n`` epochs without a
     new best ``metric``."""
-    n = _positive_int(n, "early_stopping_n")
+    n = positive_int(n, "early_stopping_n")
     init, count = _plateau_counter(metric)
 
     def update(state, record, eta):
@@ -356,7 +355,7 @@ def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
     """The book's learning-rate schedule: halve a net's η after ``n`` epochs
     without a new best ``metric`` (the count then restarts), and stop the net
     once η has fallen to ``floor`` times its first value."""
-    n = _positive_int(n, "schedule_n")
+    n = positive_int(n, "schedule_n")
     init_count, count = _plateau_counter(metric)
 
     def init(k):
@@ -374,7 +373,7 @@ def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
     return Rule(init, update, {"rule": "plateau_schedule", "n": n, "floor": floor, "metric": metric})
 
 
-def _positive_int(n, name):
+def positive_int(n, name):
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return int(n)
