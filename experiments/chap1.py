@@ -105,7 +105,12 @@ def svm_baseline(training, test, train_size):
 
 # --- the networks --------------------------------------------------------------
 
-def train_group(rows, seeds, training, test, epochs):
+def group_id(rows):
+    """The checkpoint id of a group of rows trained together, e.g. "1.1+1.2"."""
+    return "+".join(r["id"] for r in rows)
+
+
+def train_group(args, rows, seeds, training, test, epochs):
     """Train every run of ``rows`` (one architecture, several η) as one program.
 
     Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct).
@@ -118,7 +123,7 @@ def train_group(rows, seeds, training, test, epochs):
                              jnp.concatenate([train_keys] * len(rows)))
     params = train.init_many(init, init_keys, (sizes[0],))
     eta = np.repeat([r["eta"] for r in rows], k).astype(np.float32)
-    trainer = train.Trainer(apply, costs.quadratic, MINI_BATCH_SIZE)
+    trainer = train.trainer_for(apply, costs.quadratic, MINI_BATCH_SIZE)
     n_test, t0 = len(test.y), time.time()
     arch = "[" + ",".join(map(str, sizes)) + "]"
 
@@ -131,10 +136,12 @@ def train_group(rows, seeds, training, test, epochs):
 
     print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
           flush=True)
+    ckpt = report.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
+                                                         "sizes": list(sizes), "seeds": list(seeds)})
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
-                              key=train_keys, eta=eta, evaluation_data=(test.x, test.y),
-                              monitor=("evaluation_accuracy",), on_epoch=on_epoch)
-    curves = np.asarray(history.evaluation_accuracy).reshape(-1, len(rows), k)
+                              key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
+                              on_epoch=on_epoch, checkpoint=ckpt)
+    curves = np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
     return curves, time.time() - t0
 
 
@@ -156,7 +163,7 @@ def run(args):
     sgd = [r for r in ROWS if r["kind"] == "sgd" and report.wanted(args, r["id"])]
     for sizes in dict.fromkeys(r["sizes"] for r in sgd):
         group = [r for r in sgd if r["sizes"] == sizes]
-        acc, wall = train_group(group, seeds, training, test, epochs)
+        acc, wall = train_group(args, group, seeds, training, test, epochs)
         timings["[" + ",".join(map(str, sizes)) + "]"] = wall
         for i, r in enumerate(group):
             curves[r["id"]] = acc[:, i, :]
@@ -195,6 +202,9 @@ def run(args):
                                    correct=correct, n_test=n_test, n_train=n,
                                    seconds=time.time() - t0))
     plot(args, rows, n_test)
+    report.checkpoint(args, rows)
+    for sizes in dict.fromkeys(r["sizes"] for r in sgd):
+        report.remove_checkpoints(args, group_id([r for r in sgd if r["sizes"] == sizes]))
     return rows, {"timings_seconds": timings, "n_train": len(training.y), "n_test": n_test,
                   "epochs": epochs}
 

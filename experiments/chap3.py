@@ -20,6 +20,8 @@ default N(0, 1/n_in).
 evaluation images and a few epochs (more_data: two sizes, 3,000 examples each
 instead of 1,500,000); its numbers say nothing about the book's.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,22 +121,17 @@ def row_epochs(args, spec):
     return QUICK["long_epochs"] if spec["epochs"] > 100 else QUICK["epochs"]
 
 
-_TRAINERS = {}
+MONITORS = ("evaluation_cost", "evaluation_accuracy", "training_cost", "training_accuracy")
 
 
-def _trainer(sizes):
-    """One compiled Trainer per architecture (rows of the same shapes share it):
-    cross-entropy, L2, mini-batches of 10, network2's settings."""
-    if sizes not in _TRAINERS:
-        _, apply = layers.mlp(sizes, sigmoid)
-        _TRAINERS[sizes] = train.Trainer(apply, costs.cross_entropy, 10, penalty="l2")
-    return _TRAINERS[sizes]
+def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=None,
+                  early_stopping_n=0, schedule_n=0):
+    """Train every config of ``spec`` × every seed as one stacked program
+    (``train.fit``, checkpointed every epoch under the row's id).
 
-
-def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=None, **fit_kw):
-    """Train every config of ``spec`` × every seed as one stacked program.
-
-    Returns the History's arrays reshaped to [epochs, configs, seeds] (and with
+    ``monitor``: the sets whose accuracy and cost are recorded every epoch, by
+    metric name ("evaluation_accuracy", "training_cost", ...). Returns the
+    History's arrays reshaped to [epochs, configs, seeds] (and with
     ``final_eval``, "final_accuracy" [configs, seeds]: the number correct on
     it after the last epoch), the stop epochs [configs, seeds] and the seeds."""
     seeds = report.seeds(args)
@@ -144,17 +141,25 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
                               init_keys, (spec["sizes"][0],)) for c in configs]
     params = jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *params)
     per_net = lambda name: np.repeat([c[name] for c in configs], len(seeds))  # noqa: E731
-    trainer = _trainer(tuple(spec["sizes"]))
+    _, apply = _net(tuple(spec["sizes"]))
+    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty="l2")
+    sets = {name: data for name, data in (("evaluation", evaluation), ("training", training))
+            if any(m.startswith(name) for m in monitor) or (name == "evaluation" and data is not None
+                                                            and (early_stopping_n or schedule_n))}
+    rules = ([train.early_stopping(early_stopping_n)] if early_stopping_n else []) + (
+        [train.plateau_schedule(schedule_n)] if schedule_n else [])
     of = len(evaluation.y) if evaluation is not None else None
     lmbda = per_net("lmbda").astype(np.float32)
     show = report.progress(spec["id"], epochs, of=of,
-                           key="evaluation_accuracy" if evaluation is not None else "training_cost")
+                           key="evaluation_accuracy" if "evaluation" in sets else "training_cost")
     every = max(1, epochs // 30)
+    ckpt = report.row_checkpoint(args, spec["id"], {"row": spec["id"], "sizes": list(spec["sizes"]),
+                                                    "configs": configs, "seeds": seeds})
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
-        eta=per_net("eta").astype(np.float32), lmbda=lmbda, evaluation_data=evaluation, monitor=monitor,
+        eta=per_net("eta").astype(np.float32), lmbda=lmbda, evaluation=sets, rules=rules,
         on_epoch=lambda e, r: show(e, r) if (e + 1) % every == 0 or e + 1 == epochs else None,
-        **fit_kw)
+        checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
@@ -162,6 +167,12 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
                                       jnp.asarray(lmbda))
         arrays["final_accuracy"] = np.asarray(correct).reshape(shape)
     return arrays, hist.stopped_at.reshape(shape), seeds
+
+
+@functools.lru_cache(maxsize=None)
+def _net(sizes):
+    """One (init, apply) per architecture, so rows of the same shapes share a compiled trainer."""
+    return layers.mlp(sizes, sigmoid)
 
 
 def pct(correct, n):
@@ -190,8 +201,8 @@ def run_accuracy(args, splits, spec):
 
 def run_curves(args, splits, spec):
     training, ev = row_data(args, splits, spec)
-    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), train.MONITORS)
-    m = {k: h[k][:, 0] for k in train.MONITORS}                               # [epochs, seeds]
+    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), MONITORS)
+    m = {k: h[k][:, 0] for k in MONITORS}                               # [epochs, seeds]
     acc = pct(m["evaluation_accuracy"], len(ev.y))
     book = report.book_curve(spec["curve"])
     panels = [("evaluation_cost", "cost on the test data", 1.0, 1.0),
@@ -398,6 +409,8 @@ def run(args):
         if report.wanted(args, spec["id"]):
             print(f"\n== {spec['id']}: {spec['what']}", flush=True)
             rows.extend(RUNNERS[spec["kind"]](args, splits, spec))
+            report.checkpoint(args, rows)
+            report.remove_checkpoints(args, spec["id"])
     return rows
 
 

@@ -107,21 +107,22 @@ def _net(sizes):
     return layers.mlp(sizes, sigmoid, init=layers.default_weight_init)
 
 
-def depth_accuracy(args, splits, sizes, n_train, epochs):
+def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     """Train K = --seeds networks of shape ``sizes`` as one program; per-epoch
     validation accuracy [epochs, K]."""
     init, apply = _net(sizes)
     init_keys, train_keys = train.seed_keys(report.seeds(args))
     params = train.init_many(init, init_keys, (sizes[0],))
-    trainer = train.Trainer(apply, costs.cross_entropy, MINI_BATCH, penalty="l2")
+    trainer = train.trainer_for(apply, costs.cross_entropy, MINI_BATCH, penalty="l2")
     tr, va = splits.training, splits.validation
     n_val = len(va.y) if not args.quick else min(len(va.y), 1000)
+    ckpt = report.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
+                                                "seeds": report.seeds(args), "n_train": n_train})
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
-                           evaluation_data=(va.x[:n_val], va.y[:n_val]),
-                           monitor=("evaluation_accuracy",),
-                           on_epoch=report.progress(str(sizes), epochs, of=n_val))
-    return 100.0 * np.asarray(hist.evaluation_accuracy) / n_val
+                           evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
+                           on_epoch=report.progress(str(sizes), epochs, of=n_val), checkpoint=ckpt)
+    return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
 
 def gradient_norms_during_training(args, x, y, hidden, epochs):
@@ -134,7 +135,7 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     params = train.init_many(init, init_keys, (784,))
     norms_k = jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))
     # Full batch: the order inside the one mini-batch does not change the step.
-    trainer = train.Trainer(apply, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
+    trainer = train.trainer_for(apply, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
     t0 = time.time()
 
@@ -239,12 +240,14 @@ def run(args):
             continue
         _, desc, hp, book = ROW[row_id]
         t0 = time.time()
-        acc = depth_accuracy(args, splits, hp["sizes"], n_train, epochs)
+        acc = depth_accuracy(args, splits, row_id, hp["sizes"], n_train, epochs)
         curves[(row_id, str(hp["sizes"]))] = acc
         rows.append(report.row(row_id, desc, book, acc.max(0), final=report.summarize(acc[-1]),
                                peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
                                seconds=time.time() - t0,
                                note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%"))
+        report.checkpoint(args, rows, **payload)
+        report.remove_checkpoints(args, row_id)
     if curves:
         _plot_depths(args, curves)
 

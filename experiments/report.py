@@ -10,6 +10,7 @@ and ``main(argv=None)``:
         report.finish(args, run(args))
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -278,3 +279,11 @@ def row_finished(ckpt):
     """Remove a row's checkpoint once its results are written."""
     if ckpt is not None:
         ckpt.remove()
+
+
+def remove_checkpoints(args, row_id):
+    """Remove the checkpoints of row ``row_id`` and of its sub-runs (``<id>@...``)
+    once the row's results are written."""
+    folder = checkpoint_dir(args)
+    for path in [folder / f"{row_id}.npz", *folder.glob(f"{glob.escape(row_id)}@*.npz")]:
+        path.unlink(missing_ok=True)

@@ -242,7 +242,7 @@ class Trainer:
 
         over_k = k_axis_mode(self.over_k)
 
-        def epoch_k(params, opt_state, x, y, keys, c, active, e):
+        def epoch_k(params, opt_state, x, y, keys, c, active, e=0):
             if over_k == "vmap" or keys.shape[0] == 1:
                 new_params, new_state = jax.vmap(one_epoch, in_axes=(0, 0, None, None, 0, 0, None))(
                     params, opt_state, x, y, keys, c, e)
@@ -506,7 +506,7 @@ def _pad_k(tree, k_all):
 
 def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
         evaluation=None, rules=(), on_epoch=None, checkpoint=None, opt_state=None, start_epoch=0,
-        report_divergence=True):
+        devices=None, report_divergence=True):
     """Train K stacked networks for ``epochs`` epochs; return ``Fitted(params, opt_state, history)``.
 
     The one training loop of the project: the façades and every chapter call it.
@@ -537,8 +537,9 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
       this run), so an interrupted run finishes bit-identical to an
       uninterrupted one. The caller removes it once the results are safe.
 
-    With several local devices the K axis is padded to a multiple of the
-    device count (copies of the last net, trained and dropped) and sharded.
+    With several ``devices`` (default: the local devices) the K axis is padded
+    to a multiple of their count (copies of the last net, trained and dropped)
+    and sharded over them.
     """
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
@@ -557,10 +558,11 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
                              f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
 
-    k_all = padded_count(k)
+    k_all = padded_count(k, devices)
     pad = (lambda t: _pad_k(t, k_all)) if k_all != k else (lambda t: t)
-    params = shard_stacked(pad(jax.tree_util.tree_map(jnp.copy, params)))  # the epoch donates buffers
-    keys = shard_stacked(pad(keys))
+    shard = partial(shard_stacked, devices=devices)
+    params = shard(pad(jax.tree_util.tree_map(jnp.copy, params)))  # the epoch donates buffers
+    keys = shard(pad(keys))
     lmbda_all = jnp.asarray(np.resize(lmbda, k_all), dtype)
     c = jnp.concatenate([c, jnp.repeat(c[-1:], k_all - k)])
     if opt_state is None:
@@ -574,7 +576,8 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     first = start_epoch
     if checkpoint is not None:
         meta = dict(checkpoint.meta, fit={
-            "k": k, "devices": len(jax.local_devices()), "epochs": start_epoch + epochs,
+            "k": k, "devices": len(jax.local_devices() if devices is None else devices),
+            "epochs": start_epoch + epochs,
             "eta": eta.tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty,
             "params": [[list(a.shape), str(a.dtype)] for a in jax.tree_util.tree_leaves(params)],
             "trainer": trainer.spec(), "training": _fingerprint(*training_data),
@@ -585,7 +588,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             saved = checkpoint.load(meta)
             params, opt_state, keys = _restore(saved, "params", params), _restore(
                 saved, "opt_state", opt_state), _restore(saved, "keys", keys, wrap=True)
-            params, keys = shard_stacked(params), shard_stacked(keys)
+            params, keys = shard(params), shard(keys)
             active = saved["active"].astype(bool)
             history.stopped_at, history.diverged_at = saved["stopped_at"], saved["diverged_at"]
             history.eta = list(saved["eta_history"])
