@@ -253,4 +253,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    report.stop_at_once_on_interrupt()
     main()

@@ -309,4 +309,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    report.stop_at_once_on_interrupt()
     main()

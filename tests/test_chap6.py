@@ -63,3 +63,40 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(
     assert partial["complete"] is False and [r["id"] for r in partial["rows"]] == ["6.1"]
     assert "6.1" in partial["curves"]
     assert (tmp_path / "results.json").read_text() == old
+
+
+def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir,
+                                                                                monkeypatch):
+    """6.3 (2 seeds, 3 epochs, quick data) run whole, and run again into another
+    folder, interrupted after its second epoch: rerunning without --resume is
+    refused (the saved epochs are not thrown away), --resume runs only the
+    last epoch, and every per-epoch accuracy equals the uninterrupted run's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["--quick", "--only", "6.3", "--seeds", "2", "--epochs", "3", "--data-dir", str(mnist_dir)]
+    chap6.main(argv + ["--out", str(tmp_path / "whole")])
+
+    real_progress, seen = chap6._progress, []
+
+    def interrupted_after_epoch_1(*args):
+        show = real_progress(*args)
+
+        def on_epoch(e, record):
+            seen.append(e)
+            show(e, record)
+            if e == 1:
+                raise KeyboardInterrupt("killed after epoch 1")
+        return on_epoch
+
+    monkeypatch.setattr(chap6, "_progress", interrupted_after_epoch_1)
+    out = ["--out", str(tmp_path / "cut")]
+    with pytest.raises(KeyboardInterrupt):
+        chap6.main(argv + out)
+    with pytest.raises(SystemExit, match="6.3.*--resume"):
+        chap6.main(argv + out)
+    seen.clear()
+    chap6.main(argv + out + ["--resume"])
+    assert seen == [2]
+    whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    assert whole["curves"]["6.3"] == cut["curves"]["6.3"]
+    assert whole["rows"][0]["measured"] == cut["rows"][0]["measured"]
+    assert not list((tmp_path / "cache").rglob("*.npz"))        # the finished row's checkpoint is gone
