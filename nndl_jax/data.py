@@ -23,9 +23,11 @@ downloads them only when the folder is the user cache (case 3): a folder
 the user named (cases 1 and 2) is theirs and is only read. ``download=True``
 downloads the missing files into any folder, ``download=False`` never
 downloads. Each file is fetched from the first mirror in `MIRRORS` that
-answers, written to a temporary file in the same folder, verified, and only
-then moved into place with `os.replace`, so a failed or interrupted download
-leaves nothing behind but what was there before.
+answers with the right content (verified in memory), written to a temporary
+file in the same folder, and only then linked into place, so a failed or
+interrupted download leaves nothing behind but what was there before, and a
+file that another process put there meanwhile is kept as it is. A folder that
+cannot be written gives an `MNISTError` before anything is fetched.
 
 The book's split: the first 50,000 training images train, the last 10,000
 validate, the 10,000 t10k images test. Images are float32 rows of 784 pixels
@@ -35,6 +37,7 @@ stores pixel / 256; it is read as stored.)
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -42,8 +45,10 @@ import os
 import pickle
 import tempfile
 import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,6 +70,7 @@ __all__ = [
     "download_mnist",
     "load_mnist",
     "as_arrays",
+    "check_finite",
     "expand",
 ]
 
@@ -169,18 +175,26 @@ def find_idx(data_dir: Path, key: str) -> Path | None:
 
 
 def _read_content(path: Path) -> bytes:
-    """The uncompressed bytes of ``path`` (gzip is recognised by its magic bytes)."""
+    """The uncompressed bytes of the file ``path``."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise MNISTError(f"{path}: cannot read the file ({e}).") from e
+    return _uncompressed(raw, path)
+
+
+def _uncompressed(raw: bytes, source) -> bytes:
+    """``raw`` decompressed if it is gzip (recognised by its magic bytes), else as it is.
+
+    ``source`` (a path or URL) names the bytes in the error.
+    """
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
-    except (EOFError, OSError, gzip.BadGzipFile, ValueError) as e:
+    except (EOFError, OSError, ValueError, zlib.error) as e:
         raise MNISTError(
-            f"{path}: the gzip stream is corrupt or truncated ({e}). "
+            f"{source}: the gzip stream is corrupt or truncated ({e}). "
             "Replace the file with a good copy (delete it to let the loader "
             "download it again, if the folder is the cache)."
         ) from e
@@ -359,42 +373,92 @@ def _default_opener(url: str, timeout: float = 60.0):
 urlopen: Callable[..., Any] = _default_opener
 
 
-def _fetch_one(data_dir: Path, key: str, mirrors, opener) -> Path:
-    spec = IDX_FILES[key]
-    target = data_dir / (spec.name + ".gz")
+def _unwritable(data_dir: Path, e: OSError) -> MNISTError:
+    return MNISTError(
+        f"cannot write into {data_dir} to download MNIST ({e}). Make the folder "
+        "writable, or download into a folder you can write (data_dir=... with "
+        f"download=True, or nndl-jax data --data-dir D --download). {_NO_DATA_HINT}"
+    )
+
+
+@contextlib.contextmanager
+def _partial_file(data_dir: Path, name: str) -> Iterator[tuple[io.BufferedWriter, Path]]:
+    """A new private temporary file in ``data_dir``, open for writing; removed on exit.
+
+    Creating it is the first write into ``data_dir``, so a folder that cannot
+    be written fails here, before anything is downloaded.
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".part")
+    except OSError as e:
+        raise _unwritable(data_dir, e) from e
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out, tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download_verified(spec: IdxFile, mirrors, opener, data_dir: Path) -> bytes:
+    """The gzip file ``spec`` from the first mirror whose copy verifies."""
     errors = []
     for mirror in mirrors:
         url = mirror + spec.name + ".gz"
-        fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=f".{spec.name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, opener(url) as response:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            _verify_content(_read_content(tmp), url, spec)
-            if target.exists():  # appeared meanwhile; never overwrite a user's file
-                tmp.unlink()
-            else:
-                os.chmod(tmp, 0o644)  # mkstemp makes it private
-                os.replace(tmp, target)
-            return target
+            with opener(url) as response:
+                payload = b"".join(iter(lambda r=response: r.read(1 << 20), b""))
+            _verify_content(_uncompressed(payload, url), url, spec)
+            return payload
         except Exception as e:  # noqa: BLE001 - try the next mirror
             errors.append(f"{url}: {e}")
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     raise MNISTError(
         f"could not download {spec.name}.gz into {data_dir} from any mirror:\n  "
         + "\n  ".join(errors) + "\n" + _NO_DATA_HINT
     )
 
 
+def _link_into_place(tmp: Path, target: Path) -> Path:
+    """Give the finished file ``tmp`` the name ``target``, unless ``target`` exists.
+
+    ``os.link`` is atomic and refuses an existing name, so a file that another
+    process created meanwhile is kept as it is (ours is dropped). On a
+    filesystem without hard links, ``os.replace`` after a last check.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        pass
+    except OSError:
+        if not target.exists():
+            os.replace(tmp, target)
+    return target
+
+
+def _fetch_one(data_dir: Path, key: str, mirrors, opener) -> Path:
+    spec = IDX_FILES[key]
+    with _partial_file(data_dir, spec.name) as (out, tmp):
+        payload = _download_verified(spec, mirrors, opener, data_dir)
+        try:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private
+            # A copy (gzipped or raw) that appeared meanwhile is the user's: keep it.
+            return find_idx(data_dir, key) or _link_into_place(tmp, data_dir / (spec.name + ".gz"))
+        except OSError as e:
+            raise _unwritable(data_dir, e) from e
+
+
 def download_mnist(data_dir: str | os.PathLike | None = None, *, mirrors=MIRRORS,
                    opener: Callable[..., Any] | None = None) -> dict[str, Path]:
     """Download the IDX files missing from ``data_dir``; return all four paths.
 
-    Files already there (gzipped or raw) are left alone. Each download goes to
-    a temporary file in ``data_dir``, is verified, then moved into place.
+    Files already there (gzipped or raw) are left alone, also those that
+    appear while downloading. Each download is verified, written to a
+    temporary file in ``data_dir``, then linked into place. Raises
+    `MNISTError` when no mirror gives a good copy or ``data_dir`` cannot be
+    written.
     ``opener(url)`` must return a context manager with ``read(n)``; it
     defaults to `urlopen` (``urllib.request.urlopen``).
     """
@@ -403,7 +467,7 @@ def download_mnist(data_dir: str | os.PathLike | None = None, *, mirrors=MIRRORS
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MNISTError(f"cannot create {data_dir} to download MNIST ({e}). {_NO_DATA_HINT}") from e
+        raise _unwritable(data_dir, e) from e
     paths = {}
     for key in IDX_FILES:
         paths[key] = find_idx(data_dir, key) or _fetch_one(data_dir, key, mirrors, opener)
@@ -463,9 +527,53 @@ def _labels(y: np.ndarray, n_classes: int | None, what: str) -> np.ndarray:
         if y.dtype.kind not in "fb" or not np.all(np.mod(y, 1) == 0):
             raise ValueError(f"{what}: labels of dtype {y.dtype} are not integers.")
     if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
+        bad = np.flatnonzero((y < 0) | (y >= n_classes if n_classes is not None else False))
         raise ValueError(f"{what}: labels range over [{y.min()}, {y.max()}], "
-                         f"expected [0, {n_classes if n_classes is not None else 'n'}).")
+                         f"expected [0, {n_classes if n_classes is not None else 'n'}): "
+                         f"{_count(len(bad), 'label')} out of range, first at example {bad[0]}"
+                         f"{_more(bad)}.")
     return y.astype(np.int32)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _more(indices: np.ndarray, shown: int = 5) -> str:
+    """`` (examples i, j, ...)`` listing the first few of several ``indices``."""
+    if len(indices) < 2:
+        return ""
+    listed = ", ".join(str(i) for i in indices[:shown])
+    return f" (examples {listed}{', ...' if len(indices) > shown else ''})"
+
+
+def check_finite(x: np.ndarray, what: str = "x") -> np.ndarray:
+    """``x`` itself, after checking that every value in it is a finite number.
+
+    One NaN or inf pixel turns every parameter of a network into NaN within
+    a mini-batch, so it is refused up front: a ValueError saying how many
+    values are not finite, how many NaN and inf, and in which examples (rows
+    of ``x``). Costs a min and a max over ``x`` (both propagate NaN and inf);
+    the positions are only looked for when something is wrong.
+    """
+    x = np.asarray(x)
+    if x.size == 0 or not np.issubdtype(x.dtype, np.inexact):
+        return x
+    if np.isfinite(x.min()) and np.isfinite(x.max()):
+        return x
+    bad = ~np.isfinite(np.atleast_1d(x))
+    n_nan = int(np.count_nonzero(np.isnan(x)))
+    rows = np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
+    first = [int(i) for i in np.argwhere(bad)[0]]
+    where = f"example {first[0]}" + (f", pixel {first[1]}" if bad.ndim == 2
+                                     else f", index {tuple(first[1:])}" if bad.ndim > 2 else "")
+    n_bad = int(bad.sum())
+    raise ValueError(
+        f"{what}: {_count(n_bad, 'value')} not finite ({n_nan} NaN, {n_bad - n_nan} inf) "
+        f"in {_count(len(rows), 'example')}, first at {where}"
+        f"{_more(rows)}. Training on them makes every parameter NaN: fix or drop "
+        "those examples (pixels should lie in [0, 1])."
+    )
 
 
 def _is_array(a) -> bool:
@@ -482,7 +590,9 @@ def as_arrays(data, *, n_inputs: int | None = N_PIXELS, n_classes: int | None = 
       * the book's list (or zip) of ``(x, y)`` pairs, ``x`` of shape
         ``(784, 1)``, ``y`` a one-hot ``(10, 1)`` vector or an int.
     ``n_inputs`` / ``n_classes`` are the expected widths (None: any).
-    Pixel values are not range-checked. Raises ValueError on bad shapes.
+    Raises ValueError on bad shapes, on pixels that are not finite numbers
+    (`check_finite`) and on labels that are not integers in
+    ``[0, n_classes)``. Pixel values are not range-checked otherwise.
     """
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data)):
         x, y = np.asarray(data[0]), np.asarray(data[1])
@@ -520,7 +630,9 @@ def as_arrays(data, *, n_inputs: int | None = N_PIXELS, n_classes: int | None = 
         x = x.astype(np.float32) / np.float32(255.0)
     elif not np.issubdtype(x.dtype, np.floating) and x.dtype != np.bool_:
         raise ValueError(f"{what}: x has dtype {x.dtype}; expected floats in [0, 1] or uint8 pixels.")
-    return Dataset(np.asarray(x, dtype=np.float32), y)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused just below
+        x = np.asarray(x, dtype=np.float32)
+    return Dataset(check_finite(x, f"{what}: x"), y)
 
 
 # ---------------------------------------------------------------------------

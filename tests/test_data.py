@@ -3,6 +3,7 @@
 Bad-data tests corrupt COPIES in tmp_path, never the shared files.
 """
 
+import errno
 import gzip
 import hashlib
 import io
@@ -10,14 +11,17 @@ import os
 import pickle
 import pickletools
 import shutil
+import tempfile
 import urllib.error
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mnist_folder, unavailable
 
 from nndl_jax import cli, data, expand_mnist, mnist_loader
-from nndl_jax.data import IDX_FILES, Dataset, MNISTError, Splits, as_arrays, expand
+from nndl_jax.data import IDX_FILES, Dataset, MNISTError, Splits, as_arrays, check_finite, expand
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -104,6 +108,33 @@ def test_truncated_gzip_stream_is_an_mnist_error(tmp_path, small_images):
     (tmp_path / "cut.gz").write_bytes(gz[: len(gz) // 2])
     with pytest.raises(MNISTError, match="cut.gz: the gzip stream is corrupt or truncated"):
         data.read_idx(tmp_path / "cut.gz")
+
+
+def corrupt_deflate(gz: bytes) -> bytes:
+    """``gz`` with one byte of its deflate stream flipped, so that zlib itself
+    fails (a ``zlib.error``, not the gzip module's CRC check)."""
+    bad = bytearray(gz)
+    bad[200] ^= 0xFF
+    with pytest.raises(zlib.error):
+        gzip.decompress(bytes(bad))
+    return bytes(bad)
+
+
+def test_corrupt_gzip_stream_is_an_mnist_error_naming_the_file(tmp_path):
+    labels = np.random.default_rng(4).integers(0, 10, 5000).astype(np.uint8)
+    path = tmp_path / "labels.gz"
+    path.write_bytes(corrupt_deflate(gzip.compress(idx_bytes(labels))))
+    with pytest.raises(MNISTError, match="labels.gz: the gzip stream is corrupt or truncated"):
+        data.read_idx(path)
+
+
+def test_corrupt_gzip_in_the_data_folder_is_reported_and_the_file_kept(mnist_copy):
+    path = mnist_copy / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(corrupt_deflate(path.read_bytes()))
+    before = path.read_bytes()
+    with pytest.raises(MNISTError, match="train-labels-idx1-ubyte.gz: the gzip stream is corrupt"):
+        data.load_mnist(mnist_copy, download=True)  # never replaced by a download either
+    assert path.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------
@@ -355,6 +386,130 @@ def test_download_keeps_a_users_existing_file(mnist_dir, tmp_path):
     assert not (tmp_path / "train-labels-idx1-ubyte.gz").exists()
 
 
+def test_download_falls_back_to_the_next_mirror_on_a_corrupt_gzip(mnist_dir, tmp_path):
+    first = data.MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"
+    mirror = FakeMirror(mnist_dir, bad={first: corrupt_deflate((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())})
+    paths = data.download_mnist(tmp_path, opener=mirror)
+    assert mirror.calls.count(data.MIRRORS[1] + "t10k-labels-idx1-ubyte.gz") == 1
+    assert data.check_file(paths["test_labels"], "test_labels").shape == (10_000,)
+    assert leftovers(tmp_path) == []
+
+
+class CompetingMirror(FakeMirror):
+    """While serving ``url``, another process puts its own copy of that file in ``folder``."""
+
+    def __init__(self, source, url, their_file: Path, their_bytes: bytes):
+        super().__init__(source)
+        self.url, self.their_file, self.their_bytes = url, their_file, their_bytes
+
+    def __call__(self, url, *a, **k):
+        if url == self.url:
+            self.their_file.write_bytes(self.their_bytes)
+        return super().__call__(url, *a, **k)
+
+
+def their_copy(mnist_dir, name: str, gz: bool) -> bytes:
+    """A good copy of MNIST file ``name`` whose bytes differ from the mirror's."""
+    content = raw_content(mnist_dir / (name + ".gz"))
+    return gzip.compress(content, compresslevel=1, mtime=0) if gz else content
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["their_gz", "their_raw"])
+def test_download_keeps_a_file_created_meanwhile(mnist_dir, tmp_path, gz):
+    name = "train-labels-idx1-ubyte"
+    theirs = tmp_path / (name + (".gz" if gz else ""))
+    their_bytes = their_copy(mnist_dir, name, gz)
+    mirror = CompetingMirror(mnist_dir, data.MIRRORS[0] + name + ".gz", theirs, their_bytes)
+    paths = data.download_mnist(tmp_path, opener=mirror)
+    assert paths["train_labels"] == theirs and theirs.read_bytes() == their_bytes
+    assert sorted(p.name for p in tmp_path.glob(name + "*")) == [theirs.name]  # not a second copy
+    assert leftovers(tmp_path) == []
+    assert data.check_file(paths["test_images"], "test_images").shape == (10_000, 28, 28)
+
+
+def test_download_keeps_a_file_created_between_the_last_check_and_the_move(mnist_dir, tmp_path, monkeypatch):
+    # The narrowest window: the other process writes just after the downloader's
+    # last look for the file (its second `find_idx`, once the download is verified).
+    name = "t10k-labels-idx1-ubyte"
+    theirs, their_bytes = tmp_path / (name + ".gz"), their_copy(mnist_dir, name, gz=True)
+    real_find_idx, looks = data.find_idx, []
+
+    def find_idx_then_they_write(folder, key):
+        found = real_find_idx(folder, key)
+        if key == "test_labels":
+            looks.append(found)
+            if len(looks) == 2:
+                theirs.write_bytes(their_bytes)
+        return found
+
+    monkeypatch.setattr(data, "find_idx", find_idx_then_they_write)
+    paths = data.download_mnist(tmp_path, opener=FakeMirror(mnist_dir))
+    assert looks == [None, None]  # both looks missed their file
+    assert paths["test_labels"] == theirs and theirs.read_bytes() == their_bytes
+    assert leftovers(tmp_path) == []
+
+
+def test_download_without_hard_links_still_moves_files_into_place(mnist_dir, mnist, tmp_path, monkeypatch):
+    def no_hard_links(src, dst, *a, **k):
+        raise PermissionError(errno.EPERM, "hard links not supported here (fake)", str(dst))
+
+    monkeypatch.setattr(data.os, "link", no_hard_links)
+    paths = data.download_mnist(tmp_path, opener=FakeMirror(mnist_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name + ".gz" for f in IDX_FILES.values())
+    np.testing.assert_array_equal(data.read_idx(paths["test_labels"]), mnist.test.y)
+
+
+def make_unwritable(folder: Path, monkeypatch):
+    """Make ``folder`` refuse new files. chmod 555 does that for a normal user;
+    root (as in CI containers) writes anyway, so when the chmod did not take,
+    creating a file in ``folder`` raises the EACCES the OS gives a normal user."""
+    folder.chmod(0o555)
+    probe = folder / ".probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError:
+        return  # the real thing
+    real_mkstemp = tempfile.mkstemp
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder / ".part"))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(data.tempfile, "mkstemp", refused)
+
+
+def test_download_into_a_read_only_folder_says_what_to_do(tmp_path, monkeypatch):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    make_unwritable(folder, monkeypatch)
+    try:
+        with pytest.raises(MNISTError, match=rf"(?s)cannot write into {folder} .*Permission denied.*"
+                                             r"Make the folder writable.*NNDL_JAX_DATA"):
+            data.download_mnist(folder, opener=_never_called)  # refused before any download
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_download_under_a_file_says_what_to_do(tmp_path):
+    (tmp_path / "not-a-folder").write_text("a file, where the data folder's parent should be")
+    folder = tmp_path / "not-a-folder" / "mnist"  # creating it fails even for root
+    with pytest.raises(MNISTError, match=rf"cannot write into {folder} .*Make the folder writable"):
+        data.download_mnist(folder, opener=_never_called)
+
+
+def test_a_full_disk_during_a_download_leaves_no_partial_file(mnist_dir, tmp_path, monkeypatch):
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device (fake)")
+
+    monkeypatch.setattr(data.os, "fsync", disk_full)
+    with pytest.raises(MNISTError, match=rf"cannot write into {tmp_path} .*No space left on device"):
+        data.download_mnist(tmp_path, opener=FakeMirror(mnist_dir))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_network_error_points_at_nndl_jax_data(tmp_path, monkeypatch):
     def offline(url, *a, **k):
         raise urllib.error.URLError("no network")
@@ -460,6 +615,65 @@ def test_as_arrays_rejects_bad_shapes_clearly(bad, message):
 def test_as_arrays_other_widths_when_asked():
     got = as_arrays((np.ones((2, 3)), np.array([0, 1])), n_inputs=3, n_classes=2)
     assert got.x.shape == (2, 3)
+
+
+def with_bad_pixels(values, where=((12, 345), (40, 0), (40, 783))):
+    x = np.random.default_rng(5).random((50, 784))
+    for (i, j), v in zip(where, values):
+        x[i, j] = v
+    return x
+
+
+@pytest.mark.parametrize("layout", ["arrays", "float32", "book_list"])
+def test_as_arrays_refuses_a_nan_pixel_saying_where(layout):
+    x = with_bad_pixels([np.nan])
+    y = np.arange(50) % 10
+    given = {"arrays": (x, y), "float32": (x.astype(np.float32), y),
+             "book_list": [(xi[:, None], int(yi)) for xi, yi in zip(x, y)]}[layout]
+    with pytest.raises(ValueError, match=r"x: 1 value not finite \(1 NaN, 0 inf\) in 1 example, "
+                                         r"first at example 12, pixel 345\. .*fix or drop"):
+        as_arrays(given)
+
+
+def test_as_arrays_counts_nan_and_inf_pixels_and_lists_the_examples():
+    x = with_bad_pixels([np.inf, np.nan, -np.inf])
+    with pytest.raises(ValueError, match=r"3 values not finite \(1 NaN, 2 inf\) in 2 examples, "
+                                         r"first at example 12, pixel 345 \(examples 12, 40\)"):
+        as_arrays((x, np.zeros(50, int)))
+
+
+def test_as_arrays_refuses_pixels_beyond_float32():
+    x = with_bad_pixels([1e300])
+    with pytest.raises(ValueError, match=r"1 value not finite \(0 NaN, 1 inf\).*example 12, pixel 345"):
+        as_arrays((x, np.zeros(50, int)))
+
+
+def test_check_finite_returns_finite_data_untouched():
+    x = np.random.default_rng(6).random((3, 4), dtype=np.float32)
+    assert check_finite(x) is x
+    pixels = np.full((2, 784), 255, np.uint8)
+    assert check_finite(pixels) is pixels  # integers are always finite
+    message = r"images: 1 value not finite \(0 NaN, 1 inf\) in 1 example, first at example 1\."
+    with pytest.raises(ValueError, match=message):
+        check_finite(np.array([0.0, np.inf]), "images")
+
+
+@pytest.mark.parametrize("y, n_classes, message", [
+    (np.array([0, 1, 10, 3, 12]), 10,
+     r"labels range over \[0, 12\], expected \[0, 10\): 2 labels out of range, first at example 2 \(examples 2, 4\)"),
+    (np.array([0, 1, 2, 3, 2]), 3, r"expected \[0, 3\): 1 label out of range, first at example 3\."),
+    (np.array([0, -1, 2, 3, 2]), None, r"labels range over \[-1, 3\], expected \[0, n\): 1 label .* example 1\."),
+    (np.array([0, 1, 2.5, 3, 2]), 10, "labels of dtype float64 are not integers"),
+    (np.array([0, 1, np.nan, 3, 2]), 10, "labels of dtype float64 are not integers"),
+])
+def test_as_arrays_refuses_labels_out_of_range_saying_where(y, n_classes, message):
+    with pytest.raises(ValueError, match=message):
+        as_arrays((np.zeros((5, 784), np.float32), y), n_classes=n_classes)
+
+
+def test_as_arrays_takes_any_nonnegative_label_without_a_class_count():
+    got = as_arrays((np.zeros((2, 784), np.float32), np.array([0, 57])), n_classes=None)
+    np.testing.assert_array_equal(got.y, [0, 57])
 
 
 # ---------------------------------------------------------------------------
@@ -591,3 +805,51 @@ def test_cli_run_dispatches_to_an_experiment_main(monkeypatch):
     monkeypatch.setitem(sys.modules, "experiments.chap99", fake)
     assert cli.main(["run", "99", "--quick", "--seed", "3"]) == 0
     assert seen == [["--quick", "--seed", "3"]]
+
+
+# ---------------------------------------------------------------------------
+# the tests on a fresh machine (tests/conftest.py)
+
+
+def test_tests_fetch_mnist_into_an_empty_user_cache(mnist_dir, mnist, tmp_path, monkeypatch):
+    monkeypatch.delenv("NNDL_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    mirror = FakeMirror(mnist_dir)
+    monkeypatch.setattr(data, "urlopen", mirror)  # the project's download code, minus the network
+    folder = mnist_folder()
+    assert folder == tmp_path / "nndl-jax" / "mnist" == data.resolve_data_dir()
+    assert sorted(mirror.calls) == sorted(data.MIRRORS[0] + f.name + ".gz" for f in IDX_FILES.values())
+    np.testing.assert_array_equal(data.load_mnist(folder).test.y, mnist.test.y)
+    assert mnist_folder() == folder and len(mirror.calls) == 4  # filled: nothing fetched again
+
+
+def test_tests_read_a_filled_user_cache_without_fetching(mnist_copy, tmp_path, monkeypatch):
+    monkeypatch.delenv("NNDL_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    shutil.copytree(mnist_copy, tmp_path / "xdg" / "nndl-jax" / "mnist")
+    monkeypatch.setattr(data, "urlopen", _never_called)
+    assert mnist_folder() == tmp_path / "xdg" / "nndl-jax" / "mnist"
+
+
+def test_tests_never_download_into_the_folder_nndl_jax_data_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNDL_JAX_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "urlopen", _never_called)
+    with pytest.raises(MNISTError, match=f"NNDL_JAX_DATA={tmp_path} does not hold the four MNIST IDX files"):
+        mnist_folder()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_tests_without_mnist_fail_in_ci_and_skip_elsewhere(tmp_path, monkeypatch, ci):
+    def offline(url, *a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.delenv("NNDL_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(data, "urlopen", offline)
+    with pytest.raises(MNISTError, match="(?s)could not download.*no network") as error:
+        mnist_folder()
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=("CI=true and " if ci else "") + "no MNIST: could not download"):
+        unavailable(f"no MNIST: {error.value}")
