@@ -168,8 +168,9 @@ class Network:
         """The number of inputs for which the network's most active output
         neuron is the correct label."""
         test = self._data(test_data)
-        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x, test.y,
-                                                     np.zeros(1, np.float32))
+        dtype = self._dtype
+        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x.astype(dtype),
+                                                     test.y, np.zeros(1, dtype))
         return int(correct[0])
 
     def update_mini_batch(self, mini_batch, eta):
@@ -206,6 +207,12 @@ class Network:
         if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
             data = list(data)
         return as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
+
+    @property
+    def _dtype(self):
+        """The dtype of the params (float32; float64 when made under ``jax.enable_x64``):
+        data and coefficients are cast to it for evaluation."""
+        return np.dtype(self.params[0]["w"].dtype)
 
     @property
     def _core_cost(self):

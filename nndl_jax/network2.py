@@ -351,8 +351,8 @@ class Network(network.Network):
 
     def _evaluate(self, d, lmbda):
         trainer = self._trainer(10, True, penalty=self.regularization, momentum=0.0)
-        correct, cost = trainer.evaluate(train.stack([self.params]), d.x, d.y,
-                                         np.full(1, lmbda, np.float32))
+        correct, cost = trainer.evaluate(train.stack([self.params]), d.x.astype(self._dtype), d.y,
+                                         np.full(1, lmbda, self._dtype))
         return correct[0], cost[0]
 
     @property
