@@ -60,7 +60,7 @@ def sizes_of(sizes):
     whole positive number (``[784, 2.7, 10]`` is an error, not [784, 2, 10])."""
     sizes = list(sizes)
     bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, (int, np.integer, float, np.floating))
-           or s != int(s) or s < 1]
+           or not np.isfinite(s) or s != int(s) or s < 1]
     if len(sizes) < 2 or bad:
         raise ValueError(f"sizes must list at least two positive whole numbers of neurons, e.g. "
                          f"[784, 30, 10]; got {sizes!r}")
@@ -132,7 +132,7 @@ class Network:
     def feedforward(self, a):
         """The network's output for ``a``: a column (784, 1) as in the book,
         giving a column (10, 1), or a batch [n, 784], giving [n, 10]."""
-        a = np.asarray(a, np.float32)
+        a = np.asarray(a, self._dtype)
         column = a.ndim == 2 and a.shape == (self.sizes[0], 1)
         x = a.reshape(1, -1) if column or a.ndim == 1 else a
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:

@@ -338,7 +338,8 @@ def test_a_cost_jax_cannot_trace_is_a_clear_error_before_training():
 # --- issue 10: the façades' bad input --------------------------------------------------------
 
 @pytest.mark.parametrize("make", [network.Network, network2.Network])
-@pytest.mark.parametrize("sizes", [[784, 2.7, 10], [784, "30", 10], [784, 0, 10], [784], [784, True, 10]])
+@pytest.mark.parametrize("sizes", [[784, 2.7, 10], [784, "30", 10], [784, 0, 10], [784], [784, True, 10],
+                                   [784, float("nan"), 10], [784, float("inf"), 10]])
 def test_sizes_must_be_whole_positive_numbers(make, sizes):
     with pytest.raises(ValueError, match="sizes"):
         make(sizes)
