@@ -73,7 +73,7 @@ def test_feedforward_rejects_the_wrong_width():
 def test_sgd_prints_the_books_lines_and_evaluate_counts_argmax(small, capsys):
     (x, y), (tx, ty) = small
     net = network.Network(SIZES, seed=2)
-    net.SGD((x, y), 2, 10, 3.0, test_data=(tx, ty))
+    net.SGD((x, y), 2, 10, 3.0, test_data=(tx, ty), seed=2)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     for j, line in enumerate(lines):
