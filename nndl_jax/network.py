@@ -4,7 +4,7 @@
     >>> training_data, validation_data, test_data = mnist_loader.load_data_wrapper()
     >>> net = network.Network([784, 30, 10])
     >>> net.SGD(training_data, 30, 10, 3.0, test_data=test_data)
-    Epoch 0: 9129 / 10000
+    Epoch 0: ... / 10000
     ...
 
 A sigmoid network, quadratic cost, weights and biases drawn from N(0, 1),
@@ -14,7 +14,19 @@ pytree: a list of {"w": [n_in, n_out], "b": [n_out]}); the book's attributes
 converted on access. Training runs as one compiled program per epoch
 (``train.Trainer``). Beyond the book's arguments, ``SGD`` takes ``shuffle``
 (False keeps dataset order, to replay a run step by step) and ``seed``.
+
+Randomness, as the book's and where it differs on purpose: every new
+``Network`` is a fresh random network (the book draws from NumPy's global
+generator; here each network draws a fresh seed from the operating system's
+entropy), and every ``SGD`` call shuffles with a fresh seed. Both seeds are
+recorded, so any run can be replayed bit for bit: ``net.seed`` (pass it as
+``Network(sizes, seed=net.seed)``) and ``net.last_sgd_seed`` (pass it as
+``net.SGD(..., seed=net.last_sgd_seed)``).
 """
+import os
+import secrets
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -35,11 +47,53 @@ def params_to_book(params):
     return ([np.asarray(p["w"]).T for p in params], [np.asarray(p["b"]).reshape(-1, 1) for p in params])
 
 
+def fresh_seed():
+    """A new seed from the operating system's entropy, for a network or an SGD
+    call that was given none. 32 bits: ``jax.random.key`` reads a larger int
+    differently with and without 64-bit mode, so a larger seed would not replay
+    the same run in both."""
+    return secrets.randbits(32)
+
+
+def sizes_of(sizes):
+    """The book's ``sizes`` as a list of ints, refusing anything that is not a
+    whole positive number (``[784, 2.7, 10]`` is an error, not [784, 2, 10])."""
+    sizes = list(sizes)
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, (int, np.integer, float, np.floating))
+           or not np.isfinite(s) or s != int(s) or s < 1]
+    if len(sizes) < 2 or bad:
+        raise ValueError(f"sizes must list at least two positive whole numbers of neurons, e.g. "
+                         f"[784, 30, 10]; got {sizes!r}")
+    return [int(s) for s in sizes]
+
+
+def save_atomically(path, write, mode="wb"):
+    """Write a file with ``write(f)`` (f opened with ``mode``) into a
+    temporary file beside ``path``, then rename it into place: an interrupted
+    save never leaves a half-written file over a good one. The file gets the
+    usual mode (0666 less the umask). A missing folder is an error naming it."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot save {path.name}: the folder {folder.resolve()} does not exist "
+                                "(create it first)")
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class Network:
     """A fully connected sigmoid network trained on the quadratic cost.
 
     ``sizes``: neurons per layer, e.g. [784, 30, 10]. ``seed``: the seed of
-    every random draw (initial weights, then shuffling), so a run is replayable.
+    the initial weights and biases; None (the default) draws a fresh one
+    (``fresh_seed``), kept as ``self.seed`` so the network can be rebuilt.
     ``activation``, ``cost`` and ``init`` let network2 reuse this class.
     """
 
@@ -47,13 +101,14 @@ class Network:
     activation = staticmethod(sigmoid)
     initializer = staticmethod(layers.large_weight_init)
 
-    def __init__(self, sizes, *, seed=0):
-        self.sizes = [int(s) for s in sizes]
+    def __init__(self, sizes, *, seed=None):
+        self.sizes = sizes_of(sizes)
         self.num_layers = len(self.sizes)
-        init_key, self._train_key = jax.random.split(jax.random.key(seed))
+        self.seed = fresh_seed() if seed is None else int(seed)
+        self.last_sgd_seed = None
+        self._init_key = jax.random.split(jax.random.key(self.seed))[0]
         self._init, self._apply = layers.mlp(self.sizes, self.activation, init=self.initializer)
-        self.params = self._init(init_key, (self.sizes[0],))[1]
-        self._sgd_calls = 0
+        self.params = self._init(self._init_key, (self.sizes[0],))[1]
 
     # --- the book's attributes -------------------------------------------------
     @property
@@ -76,7 +131,7 @@ class Network:
     def feedforward(self, a):
         """The network's output for ``a``: a column (784, 1) as in the book,
         giving a column (10, 1), or a batch [n, 784], giving [n, 10]."""
-        a = np.asarray(a, np.float32)
+        a = np.asarray(a, self._dtype)
         column = a.ndim == 2 and a.shape == (self.sizes[0], 1)
         x = a.reshape(1, -1) if column or a.ndim == 1 else a
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
@@ -88,7 +143,10 @@ class Network:
     def SGD(self, training_data, epochs, mini_batch_size, eta, test_data=None, *,
             shuffle=True, seed=None):
         """Train with mini-batch stochastic gradient descent, printing the
-        book's ``Epoch j: correct / n`` when ``test_data`` is given."""
+        book's ``Epoch j: correct / n`` when ``test_data`` is given.
+
+        ``seed`` fixes the shuffling; None (the default) draws a fresh seed for
+        this call, recorded as ``self.last_sgd_seed`` (pass it back to replay)."""
         training = self._data(training_data)
         test = self._data(test_data) if test_data is not None else None
         _check_hyper(epochs, mini_batch_size, eta)
@@ -110,16 +168,21 @@ class Network:
         """The number of inputs for which the network's most active output
         neuron is the correct label."""
         test = self._data(test_data)
-        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x, test.y,
-                                                     np.zeros(1, np.float32))
+        dtype = self._dtype
+        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x.astype(dtype),
+                                                     test.y, np.zeros(1, dtype))
         return int(correct[0])
 
     def update_mini_batch(self, mini_batch, eta):
-        """One gradient-descent step on one mini-batch (the book's method)."""
+        """One gradient-descent step on one mini-batch, as the book's: the
+        weights and biases move by −η times the gradient averaged over the
+        mini-batch (``mini_batch`` in any accepted layout, e.g. the book's
+        list of (x, y) pairs)."""
         batch = self._data(mini_batch)
+        _check_hyper(1, 1, eta)
         trainer = self._trainer(len(batch.y), False)
         params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1,
-                                 key=self._train_key, eta=eta)
+                                 key=jax.random.key(0), eta=eta)  # no shuffle, no dropout: unused
         self.params = train.unstack(params)[0]
 
     def backprop(self, x, y):
@@ -146,6 +209,12 @@ class Network:
         return as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
 
     @property
+    def _dtype(self):
+        """The dtype of the params (float32; float64 when made under ``jax.enable_x64``):
+        data and coefficients are cast to it for evaluation."""
+        return np.dtype(self.params[0]["w"].dtype)
+
+    @property
     def _core_cost(self):
         """The core ``costs.Cost`` that training and feedforward use (network2
         keeps the book's cost class in ``self.cost`` and overrides this)."""
@@ -156,10 +225,10 @@ class Network:
                                  shuffle=bool(shuffle), **kw)
 
     def _sgd_key(self, seed):
-        if seed is not None:
-            return jax.random.key(seed)
-        self._sgd_calls += 1
-        return jax.random.fold_in(self._train_key, self._sgd_calls - 1)
+        """The key of one SGD call: from ``seed``, or from a fresh seed; either
+        way recorded as ``self.last_sgd_seed``."""
+        self.last_sgd_seed = fresh_seed() if seed is None else int(seed)
+        return jax.random.key(self.last_sgd_seed)
 
 
 def _check_hyper(epochs, mini_batch_size, eta):

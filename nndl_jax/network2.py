@@ -7,7 +7,7 @@
     >>> net.SGD(training_data, 30, 10, 0.5, evaluation_data=test_data,
     ...         monitor_evaluation_accuracy=True)
     Epoch 0 training complete
-    Accuracy on evaluation data: 9097 / 10000
+    Accuracy on evaluation data: ... / 10000
     ...
 
 What chapter 3 adds to network.py: the cross-entropy cost, L2 regularization
@@ -24,25 +24,45 @@ the book's arguments, prints what the book prints and keeps the params.
 
 The cost classes keep the book's NumPy ``fn(a, y)`` and ``delta(z, a, y)`` for
 readers; training uses the core cost they name (``CrossEntropyCost.core`` is
-``costs.cross_entropy``), computed stably from the weighted input z.
+``costs.cross_entropy``), computed stably from the weighted input z. A cost
+class of your own (or an instance, as ``fig/overfitting.py`` passes
+``CrossEntropyCost()``) trains too: write its ``fn(a, y)`` with ``jax.numpy``
+and ``jax.grad`` differentiates it (see ``Network``).
+
+As network.py, every new network is a fresh random network and every ``SGD``
+call shuffles with a fresh seed; both are recorded (``net.seed``,
+``net.last_sgd_seed``) so a run replays exactly with ``seed=``.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import costs, layers, network, train
-from nndl_jax.activations import sigmoid
-from nndl_jax.network import book_to_params, params_to_book  # noqa: F401 (the book's layout)
+from nndl_jax import activations, costs, layers, network, train
+from nndl_jax.network import book_to_params, params_to_book
+
+# --- the book's miscellaneous functions (NumPy, as in the book) -------------------
+
+def vectorized_result(j):
+    """A (10, 1) unit vector with 1.0 in position ``j``: the desired output for digit j."""
+    e = np.zeros((10, 1))
+    e[j] = 1.0
+    return e
 
 
-# --- the costs, as in the book --------------------------------------------------
-
-def _sigmoid(z):
+def sigmoid(z):
+    """The sigmoid function 1/(1 + e^(−z)) on NumPy arrays (written as
+    ½(1 + tanh(z/2)), which never overflows)."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z)))
+
+
+def sigmoid_prime(z):
+    """Derivative of the sigmoid function: σ(z)(1 − σ(z))."""
+    s = sigmoid(z)
+    return s * (1 - s)
 
 
 class QuadraticCost:
@@ -58,8 +78,7 @@ class QuadraticCost:
     @staticmethod
     def delta(z, a, y):
         """The output-layer error δ^L = (a − y) ⊙ σ'(z)."""
-        s = _sigmoid(z)
-        return (a - y) * s * (1 - s)
+        return (a - y) * sigmoid_prime(z)
 
 
 class CrossEntropyCost:
@@ -100,42 +119,95 @@ class LogLikelihoodCost:
 COSTS = {c.__name__: c for c in (QuadraticCost, CrossEntropyCost, LogLikelihoodCost)}
 
 
+def cost_class(cost):
+    """The class of a cost given as a class or as an instance (the book's
+    figure scripts pass ``CrossEntropyCost()``)."""
+    return cost if isinstance(cost, type) else type(cost)
+
+
+def core_cost(cost, n_out):
+    """The ``costs.Cost`` that trains with the book's cost ``cost`` (a class or
+    an instance) on ``n_out`` sigmoid outputs.
+
+    The book's classes (and subclasses that keep their ``fn``) train with the
+    core cost they name, computed stably from z. Any other cost trains with
+    its own ``fn(a, y)``, differentiated by ``jax.grad``: ``a = σ(z)`` and
+    ``y`` come as (n_out, 1) columns, as in the book, so ``fn`` must be
+    written with ``jax.numpy`` (``jnp.log``, ``jnp.sum``, ...). Its ``delta``
+    is not used here (the NumPy reference, ``backprop``, is where a
+    hand-written δ^L lives). A ``fn`` that cannot be traced by JAX is a
+    ``ValueError`` here, before any training.
+    """
+    cls = cost_class(cost)
+    for book in COSTS.values():
+        if issubclass(cls, book) and cls.fn is book.fn:
+            return book.core
+    fn = getattr(cost, "fn", None)
+    if not callable(fn):
+        raise ValueError(  # noqa: TRY004 (a bad argument value, as the other checks here)
+            f"cost must be a cost class such as network2.CrossEntropyCost (or an instance) "
+            f"with a method fn(a, y); got {cost!r}")
+
+    def from_z(z, y):
+        return jnp.reshape(fn(jax.nn.sigmoid(z).reshape(-1, 1), y.reshape(-1, 1)), ())
+
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((n_out, 1), jnp.float32),
+                             jax.ShapeDtypeStruct((n_out, 1), jnp.float32))
+    except Exception as e:  # noqa: BLE001 - any failure to trace is in the user's fn
+        raise ValueError(
+            f"{cls.__name__}.fn(a, y) cannot be traced by JAX, so jax.grad cannot train with it: "
+            f"write it with jax.numpy (jnp.log, jnp.sum, jnp.linalg.norm ...) instead of numpy "
+            f"or Python control flow on values. Tracing it raised {type(e).__name__}: "
+            f"{str(e).splitlines()[0]}") from None
+    if getattr(out, "size", None) != 1:
+        raise ValueError(f"{cls.__name__}.fn(a, y) must return one number per example, "
+                         f"got shape {getattr(out, 'shape', out)}")
+    return costs.Cost(cls.__name__, from_z, jax.nn.sigmoid,
+                      lambda z, y: jax.grad(from_z)(z, y))
+
+
 # --- the network -------------------------------------------------------------------
 
 class Network(network.Network):
     """A fully connected network for chapter 3.
 
     ``sizes``: neurons per layer; ``cost``: ``QuadraticCost``,
-    ``CrossEntropyCost`` (default) or ``LogLikelihoodCost``; ``seed``: every
-    random draw (initial weights, shuffling); ``activation`` of the hidden
-    layers. Weights start from ``default_weight_initializer`` (N(0, 1/n_in)).
-    ``self.cost`` is the book's cost class, as in the book.
+    ``CrossEntropyCost`` (default), ``LogLikelihoodCost`` or a cost class of
+    your own with ``fn(a, y)`` written in ``jax.numpy`` (see ``core_cost``),
+    as a class or an instance; ``seed``: the seed of the initial weights (None:
+    a fresh one, kept as ``self.seed``); ``activation`` of the hidden layers
+    (a JAX function). Weights start from ``default_weight_initializer``
+    (N(0, 1/n_in)). ``self.cost`` is the cost as given, as in the book.
     """
 
-    def __init__(self, sizes, cost=CrossEntropyCost, *, seed=0, activation=sigmoid):
-        if not (isinstance(cost, type) and isinstance(getattr(cost, "core", None), costs.Cost)):
-            raise ValueError(f"cost must be one of the classes {sorted(COSTS)}, got {cost!r}")
+    def __init__(self, sizes, cost=CrossEntropyCost, *, seed=None, activation=activations.sigmoid):
+        sizes = network.sizes_of(sizes)
+        core_cost(cost, sizes[-1])  # a clear error for a cost that cannot train, before anything else
         self.activation = activation
         self.initializer = layers.default_weight_init
-        self.seed = int(seed)
         self.regularization = "l2"
         super().__init__(sizes, seed=seed)
         self.cost = cost
+        self._draws = 0
 
     # --- initialization ----------------------------------------------------------
     def _redraw(self, init):
-        init_key = jax.random.split(jax.random.key(self.seed))[0]
+        """Fresh weights and biases from ``init``: each call draws anew, as
+        the book's (which draws from NumPy's global generator). The k-th
+        redraw uses ``fold_in(init key, k)``, so a network rebuilt with the
+        same ``seed`` and the same calls has the same weights."""
+        self._draws += 1
         self._init, self._apply = layers.mlp(self.sizes, self.activation, init=init)
-        self.params = self._init(init_key, (self.sizes[0],))[1]
+        self.params = self._init(jax.random.fold_in(self._init_key, self._draws), (self.sizes[0],))[1]
 
     def default_weight_initializer(self):
-        """Weights N(0, 1/n_in) (standard deviation 1/√n_in), biases N(0, 1).
-        Draws from the network's seed, so it is the same draw every time."""
+        """Fresh weights N(0, 1/n_in) (standard deviation 1/√n_in) and biases
+        N(0, 1). (The network starts from such a draw.)"""
         self._redraw(layers.default_weight_init)
 
     def large_weight_initializer(self):
-        """Weights and biases N(0, 1), as in chapter 1 (from the same draws as
-        ``default_weight_initializer``: the weights differ by a factor √n_in)."""
+        """Fresh weights and biases N(0, 1), as in chapter 1."""
         self._redraw(layers.large_weight_init)
 
     # --- the book's methods ------------------------------------------------------
@@ -154,11 +226,13 @@ class Network(network.Network):
         ``regularization`` "l2" or "l1"; ``momentum`` μ (v → μv − η∇C,
         w → w + v); ``schedule_n``: halve η after n epochs with no new best
         evaluation accuracy and stop once η is 1/128 of its start;
-        ``shuffle=False`` keeps dataset order; ``seed`` fixes the shuffling.
+        ``shuffle=False`` keeps dataset order; ``seed`` fixes the shuffling
+        (None: a fresh seed, recorded as ``self.last_sgd_seed``).
         """
         network._check_hyper(epochs, mini_batch_size, eta)
         if regularization not in ("l2", "l1"):
             raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
+        _check_lmbda(lmbda)
         for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
             if int(v) != v or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -229,27 +303,37 @@ class Network(network.Network):
         the other way round from ``accuracy``'s: False for the (one-hot)
         training data, True for the integer labels of validation/test data; it
         only has to match the data (checked for the book's list of pairs)."""
+        _check_lmbda(lmbda)
         d = self._data(data, one_hot=not convert)
         _, cost = self._evaluate(d, lmbda)
         return float(cost)
 
+    def update_mini_batch(self, mini_batch, eta, lmbda, n):
+        """One gradient-descent step on one mini-batch with the book's L2 rule:
+        w → (1 − ηλ/n)·w − η·(mean gradient), b → b − η·(mean gradient);
+        ``n`` is the size of the whole training set (with
+        ``self.regularization == "l1"``, the L1 rule w → w − (ηλ/n)·sign(w) − ...)."""
+        network._check_hyper(1, 1, eta)
+        _check_lmbda(lmbda)
+        if int(n) != n or n < 1:
+            raise ValueError(f"n (the size of the training set) must be a positive integer, got {n!r}")
+        batch = self._data(mini_batch)
+        trainer = self._trainer(len(batch.y), False, penalty=self.regularization, momentum=0.0)
+        params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1, key=jax.random.key(0),
+                                 eta=eta, lmbda=lmbda, n_penalty=int(n))  # no shuffle: the key is unused
+        self.params = train.unstack(params)[0]
+
     def save(self, filename):
         """Save to ``filename`` in the book's JSON format, atomically: a temporary
-        file beside it, then a rename, so an existing file is never half-written."""
+        file beside it, then a rename, so an existing file is never half-written
+        (``network.save_atomically``). The cost is saved by its class name, as
+        the book's; ``load`` knows the book's three."""
         weights, biases = params_to_book(self.params)
         data = {"sizes": self.sizes,
                 "weights": [w.astype(float).tolist() for w in weights],
                 "biases": [b.astype(float).tolist() for b in biases],
-                "cost": self.cost.__name__}
-        path = Path(filename)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                "cost": cost_class(self.cost).__name__}
+        network.save_atomically(filename, lambda f: json.dump(data, f), mode="w")
 
     # --- plumbing ----------------------------------------------------------------------
     def _data(self, data, one_hot=None):
@@ -268,21 +352,23 @@ class Network(network.Network):
 
     def _evaluate(self, d, lmbda):
         trainer = self._trainer(10, True, penalty=self.regularization, momentum=0.0)
-        correct, cost = trainer.evaluate(train.stack([self.params]), d.x, d.y,
-                                         np.full(1, lmbda, np.float32))
+        correct, cost = trainer.evaluate(train.stack([self.params]), d.x.astype(self._dtype), d.y,
+                                         np.full(1, lmbda, self._dtype))
         return correct[0], cost[0]
 
     @property
     def _core_cost(self):
-        return self.cost.core
+        """The core cost of ``self.cost``, made again (and the compiled trainers
+        dropped) when ``self.cost`` is replaced, as the book's attribute may be."""
+        if getattr(self, "_core_of", None) is not self.cost:
+            self._core = core_cost(self.cost, self.sizes[-1])
+            self._core_of = self.cost
+        return self._core
 
-    def backprop(self, x, y):
-        """(nabla_b, nabla_w) of the cost C_x of one example, by ``jax.grad``."""
-        ex = self._data([(x, y)])
-        grads = jax.grad(lambda p: train.example_costs(p, ex.x, ex.y, apply=self._apply,
-                                                       cost=self._core_cost)[0])(self.params)
-        nabla_w, nabla_b = params_to_book(grads)
-        return nabla_b, nabla_w
+
+def _check_lmbda(lmbda):
+    if not 0 <= lmbda < float("inf"):
+        raise ValueError(f"lmbda (the regularization parameter) must be a finite number >= 0, got {lmbda!r}")
 
 
 def _one_hot_labels(data):

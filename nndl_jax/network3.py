@@ -30,7 +30,20 @@ What differs from the book, and why:
   book's ``>=`` rule for the best validation accuracy.
 - After training each layer holds its trained ``w`` and ``b`` (NumPy arrays) in
   the book's shapes: conv-pool ``w`` as ``filter_shape``, fully connected and
-  softmax ``w`` as ``[n_in, n_out]``.
+  softmax ``w`` as ``[n_in, n_out]``; its ``params`` is ``[w, b]``. They are
+  set when a ``Network`` is built from the layers (the book's layers draw
+  their weights when made).
+- ``SGD`` returns None, as the book's; what it measured stays on
+  ``net.history``. ``net.test_mb_predictions(i)`` and ``size(data)`` are the
+  book's.
+- Every new ``Network`` is a fresh random network (seed drawn from the
+  operating system's entropy) and every ``SGD`` call draws fresh dropout
+  masks; both seeds are recorded (``net.seed``, ``net.last_sgd_seed``) so a
+  run replays exactly with ``seed=``. The book drew from NumPy's global
+  generator and seeded its dropout streams with ``RandomState(0)``.
+- ``activation_fn`` is any elementwise function written with ``jax.numpy``
+  (the book's Theano functions become JAX ones); saving names it, so a
+  custom one must be ``activations.register``-ed first.
 
 Beyond the book: ``save``/``load`` (a documented ``.npz`` format),
 ``train_many`` (K nets, one per seed, as one vmapped program) and
@@ -39,15 +52,13 @@ all local devices when there are several.
 """
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import activations, costs, layers, train
+from nndl_jax import activations, costs, layers, network, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
 from nndl_jax.data import as_arrays
 
@@ -62,20 +73,44 @@ FORMAT = "nndl-jax network3 v1"
 
 # --- the book's layers ----------------------------------------------------------
 
-class FullyConnectedLayer:
+class _Layer:
+    """What the book's three layer classes share: ``w``, ``b`` and ``params``
+    (``[w, b]``), NumPy arrays in the book's shapes, set when a ``Network`` is
+    built from the layer and after each ``SGD`` (the book's layers draw their
+    weights when they are made; here the Network draws them, from its seed);
+    ``spec()``, the layer's arguments as JSON-able data (what ``save``
+    records; a custom activation needs a registered name)."""
+
+    w = b = None
+
+    @property
+    def params(self):
+        return [self.w, self.b]
+
+    def spec(self):
+        spec = self._arguments()
+        if "activation_fn" in spec:
+            try:
+                spec["activation_fn"] = activations.name_of(spec["activation_fn"])
+            except ValueError as e:
+                raise ValueError(f"{type(self).__name__}: {e}") from None
+        return spec
+
+
+class FullyConnectedLayer(_Layer):
     """A fully connected layer: a = act((1−p)·x·w + b) at evaluation, dropout
-    on its input during training. w ~ N(0, 1/n_out), b ~ N(0, 1)."""
+    on its input during training. w ~ N(0, 1/n_out), b ~ N(0, 1).
+    ``activation_fn``: sigmoid, tanh, ReLU, linear or any elementwise function
+    written with ``jax.numpy`` (see ``activations.check``)."""
 
     def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
-        self.activation_fn = activation_fn
+        self.activation_fn = activations.check(activation_fn)
         self.p_dropout = float(p_dropout)
-        activations.name_of(activation_fn)  # a clear error for an unknown activation
-        self.w = self.b = None
 
-    def spec(self):
+    def _arguments(self):
         return {"type": "FullyConnectedLayer", "n_in": self.n_in, "n_out": self.n_out,
-                "activation_fn": activations.name_of(self.activation_fn), "p_dropout": self.p_dropout}
+                "activation_fn": self.activation_fn, "p_dropout": self.p_dropout}
 
     def layer(self):
         return layers.fully_connected(self.n_out, self.activation_fn, p_dropout=self.p_dropout)
@@ -84,7 +119,7 @@ class FullyConnectedLayer:
     n_out_values = property(lambda self: self.n_out)
 
 
-class ConvPoolLayer:
+class ConvPoolLayer(_Layer):
     """A convolutional layer followed by max-pooling: a = act(maxpool(x ⋆ w) + b).
     ``filter_shape = (maps, input maps, fh, fw)``, ``image_shape = (mini_batch_size,
     input maps, h, w)``. w ~ N(0, 1/n_out) with n_out = maps·fh·fw/prod(poolsize)."""
@@ -93,16 +128,14 @@ class ConvPoolLayer:
         self.filter_shape = tuple(int(s) for s in filter_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.poolsize = tuple(int(s) for s in poolsize)
-        self.activation_fn = activation_fn
-        activations.name_of(activation_fn)
+        self.activation_fn = activations.check(activation_fn)
         self._layer = layers.conv_pool(self.filter_shape, self.image_shape, self.poolsize,
                                        activation_fn, layout=CONV_LAYOUT)  # validates the shapes
-        self.w = self.b = None
 
-    def spec(self):
+    def _arguments(self):
         return {"type": "ConvPoolLayer", "filter_shape": list(self.filter_shape),
                 "image_shape": list(self.image_shape), "poolsize": list(self.poolsize),
-                "activation_fn": activations.name_of(self.activation_fn)}
+                "activation_fn": self.activation_fn}
 
     def layer(self):
         return self._layer
@@ -116,7 +149,7 @@ class ConvPoolLayer:
         return k * ((h - fh + 1) // self.poolsize[0]) * ((w - fw + 1) // self.poolsize[1])
 
 
-class SoftmaxLayer:
+class SoftmaxLayer(_Layer):
     """The output layer: softmax of (1−p)·x·w + b at evaluation, dropout on its
     input during training; w and b start at zero; trained with the
     log-likelihood cost."""
@@ -124,9 +157,8 @@ class SoftmaxLayer:
     def __init__(self, n_in, n_out, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
         self.p_dropout = float(p_dropout)
-        self.w = self.b = None
 
-    def spec(self):
+    def _arguments(self):
         return {"type": "SoftmaxLayer", "n_in": self.n_in, "n_out": self.n_out,
                 "p_dropout": self.p_dropout}
 
@@ -176,15 +208,33 @@ def build(net_layers):
 def load_data_shared(filename=None):
     """The book's three sets, ``[training, validation, test]``, each an ``(x, y)``
     Dataset of arrays (there is no Theano shared variable here: ``train.fit``
-    moves the data to the device once). ``filename``: the book's
-    ``mnist.pkl.gz``, or a folder of MNIST IDX files; None: ``$NNDL_JAX_DATA``
-    or the user cache (see ``data.load_mnist``)."""
+    moves the data to the device once). ``filename``: a pickle in the book's
+    layout (the book's ``mnist.pkl.gz``, or ``mnist_expanded.pkl.gz`` as the
+    book's expand_mnist.py and ``python -m nndl_jax.expand_mnist --book-pickle
+    PATH`` write it), or a folder of MNIST IDX files; None: ``$NNDL_JAX_DATA``
+    or the user cache (see ``data.load_mnist``). The experiments read the
+    expanded set from the faster ``.npz`` cache (``expand_mnist.load_expanded``).
+    """
     from nndl_jax import data
     if filename is not None and Path(filename).is_file():
         splits = data.read_pickle(filename)
+    elif filename is not None and str(filename).endswith(".pkl.gz"):
+        raise data.MNISTError(
+            f"{filename} does not exist. Make the book's expanded set there with "
+            f"`python -m nndl_jax.expand_mnist --book-pickle {filename}` (the book's expand_mnist.py), "
+            "or call load_data_shared() without a filename to read MNIST from $NNDL_JAX_DATA or "
+            "the user cache.")
     else:
         splits = data.load_mnist(filename)
     return [splits.training, splits.validation, splits.test]
+
+
+def size(data):
+    """The number of examples in ``data`` (the book's ``size``): an ``(x, y)``
+    pair of arrays, as ``load_data_shared`` returns, or a list of pairs."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+        return int(data[0].shape[0])
+    return len(data)
 
 
 # --- K networks at once ---------------------------------------------------------------
@@ -218,8 +268,9 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     """
     init, apply = _apply_cache(net_layers)
     mb = _positive(mini_batch_size, "mini_batch_size")
-    training = as_arrays(training_data)
-    validation, test = as_arrays(validation_data), as_arrays(test_data)
+    widths = {"n_inputs": net_layers[0].n_in_values, "n_classes": net_layers[-1].n_out}
+    training = as_arrays(training_data, **widths)
+    validation, test = as_arrays(validation_data, **widths), as_arrays(test_data, **widths)
     num_batches = len(training.y) // mb
     if num_batches < 1:
         raise ValueError(f"{len(training.y)} training examples make no mini-batch of {mb}")
@@ -249,9 +300,12 @@ _APPLY = {}
 
 
 def _apply_cache(net_layers):
-    """(init, apply) for an architecture, built once per spec so that its
-    compiled trainer is reused."""
-    key = json.dumps([layer.spec() for layer in net_layers], sort_keys=True)
+    """(init, apply) for an architecture, built once per architecture (the
+    layers' arguments, activation functions included) so that its compiled
+    trainer is reused."""
+    args = [layer._arguments() for layer in net_layers]
+    fns = tuple(a.pop("activation_fn", None) for a in args)  # the functions themselves, not names
+    key = (json.dumps(args, sort_keys=True), fns)
     if key not in _APPLY:
         _APPLY[key] = build(net_layers)
     return _APPLY[key]
@@ -282,7 +336,7 @@ def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation
     out = train_many(net_layers, mini_batch_size, training_data, epochs, eta, validation_data,
                      test_data, lmbda, seeds=seeds, shuffle=shuffle, on_epoch=on_epoch,
                      checkpoint=checkpoint)
-    test = as_arrays(test_data)
+    test = as_arrays(test_data, n_inputs=net_layers[0].n_in_values, n_classes=net_layers[-1].n_out)
     preds = predictions(net_layers, out["params"], test.x)
     vote = np.asarray(train.plurality_vote(preds, net_layers[-1].n_out))
     out.update(predictions=np.asarray(preds), vote=vote,
@@ -297,18 +351,26 @@ class Network:
     """A network of network3 layers trained with the log-likelihood cost.
 
     ``layers``: ConvPoolLayer / FullyConnectedLayer / SoftmaxLayer objects, the
-    last a SoftmaxLayer. ``seed``: the seed of the initial weights and of the
-    training keys (dropout), so a run is replayable.
+    last a SoftmaxLayer. ``seed``: the seed of the initial weights; None (the
+    default) draws a fresh one from the operating system's entropy, as every
+    book network is a fresh random one; it is kept as ``self.seed``, so
+    ``Network(layers, mini_batch_size, seed=net.seed)`` rebuilds the network.
+
+    ``self.params`` is the core's params pytree (a list of {"w", "b"}, one per
+    layer), where the book's ``params`` is the flat list of shared variables;
+    each layer's ``params`` is ``[w, b]`` as in the book.
     """
 
-    def __init__(self, layers, mini_batch_size, *, seed=0):
+    def __init__(self, layers, mini_batch_size, *, seed=None):
         self.layers = list(layers)
         self.mini_batch_size = _positive(mini_batch_size, "mini_batch_size")
         self._init, self._apply = _apply_cache(self.layers)
-        init_keys, self._train_keys = train.seed_keys([seed])
-        self.seed = int(seed)
+        self.seed = network.fresh_seed() if seed is None else int(seed)
+        init_keys, _ = train.seed_keys([self.seed])
         self.params = self._init(init_keys[0], (self.layers[0].n_in_values,))[1]
-        self._sgd_calls = 0
+        self.history = None
+        self.last_sgd_seed = None
+        self._test_x = None
         self._sync()
 
     def spec(self):
@@ -323,11 +385,25 @@ class Network:
             lmbda=0.0, *, shuffle=False, seed=None):
         """Train with mini-batch SGD, printing the validation accuracy each
         epoch, and the test accuracy whenever the validation accuracy is the
-        best to date (``>=``). Returns ``train_many``'s dict for this one net."""
+        best to date (``>=``). Returns None, as the book's.
+
+        After training, ``self.history`` holds, per epoch, the
+        ``validation_accuracy`` and ``test_accuracy`` (fractions), the best
+        validation accuracy, its iteration, the test accuracy there, and the
+        ``seed`` of this call. ``seed`` fixes the dropout masks (and the
+        order, with ``shuffle=True``; the book's network3 keeps dataset
+        order); None draws a fresh one, also kept as ``self.last_sgd_seed``.
+        The data (any layout ``data.as_arrays`` reads) must be as wide as the
+        first layer's input and have labels below the softmax's ``n_out``.
+        """
         if int(mini_batch_size) != self.mini_batch_size:
             raise ValueError(f"the network was built for mini-batches of {self.mini_batch_size}, "
                              f"SGD was given {mini_batch_size}")
-        n_val, n_test = len(as_arrays(validation_data).y), len(as_arrays(test_data).y)
+        training, validation, test = (self._data(d, name) for d, name in (
+            (training_data, "training_data"), (validation_data, "validation_data"), (test_data, "test_data")))
+        self._test_x = test.x
+        self.last_sgd_seed = network.fresh_seed() if seed is None else int(seed)
+        n_val, n_test = len(validation.y), len(test.y)
         best = [-1.0]
 
         def report(e, record):
@@ -339,23 +415,38 @@ class Network:
                 print(f"The corresponding test accuracy is {record['test_accuracy'][0] / n_test:.2%}",
                       flush=True)
 
-        if seed is not None:
-            keys = train.seed_keys([seed])[1]
-        else:
-            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(self._train_keys, self._sgd_calls)
-            self._sgd_calls += 1
-        out = train_many(self.layers, mini_batch_size, training_data, epochs, eta, validation_data,
-                         test_data, lmbda, shuffle=shuffle, params=train.stack([self.params]),
-                         train_keys=keys, on_epoch=report, print_progress=True)
+        out = train_many(self.layers, mini_batch_size, training, epochs, eta, validation, test, lmbda,
+                         shuffle=shuffle, params=train.stack([self.params]),
+                         train_keys=train.seed_keys([self.last_sgd_seed])[1], on_epoch=report,
+                         print_progress=True)
         self.params = train.unstack(out["params"])[0]
         self._sync()
+        nb = out["num_training_batches"]
+        self.history = {"seed": self.last_sgd_seed, "num_training_batches": nb,
+                        "validation_accuracy": [float(v) for v in out["validation_accuracy"][:, 0]],
+                        "test_accuracy": [float(v) for v in out["test_accuracy"][:, 0]]}
         print("Finished training network.")
         if "best_epoch" in out:
-            nb = out["num_training_batches"]
-            print(f"Best validation accuracy of {out['best_validation'][0]:.2%} obtained at "
-                  f"iteration {nb * (int(out['best_epoch'][0]) + 1) - 1}")
-            print(f"Corresponding test accuracy of {out['test_at_best'][0]:.2%}")
-        return out
+            self.history.update(best_validation_accuracy=float(out["best_validation"][0]),
+                                best_iteration=nb * (int(out["best_epoch"][0]) + 1) - 1,
+                                test_accuracy_at_best=float(out["test_at_best"][0]))
+            print(f"Best validation accuracy of {self.history['best_validation_accuracy']:.2%} obtained at "
+                  f"iteration {self.history['best_iteration']}")
+            print(f"Corresponding test accuracy of {self.history['test_accuracy_at_best']:.2%}")
+
+    def test_mb_predictions(self, i):
+        """The predicted digits [mini_batch_size] of the ``i``-th mini-batch of
+        the test data last given to ``SGD`` (the book's, which ``conv.py``'s
+        ensemble calls for i in range(1000))."""
+        if self._test_x is None:
+            raise RuntimeError("test_mb_predictions needs test data: call net.SGD(training_data, "
+                               "epochs, mini_batch_size, eta, validation_data, test_data) first, as in the book")
+        mb = self.mini_batch_size
+        num_test_batches = len(self._test_x) // mb
+        if int(i) != i or not 0 <= i < num_test_batches:
+            raise IndexError(f"test mini-batch {i!r} out of range: the test data holds {num_test_batches} "
+                             f"mini-batches of {mb}")
+        return self.predict(self._test_x[int(i) * mb:(int(i) + 1) * mb])
 
     def predict(self, x):
         """Predicted labels [n] for images ``x`` [n, 784] (float, in [0, 1])."""
@@ -366,8 +457,19 @@ class Network:
 
     def accuracy(self, data):
         """The fraction of ``data`` classified correctly."""
-        d = as_arrays(data)
+        d = self._data(data, "data")
         return float(np.mean(self.predict(d.x) == d.y))
+
+    def _data(self, data, what):
+        """Any accepted data layout → ``data.Dataset``, checked against this
+        network: as wide as the first layer's input, labels below the
+        softmax layer's ``n_out``."""
+        n_in, n_out = self.layers[0].n_in_values, self.layers[-1].n_out
+        try:
+            return as_arrays(data, n_inputs=n_in, n_classes=n_out)
+        except ValueError as e:
+            raise ValueError(f"{what} does not fit this network (its first layer takes {n_in} inputs, "
+                             f"its softmax layer gives {n_out} classes): {e}") from None
 
     # --- save / load ----------------------------------------------------------------------
     def save(self, path):
@@ -378,21 +480,17 @@ class Network:
         the layers' arguments and the mini-batch size) and, for layer i,
         ``layer{i}_w``, ``layer{i}_b`` in the book's shapes. Written to a
         temporary file in the same folder and renamed, so an interrupted save
-        never leaves a half-written file over a good one.
+        never leaves a half-written file over a good one
+        (``network.save_atomically``; the folder must exist).
+
+        Activations are saved by name: a layer with an activation of your own
+        needs ``activations.register(name, fn)`` before saving (and before
+        loading); otherwise saving is a ``ValueError`` and nothing is written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"format": np.array(FORMAT), "spec": np.array(json.dumps(self.spec()))}
         for i, p in enumerate(self.params):
             arrays[f"layer{i}_w"], arrays[f"layer{i}_b"] = np.asarray(p["w"]), np.asarray(p["b"])
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        network.save_atomically(path, lambda f: np.savez(f, **arrays))
 
     def load_params(self, path):
         """Load params saved by ``save`` into this network; a file for another
@@ -435,8 +533,9 @@ def _params_from(arrays, like, path):
     return params
 
 
-def load(path, *, seed=0):
-    """A Network rebuilt from a file written by ``Network.save``."""
+def load(path, *, seed=None):
+    """A Network rebuilt from a file written by ``Network.save`` (``seed`` is
+    the new network's, see ``Network``; its weights are the file's)."""
     spec, _ = _read(path)
     try:
         net_layers = [layer_from_spec(s) for s in spec["layers"]]

@@ -142,7 +142,7 @@ def evaluate(params, x, y, lmbda, *, apply, cost, penalty, chunk=1000):
     if penalty is not None:
         total = total + penalty(params, lmbda / x.shape[0])
     if jnp.issubdtype(y.dtype, jnp.integer):
-        correct = jnp.sum(jnp.argmax(z, axis=-1) == y)
+        correct = jnp.sum(jnp.argmax(z, axis=-1).astype(y.dtype) == y)
     else:
         correct = jnp.zeros((), jnp.int32)
     return correct, total

@@ -166,15 +166,26 @@ def test_total_cost_and_accuracy_match_numpy():
         net.total_cost(pairs, lmbda, convert=True)
 
 
-def test_initializers_follow_the_book():
+def test_initializers_follow_the_book_and_draw_afresh_each_call():
+    """As the book's (which draws from NumPy's global generator): each call
+    draws new weights and biases; the large ones are not a rescaled default
+    draw. The same seed and the same calls replay the same weights."""
     net = network2.Network([400, 300, 10], seed=0)
     assert abs(np.std(net.weights[0]) - 1 / np.sqrt(400)) < 0.05 / np.sqrt(400)
-    default_w = net.weights[0]
+    default_w, default_b = net.weights[0], net.biases[0]
     net.large_weight_initializer()
-    assert abs(np.std(net.weights[0]) - 1.0) < 0.05
+    large_w = net.weights[0]
+    assert abs(np.std(large_w) - 1.0) < 0.05
     assert abs(np.std(net.biases[0]) - 1.0) < 0.2
+    # a fresh draw: not the default weights times sqrt(n_in), nor the same biases
+    assert abs(np.corrcoef(large_w.ravel(), default_w.ravel())[0, 1]) < 0.05
+    assert not np.allclose(net.biases[0], default_b)
     net.default_weight_initializer()
-    np.testing.assert_array_equal(net.weights[0], default_w)  # same seed, same draw
+    assert abs(np.std(net.weights[0]) - 1 / np.sqrt(400)) < 0.05 / np.sqrt(400)
+    assert abs(np.corrcoef(net.weights[0].ravel(), default_w.ravel())[0, 1]) < 0.05
+    twin = network2.Network([400, 300, 10], seed=0)
+    twin.large_weight_initializer()
+    np.testing.assert_array_equal(twin.weights[0], large_w)
 
 
 # --- SGD: monitoring, printing, early stopping, schedule --------------------------------

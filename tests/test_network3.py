@@ -46,18 +46,23 @@ def test_sgd_prints_the_books_lines_and_trains(small, capsys):
     training, validation, test = small
     net = Network([FullyConnectedLayer(784, 30, sigmoid), SoftmaxLayer(30, 10)], 10, seed=1)
     w0 = net.layers[0].w.copy()
-    out = net.SGD(training, 3, 10, 0.5, validation, test)
+    assert net.SGD(training, 3, 10, 0.5, validation, test) is None  # as the book's: nothing for the REPL to echo
     text = capsys.readouterr().out
     for line in ("Epoch 0: validation accuracy ", "Epoch 2: validation accuracy ",
                  "This is the best validation accuracy to date.",
                  "The corresponding test accuracy is ", "Finished training network.",
                  "Best validation accuracy of ", "Corresponding test accuracy of "):
         assert line in text
-    e = int(out["best_epoch"][0])
-    assert f"obtained at iteration {20 * (e + 1) - 1}" in text  # 200 images / 10 = 20 batches
+    h = net.history
+    assert h["seed"] == net.last_sgd_seed and h["num_training_batches"] == 20  # 200 images / 10
+    best = max(range(3), key=lambda e: (h["validation_accuracy"][e], e))       # the last of the best (>=)
+    assert h["best_iteration"] == 20 * (best + 1) - 1
+    assert f"obtained at iteration {h['best_iteration']}" in text
+    assert h["test_accuracy_at_best"] == h["test_accuracy"][best]
     assert not np.allclose(net.layers[0].w, w0)
-    assert out["validation_accuracy"][-1, 0] > 0.3          # it learned something in 3 epochs
-    assert net.accuracy(test) == pytest.approx(out["test_accuracy"][-1, 0])
+    assert net.layers[0].params[0] is net.layers[0].w and net.layers[0].params[1] is net.layers[0].b
+    assert h["validation_accuracy"][-1] > 0.3          # it learned something in 3 epochs
+    assert net.accuracy(test) == pytest.approx(h["test_accuracy"][-1])
 
 
 def test_sgd_rejects_a_different_mini_batch_size(small):
