@@ -39,11 +39,17 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3, add_argument
                    help="run only these rows (ids from the table)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
+    p.add_argument("--x64", action="store_true",
+                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
+                        "code does; the default is float32")
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.x64:  # before any array is made: every default float becomes float64
+        import jax
+        jax.config.update("jax_enable_x64", True)
     args.chapter = chapter
     args.started = time.time()
     return args
@@ -181,7 +187,7 @@ PARTIAL = "results.partial.json"
 
 
 def _results(args, rows, complete, payload):
-    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args),
+    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args), "x64": args.x64,
            "wall_seconds": time.time() - args.started, "complete": complete,
            "environment": environment(), "rows": rows}
     out.update(payload)
