@@ -41,7 +41,8 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3, add_argument
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
     p.add_argument("--x64", action="store_true",
                    help="compute in float64 throughout (data, params, training), as the book's NumPy "
-                        "code does; the default is float32")
+                        "code does; the default is float32. A seed draws other initial weights in "
+                        "float64 than in float32 (the mini-batch order is the same)")
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
