@@ -83,7 +83,7 @@ ROWS = [
     dict(id="3.12", kind="sweep", sweep="lmbda", penalty="l1",
          what="L1 regularization: λ sweep against λ 0, [784,30,10], η 0.5, 30 epochs (validation)",
          sizes=[784, 30, 10], epochs=30, eval="validation", figure="l1_sweep",
-         configs=[dict(eta=0.5, lmbda=lmbda, init="default") for lmbda in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)]),
+         configs=[dict(eta=0.5, lmbda=lmbda, init="default") for lmbda in (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)]),
     dict(id="3.18", kind="multiple_eta", what="training cost, η ∈ {0.025, 0.25, 2.5}, λ 5.0, 30 epochs",
          sizes=[784, 30, 10], epochs=30, eval=None,
          configs=[dict(eta=e, lmbda=5.0, init="default") for e in (0.025, 0.25, 2.5)],
