@@ -2,12 +2,18 @@
 
     python -m experiments.chap3 [--quick] [--only 3.2 3.4 ...] [--seeds 3] [--out DIR]
 
-The book's network2 runs: cross-entropy, overfitting on 1,000 images, L2
-regularization, the two weight initializations, several learning rates,
-more training data (with the SVM beside it), the hyper-parameter
-walk-through, early stopping and the learning-rate schedule. Every row trains
-its runs (seeds, and where the book compares settings, the settings too) as
-K stacked networks in one vmapped program (``train.fit``).
+The single sigmoid neuron that learns slowly with the quadratic cost (3.1),
+then the book's network2 runs: cross-entropy, overfitting on 1,000 images, L2
+regularization, the two weight initializations (30 and 100 hidden neurons),
+several learning rates, more training data (with the SVM beside it), the
+hyper-parameter walk-through, early stopping (no-improvement-in-10, 20, 50)
+and the learning-rate schedule; and the chapter's exercises L1 regularization
+(a λ sweep against λ = 0) and momentum (a μ sweep). Every row trains its runs
+(seeds, and where the book compares settings, the settings too) as K stacked
+networks in one vmapped program (``train.fit``).
+
+3.1's stall is measured by a stated rule (``stall_epochs``): the first epoch
+whose fall in cost is at least half the largest per-epoch fall of the run.
 
 Accuracies are the best epoch's (the book quotes peaks, "95.42 percent at its
 peak"); the final epoch's value is recorded beside it in the JSON. Each row
@@ -18,9 +24,15 @@ default N(0, 1/n_in).
 
 --quick runs every row through the same code on 500 training images, 500
 evaluation images and a few epochs (more_data: two sizes, 3,000 examples each
-instead of 1,500,000); its numbers say nothing about the book's.
+instead of 1,500,000); its numbers say nothing about the book's. 3.1 (one
+neuron, 300 steps) runs at the book's setting in --quick too.
+
+--x64 computes in float64 throughout (data, params, η, λ), as the book's NumPy
+code does.
 """
 import functools
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +46,12 @@ from nndl_jax.data import Dataset, load_mnist
 # The book's rows. n_train None: all 50,000 training images. eval: the set the
 # book measured on. configs: settings trained side by side (× seeds) in one program.
 ROWS = [
+    dict(id="3.1", kind="neuron", what="one sigmoid neuron, input 1 → target 0: the learning slowdown",
+         epochs=300, configs=[dict(cost="quadratic", eta=0.15, w=0.6, b=0.9, quote="output"),
+                              dict(cost="quadratic", eta=0.15, w=2.0, b=2.0, quote="stall"),
+                              dict(cost="cross_entropy", eta=0.005, w=0.6, b=0.9, quote="output"),
+                              dict(cost="cross_entropy", eta=0.005, w=2.0, b=2.0, quote="stall")],
+         book={("quadratic", "output"): 0.09, ("quadratic", "stall"): 150}, book_start={0.6: 0.82, 2.0: 0.98}),
     dict(id="3.2", kind="accuracy", what="cross-entropy [784,30,10], η 0.5, 30 epochs, large init (test)",
          sizes=[784, 30, 10], epochs=30, eval="test", configs=[dict(eta=0.5, lmbda=0.0, init="large")],
          book=95.49, also={"3.5": ("same run: training accuracy (book 97.86 %), test peak 95.33 %", 97.86)}),
@@ -61,6 +79,15 @@ ROWS = [
          configs=[dict(eta=0.1, lmbda=5.0, init="default"), dict(eta=0.1, lmbda=5.0, init="large")],
          book={"default": {"epoch 1": 92.70, "final": 96.50}, "large": {"epoch 1": 86.43, "final": 96.37}},
          curve="weight_initialization_30"),
+    dict(id="3.10-100", kind="weight_init", what="weight init [784,100,10], η 0.1, λ 5.0, 30 epochs (validation)",
+         sizes=[784, 100, 10], epochs=30, eval="validation", label=" [784,100,10]",
+         configs=[dict(eta=0.1, lmbda=5.0, init="default"), dict(eta=0.1, lmbda=5.0, init="large")],
+         book={"default": {"epoch 1": 92.95, "final": 97.81}, "large": {"epoch 1": 89.94, "final": 97.42}},
+         curve="weight_initialization_100"),
+    dict(id="3.12", kind="sweep", sweep="lmbda", penalty="l1",
+         what="L1 regularization: λ sweep against λ 0, [784,30,10], η 0.5, 30 epochs (validation)",
+         sizes=[784, 30, 10], epochs=30, eval="validation", figure="l1_sweep",
+         configs=[dict(eta=0.5, lmbda=lmbda, init="default") for lmbda in (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)]),
     dict(id="3.18", kind="multiple_eta", what="training cost, η ∈ {0.025, 0.25, 2.5}, λ 5.0, 30 epochs",
          sizes=[784, 30, 10], epochs=30, eval=None,
          configs=[dict(eta=e, lmbda=5.0, init="default") for e in (0.025, 0.25, 2.5)],
@@ -84,12 +111,16 @@ ROWS = [
                   dict(name="d", eta=1.0, lmbda=20.0, init="default")],
          book={"a": [10, 10, 10], "b": [12, 14, 25, 18], "c": [10, 10, 10], "d": [62, 42, 43, 61]},
          book_of=100),
-    dict(id="3.20", kind="stopping", what="early stopping, no-improvement-in-10, η 0.5, λ 5.0 (validation)",
-         sizes=[784, 30, 10], epochs=400, eval="validation", early_stopping_n=10,
+    dict(id="3.20", kind="stopping", what="early stopping, no-improvement-in-n, n = 10, 20, 50, η 0.5, λ 5.0 (val)",
+         sizes=[784, 30, 10], epochs=400, eval="validation", early_stopping_n=(10, 20, 50),
          configs=[dict(eta=0.5, lmbda=5.0, init="default")], book=None),
     dict(id="3.21", kind="stopping", what="schedule: halve η on no-improvement-in-10 until η/128 (val)",
          sizes=[784, 30, 10], epochs=400, eval="validation", schedule_n=10,
          configs=[dict(eta=0.5, lmbda=5.0, init="default")], book=None),
+    dict(id="3.22", kind="sweep", sweep="momentum",
+         what="momentum SGD: μ sweep, [784,30,10], η 0.1, λ 5.0, 30 epochs (validation)",
+         sizes=[784, 30, 10], epochs=30, eval="validation", figure="momentum_sweep",
+         configs=[dict(eta=0.1, lmbda=5.0, init="default", momentum=mu) for mu in (0.0, 0.25, 0.5, 0.75, 0.9)]),
 ]
 
 # --quick: sizes chosen so that most rows share one compiled program (500 images).
@@ -142,29 +173,31 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     params = jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *params)
     per_net = lambda name: np.repeat([c[name] for c in configs], len(seeds))  # noqa: E731
     _, apply = _net(tuple(spec["sizes"]))
-    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty="l2")
+    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty=spec.get("penalty", "l2"),
+                                momentum=spec.get("momentum", 0.0))
     sets = {name: data for name, data in (("evaluation", evaluation), ("training", training))
             if any(m.startswith(name) for m in monitor) or (name == "evaluation" and data is not None
                                                             and (early_stopping_n or schedule_n))}
     rules = ([train.early_stopping(early_stopping_n)] if early_stopping_n else []) + (
         [train.plateau_schedule(schedule_n)] if schedule_n else [])
     of = len(evaluation.y) if evaluation is not None else None
-    lmbda = per_net("lmbda").astype(np.float32)
+    lmbda = jnp.asarray(per_net("lmbda"), jax.tree_util.tree_leaves(params)[0].dtype)  # float64 with --x64
     show = report.progress(spec["id"], epochs, of=of,
                            key="evaluation_accuracy" if "evaluation" in sets else "training_cost")
     every = max(1, epochs // 30)
-    ckpt = report.row_checkpoint(args, spec["id"], {"row": spec["id"], "sizes": list(spec["sizes"]),
-                                                    "configs": configs, "seeds": seeds})
+    run_id = f"{spec['id']}@{hashlib.sha1(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:8]}"
+    ckpt = report.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
+                                                "configs": configs, "seeds": seeds})
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
-        eta=per_net("eta").astype(np.float32), lmbda=lmbda, evaluation=sets, rules=rules,
+        eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
         on_epoch=lambda e, r: show(e, r) if (e + 1) % every == 0 or e + 1 == epochs else None,
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
-        correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x), jnp.asarray(final_eval.y),
-                                      jnp.asarray(lmbda))
+        correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x, lmbda.dtype),
+                                      jnp.asarray(final_eval.y), lmbda)
         arrays["final_accuracy"] = np.asarray(correct).reshape(shape)
     return arrays, hist.stopped_at.reshape(shape), seeds
 
@@ -180,6 +213,90 @@ def pct(correct, n):
 
 
 # --- the kinds of row ----------------------------------------------------------------
+
+def stall_epochs(cost):
+    """How long learning stalls, by a stated rule: the first epoch whose fall
+    in cost, C(e) − C(e+1), is at least half the largest per-epoch fall of the
+    run (0 when the neuron learns fastest at the start)."""
+    fall = -np.diff(np.asarray(cost, float))
+    return int(np.argmax(fall >= fall.max() / 2))
+
+
+def train_neuron(cost, starts, etas, epochs, seed):
+    """One sigmoid neuron per start ``(w, b)``, stacked, trained on the single
+    example x = 1, y = 0 for ``epochs`` one-step epochs with ``cost``.
+    Returns its output and cost at epochs 0..epochs, each [epochs + 1, starts]."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 with --x64
+    x, y = jnp.ones((1, 1), dtype), jnp.zeros((1, 1), dtype)
+    _, apply = layers.mlp([1, 1], sigmoid)
+    trainer = train.trainer_for(apply, cost, 1)
+    params = [{"w": jnp.asarray([[[w]] for w, _ in starts], dtype),
+               "b": jnp.asarray([[b] for _, b in starts], dtype)}]
+    no_penalty = jnp.zeros(len(starts), dtype)
+    outputs, cost_values = [], []
+
+    def measure(p):
+        outputs.append(np.asarray(cost.output(trainer.predict(p, x)))[:, 0, 0])
+        cost_values.append(np.asarray(trainer.evaluate(p, x, y, no_penalty)[1]))
+
+    measure(params)
+    train.fit(trainer, params, (x, y), epochs, key=jax.random.key(seed), eta=np.asarray(etas),
+              on_epoch=lambda e, record: measure(record["params"]))
+    return np.asarray(outputs), np.asarray(cost_values)
+
+
+def run_neuron(args, splits, spec):
+    """The book's single-neuron demonstration: one input 1, target 0, one
+    gradient step per epoch from the book's starting weight and bias, the
+    quadratic cost beside the cross-entropy (each with the book's η). The
+    starts of one cost train together as K stacked one-neuron networks."""
+    del splits  # no MNIST here
+    epochs = spec["epochs"]  # 300 steps of one neuron: the same in --quick
+    rows, letters = [], iter("abcdefgh")
+    for cost_name in dict.fromkeys(c["cost"] for c in spec["configs"]):
+        group = [c for c in spec["configs"] if c["cost"] == cost_name]
+        outputs, cost_curve = train_neuron(costs.by_name(cost_name), [(c["w"], c["b"]) for c in group],
+                                           [c["eta"] for c in group], epochs, args.seed)
+        for i, c in enumerate(group):
+            stall = stall_epochs(cost_curve[:, i])
+            start = f"w {c['w']:g}, b {c['b']:g}"
+            book_start = spec["book_start"][c["w"]]
+            measured, unit, what = ((outputs[-1, i], "", f"output after {epochs} epochs") if c["quote"] == "output"
+                                    else (stall, " epochs", "stall in epochs (rule in the note)"))
+            rows.append(report.row(
+                f"{spec['id']}{next(letters)}", f"{cost_name}, η {c['eta']:g}, {start}: {what}",
+                spec["book"].get((cost_name, c["quote"])), measured, unit=unit,
+                note=f"output {outputs[0, i]:.3f} at epoch 0 (book {book_start}), {outputs[-1, i]:.3f} "
+                     f"after {epochs}; stall {stall} epochs (first epoch whose fall in cost is at least "
+                     "half the run's largest)", cost=cost_name, eta=c["eta"], w0=c["w"], b0=c["b"],
+                output_start=outputs[0, i], output_final=outputs[-1, i], stall_epochs=stall,
+                output=outputs[:, i], cost_curve=cost_curve[:, i], dtype=str(outputs.dtype)))
+        _neuron_figure(args, spec, cost_name, group, outputs, cost_curve)
+    return rows
+
+
+def _neuron_figure(args, spec, cost_name, group, outputs, cost_curve):
+    """neuron_<cost>.png: output and cost against epoch for each start, the
+    book's quoted outputs as crosses, the stall rule's epoch as a dotted line."""
+    fig, path = report.figure(args, f"neuron_{cost_name}")
+    if fig is None:
+        return
+    out_ax, cost_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    epochs = np.arange(len(outputs))
+    for i, c in enumerate(group):
+        label = f"w {c['w']:g}, b {c['b']:g}"
+        line, = out_ax.plot(epochs, outputs[:, i], lw=1.5, label=label)
+        out_ax.plot([0], [spec["book_start"][c["w"]]], "x", color=line.get_color(), ms=7)
+        cost_ax.plot(epochs, cost_curve[:, i], lw=1.5, color=line.get_color(), label=label)
+        cost_ax.axvline(stall_epochs(cost_curve[:, i]), ls=":", color=line.get_color())
+        book_final = spec["book"].get((cost_name, "output")) if c["quote"] == "output" else None
+        if book_final is not None:
+            out_ax.plot([epochs[-1]], [book_final], "x", color=line.get_color(), ms=7, label="book")
+    out_ax.set(xlabel="epoch", ylabel="output", ylim=(0, 1), title=f"{cost_name}, η {group[0]['eta']:g}")
+    cost_ax.set(xlabel="epoch", ylabel="cost", title="cost (dotted: end of the stall)")
+    out_ax.legend(fontsize=7)
+    report.save(fig, path)
+
 
 def run_accuracy(args, splits, spec):
     training, ev = row_data(args, splits, spec)
@@ -243,10 +360,11 @@ def run_weight_init(args, splits, spec):
     rows = []
     for c, cfg in enumerate(spec["configs"]):
         name = cfg["init"]
+        label = f"{name} init{spec.get('label', '')}"
         rows.append(report.row(f"{spec['id']}{'a' if c == 0 else 'b'}",
-                               f"{name} init: accuracy after epoch 1 (validation)",
+                               f"{label}: accuracy after epoch 1 (validation)",
                                spec["book"][name]["epoch 1"], acc[0, c], set=spec["eval"], seeds=seeds))
-        rows.append(report.row(f"{spec['id']}{'c' if c == 0 else 'd'}", f"{name} init: final accuracy (validation)",
+        rows.append(report.row(f"{spec['id']}{'c' if c == 0 else 'd'}", f"{label}: final accuracy (validation)",
                                spec["book"][name]["final"], acc[-1, c], set=spec["eval"], seeds=seeds,
                                curve=acc[:, c]))
         if fig is not None:
@@ -382,6 +500,10 @@ def run_transcript(args, splits, spec):
 
 
 def run_stopping(args, splits, spec):
+    if isinstance(spec.get("early_stopping_n"), tuple):  # one run per n: rows "3.20@10", "3.20@20", ...
+        return [row for n in spec["early_stopping_n"] for row in run_stopping(args, splits, dict(
+            spec, id=f"{spec['id']}@{n}", early_stopping_n=n,
+            what=spec["what"].replace("no-improvement-in-n, n = 10, 20, 50", f"no-improvement-in-{n}")))]
     training, ev = row_data(args, splits, spec)
     epochs = row_epochs(args, spec)
     kw = {k: spec[k] for k in ("early_stopping_n", "schedule_n") if k in spec}
@@ -397,7 +519,44 @@ def run_stopping(args, splits, spec):
                        stopped_after_epochs=ran, eta=h["eta"][:, 0], curve=acc)]
 
 
-RUNNERS = {"accuracy": run_accuracy, "curves": run_curves, "weight_init": run_weight_init,
+def run_sweep(args, splits, spec):
+    """One setting swept (``spec["sweep"]``: λ of L1, or momentum μ) against its
+    first value (λ 0, μ 0): peak validation accuracy per value. Values that
+    only change η or λ train as one program; each momentum is its own trainer."""
+    training, ev = row_data(args, splits, spec)
+    epochs, name = row_epochs(args, spec), spec["sweep"]
+    acc = {}                                                                  # value -> [epochs, seeds]
+    for momentum in dict.fromkeys(c.get("momentum", 0.0) for c in spec["configs"]):
+        group = [c for c in spec["configs"] if c.get("momentum", 0.0) == momentum]
+        h, _, seeds = train_configs(args, dict(spec, configs=group, momentum=momentum), training, ev,
+                                    epochs, ("evaluation_accuracy",))
+        for i, c in enumerate(group):
+            acc[c[name]] = pct(h["evaluation_accuracy"][:, i], len(ev.y))
+    symbol = {"lmbda": "λ", "momentum": "μ"}[name]
+    base_value = spec["configs"][0][name]
+    base = acc[base_value].max(axis=0)
+    rows = []
+    fig, path = report.figure(args, spec["figure"])
+    for value, a in acc.items():
+        peak = a.max(axis=0)
+        rows.append(report.row(
+            f"{spec['id']}@{value:g}", f"{spec['what'].split(':')[0]}: {symbol} {value:g}, peak accuracy",
+            None, peak, set=spec["eval"], seeds=seeds, **{name: value}, curve=a,
+            peak_epoch=a.argmax(axis=0) + 1, final=a[-1],
+            note=f"peak − peak at {symbol} {base_value:g}: {peak.mean() - base.mean():+.2f} (mean over seeds; "
+                 f"per seed {', '.join(f'{d:+.2f}' for d in peak - base)}); final epoch "
+                 + ", ".join(f"{v:.2f}" for v in a[-1])))
+        if fig is not None:
+            fig.gca().plot(np.arange(1, len(a) + 1), a.mean(axis=1), lw=1.5,
+                           label=f"{symbol} = {value:g} (mean of {len(seeds)})")
+    if fig is not None:
+        fig.gca().set(xlabel="epoch", ylabel=f"{spec['eval']} accuracy (%)", title=f"{spec['id']}: {spec['what']}")
+        fig.gca().legend(fontsize=7)
+        report.save(fig, path)
+    return rows
+
+
+RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "curves": run_curves, "weight_init": run_weight_init,
            "multiple_eta": run_multiple_eta, "more_data": run_more_data, "svm": run_svm,
            "transcript": run_transcript, "stopping": run_stopping}
 

@@ -7,7 +7,10 @@ as mean ± spread and best-of-k over the seeds, which train together as one
 vmapped program (sharded over the devices when there are several). Rows 6.11
 and 6.12 share one run of max(--seeds, 5) dropout nets: 6.11 reports each
 net, 6.12 their plurality vote (ties: the earliest net's label, as the book's
-Counter.most_common).
+Counter.most_common). Row 6.13 trains nothing: it counts the parameters of
+each chapter-6 net from its freshly initialized params, beside the book's
+arithmetic (a conv layer of 20 5×5 maps: 520; a fully connected layer of 30
+neurons on 784 pixels: 23,550).
 
 Extra options (besides the shared ones below):
   --epochs N       run every row for N epochs instead of the book's 60 / 40
@@ -23,6 +26,7 @@ shortened run is never passed off as the book's setting.
 import sys
 import time
 
+import jax
 import numpy as np
 
 from experiments import report
@@ -47,6 +51,8 @@ ROWS = [
     ("6.10b", "Expanded, two FC 1000-1000", "dbl_conv_2fc", "relu", 1000, 0.03, 0.1, 60, True, 99.47),
     ("6.11", "Dropout p=0.5: FC 1000-1000, expanded, 40 epochs", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.60),
     ("6.12", "Ensemble of 5 dropout nets (6.11), plurality vote", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.67),
+    ("6.13", "Parameter counts, from the initialized params", "counts", "sigmoid", 30, None, None, 0, False,
+     {"conv": 520, "fc": 23550, "ratio": 40}),
 ]
 COLUMNS = ("id", "experiment", "arch", "activation", "n", "eta", "lmbda", "epochs", "expanded", "book")
 ENSEMBLE_SIZE = 5
@@ -120,6 +126,9 @@ def run(args):
         r = dict(zip(COLUMNS, spec))
         if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
             continue
+        if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
+            rows.extend(parameter_count_rows(r, jax.random.key(args.seed)))
+            continue
         if r["expanded"] and expanded is None:
             t0 = time.time()
             expanded = data.expand(training.x, training.y, seed=0)
@@ -180,6 +189,41 @@ def run(args):
     if filters_net is not None:
         _filters(args, *filters_net)
     return rows, extra
+
+
+def layer_parameter_counts(net_layers, key):
+    """The number of parameters (weights and biases) in each layer of a
+    network3 net, counted from the leaves of its initialized params."""
+    init, _ = network3.build(net_layers)
+    _, params = init(key, (784,))
+    return [sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(p)) for p in params]
+
+
+def parameter_count_rows(r, key):
+    """Row 6.13: the book's arithmetic (a conv layer of 20 5×5 feature maps
+    against a fully connected layer of 30 neurons on the 784 pixels), counted
+    from initialized params, then the total of every chapter-6 net (rows
+    whose nets differ only in activation, η, λ or data share one line)."""
+    conv = layer_parameter_counts(architecture("conv_only", r["activation"], 0), key)[0]
+    fc = layer_parameter_counts(architecture("shallow", r["activation"], r["n"]), key)[0]
+    book = r["book"]
+    rows = [report.row("6.13a", "conv(20 maps, 5×5) layer: shared weights + biases", book["conv"], conv, unit="",
+                       note=f"{conv} = 20 × (5×5 + 1)", count=conv),
+            report.row("6.13b", "FC(784→30) layer: weights + biases", book["fc"], fc, unit="",
+                       note=f"{fc} = 784×30 + 30", count=fc),
+            report.row("6.13c", "ratio FC(784→30) / conv(20, 5×5)", book["ratio"], fc / conv, unit="",
+                       note="the book: about 40 times as many parameters")]
+    nets = {}
+    for spec in ROWS:
+        row_id, arch, n = spec[0], spec[2], spec[4]
+        if arch != "counts":
+            nets.setdefault((arch, n), []).append(row_id)
+    for (arch, n), ids in nets.items():
+        per_layer = layer_parameter_counts(architecture(arch, "sigmoid", n), key)
+        rows.append(report.row(f"6.13@{ids[0]}", f"total parameters of the net of {', '.join(ids)}", None,
+                               sum(per_layer), unit="", note="per layer: " + " + ".join(map(str, per_layer))
+                               + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids))
+    return rows
 
 
 def _vote(out, k):

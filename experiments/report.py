@@ -44,6 +44,10 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3, add_argument
                    help="continue the rows an interrupted run left unfinished, from their last epoch")
     p.add_argument("--restart", action="store_true",
                    help="discard the checkpoints of an interrupted run and start its rows afresh")
+    p.add_argument("--x64", action="store_true",
+                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
+                        "code does; the default is float32. A seed draws other initial weights in "
+                        "float64 than in float32 (the mini-batch order is the same)")
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
@@ -51,6 +55,9 @@ def parse_args(chapter, description, argv=None, *, default_seeds=3, add_argument
         p.error("--seeds must be at least 1")
     if args.resume and args.restart:
         p.error("--resume and --restart exclude each other")
+    if args.x64:  # before any array is made: every default float becomes float64
+        import jax
+        jax.config.update("jax_enable_x64", True)
     args.chapter = chapter
     args.started = time.time()
     check_unfinished(args)
@@ -189,7 +196,7 @@ PARTIAL = "results.partial.json"
 
 
 def _results(args, rows, complete, payload):
-    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args),
+    out = {"chapter": args.chapter, "quick": args.quick, "seeds": seeds(args), "x64": args.x64,
            "wall_seconds": time.time() - args.started, "complete": complete,
            "environment": environment(), "rows": rows}
     out.update(payload)

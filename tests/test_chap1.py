@@ -14,7 +14,7 @@ def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path):
     assert results["quick"] is True and results["seeds"] == [12345678, 12345679, 12345680]
     assert results["rows"] == json.loads(json.dumps(out["rows"]))
     rows = {r["id"]: r for r in results["rows"]}
-    assert sorted(rows) == ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6"]
+    assert sorted(rows) == ["1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.8"]
     book = {r["id"]: r["book"] for r in chap1.ROWS}
     for rid, r in rows.items():
         assert r["book"] == book[rid]
@@ -24,7 +24,7 @@ def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path):
             assert "skipped" in r["note"]
             continue
         assert all(0.0 <= v <= 100.0 for v in values), (rid, values)
-    for rid in ("1.1", "1.2", "1.3", "1.4"):
+    for rid in ("1.1", "1.2", "1.3", "1.4", "1.8"):
         r = rows[rid]
         assert r["seeds"] == results["seeds"] and len(r["measured"]["runs"]) == 3
         curve = np.asarray(r["curve"])
@@ -37,6 +37,9 @@ def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path):
     # networks, yet they end differently.
     assert rows["1.1"]["measured"]["best"] > 30.0
     assert rows["1.1"]["curve"] != rows["1.4"]["curve"]
+    # the exercise's [784,10] net (no hidden layer) learns too, and the book gives no number for it
+    assert rows["1.8"]["sizes"] == [784, 10] and rows["1.8"]["book"] is None
+    assert rows["1.8"]["measured"]["mean"] > 30.0
     assert (tmp_path / "chap1_accuracy.png").stat().st_size > 0
 
 

@@ -13,21 +13,26 @@ from experiments import chap6
 
 def test_rows_table_matches_the_book():
     ids = [r[0] for r in chap6.ROWS]
-    assert ids[0] == "6.1" and ids[-1] == "6.12" and len(set(ids)) == len(ids)
+    assert ids[0] == "6.1" and ids[-1] == "6.13" and len(set(ids)) == len(ids)
     book = {r[0]: r[-1] for r in chap6.ROWS}
     assert book["6.2"] == 98.78 and book["6.11"] == 99.60 and book["6.12"] == 99.67
+    assert book["6.13"] == {"conv": 520, "fc": 23550, "ratio": 40}
     for r in chap6.ROWS:
+        if r[2] == "counts":  # 6.13 trains nothing
+            continue
         layers = chap6.architecture(r[2], r[3], r[4])   # every architecture builds
         assert layers[-1].n_out == 10
 
 
 def test_quick_main_writes_results(tmp_path, mnist_dir):
     chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
-                      "--only", "6.1", "6.3", "6.11", "6.12", "--seeds", "2"])
+                      "--only", "6.1", "6.3", "6.11", "6.12", "6.13", "--seeds", "2"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True and results["seeds"] == [12345678, 12345679]
     assert results["complete"] is True and not (tmp_path / "results.partial.json").exists()
-    rows = {r["id"]: r for r in results["rows"]}
+    counts = {r["id"]: r for r in results["rows"] if r["id"].startswith("6.13")}
+    check_parameter_counts(counts)
+    rows = {r["id"]: r for r in results["rows"] if not r["id"].startswith("6.13")}
     assert set(rows) == {"6.1", "6.3", "6.11", "6.12"}
     assert len(rows["6.1"]["measured"]["runs"]) == 2
     assert len(rows["6.11"]["measured"]["runs"]) == 5 and rows["6.12"]["seeds"] == list(range(12345678, 12345683))
@@ -40,6 +45,24 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     assert rows["6.12"]["errors"] == pytest.approx(results["settings"]["eval_size"] * (1 - rows["6.12"]["measured"] / 100))
     for name in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def check_parameter_counts(rows):
+    """6.13 counts the leaves of initialized params; the expected numbers here
+    are the book's arithmetic, (inputs + 1) × outputs per layer, conv maps
+    sharing one 5×5 filter and one bias each."""
+    assert rows["6.13a"]["measured"] == 520 == 20 * (5 * 5 + 1)          # the book's 520
+    assert rows["6.13b"]["measured"] == 23550 == 784 * 30 + 30           # the book's 23,550
+    assert rows["6.13c"]["measured"] == pytest.approx(23550 / 520) and rows["6.13c"]["measured"] > 40
+    conv1, conv2 = 20 * (1 * 25 + 1), 40 * (20 * 25 + 1)
+    expected = {"6.1": 785 * 100 + 101 * 10, "6.2": conv1 + 2881 * 100 + 101 * 10, "6.3": conv1 + 2881 * 10,
+                "6.4": conv1 + conv2 + 641 * 100 + 101 * 10,
+                "6.10b": conv1 + conv2 + 641 * 1000 + 1001 * 1000 + 1001 * 10}
+    for row_id, n in expected.items():
+        r = rows[f"6.13@{row_id}"]
+        assert r["measured"] == n and sum(r["per_layer"]) == n, (row_id, r["per_layer"])
+    assert rows["6.13@6.4"]["rows"] == ["6.4", "6.5", "6.6", "6.7"]   # same params, other settings
+    assert rows["6.13@6.11"]["measured"] == rows["6.13@6.10b"]["measured"]   # dropout adds no params
 
 
 def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(tmp_path, mnist_dir,
