@@ -278,7 +278,7 @@ def book_curve(name):
 def environment():
     """The machine and library versions, recorded in every results file."""
     import jax
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()]}
 

@@ -26,7 +26,7 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
                       "--only", "6.1", "6.3", "6.11", "6.12", "--seeds", "2"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True and results["seeds"] == [12345678, 12345679]
-    assert results["complete"] is True and not (tmp_path / "results.partial.json").exists()
+    assert results["complete"] is True
     rows = {r["id"]: r for r in results["rows"]}
     assert set(rows) == {"6.1", "6.3", "6.11", "6.12"}
     assert len(rows["6.1"]["measured"]["runs"]) == 2
@@ -42,12 +42,14 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(tmp_path, mnist_dir,
-                                                                              monkeypatch):
-    """Rows are checkpointed to results.partial.json as they finish; a run that
-    dies in its second row keeps the first, and an earlier results.json survives."""
-    old = '{"rows": [], "from": "an earlier run"}'
-    (tmp_path / "results.json").write_text(old)
+def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_path, mnist_dir,
+                                                                             monkeypatch):
+    """Rows are merged into results.json as they finish; a run that dies in its
+    second row keeps the first, and the rows of an earlier run survive."""
+    earlier = {"chapter": "chap6", "quick": True, "curves": {"6.4": "earlier curves"},
+               "rows": [{"id": "6.4", "experiment": "an earlier run", "book": 99.06, "unit": "%",
+                         "measured": 12.5, "quick": True, "run": "earlier"}]}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
     real, calls = chap6.network3.train_many, []
 
     def dies_on_the_second_row(*args, **kwargs):
@@ -59,7 +61,8 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(
     monkeypatch.setattr(chap6.network3, "train_many", dies_on_the_second_row)
     with pytest.raises(KeyboardInterrupt):
         chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--only", "6.1", "6.3"])
-    partial = json.loads((tmp_path / "results.partial.json").read_text())
-    assert partial["complete"] is False and [r["id"] for r in partial["rows"]] == ["6.1"]
-    assert "6.1" in partial["curves"]
-    assert (tmp_path / "results.json").read_text() == old
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] is False and [r["id"] for r in results["rows"]] == ["6.1", "6.4"]
+    assert results["rows"][1] == earlier["rows"][0]
+    assert set(results["curves"]) == {"6.1", "6.4"} and results["curves"]["6.4"] == "earlier curves"
+    assert not (tmp_path / "results.partial.json").exists()
