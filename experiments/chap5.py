@@ -261,7 +261,7 @@ def run(args):
         t0 = time.time()
         norms = gradient_norms_during_training(args, x, y, hidden, gd_epochs)
         norms_by_depth[hidden] = norms
-        payload[f"norms_during_training_{hidden}_layers"] = norms.tolist()  # [epoch, seed, layer]
+        payload[f"norms_during_training_{hidden}_layers"] = report.significant(norms)  # [epoch, seed, layer]
         if report.wanted(args, row_id):
             init_seeds = [args.seed + k for k in range(args.seeds if args.quick else max(INIT_SEEDS, args.seeds))]
             at_init = norms[0] if args.quick else norms_at_init(x, y, hidden, init_seeds)

@@ -207,7 +207,21 @@ def markdown_table(rows, *, notes=True):
 def write_json(path, payload):
     """Write JSON atomically: a temporary file in the same folder, then a rename,
     so an interrupted run never leaves half a results file over a good one."""
-    write_text(path, json.dumps(payload, indent=1, default=_jsonable))
+    write_text(path, _numbers_on_one_line(json.dumps(payload, indent=1, default=_jsonable)))
+
+
+def _numbers_on_one_line(text):
+    """JSON text with every innermost list of numbers on one line (``indent``
+    puts each number on its own). Only the line breaks between numbers go:
+    JSON strings hold no line breaks, so no string is changed."""
+    return re.sub(r"\[\n[-0-9.eE+,\s]*\]",
+                  lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(0)[1:-1].strip()) + "]", text)
+
+
+def significant(values, digits=4):
+    """``values`` (nested lists or an array) as nested lists of floats rounded to
+    ``digits`` significant digits: long per-epoch series stay small in results.json."""
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(np.asarray(values, float)).tolist()
 
 
 def write_text(path, text):

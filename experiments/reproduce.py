@@ -195,8 +195,8 @@ def readme_block(root=None):
             continue
         runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in rows)]
         machines = sorted({machine(run.get("environment")) for run in runs})
-        lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows; the rest in "
-                  f"[reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
+        lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "
+                  f"every row in [reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
                   f"seeds {_seeds_text(res.get('seeds'))}, "
                   f"{_duration(sum(run.get('wall_seconds', 0) for run in runs))} wall on "
                   f"{'; '.join(machines)}.", "", report.markdown_table(rows, notes=False), ""]
