@@ -183,9 +183,9 @@ def write_report(out):
 
 def readme_block(root=None):
     """The README's generated results block (markers included): every full
-    (not --quick) row with a book number from ``root/chapN/results.json``, and
-    one line per chapter on how it was measured. Deterministic: the same
-    files give the same text."""
+    (not --quick) row with a book number from ``root/chapN/results.json``
+    (a row run at shortened settings says so), and one line per chapter on how
+    it was measured. Deterministic: the same files give the same text."""
     root = report.REPO / FULL_OUT if root is None else Path(root)
     lines = [BEGIN, ""]
     results = chapter_results(root)
@@ -193,6 +193,8 @@ def readme_block(root=None):
         rows = [r for r in res["rows"] if not r.get("quick", res.get("quick")) and r.get("book") is not None]
         if not rows:
             continue
+        rows = [dict(r, experiment=r["experiment"] + " (SHORTENED: not the book's setting, see the report)")
+                if "SHORTENED" in r.get("note", "") else r for r in rows]
         runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in rows)]
         machines = sorted({machine(run.get("environment")) for run in runs})
         lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "

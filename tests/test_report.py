@@ -172,10 +172,12 @@ def test_report_page_shows_every_row_book_beside_measured_and_links_existing_fig
 
 def test_readme_block_holds_full_rows_with_a_book_number_and_is_rewritten_between_markers(tmp_path):
     report.finish(_args(tmp_path / "chap4", chapter="chap4"), [
-        report.row("4.2.5", "bumps", 0.4, 0.36, unit=""), report.row("4.1", "step", None, 1e-5, unit="")])
+        report.row("4.2.5", "bumps", 0.4, 0.36, unit=""), report.row("4.1", "step", None, 1e-5, unit=""),
+        report.row("4.3", "sgd", 0.1, 0.2, unit="", note="SHORTENED: 5 epochs (book 1000)")])
     block = reproduce.readme_block(tmp_path)
     assert block.startswith(reproduce.BEGIN) and block.endswith(reproduce.END)
     assert "| 4.2.5 | bumps | 0.4 | 0.36 |" in block and "| 4.1 |" not in block
+    assert "| 4.3 | sgd (SHORTENED: not the book's setting, see the report) | 0.1 | 0.2 |" in block
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{reproduce.BEGIN}\nstale\n{reproduce.END}\n\nafter\n")
     assert reproduce.update_readme(readme, tmp_path) is True
