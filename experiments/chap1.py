@@ -135,7 +135,7 @@ def train_group(args, rows, seeds, training, test, epochs):
         acc = np.asarray(record["evaluation_accuracy"]).reshape(len(rows), k)
         parts = [f"{r['id']} η={r['eta']:g}: {a[0]} / {n_test}" + "".join(f", {v}" for v in a[1:])
                  for r, a in zip(rows, acc.tolist())]
-        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({time.time() - t0:.1f} s)",
+        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({report.eta(t0, e + 1, epochs)})",
               flush=True)
 
     print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
@@ -163,37 +163,28 @@ def run(args):
     print(f"chap1: {len(training.y)} training images, {n_test} test images, {epochs} epochs, "
           f"mini-batch {MINI_BATCH_SIZE}, seeds {seeds}", flush=True)
 
-    rows, curves, timings = [], {}, {}
+    rows, timings = [], {}
     sgd = [r for r in ROWS if r["kind"] == "sgd" and report.wanted(args, r["id"])]
     for sizes in dict.fromkeys(r["sizes"] for r in sgd):
         group = [r for r in sgd if r["sizes"] == sizes]
         acc, wall = train_group(args, group, seeds, training, test, epochs)
-        timings["[" + ",".join(map(str, sizes)) + "]"] = wall
-        for i, r in enumerate(group):
-            curves[r["id"]] = acc[:, i, :]
+        arch = "[" + ",".join(map(str, sizes)) + "]"
+        timings[arch] = wall
+        done = [sgd_row(args, r, acc[:, i, :], epochs, seeds, n_test) for i, r in enumerate(group)]
+        rows += done
+        report.record(args, done, timings_seconds={arch: wall})
+        report.remove_checkpoints(args, group_id(group))
+        plot(args, report.recorded_rows(args))
     for r in ROWS:
         if not report.wanted(args, r["id"]):
             continue
-        if r["kind"] == "sgd":
-            c = 100.0 * curves[r["id"]] / n_test          # [epochs, seeds], percent
-            peak, final = c.max(axis=0), c[-1]
-            measured = peak if r["measure"] == "peak" else final
-            note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
-                    f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
-                   f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
-            if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
-                note = f"SHORTENED: {epochs} epochs{' on a subset (--quick)' if args.quick else ''}; " + note
-            rows.append(report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
-                                   sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
-                                   epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
-                                   peak=peak.tolist(), final=final.tolist(),
-                                   curve=curves[r["id"]].T.tolist(), n_test=n_test))
-        elif r["kind"] == "darkness":
+        if r["kind"] == "darkness":
             correct = average_darkness(training, test)
             print(f"average darkness: {correct} / {n_test}", flush=True)
             rows.append(report.row(r["id"], r["experiment"], r["book"], 100.0 * correct / n_test,
                                    note=f"{correct} / {n_test} (book: 2225 / 10000)",
                                    correct=correct, n_test=n_test, n_train=len(training.y)))
+            report.record(args, rows[-1:])
         elif r["kind"] == "svm":
             t0 = time.time()
             correct = svm_baseline(training, test, svm_size)
@@ -205,16 +196,30 @@ def run(args):
                                         f"({time.time() - t0:.0f} s)",
                                    correct=correct, n_test=n_test, n_train=n,
                                    seconds=time.time() - t0))
-    plot(args, rows, n_test)
-    report.checkpoint(args, rows)
-    for sizes in dict.fromkeys(r["sizes"] for r in sgd):
-        report.remove_checkpoints(args, group_id([r for r in sgd if r["sizes"] == sizes]))
+            report.record(args, rows[-1:])
     return rows, {"timings_seconds": timings, "n_train": len(training.y), "n_test": n_test,
                   "epochs": epochs}
 
 
-def plot(args, rows, n_test):
-    """chap1_accuracy.png: test accuracy per epoch, every run, with the book's transcripts."""
+def sgd_row(args, r, curve, epochs, seeds, n_test):
+    """The table row of SGD row ``r`` from its curves [epochs, seeds] (test images correct)."""
+    c = 100.0 * curve / n_test          # [epochs, seeds], percent
+    peak, final = c.max(axis=0), c[-1]
+    measured = peak if r["measure"] == "peak" else final
+    note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
+            f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
+           f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
+    if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
+        note = f"SHORTENED: {epochs} epochs{' on a subset (--quick)' if args.quick else ''}; " + note
+    return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
+                      sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
+                      epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
+                      peak=peak.tolist(), final=final.tolist(), curve=curve.T.tolist(), n_test=n_test)
+
+
+def plot(args, rows):
+    """chap1_accuracy.png: test accuracy per epoch, every run of every SGD row
+    in results.json (this run's and earlier runs'), with the book's transcripts."""
     sgd = [r for r in rows if "curve" in r]
     if not sgd:
         return
@@ -224,15 +229,16 @@ def plot(args, rows, n_test):
     ax = fig.add_subplot(1, 1, 1)
     colors = dict(zip(("1.1", "1.2", "1.3", "1.4", "1.8"), ("C0", "C1", "C2", "C3", "C4")))
     for r in sgd:
+        color, n_test = colors.get(r["id"]), r["n_test"]
         for k, curve in enumerate(r["curve"]):
-            ax.plot(np.arange(len(curve)), 100.0 * np.asarray(curve) / n_test, color=colors[r["id"]],
+            ax.plot(np.arange(len(curve)), 100.0 * np.asarray(curve) / n_test, color=color,
                     alpha=0.8, lw=1.2, label=f"{r['id']} {r['sizes']} η={r['eta']:g}" if k == 0 else None)
         book = BOOK_TRANSCRIPTS.get(r["id"])
         if book and n_test == 10000:
-            ax.plot(list(book), [v / 100.0 for v in book.values()], "x", color=colors[r["id"]], ms=7,
+            ax.plot(list(book), [v / 100.0 for v in book.values()], "x", color=color, ms=7,
                     label=f"{r['id']} book transcript")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test accuracy (%, of {n_test})")
+    ax.set_ylabel("test accuracy (%)")
     ax.set_title("Chapter 1: network.py on MNIST (each line one seed)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
@@ -249,7 +255,8 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    args = report.parse_args("chap1", __doc__, argv, add_arguments=add_arguments)
+    args = report.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
+                             add_arguments=add_arguments)
     if args.svm_train_size < 1 or args.epochs < 1:
         raise SystemExit("chap1: --svm-train-size and --epochs must be positive")
     rows, payload = run(args)

@@ -447,6 +447,7 @@ def run_more_data(args, splits, spec):
         rows.append(report.row(f"{spec['id']}@{size}", f"more data: {size} images, {epochs} epochs, "
                                f"λ {size * 1e-4:g} (validation, last epoch)", book, acc,
                                set="validation", seeds=seeds, epochs=epochs, lmbda=size * 1e-4))
+        report.record(args, rows[-1:])
     svm = report.book_curve("more_data_svm")
     series = [("network (measured, mean)", sizes, [a.mean() for a in accs], "o-")]
     book = report.book_curve(spec["curve"])
@@ -472,6 +473,7 @@ def run_svm(args, splits, spec):
         book = spec["book"][spec["train_sizes"].index(size)] if size in spec["train_sizes"] else None
         rows.append(report.row(f"{spec['id']}@{size}", f"SVC(gamma='auto') on {size} images (validation)",
                                book, acc, set="validation", note="deterministic (no seed)"))
+        report.record(args, rows[-1:])
     book = report.book_curve(spec["curve"])
     series = [("SVM (measured)", sizes, accs, "o-")]
     if book is not None:
@@ -567,14 +569,15 @@ def run(args):
     for spec in ROWS:
         if report.wanted(args, spec["id"]):
             print(f"\n== {spec['id']}: {spec['what']}", flush=True)
-            rows.extend(RUNNERS[spec["kind"]](args, splits, spec))
-            report.checkpoint(args, rows)
+            done = RUNNERS[spec["kind"]](args, splits, spec)
+            report.record(args, done)
+            rows.extend(done)
             report.remove_checkpoints(args, spec["id"])
     return rows
 
 
 def main(argv=None):
-    args = report.parse_args("chap3", __doc__, argv)
+    args = report.parse_args("chap3", __doc__, argv, row_ids=[spec["id"] for spec in ROWS])
     return report.finish(args, run(args))
 
 

@@ -214,6 +214,7 @@ def run(args):
         ideal = (x[:, 0] > hp["s"]).astype(jnp.float32)
         rows.append(report.row("4.1", desc, book, float(jnp.max(jnp.where(far, jnp.abs(a - ideal), 0.0))),
                                unit="", b=b))
+        report.record(args, rows[-1:])
 
     bumps = BUMPS[:3] if args.quick else BUMPS
     errors, curves = {}, {}
@@ -229,12 +230,13 @@ def run(args):
         payload["bumps"] = {str(n): {"output_deviation": e[0], "weighted_sum_deviation": e[1],
                                      "weighted_sum_deviation_median_heights": e[2]}
                             for n, e in errors.items()}
-        for which, row_id in enumerate(("4.2", "4.2w", "4.2m")):
-            for n in bumps:
-                rows.append(report.row(f"{row_id}.{n}", f"{ROW[row_id][1]}, N={n}",
-                                       ROW[row_id][3] if n == 5 else None, errors[n][which], unit="",
-                                       note="" if n != 5 else
-                                       f"book's challenge (<= 0.40, 5 bumps) met: {errors[n][which] <= CHALLENGE}"))
+        bump_rows = [report.row(f"{row_id}.{n}", f"{ROW[row_id][1]}, N={n}",
+                                ROW[row_id][3] if n == 5 else None, errors[n][which], unit="",
+                                note="" if n != 5 else
+                                f"book's challenge (<= 0.40, 5 bumps) met: {errors[n][which] <= CHALLENGE}")
+                     for which, row_id in enumerate(("4.2", "4.2w", "4.2m")) for n in bumps]
+        report.record(args, bump_rows, bumps=payload["bumps"])
+        rows += bump_rows
 
     gd_dev, gd_curves = None, None
     if report.wanted(args, "4.3"):
@@ -248,6 +250,7 @@ def run(args):
                                     f"{hp['epochs']} epochs on {hp['n_train']} points",
                                seconds=time.time() - t0, hyperparameters=hp))
         payload["gradient_descent"] = dict(hp, deviation=gd_dev.tolist())
+        report.record(args, rows[-1:], gradient_descent=payload["gradient_descent"])
     if errors:
         _plot_approximations(args, curves, gd_curves)
         _plot_error(args, errors, gd_dev)
@@ -255,7 +258,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = report.parse_args("chap4", __doc__, argv)
+    args = report.parse_args("chap4", __doc__, argv, row_ids=[r[0] for r in ROWS])
     rows, payload = run(args)
     return report.finish(args, rows, **payload)
 

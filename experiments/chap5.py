@@ -169,14 +169,19 @@ def initial_gradient(args, x, y, neurons=6):
 
 # --- figures -----------------------------------------------------------------------
 
-def _plot_depths(args, curves):
+def _plot_depths(args, rows):
+    """depth_accuracy.png: validation accuracy per epoch of every depth row
+    (5.1–5.4) in results.json, this run's and earlier runs'."""
     fig, path = report.figure(args, "depth_accuracy")
     if fig is None:
         return
     ax = fig.gca()
-    for (row_id, sizes), acc in curves.items():
+    for r in rows:
+        if r["id"] not in ("5.1", "5.2", "5.3", "5.4") or "per_epoch" not in r:
+            continue
+        acc = np.asarray(r["per_epoch"]).T                                     # [epochs, seeds]
         e = np.arange(1, acc.shape[0] + 1)
-        ax.plot(e, acc.mean(1), label=f"{sizes} (book {ROW[row_id][3]}%)")
+        ax.plot(e, acc.mean(1), label=f"{ROW[r['id']][2]['sizes']} (book {ROW[r['id']][3]}%)")
         ax.fill_between(e, acc.min(1), acc.max(1), alpha=0.2)
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
            title="Deeper sigmoid nets (mean over seeds, band: min–max)")
@@ -234,22 +239,19 @@ def run(args):
     payload["settings"].update(n_train=n_train, epochs=epochs, gradient_images=GRADIENT_IMAGES,
                                gradient_epochs=gd_epochs)
 
-    curves = {}
     for row_id in ("5.1", "5.2", "5.3", "5.4"):
         if not report.wanted(args, row_id):
             continue
         _, desc, hp, book = ROW[row_id]
         t0 = time.time()
         acc = depth_accuracy(args, splits, row_id, hp["sizes"], n_train, epochs)
-        curves[(row_id, str(hp["sizes"]))] = acc
         rows.append(report.row(row_id, desc, book, acc.max(0), final=report.summarize(acc[-1]),
                                peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
                                seconds=time.time() - t0,
                                note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%"))
-        report.checkpoint(args, rows, **payload)
+        report.record(args, rows[-1:])
+        _plot_depths(args, report.recorded_rows(args))
         report.remove_checkpoints(args, row_id)
-    if curves:
-        _plot_depths(args, curves)
 
     if need_data:
         x = jnp.asarray(splits.training.x[:GRADIENT_IMAGES])
@@ -261,7 +263,7 @@ def run(args):
         t0 = time.time()
         norms = gradient_norms_during_training(args, x, y, hidden, gd_epochs)
         norms_by_depth[hidden] = norms
-        payload[f"norms_during_training_{hidden}_layers"] = norms.tolist()  # [epoch, seed, layer]
+        payload[f"norms_during_training_{hidden}_layers"] = report.significant(norms)  # [epoch, seed, layer]
         if report.wanted(args, row_id):
             init_seeds = [args.seed + k for k in range(args.seeds if args.quick else max(INIT_SEEDS, args.seeds))]
             at_init = norms[0] if args.quick else norms_at_init(x, y, hidden, init_seeds)
@@ -272,6 +274,8 @@ def run(args):
                                        note="" if layer else f"over {len(init_seeds)} seeds from --seed; "
                                        f"the {args.seeds} trained nets: "
                                        + ", ".join(f"{v:.4g}" for v in norms[0].mean(0))))
+            report.record(args, rows[-hidden:], **{k: payload[k] for k in (
+                f"norms_during_training_{hidden}_layers", f"norms_at_init_{hidden}_layers")})
         _plot_training_speed(args, hidden, norms)
     if report.wanted(args, "5.8"):
         for hidden, norms in norms_by_depth.items():
@@ -280,6 +284,8 @@ def run(args):
                                        f"||dC/db|| after {norms.shape[0] - 1} epochs GD, {hidden}L, layer {layer + 1}",
                                        book if not args.quick else None, norms[-1, :, layer], unit="",
                                        note="book: its last record (after 499 epochs)" if layer == 0 else ""))
+            report.record(args, rows[-hidden:], **{f"norms_during_training_{hidden}_layers":
+                                                   payload[f"norms_during_training_{hidden}_layers"]})
 
     if report.wanted(args, "5.9"):
         measured = initial_gradient(args, x, y, ROW["5.9"][2]["neurons"])
@@ -289,6 +295,7 @@ def run(args):
             rows.append(report.row(f"5.9.{layer + 1}", f"{ROW['5.9'][1]}, layer {layer + 1}",
                                    None if book is None else float(np.mean(np.abs(book[layer]))),
                                    np.abs(measured[:, layer]).mean(-1), unit=""))
+        report.record(args, rows[-2:], initial_gradient=payload["initial_gradient"])
         _plot_initial_gradient(args, measured, book)
 
     if report.wanted(args, "5.10"):
@@ -299,11 +306,12 @@ def run(args):
                                unit=""))
         rows.append(report.row("5.10.3", "that widest range of a", book["width"], width, unit="",
                                closed_form=width_closed_form(w_star)))
+        report.record(args, rows[-3:])
     return rows, payload
 
 
 def main(argv=None):
-    args = report.parse_args("chap5", __doc__, argv)
+    args = report.parse_args("chap5", __doc__, argv, row_ids=[r[0] for r in ROWS])
     rows, payload = run(args)
     return report.finish(args, rows, **payload)
 

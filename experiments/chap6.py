@@ -64,6 +64,10 @@ def base_id(row_id):
     return row_id.rstrip("ab")
 
 
+# What --only accepts: every row id, and "6.8" / "6.10" for both variants.
+ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r[0]), r[0])))
+
+
 def architecture(arch, activation, n, mb=MB):
     """The book's conv.py networks as network3 layers."""
     act = network3.activations.by_name(activation)
@@ -183,9 +187,10 @@ def run(args):
                                     "test_accuracy": out["test_accuracy"]}
         if r["arch"] != "shallow":
             filters_net = (net_layers, out["params"])
-        report.checkpoint(args, rows, **extra)
+        report.record(args, rows[-1:], settings=extra["settings"],
+                      curves={r["id"]: extra["curves"][r["id"]]})
         if key not in shared or r["id"] == "6.12" or not report.wanted(args, "6.12"):
-            report.row_finished(ckpt)
+            report.remove_checkpoints(args, run_id)
     if filters_net is not None:
         _filters(args, *filters_net)
     return rows, extra
@@ -238,12 +243,10 @@ def _progress(label, epochs, n_val, n_test, t0):
 
     def on_epoch(e, record):
         first.append(e) if not first else None
-        elapsed = time.time() - t0
-        eta_s = elapsed / (e + 1 - first[0]) * (epochs - e - 1)
         print(f"  [{label}] epoch {e + 1}/{epochs}: validation "
               + " ".join(f"{100 * v / n_val:.2f}" for v in record["validation_accuracy"]) + " | test "
               + " ".join(f"{100 * t / n_test:.2f}" for t in record["test_accuracy"])
-              + f"  ({elapsed:.1f} s, ETA {eta_s / 60:.1f} min)", flush=True)
+              + f"  ({report.eta(t0, e + 1 - first[0], epochs - first[0])})", flush=True)
     return on_epoch
 
 
@@ -297,7 +300,7 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
 
 
 def main(argv=None):
-    args = report.parse_args("chap6", __doc__, argv, add_arguments=add_arguments)
+    args = report.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments)
     if args.epochs is not None and args.epochs < 1:
         raise SystemExit("chap6: --epochs must be at least 1")
     if args.train_size is not None and args.train_size < MB:

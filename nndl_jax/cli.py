@@ -2,11 +2,17 @@
 
     nndl-jax data [--data-dir D] [--download]   where MNIST lives, is it verified, split sizes
     nndl-jax expand [--data-dir D] [--seed S]   make the book's expanded training set
-    nndl-jax run CHAPTER [ARGS...]              python -m experiments.CHAPTER ARGS...
-    nndl-jax chap1 [ARGS...]                    the same, one subcommand per experiments module
+    nndl-jax chap1 [ARGS...]                    python -m experiments.chap1 ARGS... (chap3 ... chap6 too)
+    nndl-jax run CHAPTER [ARGS...]              the same: run chap6 --quick, run 6 --quick
+    nndl-jax reproduce [--quick] [--only 1 3] [--resume] [--out DIR]
+                                                every chapter, then one report (reproduced/REPORT.md)
+    nndl-jax report [--out DIR] [--readme]      the report (and the README's results table) again
 
 Subcommands are argparse subparsers: add one with a ``_add_<name>`` function
-registered in `_COMMANDS`.
+registered in `_COMMANDS`. The experiment commands (chapN, reproduce) hand
+every argument after their name to the module's own parser, so
+``nndl-jax chap6 --quick`` and ``nndl-jax chap1 --help`` mean what
+``python -m experiments.chap6 --quick`` and ``... chap1 --help`` mean.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 
 from nndl_jax import data as mnist_data
@@ -97,15 +104,26 @@ def _experiment_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name.startswith("chap"))
 
 
+def _own_parsers() -> dict[str, tuple[str, str]]:
+    """Commands whose module parses its own arguments: name -> (module, function)."""
+    commands = {name: (f"experiments.{name}", "main") for name in _experiment_names()}
+    commands.update(reproduce=("experiments.reproduce", "main"), report=("experiments.reproduce", "report_main"))
+    return commands
+
+
 def _add_run(sub):
     p = sub.add_parser("run", help="run an experiments module: run chap1 [args...] (or run 1)")
     p.add_argument("chapter", help="chap1 ... or 1 ...")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to experiments.CHAPTER.main")
     p.set_defaults(func=_cmd_run)
+    # Listed in --help only: main() hands them their arguments before argparse sees them.
     for name in _experiment_names():
-        q = sub.add_parser(name, help=f"python -m experiments.{name}", add_help=False)
-        q.add_argument("args", nargs=argparse.REMAINDER)
-        q.set_defaults(func=lambda a, name=name: _run_experiment(name, a.args))
+        sub.add_parser(name, add_help=False, help=f"python -m experiments.{name} (nndl-jax {name} --help)")
+    sub.add_parser("reproduce", add_help=False,
+                   help="every chapter (1, 3, 4, 5, 6), then one report (nndl-jax reproduce --help)")
+    sub.add_parser("report", add_help=False,
+                   help="the report (--readme: and the README's results table) from results already "
+                        "written, training nothing (nndl-jax report --help)")
 
 
 _COMMANDS = [_add_data, _add_expand, _add_run]
@@ -120,9 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:  # the command line: Ctrl-C stops a long run at once (its checkpoints are atomic)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own = _own_parsers().get(argv[0]) if argv else None
+    args = None if own is not None else build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        if own is None:
+            return args.func(args)
+        result = getattr(importlib.import_module(own[0]), own[1])(argv[1:])
+        return result if isinstance(result, int) else 0
     except mnist_data.MNISTError as e:
         print(f"nndl-jax: {e}", file=sys.stderr)
         return 1

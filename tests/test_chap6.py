@@ -29,7 +29,7 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
                       "--only", "6.1", "6.3", "6.11", "6.12", "6.13", "--seeds", "2"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True and results["seeds"] == [12345678, 12345679]
-    assert results["complete"] is True and not (tmp_path / "results.partial.json").exists()
+    assert results["complete"] is True
     counts = {r["id"]: r for r in results["rows"] if r["id"].startswith("6.13")}
     check_parameter_counts(counts)
     rows = {r["id"]: r for r in results["rows"] if not r["id"].startswith("6.13")}
@@ -47,30 +47,14 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def check_parameter_counts(rows):
-    """6.13 counts the leaves of initialized params; the expected numbers here
-    are the book's arithmetic, (inputs + 1) × outputs per layer, conv maps
-    sharing one 5×5 filter and one bias each."""
-    assert rows["6.13a"]["measured"] == 520 == 20 * (5 * 5 + 1)          # the book's 520
-    assert rows["6.13b"]["measured"] == 23550 == 784 * 30 + 30           # the book's 23,550
-    assert rows["6.13c"]["measured"] == pytest.approx(23550 / 520) and rows["6.13c"]["measured"] > 40
-    conv1, conv2 = 20 * (1 * 25 + 1), 40 * (20 * 25 + 1)
-    expected = {"6.1": 785 * 100 + 101 * 10, "6.2": conv1 + 2881 * 100 + 101 * 10, "6.3": conv1 + 2881 * 10,
-                "6.4": conv1 + conv2 + 641 * 100 + 101 * 10,
-                "6.10b": conv1 + conv2 + 641 * 1000 + 1001 * 1000 + 1001 * 10}
-    for row_id, n in expected.items():
-        r = rows[f"6.13@{row_id}"]
-        assert r["measured"] == n and sum(r["per_layer"]) == n, (row_id, r["per_layer"])
-    assert rows["6.13@6.4"]["rows"] == ["6.4", "6.5", "6.6", "6.7"]   # same params, other settings
-    assert rows["6.13@6.11"]["measured"] == rows["6.13@6.10b"]["measured"]   # dropout adds no params
-
-
-def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(tmp_path, mnist_dir,
-                                                                              monkeypatch):
-    """Rows are checkpointed to results.partial.json as they finish; a run that
-    dies in its second row keeps the first, and an earlier results.json survives."""
-    old = '{"rows": [], "from": "an earlier run"}'
-    (tmp_path / "results.json").write_text(old)
+def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_path, mnist_dir,
+                                                                             monkeypatch):
+    """Rows are merged into results.json as they finish; a run that dies in its
+    second row keeps the first, and the rows of an earlier run survive."""
+    earlier = {"chapter": "chap6", "quick": True, "curves": {"6.4": "earlier curves"},
+               "rows": [{"id": "6.4", "experiment": "an earlier run", "book": 99.06, "unit": "%",
+                         "measured": 12.5, "quick": True, "run": "earlier"}]}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
     real, calls = chap6.network3.train_many, []
 
     def dies_on_the_second_row(*args, **kwargs):
@@ -82,10 +66,11 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_leaves_the_old_results_alone(
     monkeypatch.setattr(chap6.network3, "train_many", dies_on_the_second_row)
     with pytest.raises(KeyboardInterrupt):
         chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--only", "6.1", "6.3"])
-    partial = json.loads((tmp_path / "results.partial.json").read_text())
-    assert partial["complete"] is False and [r["id"] for r in partial["rows"]] == ["6.1"]
-    assert "6.1" in partial["curves"]
-    assert (tmp_path / "results.json").read_text() == old
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] is False and [r["id"] for r in results["rows"]] == ["6.1", "6.4"]
+    assert results["rows"][1] == earlier["rows"][0]
+    assert set(results["curves"]) == {"6.1", "6.4"} and results["curves"]["6.4"] == "earlier curves"
+    assert not (tmp_path / "results.partial.json").exists()
 
 
 def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir,
