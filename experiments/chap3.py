@@ -202,7 +202,7 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     return arrays, hist.stopped_at.reshape(shape), seeds
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _net(sizes):
     """One (init, apply) per architecture, so rows of the same shapes share a compiled trainer."""
     return layers.mlp(sizes, sigmoid)
@@ -434,7 +434,7 @@ def run_more_data(args, splits, spec):
     ev = _subset(splits.validation, QUICK["n_eval"] if args.quick else None)
     sizes = _sizes(args, spec)
     accs, rows = [], []
-    for i, size in enumerate(sizes):
+    for size in sizes:
         epochs = examples // size
         sub = dict(spec, id=f"{spec['id']}@{size}",
                    configs=[dict(eta=spec["eta"], lmbda=size * 1e-4, init=spec["init"])])
@@ -558,8 +558,8 @@ def run_sweep(args, splits, spec):
     return rows
 
 
-RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "curves": run_curves, "weight_init": run_weight_init,
-           "multiple_eta": run_multiple_eta, "more_data": run_more_data, "svm": run_svm,
+RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "curves": run_curves,
+           "weight_init": run_weight_init, "multiple_eta": run_multiple_eta, "more_data": run_more_data, "svm": run_svm,
            "transcript": run_transcript, "stopping": run_stopping}
 
 

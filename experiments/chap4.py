@@ -32,7 +32,6 @@ K stacked nets in one program.
 """
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -384,8 +384,8 @@ def merge_results(previous, rows, payload, run):
 
 def _run_entry(args, complete):
     return {"id": args.run_id, "chapter": args.chapter, "argv": args.argv, "quick": args.quick,
-            "x64": bool(args.x64), "seeds": seeds(args), "wall_seconds": time.time() - args.started, "complete": complete,
-            "environment": environment()}
+            "x64": bool(args.x64), "seeds": seeds(args), "wall_seconds": time.time() - args.started,
+            "complete": complete, "environment": environment()}
 
 
 def record(args, rows, *, complete=False, **payload):

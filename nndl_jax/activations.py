@@ -74,7 +74,8 @@ def check(fn):
     """Return ``fn`` if it can serve as an activation: a function of a JAX
     array, written with ``jax.numpy`` (so that ``jax.grad`` differentiates
     it), giving an array of the same shape. Otherwise a ``ValueError`` saying
-    what is wrong (a ``TypeError`` for something that is not callable). (Traces ``fn`` once on an abstract [2, 3] float32 input.)"""
+    what is wrong (a ``TypeError`` for something that is not callable).
+    (Traces ``fn`` once on an abstract [2, 3] float32 input.)"""
     if not callable(fn):
         raise TypeError(f"an activation function must be callable, got {fn!r}")
     probe = jax.ShapeDtypeStruct((2, 3), jnp.float32)

@@ -32,7 +32,6 @@ is the output layer's weights and biases, as in the book's ``weights[-1]``.
 """
 import numpy as np
 
-
 # ---------------------------------------------------------------------------
 # Activations and their derivatives σ'(z)
 

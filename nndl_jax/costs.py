@@ -17,7 +17,8 @@ the weights (never the biases):
 where the coefficient ``c`` is ``λ/n`` (network2.py, ``n`` the size of the
 training set) or ``λ/num_training_batches`` (network3.py).
 """
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

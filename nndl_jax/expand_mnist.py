@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nndl_jax.data import Dataset, MNISTError, N_PIXELS, N_SHIFTS, N_TRAIN, cache_dir, expand, load_mnist
+from nndl_jax.data import N_PIXELS, N_SHIFTS, N_TRAIN, Dataset, MNISTError, cache_dir, expand, load_mnist
 
 __all__ = ["DEFAULT_SEED", "expanded_path", "expand_training_data", "load_expanded",
            "make_book_pickle", "write_book_pickle", "main"]

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from nndl_jax.activations import linear, sigmoid
 
-
 # --- the book's initializers -------------------------------------------------
 
 def large_weight_init(key, n_in, n_out):

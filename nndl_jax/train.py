@@ -26,10 +26,11 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,6 @@ import numpy as np
 import optax
 
 from nndl_jax import costs as costs_mod
-
 
 # --- the mini-batch cost and one step ---------------------------------------
 
@@ -158,7 +158,7 @@ def stack(trees):
 def unstack(tree):
     """The inverse of ``stack``: one pytree per entry of the leading axis."""
     k = jax.tree_util.tree_leaves(tree)[0].shape[0]
-    return [jax.tree_util.tree_map(lambda x: x[i], tree) for i in range(k)]
+    return [jax.tree_util.tree_map(lambda x, i=i: x[i], tree) for i in range(k)]
 
 
 @dataclass
@@ -177,8 +177,8 @@ class History:
 
     metrics: dict = field(default_factory=dict)
     eta: list = field(default_factory=list)
-    stopped_at: Optional[np.ndarray] = None
-    diverged_at: Optional[np.ndarray] = None
+    stopped_at: np.ndarray | None = None
+    diverged_at: np.ndarray | None = None
 
     def __getitem__(self, name):
         return self.metrics.get(name, [])
@@ -220,12 +220,12 @@ class Trainer:
     apply: Callable
     cost: costs_mod.Cost
     mini_batch_size: int
-    penalty: Optional[str] = None
+    penalty: str | None = None
     momentum: float = 0.0
     shuffle: bool = True
     eval_chunk: int = 1000
     over_k: str = "vmap"
-    on_iteration: Optional[Callable] = None
+    on_iteration: Callable | None = None
     iteration_every: int = 1000
 
     def __post_init__(self):
@@ -698,7 +698,7 @@ def from_seeds(init, input_shape, seeds):
     return init_many(init, init_keys, input_shape), train_keys
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trainer_for(apply, cost, mini_batch_size, **settings):
     """The one cache of compiled trainers: the same network function, cost and
     settings give the same ``Trainer`` (and so reuse its compiled epoch)."""

@@ -42,9 +42,28 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
         vals = m["runs"] if isinstance(m, dict) else [m]
         assert all(0.0 <= v <= 100.0 for v in vals)
     assert rows["6.11"]["train_size"] == 5 * results["settings"]["train_size"]  # expanded
-    assert rows["6.12"]["errors"] == pytest.approx(results["settings"]["eval_size"] * (1 - rows["6.12"]["measured"] / 100))
+    assert rows["6.12"]["errors"] == pytest.approx(
+        results["settings"]["eval_size"] * (1 - rows["6.12"]["measured"] / 100))
     for name in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def check_parameter_counts(rows):
+    """6.13 counts the leaves of initialized params; the expected numbers here
+    are the book's arithmetic, (inputs + 1) × outputs per layer, conv maps
+    sharing one 5×5 filter and one bias each."""
+    assert rows["6.13a"]["measured"] == 520 == 20 * (5 * 5 + 1)          # the book's 520
+    assert rows["6.13b"]["measured"] == 23550 == 784 * 30 + 30           # the book's 23,550
+    assert rows["6.13c"]["measured"] == pytest.approx(23550 / 520) and rows["6.13c"]["measured"] > 40
+    conv1, conv2 = 20 * (1 * 25 + 1), 40 * (20 * 25 + 1)
+    expected = {"6.1": 785 * 100 + 101 * 10, "6.2": conv1 + 2881 * 100 + 101 * 10, "6.3": conv1 + 2881 * 10,
+                "6.4": conv1 + conv2 + 641 * 100 + 101 * 10,
+                "6.10b": conv1 + conv2 + 641 * 1000 + 1001 * 1000 + 1001 * 10}
+    for row_id, n in expected.items():
+        r = rows[f"6.13@{row_id}"]
+        assert r["measured"] == n and sum(r["per_layer"]) == n, (row_id, r["per_layer"])
+    assert rows["6.13@6.4"]["rows"] == ["6.4", "6.5", "6.6", "6.7"]   # same params, other settings
+    assert rows["6.13@6.11"]["measured"] == rows["6.13@6.10b"]["measured"]   # dropout adds no params
 
 
 def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_path, mnist_dir,

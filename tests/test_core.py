@@ -15,7 +15,6 @@ import pytest
 
 from nndl_jax import activations, costs, layers, train
 
-
 # --- layers --------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer,input_shape", [

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import activations, backprop as bp, costs, layers, train
+from nndl_jax import activations, costs, layers, train
+from nndl_jax import backprop as bp
 
 COSTS = ["quadratic", "cross_entropy", "log_likelihood"]
 ACTIVATIONS = ["sigmoid", "tanh", "relu", "linear"]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from nndl_jax import network3, train
-from nndl_jax.network3 import (ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer,
-                               sigmoid)
+from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, sigmoid
 
 
 def _conv_net(mb=10, seed=0):
