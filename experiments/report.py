@@ -351,7 +351,7 @@ def _locked(out):
         os.close(fd)  # closing releases the lock
 
 
-_RESERVED = {"chapter", "quick", "seeds", "wall_seconds", "complete", "environment", "rows", "runs"}
+_RESERVED = {"chapter", "quick", "x64", "seeds", "wall_seconds", "complete", "environment", "rows", "runs"}
 
 
 def merge_results(previous, rows, payload, run):
@@ -363,7 +363,7 @@ def merge_results(previous, rows, payload, run):
     chapter's per-row curves, ``{"6.1": ...}``, keep the other rows').
     ``run`` (this command: its id, argv, seeds, machine, wall time) replaces
     its own entry in ``"runs"``; runs that no row refers to any more are dropped.
-    The top-level quick / seeds / wall_seconds / complete / environment are the run's.
+    The top-level quick / x64 / seeds / wall_seconds / complete / environment are the run's.
     """
     clash = _RESERVED & set(payload)
     if clash:
@@ -377,7 +377,7 @@ def merge_results(previous, rows, payload, run):
     used = {r.get("run") for r in out["rows"]} | {run["id"]}
     runs = [r for r in out.get("runs", []) if r.get("id") in used and r.get("id") != run["id"]]
     out["runs"] = runs + [run]
-    out.update(chapter=run["chapter"], quick=run["quick"], seeds=run["seeds"],
+    out.update(chapter=run["chapter"], quick=run["quick"], x64=run.get("x64", False), seeds=run["seeds"],
                wall_seconds=run["wall_seconds"], complete=run["complete"], environment=run["environment"])
     return out
 
