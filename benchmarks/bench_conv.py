@@ -283,15 +283,15 @@ def main(argv=None):
             cpu["jax K=2 processes"] = float("nan")  # in the workers, not this process
         table[name] = (wall, cpu)
         one = wall["jax K=1"]
-        ref = wall.get("torch K=1 2t")
+        refs = [wall.get("torch K=1 2t"), wall.get("torch K=1 1t")]
         print(f"\n{name}: {'case':<32} {'ms/step':>9} {'cpu ms':>8} {'per net':>8} "
-              f"{'÷ torch 2t':>11} {'nets/s ÷ one jax net':>21}")
+              f"{'÷ torch 2t':>11} {'÷ torch 1t':>11} {'nets/s ÷ one jax net':>21}")
         for case, t in wall.items():
             if t is None:
                 print(f"  {case:<38} failed")
                 continue
             k = 2 if "K=2" in case else 1
-            vs_torch = f"{t / k / ref:>11.2f}" if ref else f"{'':>11}"
+            vs_torch = " ".join(f"{t / k / ref:>11.2f}" if ref else f"{'':>11}" for ref in refs)
             print(f"  {case:<38} {t:>9.3f} {cpu[case]:>8.3f} {t / k:>8.3f} {vs_torch} "
                   f"{k * one / t:>21.2f}")
         print(flush=True)
