@@ -155,7 +155,9 @@ def conv_layout(layout="auto"):
     back to slow loops (measured: a scanned step of the two-conv net 9.2 ms in
     NCHW, 24 ms in NHWC, against 6.1 / 4.7 ms for a Python loop over the jitted
     step); ``conv2d_nhwc`` writes its gradients canonically (4.0 ms scanned).
-    See ``benchmarks/bench_conv.py``, which times every layout.
+    The NHWC path also pools through ``max_pool_first``, whose gradient avoids
+    XLA:CPU's slow ``select_and_scatter``; NCHW keeps ``jax.grad`` throughout
+    (the GPU path). See ``benchmarks/bench_conv.py``, which times both.
     """
     if layout == "auto":
         return "NHWC" if jax.default_backend() == "cpu" else "NCHW"
