@@ -1,23 +1,48 @@
-"""Seconds per mini-batch step (mini-batch 10) of the book's dropout net
-(conv20 → conv40 → FC1000 → FC1000 → softmax, ReLU, p = 0.5, as in row 6.11)
-for four ways of running SGD, measured side by side in one process:
+"""Milliseconds per mini-batch step (mini-batch 10) of the book's chapter-6 nets
+on the CPU, this project beside PyTorch, measured side by side in one run:
 
-- loop:    a Python loop over a jitted step (one net);
-- scan:    the scanned epoch of ``train.Trainer`` (one net, N steps in one program);
-- vmap×5:  five stacked nets in the same scanned epoch, vmapped (``over_k="vmap"``);
-- map×5:   the same five nets one after another in one program (``over_k="map"``);
+    python -m benchmarks.bench_conv [--steps 200] [--rounds 5] [--variants]
 
-times for the five nets are per step of all five. Each is run for every
-internal layout of ``layers.conv_pool``: NCHW (the book's, gradients by
-``jax.grad``), NHWC (``layers.conv2d_nhwc``, whose VJP is written in XLA's
-canonical form) and NHWC-jaxgrad (the same layout with ``jax.grad`` of the plain
-convolution: what NHWC was before, for comparison). Compilation is excluded
-(one warm-up call each). Runs unchanged on CPU and GPU:
+Nets (ReLU, log-likelihood cost, plain SGD):
+  conv     conv 20 → conv 40 → FC 100 → softmax            (rows 6.6, 6.7)
+  dropout  conv 20 → conv 40 → FC 1000 → FC 1000 → softmax, dropout p = 0.5
+           on the FC and softmax inputs                    (row 6.11)
 
-    python -m benchmarks.bench_conv --steps 50          # CPU, small N
-    python -m benchmarks.bench_conv --steps 5000        # GPU: one epoch of 50,000 images
+Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
+  jax K=1              ``train.Trainer``'s scanned epoch, one net (the default path:
+                       ``layers.conv_pool`` layout "auto", i.e. on the CPU NHWC with the
+                       hand-written VJPs of ``conv2d_nhwc`` and ``max_pool_first``)
+  torch 2t / 1t        PyTorch, idiomatic: ``nn.Sequential`` + ``optim.SGD``, a Python
+                       loop over shuffled mini-batches, 2 threads / 1 thread
+                       (when ``torch`` is importable: ``pip install nndl-jax[bench]``)
+  jax K=2 map          two nets in one program on one device, one after another
+                       (``Trainer(over_k="map")``)
+  jax K=2 devices      two nets on two CPU devices (``devices.over_devices``:
+                       ``shard_map``, each device running the one-net program)
+  jax K=2 vmap-sharded two nets vmapped, the K axis sharded over the two devices
+                       (``train.shard_stacked``; the vmapped convolution stays grouped)
+  jax K=2 processes    two worker processes, each pinned to its own core, each
+                       training one net (K=1) at the same time
+  torch K=2 2t         two PyTorch nets stepped in turn in one loop, 2 threads
+With ``--variants``, K=1 also with the pool's gradient by ``jax.grad``
+(``select_and_scatter``: the path before ``max_pool_first``), with the
+convolution's gradient by ``jax.grad`` too, and in the book's NCHW layout.
+
+Times are per step of all K nets. Each case is timed once per round, the cases
+interleaved, and the median over rounds is printed: on a shared machine load
+comes and goes, and interleaving spreads it over all cases alike. Beside the
+wall time, "cpu" is the CPU time the process (all its threads) used per step:
+with both cores busy, throughput follows it more than it follows wall time.
+The process asks for ``--devices`` CPU devices (default 2) before JAX starts;
+K=1 runs on the first. XLA flags come from the environment.
 """
 import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -25,116 +50,252 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import costs, layers, train
+from nndl_jax import costs, devices, layers, train
 from nndl_jax.activations import relu
 
 MB = 10
-_CONV2D_NHWC = layers.conv2d_nhwc
+ETA = 0.03
+NETS = ("conv", "dropout")
 
 
-LAYOUTS = ("NCHW", "NHWC", "NHWC-jaxgrad")
-
-
-def dropout_net(layout):
-    if layout == "NHWC-jaxgrad":  # conv_pool looks conv2d_nhwc up when it is traced
-        layers.conv2d_nhwc = layers._conv_nhwc  # the plain convolution, differentiated by jax.grad
-        layout = "NHWC"
-    else:
-        layers.conv2d_nhwc = _CONV2D_NHWC
+def jax_net(name, layout="auto"):
+    """The benchmark's nets as ``(init, apply)`` pairs (network3's layers)."""
+    fc, p = ((100,), 0.0) if name == "conv" else ((1000, 1000), 0.5)
     return layers.serial(
         layers.conv_pool((20, 1, 5, 5), (MB, 1, 28, 28), (2, 2), relu, layout=layout),
         layers.conv_pool((40, 20, 5, 5), (MB, 20, 12, 12), (2, 2), relu, layout=layout),
-        layers.fully_connected(1000, relu, p_dropout=0.5),
-        layers.fully_connected(1000, relu, p_dropout=0.5),
-        layers.softmax(10, p_dropout=0.5))
+        *[layers.fully_connected(n, relu, p_dropout=p) for n in fc],
+        layers.softmax(10, p_dropout=p))
+
+
+@contextlib.contextmanager
+def gradients_by_jax_grad(pool=True, conv=False):
+    """While tracing: the plain pool / convolution, differentiated by jax.grad
+    (conv_pool looks both up when it is traced; only for comparison)."""
+    saved = layers.max_pool_first, layers.conv2d_nhwc
+    if pool:
+        layers.max_pool_first = layers.max_pool
+    if conv:
+        layers.conv2d_nhwc = layers._conv_nhwc
+    try:
+        yield
+    finally:
+        layers.max_pool_first, layers.conv2d_nhwc = saved
+
+
+def data(steps, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((steps * MB, 784), dtype=np.float32),
+            rng.integers(0, 10, steps * MB).astype(np.int32))
 
 
 def _block(tree):
-    jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+    return jax.block_until_ready(tree)
 
 
-def bench(layout, steps, repeats):
-    init, apply = dropout_net(layout)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.random((steps * MB, 784), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, steps * MB).astype(np.int32))
-    trainers = {mode: train.Trainer(apply, costs.log_likelihood, MB, penalty="l2", shuffle=True,
-                                    over_k=mode) for mode in ("vmap", "map")}
-    trainer = trainers["vmap"]
-    init_keys, train_keys = train.seed_keys(range(5))
-    params5 = train.init_many(init, init_keys, (784,))
-    params1 = jax.tree_util.tree_map(lambda a: a[:1], params5)
-    times = {}
+def jax_case(name, k, steps, mode="vmap", layout="auto", placement=None):
+    """A function running one scanned epoch of ``steps`` mini-batches for K nets
+    (compiled on the first call). ``placement``: None (the first device),
+    "devices" (``devices.over_devices``) or "sharded" (``train.shard_stacked``)."""
+    init, apply = jax_net(name, layout)
+    x, y = (jnp.asarray(a) for a in data(steps))
+    trainer = train.Trainer(apply, costs.log_likelihood, MB, penalty="l2", shuffle=True, over_k=mode)
+    init_keys, train_keys = train.seed_keys(range(k))
+    params = train.init_many(init, init_keys, (784,))
+    opt_state = trainer.init_opt_state(params, ETA)
+    c, active = jnp.zeros(k, jnp.float32), jnp.ones(k, bool)
+    if placement == "devices":
+        one = partial(train.epoch, apply=apply, cost=costs.log_likelihood, penalty=costs.l2_penalty,
+                      optimizer=trainer.optimizer, mini_batch_size=MB, shuffle=True)
+        epoch = jax.jit(devices.over_devices(one, (True, True, False, False, True, True)),
+                        donate_argnums=(0, 1))
+        params, opt_state, train_keys, c = train.shard_stacked((params, opt_state, train_keys, c))
+        run_epoch = lambda p, s: epoch(p, s, x, y, train_keys, c)
+    else:
+        if placement == "sharded":
+            params, opt_state, train_keys, c, active = train.shard_stacked(
+                (params, opt_state, train_keys, c, active))
+        run_epoch = lambda p, s: trainer.epoch(p, s, x, y, train_keys, c, active)
+    state = [params, opt_state]
 
-    # 1. a Python loop over a jitted step
-    step = jax.jit(partial(train.step, apply=apply, cost=costs.log_likelihood,
-                           penalty=costs.l2_penalty, optimizer=trainer.optimizer))
-    p = train.unstack(params1)[0]
-    state = jax.tree_util.tree_map(lambda a: a[0], trainer.init_opt_state(params1, 0.03))
-    mask = jnp.ones(MB, bool)
-    c = jnp.float32(0.0)
+    def run():
+        state[0], state[1] = _block(run_epoch(state[0], state[1]))
+    return run
 
-    def loop():
-        nonlocal p, state
+
+def torch_case(name, k, steps, threads):
+    """The same nets in idiomatic PyTorch: K models, each with its own
+    ``optim.SGD``, stepped in turn over shuffled mini-batches of 10."""
+    import torch
+    from torch import nn
+
+    def model():
+        convs = [nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
+                 nn.Conv2d(20, 40, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten()]
+        if name == "conv":
+            return nn.Sequential(*convs, nn.Linear(640, 100), nn.ReLU(), nn.Linear(100, 10))
+        return nn.Sequential(*convs, nn.Dropout(0.5), nn.Linear(640, 1000), nn.ReLU(),
+                             nn.Dropout(0.5), nn.Linear(1000, 1000), nn.ReLU(),
+                             nn.Dropout(0.5), nn.Linear(1000, 10))
+
+    torch.manual_seed(0)
+    x_np, y_np = data(steps)
+    x = torch.from_numpy(x_np).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(y_np).long()
+    nets = [model() for _ in range(k)]
+    opts = [torch.optim.SGD(net.parameters(), lr=ETA) for net in nets]
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run():
+        torch.set_num_threads(threads)
+        for net in nets:
+            net.train()
+        order = torch.randperm(len(y))
         for i in range(steps):
-            xb, yb = x[i * MB:(i + 1) * MB], y[i * MB:(i + 1) * MB]
-            p, state = step(p, state, xb, yb, mask, c, jax.random.fold_in(train_keys[0], i))
-        _block(p)
+            idx = order[i * MB:(i + 1) * MB]
+            xb, yb = x[idx], y[idx]
+            for net, opt in zip(nets, opts):
+                opt.zero_grad()
+                loss_fn(net(xb), yb).backward()
+                opt.step()
+    return run
 
-    # 2.-4. the scanned epoch for K = 1 and K = 5 nets
-    def scanned(params, trainer=trainer):
-        k = jax.tree_util.tree_leaves(params)[0].shape[0]
-        st = trainer.init_opt_state(params, 0.03)
-        params = jax.tree_util.tree_map(jnp.copy, params)
-        keys, cs, active = train_keys[:k], jnp.zeros(k, jnp.float32), jnp.ones(k, bool)
 
-        def run():
-            nonlocal params, st
-            params, st = trainer.epoch(params, st, x, y, keys, cs, active)
-            _block(params)
-        return run
+def time_rounds(cases, rounds, steps):
+    """Median wall and process-CPU milliseconds per step of each case, the
+    cases interleaved in every round (one warm-up call each first)."""
+    for run in cases.values():
+        run()
+    wall = {name: [] for name in cases}
+    cpu = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            run()
+            wall[name].append((time.perf_counter() - w0) * 1e3 / steps)
+            cpu[name].append((time.process_time() - c0) * 1e3 / steps)
+    return ({n: float(np.median(v)) for n, v in wall.items()},
+            {n: float(np.median(v)) for n, v in cpu.items()})
 
-    cases = (("loop", loop), ("scan", scanned(params1)), ("vmap×5", scanned(params5)),
-             ("map×5", scanned(params5, trainers["map"])))
-    for name, fn in cases:
-        fn()  # warm-up: compile
-        best = np.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        times[name] = best / steps
-    return times
+
+# --- two worker processes, one net each, one core each -----------------------
+
+def worker(name, steps, rounds, core):
+    """Child process: pin to ``core``, compile one net, say "ready", wait for
+    "go" on stdin, then time ``rounds`` epochs and print them as JSON."""
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    devices.use_cpu_devices(1)
+    run = jax_case(name, 1, steps)
+    run()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3 / steps)
+    print(json.dumps(times), flush=True)
+
+
+def two_processes(name, steps, rounds):
+    """ms per step of both nets together (the slower worker's median per-step time:
+    each worker ran ``steps`` steps over the same stretch of time), or None."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pins = cores[:2] if len(cores) >= 2 else [None, None]
+    cmd = [sys.executable, "-m", "benchmarks.bench_conv", "--worker", name,
+           "--steps", str(steps), "--rounds", str(rounds)]
+    procs = [subprocess.Popen(cmd + ([] if c is None else ["--core", str(c)]), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+             for c in pins]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                return None
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        times = [json.loads(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            p.wait(timeout=600)
+    return max(float(np.median(t)) for t in times)
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=50, help="mini-batch steps per timing (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timings per case; the best is kept")
-    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    p.add_argument("--steps", type=int, default=200, help="mini-batch steps per timing (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timings per case; the median is kept")
+    p.add_argument("--devices", type=int, default=2, help="CPU devices for the K=2 cases (default 2)")
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
+    p.add_argument("--variants", action="store_true", help="also K=1 with jax.grad pools/convs and NCHW")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch cases")
+    p.add_argument("--no-processes", action="store_true", help="skip the two-worker-process case")
+    p.add_argument("--worker", choices=NETS, help=argparse.SUPPRESS)
+    p.add_argument("--core", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        p.error("--steps and --repeats must be positive")
-    print(f"device: {jax.devices()[0]} ({jax.default_backend()}), {args.steps} steps of {MB}, "
-          f"best of {args.repeats}; layout 'auto' is {layers.conv_layout('auto')} here, "
-          f"over_k 'auto' is {train.k_axis_mode('auto')}", flush=True)
-    results = {}
-    for layout in args.layouts:
-        results[layout] = bench(layout, args.steps, args.repeats)
-        print(f"  {layout}: " + ", ".join(f"{k} {1e3 * v:.3f} ms" for k, v in results[layout].items()),
-              flush=True)
-    layers.conv2d_nhwc = _CONV2D_NHWC
-    print(f"\n{'layout':<13} {'loop ms/step':>13} {'scan ms/step':>13} {'vmap×5 ms/step':>15} "
-          f"{'map×5 ms/step':>14} {'loop/scan':>10} {'vmap×5/scan':>12} {'map×5/scan':>11}")
-    for layout, t in results.items():
-        print(f"{layout:<13} {1e3 * t['loop']:>13.3f} {1e3 * t['scan']:>13.3f} {1e3 * t['vmap×5']:>15.3f} "
-              f"{1e3 * t['map×5']:>14.3f} {t['loop'] / t['scan']:>10.2f} {t['vmap×5'] / t['scan']:>12.2f} "
-              f"{t['map×5'] / t['scan']:>11.2f}")
-    best = min(results, key=lambda lay: results[lay]["scan"])
-    print(f"\nfastest scanned epoch: {best} ({1e3 * results[best]['scan']:.3f} ms/step); "
-          + ", ".join(f"{lay} is {results[lay]['scan'] / results[best]['scan']:.2f}x slower"
-                      for lay in results if lay != best))
-    return results
+    if args.steps < 1 or args.rounds < 1 or args.devices < 1:
+        p.error("--steps, --rounds and --devices must be positive")
+    if args.worker:
+        return worker(args.worker, args.steps, args.rounds, args.core)
+    devices.use_cpu_devices(args.devices)
+    with_torch = torch_available() and not args.no_torch
+    print(f"machine: {platform.processor() or platform.machine()}, cores usable {devices.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios within this run); "
+          f"jax {jax.__version__} {jax.default_backend()}, {len(jax.devices())} devices; "
+          f"torch {__import__('torch').__version__ if with_torch else 'not run'}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{args.steps} steps of {MB} per timing, median of {args.rounds} interleaved rounds\n", flush=True)
+
+    table = {}
+    for name in args.nets:
+        cases = {"jax K=1": jax_case(name, 1, args.steps)}
+        if args.variants:
+            with gradients_by_jax_grad(pool=True):
+                cases["jax K=1, pool by jax.grad"] = jax_case(name, 1, args.steps)
+                cases["jax K=1, pool by jax.grad"]()  # trace while patched
+            with gradients_by_jax_grad(pool=True, conv=True):
+                cases["jax K=1, pool+conv by jax.grad"] = jax_case(name, 1, args.steps)
+                cases["jax K=1, pool+conv by jax.grad"]()
+            cases["jax K=1, NCHW"] = jax_case(name, 1, args.steps, layout="NCHW")
+        if with_torch:
+            cases["torch K=1 2t"] = torch_case(name, 1, args.steps, 2)
+            cases["torch K=1 1t"] = torch_case(name, 1, args.steps, 1)
+        cases["jax K=2 map"] = jax_case(name, 2, args.steps, mode="map")
+        if len(jax.devices()) >= 2:
+            cases["jax K=2 devices"] = jax_case(name, 2, args.steps, placement="devices")
+            cases["jax K=2 vmap-sharded"] = jax_case(name, 2, args.steps, placement="sharded")
+        if with_torch:
+            cases["torch K=2 2t"] = torch_case(name, 2, args.steps, 2)
+        print(f"[{name}] timing {len(cases)} cases ...", flush=True)
+        wall, cpu = time_rounds(cases, args.rounds, args.steps)
+        if not args.no_processes:
+            wall["jax K=2 processes"] = two_processes(name, args.steps, args.rounds)
+            cpu["jax K=2 processes"] = float("nan")  # in the workers, not this process
+        table[name] = (wall, cpu)
+        one = wall["jax K=1"]
+        refs = [wall.get("torch K=1 2t"), wall.get("torch K=1 1t")]
+        print(f"\n{name}: {'case':<32} {'ms/step':>9} {'cpu ms':>8} {'per net':>8} "
+              f"{'÷ torch 2t':>11} {'÷ torch 1t':>11} {'nets/s ÷ one jax net':>21}")
+        for case, t in wall.items():
+            if t is None:
+                print(f"  {case:<38} failed")
+                continue
+            k = 2 if "K=2" in case else 1
+            vs_torch = " ".join(f"{t / k / ref:>11.2f}" if ref else f"{'':>11}" for ref in refs)
+            print(f"  {case:<38} {t:>9.3f} {cpu[case]:>8.3f} {t / k:>8.3f} {vs_torch} "
+                  f"{k * one / t:>21.2f}")
+        print(flush=True)
+    return table
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ network3's layers: ``conv_pool`` (ConvPoolLayer), ``fully_connected``
 (FullyConnectedLayer) and ``softmax`` (SoftmaxLayer).
 """
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -154,7 +155,9 @@ def conv_layout(layout="auto"):
     back to slow loops (measured: a scanned step of the two-conv net 9.2 ms in
     NCHW, 24 ms in NHWC, against 6.1 / 4.7 ms for a Python loop over the jitted
     step); ``conv2d_nhwc`` writes its gradients canonically (4.0 ms scanned).
-    See ``benchmarks/bench_conv.py``, which times every layout.
+    The NHWC path also pools through ``max_pool_first``, whose gradient avoids
+    XLA:CPU's slow ``select_and_scatter``; NCHW keeps ``jax.grad`` throughout
+    (the GPU path). See ``benchmarks/bench_conv.py``, which times both.
     """
     if layout == "auto":
         return "NHWC" if jax.default_backend() == "cpu" else "NCHW"
@@ -201,13 +204,72 @@ def _conv2d_nhwc_bwd(res, dy):
 conv2d_nhwc.defvjp(_conv2d_nhwc_fwd, _conv2d_nhwc_bwd)
 
 
+def _pool_window(poolsize, layout):
+    ph, pw = poolsize
+    return (1, 1, ph, pw) if layout == "NCHW" else (1, ph, pw, 1)
+
+
 def max_pool(x, poolsize, layout="NCHW"):
     """Non-overlapping max-pooling of feature maps (Theano's ``pool_2d`` with
     ``ignore_border=True``): windows of ``poolsize`` with the same stride;
-    rows and columns that do not fill a window are dropped."""
-    ph, pw = poolsize
-    window = (1, 1, ph, pw) if layout == "NCHW" else (1, ph, pw, 1)
+    rows and columns that do not fill a window are dropped. Differentiated by
+    ``jax.grad`` (a ``select_and_scatter`` in XLA); see ``max_pool_first``."""
+    window = _pool_window(poolsize, layout)
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool_first(x, poolsize, layout="NCHW"):
+    """``max_pool`` with a hand-written VJP: each window passes its gradient to
+    the FIRST of its maxima in row-major order (the NumPy reference's rule,
+    ``backprop.conv_pool_backward``), 0 elsewhere and in dropped rows/columns.
+
+    The forward is the same ``lax.reduce_window``. The backward needs no
+    ``select_and_scatter`` (slow on XLA:CPU): the window offsets (r, s) are
+    visited in row-major order, each through a strided slice of ``x`` compared
+    with the pooled maxima, and the routed gradients are interleaved back into
+    place. Where a window has no tie this equals ``jax.grad`` of ``max_pool``
+    (tests/test_conv_equivalence.py).
+    """
+    return max_pool(x, poolsize, layout)
+
+
+def _max_pool_first_fwd(x, poolsize, layout):
+    y = max_pool(x, poolsize, layout)
+    return y, (x, y)
+
+
+def _max_pool_first_bwd(poolsize, layout, res, dy):
+    x, y = res
+    ph, pw = poolsize
+    ah = 2 if layout == "NCHW" else 1              # the row axis; columns follow it
+    ho, wo = y.shape[ah], y.shape[ah + 1]
+    zero = jnp.zeros((), dy.dtype)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for r in range(ph):
+        cols = []
+        for s in range(pw):
+            start = [0] * x.ndim
+            start[ah], start[ah + 1] = r, s
+            limit = list(y.shape)
+            limit[ah], limit[ah + 1] = r + (ho - 1) * ph + 1, s + (wo - 1) * pw + 1
+            strides = [1] * x.ndim
+            strides[ah], strides[ah + 1] = ph, pw
+            first = (jax.lax.slice(x, start, limit, strides) == y) & ~taken
+            taken = taken | first
+            cols.append(jnp.where(first, dy, zero))
+        rows.append(jnp.stack(cols, axis=ah + 2))  # [..., ho, wo, pw, ...]
+    g = jnp.stack(rows, axis=ah + 1)               # [..., ho, ph, wo, pw, ...]
+    shape = list(y.shape)
+    shape[ah], shape[ah + 1] = ho * ph, wo * pw
+    g = g.reshape(shape)
+    pad = [(0, 0)] * x.ndim
+    pad[ah], pad[ah + 1] = (0, x.shape[ah] - ho * ph), (0, x.shape[ah + 1] - wo * pw)
+    return (jnp.pad(g, pad),)
+
+
+max_pool_first.defvjp(_max_pool_first_fwd, _max_pool_first_bwd)
 
 
 def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *, layout="auto"):
@@ -273,7 +335,7 @@ def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *,
             s = max_pool(s, poolsize, "NCHW") + b.reshape(1, k, 1, 1)
             return activation(s)
         s = conv2d_nhwc(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0))
-        s = max_pool(s, poolsize, "NHWC") + b.reshape(1, 1, 1, k)
+        s = max_pool_first(s, poolsize, "NHWC") + b.reshape(1, 1, 1, k)
         return activation(s).transpose(0, 3, 1, 2)
 
     return init_fn, apply_fn

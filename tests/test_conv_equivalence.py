@@ -4,6 +4,8 @@
   backprop.conv_pool_forward / conv_pool_backward in float64 to ≤ 1e-10, for
   the four activations and both internal layouts; the NHWC layout's
   hand-written convolution VJP equals jax.grad of the plain convolution;
+- the hand-written max-pool VJP (layers.max_pool_first) equals the reference
+  and jax.grad of the reduce_window pool, ties included (first maximum wins);
 - dropout keeps a fraction ≈ 1 − p of the units, and the evaluation scaling
   by (1 − p) equals the expectation of the training output;
 - every layer's init promises the shape its apply gives; one value by hand.
@@ -33,7 +35,7 @@ def _random_case(seed, n=3, c=2, h=10, w=9, k=4, f=3):
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "linear"])
 def test_conv_pool_forward_and_grads_match_numpy_reference(name, layout):
     x, w, b = _random_case(1)
-    init, apply = layers.conv_pool(w.shape, (7,) + x.shape[1:], (2, 2),
+    _init, apply = layers.conv_pool(w.shape, (7,) + x.shape[1:], (2, 2),
                                    activations.by_name(name), layout=layout)
     ref = backprop.conv_pool_forward(x, w, b, (2, 2), name)
     upstream = np.random.default_rng(2).normal(size=ref.shape)
@@ -63,7 +65,7 @@ def test_conv2d_nhwc_hand_written_vjp_equals_jax_grad_of_the_plain_convolution(s
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x, w = (jnp.asarray(rng.normal(size=s), jnp.float64) for s in (x_shape, w_shape))
-        plain = lambda x_, w_: jax.lax.conv_general_dilated(  # noqa: E731
+        plain = lambda x_, w_: jax.lax.conv_general_dilated(
             x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         y = layers.conv2d_nhwc(x, w)
         np.testing.assert_allclose(np.asarray(y), np.asarray(plain(x, w)), rtol=0, atol=TOL)
@@ -73,6 +75,99 @@ def test_conv2d_nhwc_hand_written_vjp_equals_jax_grad_of_the_plain_convolution(s
         for g, v in zip(got, want):
             assert g.shape == v.shape
             np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=0, atol=TOL)
+
+
+def _pool_reference(x_nchw, upstream, pool):
+    """The NumPy reference's max-pool and its gradient, alone: a conv-pool layer
+    with one 1x1 filter of weight 1, no bias and the identity activation."""
+    c = x_nchw.shape[1]
+    one = np.ones((1, 1, 1, 1))
+    zero = np.zeros(1)
+    pooled, routed = [], []
+    for ch in range(c):  # one input map at a time: the reference's conv mixes maps
+        xc = x_nchw[:, ch:ch + 1]
+        pooled.append(backprop.conv_pool_forward(xc, one, zero, pool, "linear"))
+        routed.append(backprop.conv_pool_backward(xc, one, zero, upstream[:, ch:ch + 1], pool, "linear")[0])
+    return np.concatenate(pooled, axis=1), np.concatenate(routed, axis=1)
+
+
+def _to(layout, a_nchw):
+    return a_nchw if layout == "NCHW" else a_nchw.transpose(0, 2, 3, 1)
+
+
+POOL_CASES = [((2, 3, 8, 8), (2, 2)), ((3, 2, 7, 9), (2, 2)), ((2, 2, 9, 7), (3, 2)),
+              ((1, 4, 5, 6), (1, 1)), ((2, 1, 6, 6), (2, 3))]
+
+
+@pytest.mark.parametrize("layout", layers.CONV_LAYOUTS)
+@pytest.mark.parametrize("x_shape, pool", POOL_CASES)
+def test_max_pool_first_value_and_vjp_match_numpy_reference_and_jax_grad(x_shape, pool, layout):
+    """Distinct values (no ties): layers.max_pool_first's value and VJP equal the
+    NumPy reference and jax.grad of the plain reduce_window pool, float64,
+    ≤ 1e-10; odd sizes drop the rows/columns outside every window (gradient 0)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=x_shape)
+    ho, wo = x_shape[2] // pool[0], x_shape[3] // pool[1]
+    upstream = rng.normal(size=x_shape[:2] + (ho, wo))
+    ref_y, ref_dx = _pool_reference(x, upstream, pool)
+    with jax.enable_x64(True):
+        xj, uj = jnp.asarray(_to(layout, x)), jnp.asarray(_to(layout, upstream))
+        y, vjp = jax.vjp(lambda a: layers.max_pool_first(a, pool, layout), xj)
+        (dx,) = vjp(uj)
+        (dx_plain,) = jax.vjp(lambda a: layers.max_pool(a, pool, layout), xj)[1](uj)
+        assert y.dtype == dx.dtype == jnp.float64 and dx.shape == xj.shape
+        np.testing.assert_allclose(np.asarray(y), _to(layout, ref_y), rtol=0, atol=TOL)
+        np.testing.assert_allclose(np.asarray(dx), _to(layout, ref_dx), rtol=0, atol=TOL)
+        np.testing.assert_allclose(np.asarray(dx), np.asarray(dx_plain), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("layout", layers.CONV_LAYOUTS)
+def test_max_pool_first_sends_a_tied_window_gradient_to_its_first_maximum(layout):
+    """Ties, as ReLU zeros and blank image borders make them: constant windows,
+    windows of zeros, and a maximum repeated in the second row. Each window's
+    gradient goes to its first maximum in row-major order (the reference's
+    rule), once: the routed values sum to the upstream, float64, ≤ 1e-10."""
+    x = np.zeros((2, 2, 6, 7))
+    x[0, 0, :2, :2] = 3.0                                   # a constant window
+    x[0, 1] = np.maximum(np.random.default_rng(7).normal(size=(6, 7)), 0.0)  # ReLU zeros
+    x[1, 0, 2:4, 2:4] = [[1.0, 2.0], [2.0, 0.5]]            # max repeated at (0,1) and (1,0)
+    x[1, 1] = np.repeat(np.arange(3.0), 2)[:, None] * np.ones((1, 7))  # rows tied in pairs
+    upstream = np.random.default_rng(8).normal(size=(2, 2, 3, 3))
+    ref_y, ref_dx = _pool_reference(x, upstream, (2, 2))
+    assert ref_dx[0, 0, 0, 0] == upstream[0, 0, 0, 0] and ref_dx[1, 0, 2, 3] == upstream[1, 0, 1, 1]
+    with jax.enable_x64(True):
+        xj, uj = jnp.asarray(_to(layout, x)), jnp.asarray(_to(layout, upstream))
+        y, vjp = jax.vjp(lambda a: layers.max_pool_first(a, (2, 2), layout), xj)
+        (dx,) = vjp(uj)
+        np.testing.assert_allclose(np.asarray(y), _to(layout, ref_y), rtol=0, atol=TOL)
+        np.testing.assert_allclose(np.asarray(dx), _to(layout, ref_dx), rtol=0, atol=TOL)
+        assert float(jnp.sum(dx)) == pytest.approx(float(np.sum(upstream)), abs=TOL)
+
+
+def test_conv_pool_with_tied_pool_windows_matches_numpy_reference():
+    """The whole CPU conv-pool path (NHWC, both hand-written VJPs) on an image
+    with a blank border and a flat patch, so that many conv windows tie at
+    exactly 0: outputs and gradients equal the reference, float64, ≤ 1e-10."""
+    rng = np.random.default_rng(9)
+    x = np.zeros((2, 1, 12, 12))
+    x[:, :, 4:9, 3:10] = rng.random((2, 1, 5, 7))
+    x[1, 0, 4:9, 3:10] = 0.5                                # a flat patch: equal conv values
+    w = rng.normal(size=(3, 1, 3, 3))
+    b = rng.normal(size=(3,))
+    conv = backprop.correlate(x, w)[:, :, :10, :10].reshape(2, 3, 5, 2, 5, 2)
+    tied = (conv == conv.max(axis=(3, 5), keepdims=True)).sum(axis=(3, 5)) > 1
+    assert tied[0].sum() > 10 and tied[1].sum() > tied[0].sum()  # zero windows; the flat patch adds more
+    _init, apply = layers.conv_pool(w.shape, (2, 1, 12, 12), (2, 2), activations.relu, layout="NHWC")
+    ref = backprop.conv_pool_forward(x, w, b, (2, 2), "relu")
+    upstream = rng.normal(size=ref.shape)
+    grads_ref = backprop.conv_pool_backward(x, w, b, upstream, (2, 2), "relu")
+    with jax.enable_x64(True):
+        xj, wj, bj, uj = (jnp.asarray(a, jnp.float64) for a in (x, w, b, upstream))
+        np.testing.assert_allclose(np.asarray(apply({"w": wj, "b": bj}, xj)), ref, rtol=0, atol=TOL)
+        grads = jax.grad(lambda x_, w_, b_: jnp.sum(uj * apply({"w": w_, "b": b_}, x_)),
+                         argnums=(0, 1, 2))(xj, wj, bj)
+        for g, want in zip(grads, grads_ref):
+            np.testing.assert_allclose(np.asarray(g), want, rtol=0, atol=TOL)
 
 
 def test_conv_layout_auto_is_nhwc_on_the_cpu_and_nchw_elsewhere():
@@ -120,7 +215,7 @@ def test_conv_pool_hand_computed_value():
     # ones: the correlation is the sums of 2x2 blocks [[16, 24], [40, 48]]; the
     # 2x2 max-pool gives 48; + b = -47.5; a = sigmoid(0.5).
     x = jnp.arange(9.0, dtype=jnp.float32).reshape(1, 1, 3, 3) * jnp.float32(2.0)
-    init, apply = layers.conv_pool((1, 1, 2, 2), (1, 1, 3, 3), (2, 2))
+    _init, apply = layers.conv_pool((1, 1, 2, 2), (1, 1, 3, 3), (2, 2))
     a = apply({"w": jnp.ones((1, 1, 2, 2)), "b": jnp.full((1,), -47.5)}, x)
     assert a.shape == (1, 1, 1, 1)
     assert float(a[0, 0, 0, 0]) == pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-6)
@@ -196,3 +291,15 @@ def test_dropout_evaluation_scaling_is_the_expected_training_output(key):
     # and without the scaling it would be wrong by far more than that
     unscaled = x @ params["w"] + params["b"].reshape(1, -1)
     assert float(jnp.max(jnp.abs(unscaled - evaluation))) > float(jnp.max(10 * sd / math.sqrt(draws)))
+
+
+def test_max_pool_first_gradient_needs_no_select_and_scatter():
+    """The point of the hand-written VJP: jax.grad of the plain pool lowers to
+    select_and_scatter (slow on XLA:CPU); max_pool_first's gradient does not."""
+    x = jnp.ones((2, 8, 8, 3))
+
+    def grad_text(pool):
+        return jax.jit(jax.grad(lambda a: jnp.sum(pool(a, (2, 2), "NHWC")))).lower(x).as_text()
+
+    assert "select_and_scatter" in grad_text(layers.max_pool)
+    assert "select_and_scatter" not in grad_text(layers.max_pool_first)
