@@ -110,12 +110,14 @@ def jax_case(name, k, steps, mode="vmap", layout="auto", placement=None):
         epoch = jax.jit(devices.over_devices(one, (True, True, False, False, True, True)),
                         donate_argnums=(0, 1))
         params, opt_state, train_keys, c = train.shard_stacked((params, opt_state, train_keys, c))
-        run_epoch = lambda p, s: epoch(p, s, x, y, train_keys, c)
+        def run_epoch(p, s):
+            return epoch(p, s, x, y, train_keys, c)
     else:
         if placement == "sharded":
             params, opt_state, train_keys, c, active = train.shard_stacked(
                 (params, opt_state, train_keys, c, active))
-        run_epoch = lambda p, s: trainer.epoch(p, s, x, y, train_keys, c, active)
+        def run_epoch(p, s):
+            return trainer.epoch(p, s, x, y, train_keys, c, active)
     state = [params, opt_state]
 
     def run():

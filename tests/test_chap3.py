@@ -62,7 +62,7 @@ def test_chap3_quick_writes_every_row(tmp_path, mnist_dir):
         np.testing.assert_allclose(r["output"], neuron_reference(r["cost"], r["w0"], r["b0"], r["eta"], 300),
                                    rtol=1e-4)   # float32 against the float64 reference
     # 3.10 with 100 hidden neurons: both initializations, after epoch 1 and final
-    assert [i for i in ids if i.startswith("3.10-100")] == [f"3.10-100{c}" for c in "acbd"]
+    assert [i for i in ids if i.startswith("3.10-100")] == [f"3.10-100{c}" for c in "abcd"]  # id order
     assert by_id["3.10-100c"]["book"] == 97.81 and len(by_id["3.10-100c"]["curve"]) == 3
     # the exercises' sweeps: a row per λ (L1) and per μ (momentum), each against the first value
     for rid, name, values in (("3.12", "lmbda", (0, 0.1, 0.3, 1, 3, 10, 30)),

@@ -65,8 +65,9 @@ def test_conv2d_nhwc_hand_written_vjp_equals_jax_grad_of_the_plain_convolution(s
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x, w = (jnp.asarray(rng.normal(size=s), jnp.float64) for s in (x_shape, w_shape))
-        plain = lambda x_, w_: jax.lax.conv_general_dilated(
-            x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        def plain(x_, w_):
+            return jax.lax.conv_general_dilated(
+                    x_, w_, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         y = layers.conv2d_nhwc(x, w)
         np.testing.assert_allclose(np.asarray(y), np.asarray(plain(x, w)), rtol=0, atol=TOL)
         u = jnp.asarray(rng.normal(size=y.shape), jnp.float64)
