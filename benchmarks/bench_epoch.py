@@ -29,7 +29,8 @@ over the 50,000 training images (5,000 steps). Timed in one process:
 
 Compiles are warmed up before timing; each figure is the median of
 ``--repeats`` runs. ``--quick`` times a fraction of the epoch (5,000 images)
-and scales to 50,000 (the book-call rows then scale their fixed costs too). Runs unchanged on a GPU (the NumPy rows stay on the CPU).
+and scales to 50,000 (the book-call rows then scale their fixed costs too). Runs unchanged on a
+GPU (the NumPy rows stay on the CPU).
 XLA flags come from the environment, e.g.
 ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``.
 """
