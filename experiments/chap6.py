@@ -166,6 +166,7 @@ def run(args):
         common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs,
                       book_epochs=r["epochs"], train_size=len(train_set.y), seconds=out["seconds"],
                       best_epoch=out["best_epoch"], best_validation=100 * out["best_validation"],
+                      diverged_at=out["diverged_at"],
                       devices=out["devices"])
         if r["id"] == "6.12":
             ens = seeds[:ENSEMBLE_SIZE]
