@@ -174,6 +174,8 @@ def _fmt(x, unit):
         return "—"
     if not isinstance(x, (int, float)):
         return str(x)
+    if unit != "%" and float(x).is_integer() and abs(x) < 1e12:
+        return f"{int(x)}{unit}"  # counts (6.13's parameters) in full
     return f"{x:.2f}{unit}" if unit == "%" else f"{x:.4g}{unit}"
 
 
