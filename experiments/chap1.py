@@ -145,6 +145,7 @@ def train_group(args, rows, seeds, training, test, epochs):
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
                               on_epoch=on_epoch, checkpoint=ckpt)
+    report.record_divergence(args, group_id(rows), history.diverged_at)
     curves = np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
     return curves, time.time() - t0
 

@@ -194,6 +194,7 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
         on_epoch=lambda e, r: show(e, r) if (e + 1) % every == 0 or e + 1 == epochs else None,
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
+    report.record_divergence(args, run_id, hist.diverged_at)
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
         correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x, lmbda.dtype),

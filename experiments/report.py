@@ -406,6 +406,15 @@ def record(args, rows, *, complete=False, **payload):
     return merged
 
 
+def record_divergence(args, run_id, diverged_at):
+    """Mark in ``results.json`` (``"diverged"``: run id -> the epoch at which
+    each of its nets stopped being finite, -1 for none) a run of which some net
+    diverged; ``train.fit`` has stopped that net and printed which, when and η."""
+    diverged_at = np.asarray(diverged_at)
+    if np.any(diverged_at >= 0):
+        record(args, [], diverged={run_id: diverged_at.tolist()})
+
+
 def recorded_rows(args):
     """Every row now in ``OUT/results.json`` (this run's and earlier runs'),
     for figures that draw several rows."""

@@ -199,3 +199,12 @@ def test_readme_results_table_is_what_the_committed_reproduced_files_give():
     for results in (REPO / "reproduced").glob("chap*/results.json"):
         rows = json.loads(results.read_text())["rows"]
         assert rows and not any(r["quick"] for r in rows), f"{results}: quick rows do not belong in reproduced/"
+
+
+def test_a_run_with_a_diverged_net_is_marked_in_the_results_and_one_without_is_not(tmp_path):
+    args = _args(tmp_path)
+    report.record_divergence(args, "1.1+1.2", [-1, -1, -1])
+    assert not (tmp_path / "results.json").exists()
+    report.record_divergence(args, "1.1+1.2", [-1, 3, -1])
+    report.record_divergence(args, "3.7@abc", [0])
+    assert _results(tmp_path)["diverged"] == {"1.1+1.2": [-1, 3, -1], "3.7@abc": [0]}
