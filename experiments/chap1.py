@@ -128,15 +128,16 @@ def train_group(args, rows, seeds, training, test, epochs):
     params = train.init_many(init, init_keys, (sizes[0],))
     eta = np.repeat([r["eta"] for r in rows], k)  # train.fit casts to the params' dtype
     trainer = train.trainer_for(apply, costs.quadratic, MINI_BATCH_SIZE)
-    n_test, t0 = len(test.y), time.time()
+    n_test, t0, first = len(test.y), time.time(), []
     arch = "[" + ",".join(map(str, sizes)) + "]"
 
     def on_epoch(e, record):
+        first.append(e) if not first else None  # a resumed group times only this process's epochs
         acc = np.asarray(record["evaluation_accuracy"]).reshape(len(rows), k)
         parts = [f"{r['id']} η={r['eta']:g}: {a[0]} / {n_test}" + "".join(f", {v}" for v in a[1:])
                  for r, a in zip(rows, acc.tolist())]
-        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({report.eta(t0, e + 1, epochs)})",
-              flush=True)
+        timing = report.eta(t0, e + 1 - first[0], epochs - first[0])
+        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({timing})", flush=True)
 
     print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
           flush=True)
