@@ -506,7 +506,7 @@ def _pad_k(tree, k_all):
 
 def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
         evaluation=None, rules=(), on_epoch=None, checkpoint=None, opt_state=None, start_epoch=0,
-        devices=None, report_divergence=True):
+        devices=None):
     """Train K stacked networks for ``epochs`` epochs; return ``Fitted(params, opt_state, history)``.
 
     The one training loop of the project: the façades and every chapter call it.
@@ -615,10 +615,9 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         record["finite"] = np.asarray(_all_finite(params))[:k]
         diverged = active & ~record["finite"]
         history.diverged_at = np.where(diverged, e, history.diverged_at)
-        if report_divergence:
-            for i in np.flatnonzero(diverged):
-                print(f"net {i} diverged in epoch {e} (eta={eta_now[i]:g}): its parameters are no "
-                      "longer finite; it stops training here. Try a smaller eta.", flush=True)
+        for i in np.flatnonzero(diverged):
+            print(f"net {i} diverged in epoch {e} (eta={eta_now[i]:g}): its parameters are no "
+                  "longer finite; it stops training here. Try a smaller eta.", flush=True)
         done = diverged
         new_eta = eta_now
         for i, rule in enumerate(rules):  # a rule moves only the nets still training
