@@ -4,7 +4,9 @@ Every row uses mini-batches of 10, a softmax output with the log-likelihood
 cost, network3's initialization and no shuffling, and reports the test
 accuracy at the epoch of best validation accuracy (the book's ``>=`` rule),
 as mean ± spread and best-of-k over the seeds, which train together as one
-vmapped program (sharded over the devices when there are several). Rows 6.11
+compiled program. Run as a command, the chapter asks JAX for one CPU device
+per core, and the seeds of a row are spread over them (two cores: two nets
+side by side; ``train.k_axis_mode``). Rows 6.11
 and 6.12 share one run of max(--seeds, 5) dropout nets: 6.11 reports each
 net, 6.12 their plurality vote (ties: the earliest net's label, as the book's
 Counter.most_common). Row 6.13 trains nothing: it counts the parameters of
@@ -30,7 +32,7 @@ import jax
 import numpy as np
 
 from experiments import report
-from nndl_jax import data, network3
+from nndl_jax import data, devices, network3
 from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
 
 MB = 10
@@ -317,4 +319,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     report.stop_at_once_on_interrupt()
+    devices.use_cpu_devices_unless_started()  # one CPU device per core: K nets run side by side
     main()

@@ -25,7 +25,7 @@ import signal
 import sys
 
 from nndl_jax import data as mnist_data
-from nndl_jax import expand_mnist
+from nndl_jax import devices, expand_mnist
 
 __all__ = ["main", "build_parser"]
 
@@ -138,9 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    if argv is None:  # the command line: Ctrl-C stops a long run at once (its checkpoints are atomic)
+    from_command_line = argv is None
+    if from_command_line:  # Ctrl-C stops a long run at once (its checkpoints are atomic)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if from_command_line and argv[:1] == ["chap6"]:  # one CPU device per core: K conv nets side by side
+        devices.use_cpu_devices_unless_started()
     own = _own_parsers().get(argv[0]) if argv else None
     args = None if own is not None else build_parser().parse_args(argv)
     try:

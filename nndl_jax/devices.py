@@ -43,6 +43,18 @@ def use_cpu_devices(n=None):
     return n
 
 
+def use_cpu_devices_unless_started(n=None):
+    """``use_cpu_devices(n)`` when JAX has not run anything yet; otherwise the
+    device count stays as it is. Returns the number of local devices in use.
+    For command-line entry points (``python -m experiments.chap6``), which may
+    also be called from a process where JAX already runs (tests, ``reproduce``)."""
+    try:
+        use_cpu_devices(n)
+    except RuntimeError:  # JAX has started: its device count is fixed
+        pass
+    return len(jax.local_devices())
+
+
 def over_devices(fn, stacked, devices=None, within="map"):
     """``fn`` for one network, lifted to K networks stacked on a leading axis
     and spread over ``devices`` (default: all local devices).

@@ -47,8 +47,9 @@ What differs from the book, and why:
 
 Beyond the book: ``save``/``load`` (a documented ``.npz`` format),
 ``train_many`` (K nets, one per seed, as one vmapped program) and
-``ensemble`` (K nets and their plurality vote), which shard the K axis over
-all local devices when there are several.
+``ensemble`` (K nets and their plurality vote), which spread the K axis over
+the local devices when there are several (``train.k_axis_mode``: on CPU
+devices each runs its nets one after another).
 """
 import functools
 import json
@@ -289,7 +290,7 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
            "test_accuracy": hist.get("test_accuracy", np.zeros((0, k))) / len(test.y),
            "diverged_at": run.history.diverged_at, "num_training_batches": num_batches,
            "seeds": [int(s) for s in seeds] if from_seeds else None,
-           "devices": len(jax.local_devices())}
+           "devices": len(train.devices_for(k))}
     if len(out["validation_accuracy"]):
         out["best_validation"], out["best_epoch"], out["test_at_best"] = train.best_validation(
             out["validation_accuracy"], out["test_accuracy"])

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from nndl_jax import costs as costs_mod
+from nndl_jax import devices as devices_mod
 
 # --- the mini-batch cost and one step ---------------------------------------
 
@@ -210,11 +211,14 @@ class Trainer:
     (``optax.inject_hyperparams``), one per network, so a grid of η compiles
     once and halving η on a plateau edits state and compiles nothing.
 
-    ``over_k`` says how the epoch runs K > 1 nets: "vmap" (one batched step
-    for all K; the default), "map" (``lax.map``: the K epochs one after
-    another in the same compiled program) or "auto" (see ``k_axis_mode``;
-    network3 uses it for conv nets). Both give the same numbers
-    (tests/test_core.py). One net (K = 1) always takes the vmap path.
+    ``over_k`` says how the epoch and the evaluation run K > 1 nets (see
+    ``k_nets``): "vmap" (one batched step for all K; the default), "map"
+    (``lax.map``: the K nets one after another in the same compiled program),
+    "devices" (the K axis spread over the local devices, each running its
+    nets one after another: ``devices.over_devices``) or "auto" (see
+    ``k_axis_mode``; network3 uses it for conv nets). All give the same
+    numbers (tests/test_core.py, tests/test_devices.py). One net (K = 1)
+    always takes the vmap path.
     """
 
     apply: Callable
@@ -240,26 +244,23 @@ class Trainer:
                             shuffle=self.shuffle, on_iteration=self.on_iteration,
                             iteration_every=int(self.iteration_every))
 
-        over_k = k_axis_mode(self.over_k)
+        mode = k_axis_mode(self.over_k)
+        # the epoch's arguments: params, opt_state, x, y, key, c, e (stacked on K: params, state, key, c)
+        epochs_k = k_nets(one_epoch, (True, True, False, False, True, True, False), mode)
 
         def epoch_k(params, opt_state, x, y, keys, c, active, e=0):
-            if over_k == "vmap" or keys.shape[0] == 1:
-                new_params, new_state = jax.vmap(one_epoch, in_axes=(0, 0, None, None, 0, 0, None))(
-                    params, opt_state, x, y, keys, c, e)
-            else:  # one net after another, inside the same compiled program
-                new_params, new_state = jax.lax.map(
-                    lambda a: one_epoch(a[0], a[1], x, y, a[2], a[3], e), (params, opt_state, keys, c))
+            new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e)
             keep = lambda new, old: jnp.where(  # noqa: E731 (a net that stopped keeps its params)
                 active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
             return (jax.tree_util.tree_map(keep, new_params, params),
                     jax.tree_util.tree_map(keep, new_state, opt_state))
 
         self.epoch = jax.jit(epoch_k, donate_argnums=(0, 1))
-        self.evaluate = jax.jit(jax.vmap(
+        self.evaluate = jax.jit(k_nets(
             partial(evaluate, apply=self.apply, cost=self.cost, penalty=penalty, chunk=self.eval_chunk),
-            in_axes=(0, None, None, 0)))
-        self.predict = jax.jit(jax.vmap(partial(predict, apply=self.apply, chunk=self.eval_chunk),
-                                        in_axes=(0, None)))
+            (True, False, False, True), mode))
+        self.predict = jax.jit(k_nets(partial(predict, apply=self.apply, chunk=self.eval_chunk),
+                                      (True, False), mode))
 
     def spec(self):
         """The settings that define the compiled program (a checkpoint records them)."""
@@ -274,20 +275,58 @@ class Trainer:
 
 
 def k_axis_mode(mode="auto"):
-    """"vmap" or "map" for ``Trainer.over_k``. "auto" is "map" on a single CPU
-    device and "vmap" otherwise. It is meant for conv nets: on the CPU a
-    vmapped convolution over K stacked filter banks becomes a grouped
-    convolution that XLA runs slowly (measured on the 2-core CPU, the two-conv
-    net: K = 3 vmapped 17.9 ms per step, mapped 10.2 ms), while on a GPU, and
-    across several devices (where the K axis is sharded), vmap is the way.
-    Fully connected nets stay vmapped (K = 8 [784,30,10] nets on the CPU:
-    mapped 18-22 % slower than vmapped)."""
+    """"vmap", "map" or "devices" for ``Trainer.over_k``. "auto" is "map" on
+    a single CPU device, "devices" on several CPU devices
+    (``devices.use_cpu_devices``) and "vmap" on an accelerator. It is meant
+    for conv nets: on the CPU a vmapped convolution over K stacked filter
+    banks becomes a grouped convolution that XLA runs slowly (measured on the
+    2-core CPU, the two-conv net: K = 3 vmapped 17.9 ms per step, mapped
+    10.2 ms), and one net's step keeps barely more than one core busy, so two
+    CPU devices each running the one-net program give nearly twice the
+    throughput (benchmarks/README.md). Fully connected nets stay vmapped
+    (K = 8 [784,30,10] nets on the CPU: mapped 18-22 % slower than vmapped)."""
     if mode == "auto":
-        single_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
-        return "map" if single_cpu else "vmap"
-    if mode not in ("vmap", "map"):
-        raise ValueError(f"over_k must be 'auto', 'vmap' or 'map', got {mode!r}")
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        return "map" if len(jax.local_devices()) == 1 else "devices"
+    if mode not in K_MODES:
+        raise ValueError(f"over_k must be 'auto' or one of {K_MODES}, got {mode!r}")
     return mode
+
+
+K_MODES = ("vmap", "map", "devices")
+
+
+def k_nets(fn, stacked, mode):
+    """``fn``, written for ONE network, lifted to K networks stacked on a leading axis.
+
+    ``stacked`` holds one boolean per positional argument of ``fn``: True for
+    the arguments stacked on the K axis (params, optimizer state, keys), False
+    for those every net shares (the data). Every output is stacked on K.
+    ``mode`` (see ``k_axis_mode``): "vmap" batches the K nets into one
+    program; "map" runs them one after another (``lax.map``); "devices"
+    spreads them over the first min(K, D) local devices, one after another
+    within a device (``devices.over_devices``; K must then be a multiple of
+    that count, which ``fit`` ensures by padding). One net always takes the
+    vmap path.
+    """
+    if mode not in K_MODES:
+        raise ValueError(f"mode must be one of {K_MODES}, got {mode!r}")
+    batched = jax.vmap(fn, in_axes=tuple(0 if s else None for s in stacked))
+
+    def run(*args):
+        k = jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
+        if mode == "vmap" or k == 1:
+            return batched(*args)
+        if mode == "devices" and len(used := devices_for(k)) > 1:
+            return devices_mod.over_devices(fn, stacked, used, within="map")(*args)
+
+        def one(net_args):
+            it = iter(net_args)
+            return fn(*(next(it) if s else a for a, s in zip(args, stacked)))
+        return jax.lax.map(one, tuple(a for a, s in zip(args, stacked) if s))
+
+    return run
 
 
 def _dtype(params):
@@ -537,9 +576,11 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
       this run), so an interrupted run finishes bit-identical to an
       uninterrupted one. The caller removes it once the results are safe.
 
-    With several ``devices`` (default: the local devices) the K axis is padded
-    to a multiple of their count (copies of the last net, trained and dropped)
-    and sharded over them.
+    With several ``devices`` the K axis is padded to a multiple of their count
+    (copies of the last net, trained and dropped) and sharded over them. By
+    default the first min(K, D) of the D local devices are used
+    (``devices_for``): one net stays on one device. A trainer with
+    ``over_k="devices"`` expects that default.
     """
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
@@ -558,6 +599,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
                              f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
 
+    devices = devices_for(k, devices)
     k_all = padded_count(k, devices)
     pad = (lambda t: _pad_k(t, k_all)) if k_all != k else (lambda t: t)
     shard = partial(shard_stacked, devices=devices)
@@ -568,7 +610,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     if opt_state is None:
         opt_state = trainer.init_opt_state(params, np.resize(eta, k_all))
     else:  # as for params: the epoch donates the copy, the caller's state stays usable
-        opt_state = pad(jax.tree_util.tree_map(jnp.copy, opt_state))
+        opt_state = shard(pad(jax.tree_util.tree_map(jnp.copy, opt_state)))
 
     history = History(stopped_at=np.full(k, -1), diverged_at=np.full(k, -1))
     active = np.ones(k, bool)
@@ -576,7 +618,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     first = start_epoch
     if checkpoint is not None:
         meta = dict(checkpoint.meta, fit={
-            "k": k, "devices": len(jax.local_devices() if devices is None else devices),
+            "k": k, "devices": len(devices),
             "epochs": start_epoch + epochs,
             "eta": eta.tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty,
             "params": [[list(a.shape), str(a.dtype)] for a in jax.tree_util.tree_leaves(params)],
@@ -588,7 +630,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             saved = checkpoint.load(meta)
             params, opt_state, keys = _restore(saved, "params", params), _restore(
                 saved, "opt_state", opt_state), _restore(saved, "keys", keys, wrap=True)
-            params, keys = shard(params), shard(keys)
+            params, opt_state, keys = shard(params), shard(opt_state), shard(keys)
             active = saved["active"].astype(bool)
             history.stopped_at, history.diverged_at = saved["stopped_at"], saved["diverged_at"]
             history.eta = list(saved["eta_history"])
@@ -742,6 +784,14 @@ def plurality_vote(predictions, n_classes):
 
 
 # --- the K axis across devices -------------------------------------------------
+
+def devices_for(k, devices=None):
+    """The devices K stacked nets are spread over: the first min(K, D) of
+    ``devices`` (default: the D local devices), so no device trains only
+    padding and one net stays on one device."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return devices[:max(1, min(int(k), len(devices)))]
+
 
 def padded_count(k, devices=None):
     """K rounded up to a multiple of the number of devices (the K axis is

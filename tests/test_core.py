@@ -156,10 +156,11 @@ def test_epoch_e_is_the_same_whether_or_not_earlier_epochs_ran_in_this_process(t
     assert not np.allclose(np.asarray(three[0]["w"]), np.asarray(wrong_epoch[0]["w"]), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("over_k", ["vmap", "map"])
+@pytest.mark.parametrize("over_k", ["vmap", "map", "devices"])
 def test_k_stacked_nets_equal_k_separate_runs(toy, over_k):
     """vmap (and lax.map) correctness: 3 nets with their own init, shuffle key,
-    η and λ trained as one program equal 3 runs of one net, to float32 tolerance."""
+    η and λ trained as one program equal 3 runs of one net, to float32 tolerance.
+    ("devices" on one device runs as "map"; several devices: tests/test_devices.py.)"""
     init, toy_trainer, data = toy
     trainer = train.Trainer(toy_trainer.apply, toy_trainer.cost, 8, penalty="l2", momentum=0.5,
                             over_k=over_k)
@@ -177,9 +178,11 @@ def test_k_stacked_nets_equal_k_separate_runs(toy, over_k):
 
 
 def test_k_axis_mode_auto_is_map_on_one_cpu_device_and_rejects_unknown_modes():
-    single_cpu = jax.default_backend() == "cpu" and len(jax.local_devices()) == 1
-    assert train.k_axis_mode("auto") == ("map" if single_cpu else "vmap")
-    assert train.k_axis_mode("vmap") == "vmap" and train.k_axis_mode("map") == "map"
+    cpu = jax.default_backend() == "cpu"
+    expected = "vmap" if not cpu else "map" if len(jax.local_devices()) == 1 else "devices"
+    assert train.k_axis_mode("auto") == expected
+    for mode in ("vmap", "map", "devices"):
+        assert train.k_axis_mode(mode) == mode
     with pytest.raises(ValueError, match="over_k"):
         train.Trainer(lambda p, x, **k: x, costs.quadratic, 5, over_k="pmap")
 

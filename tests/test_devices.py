@@ -47,6 +47,24 @@ SCRIPT = textwrap.dedent("""
                       jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got))),
                   "moved": float(jnp.max(jnp.abs(w - params[0]["w"]))),
                   "devices": len(w.sharding.device_set), "k": int(w.shape[0])}
+    # the trainer's over_k="devices" through fit: K = 3 padded to 4, two nets per device, and
+    # the evaluation spread the same way; against over_k="map" on one device
+    xe, ye = x[:11], y[:11]
+    init_keys, train_keys = train.seed_keys(range(3))
+    params = train.init_many(init, init_keys, (64,))
+    fits = {}
+    for mode, devs in (("map", jax.devices()[:1]), ("devices", None)):
+        trainer = train.Trainer(apply, costs.log_likelihood, 5, penalty="l2", over_k=mode)
+        fits[mode] = train.fit(trainer, params, (x, y), 2, key=train_keys, eta=0.1, lmbda=0.5,
+                               evaluation={"e": (xe, ye)}, devices=devs)
+    a, b = fits["map"], fits["devices"]
+    out["fit"] = {"diff": max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(
+                      jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params))),
+                  "cost_diff": float(np.max(np.abs(np.asarray(a.history["e_cost"])
+                                                   - np.asarray(b.history["e_cost"])))),
+                  "accuracy_equal": bool(np.array_equal(a.history["e_accuracy"], b.history["e_accuracy"])),
+                  "k": int(b.params[0]["w"].shape[0]), "mode": train.k_axis_mode("auto"),
+                  "used": len(train.devices_for(3)), "used_one": len(train.devices_for(1))}
     try:
         p3, s3, k3, c3 = jax.tree_util.tree_map(lambda a: a[:3], (params, state, train_keys, c))
         run(p3, s3, x, y, k3, c3)
@@ -69,6 +87,11 @@ def test_over_devices_trains_like_one_device_for_one_and_two_nets_per_device():
         assert result[k]["moved"] > 1e-3, result       # it trained
         assert result[k]["diff"] < 1e-5, result        # same maths: float32 tolerance
     assert "multiple" in result["uneven"], result
+    fit = result["fit"]  # the trainer's over_k="devices" (auto on two CPU devices) through fit
+    assert fit["mode"] == "devices" and fit["used"] == 2 and fit["used_one"] == 1, fit
+    assert fit["k"] == 3, fit                                  # the padding net is dropped
+    assert fit["diff"] < 1e-5 and fit["cost_diff"] < 1e-5, fit  # float32 tolerance
+    assert fit["accuracy_equal"], fit
 
 
 def test_use_cpu_devices_rejects_a_count_below_one():
