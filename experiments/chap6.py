@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from experiments import report
-from nndl_jax import data, devices, network3
+from nndl_jax import data, devices, network3, train
 from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
 
 MB = 10
@@ -178,7 +178,8 @@ def run(args):
             rows.append(report.row(r["id"], r["experiment"], r["book"], acc,
                                    note=(note + "; " if note else "") + f"{len(errors)} errors of {len(test.y)}"
                                    + " (book: 33 of 10,000)",
-                                   **common | {"seeds": ens, "errors": len(errors)}))
+                                   **common | {"seeds": ens, "errors": len(errors),
+                                               "test_predictions": predictions_record(out["predictions"][:len(ens)])}))
             _ensemble_errors(args, test, vote, errors)
         else:
             if r["id"] == "6.5":
@@ -235,8 +236,20 @@ def parameter_count_rows(r, key):
 
 
 def _vote(out, k):
-    from nndl_jax import train
     return np.asarray(train.plurality_vote(out["predictions"][:k], 10))
+
+
+def predictions_record(predictions):
+    """Each net's test predictions [K, n] as K strings of digits (row 6.12's
+    ``test_predictions``: 10,000 characters a net), so the vote can be
+    recomputed from results.json without the weights (``recorded_vote``)."""
+    return ["".join(map(str, np.asarray(p, dtype=int))) for p in predictions]
+
+
+def recorded_vote(row):
+    """The plurality vote of the nets whose predictions row 6.12 recorded."""
+    preds = np.array([[int(c) for c in p] for p in row["test_predictions"]])
+    return np.asarray(train.plurality_vote(preds, 10))
 
 
 def _progress(label, epochs, n_val, n_test, t0):

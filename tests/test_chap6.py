@@ -6,9 +6,11 @@ the conv-only net and the dropout ensemble (6.11 + 6.12, five nets voting on
 expanded data), which also draws all three figures."""
 import json
 
+import numpy as np
 import pytest
 
 from experiments import chap6
+from nndl_jax import data
 
 
 def test_rows_table_matches_the_book():
@@ -44,6 +46,12 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     assert rows["6.11"]["train_size"] == 5 * results["settings"]["train_size"]  # expanded
     assert rows["6.12"]["errors"] == pytest.approx(
         results["settings"]["eval_size"] * (1 - rows["6.12"]["measured"] / 100))
+    # the vote recomputed from the recorded per-net test predictions, without the weights
+    test_y = data.load_mnist(mnist_dir).test.y[:results["settings"]["eval_size"]]
+    assert [len(p) for p in rows["6.12"]["test_predictions"]] == [len(test_y)] * 5
+    vote = chap6.recorded_vote(rows["6.12"])
+    assert int(np.sum(vote != test_y)) == rows["6.12"]["errors"]
+    assert 100 * float(np.mean(vote == test_y)) == pytest.approx(rows["6.12"]["measured"])
     for name in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
         assert (tmp_path / name).stat().st_size > 0
 
