@@ -17,8 +17,9 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
                        (when ``torch`` is importable: ``pip install nndl-jax[bench]``)
   jax K=2 map          two nets in one program on one device, one after another
                        (``Trainer(over_k="map")``)
-  jax K=2 devices      two nets on two CPU devices (``devices.over_devices``:
-                       ``shard_map``, each device running the one-net program)
+  jax K=2 devices      two nets on two CPU devices: ``Trainer(over_k="devices")``, what
+                       chapter 6 runs (``devices.over_devices``: ``shard_map``, each
+                       device running the one-net program)
   jax K=2 vmap-sharded two nets vmapped, the K axis sharded over the two devices
                        (``train.shard_stacked``; the vmapped convolution stays grouped)
   jax K=2 processes    two worker processes, each pinned to its own core, each
@@ -44,7 +45,6 @@ import platform
 import subprocess
 import sys
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -93,10 +93,11 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
-def jax_case(name, k, steps, mode="vmap", layout="auto", placement=None):
+def jax_case(name, k, steps, mode="vmap", layout="auto", sharded=False):
     """A function running one scanned epoch of ``steps`` mini-batches for K nets
-    (compiled on the first call). ``placement``: None (the first device),
-    "devices" (``devices.over_devices``) or "sharded" (``train.shard_stacked``)."""
+    (compiled on the first call) through ``train.Trainer(over_k=mode)``.
+    ``sharded``: the K axis placed across the devices (``train.shard_stacked``,
+    as ``train.fit`` does); otherwise everything sits on the first device."""
     init, apply = jax_net(name, layout)
     x, y = (jnp.asarray(a) for a in data(steps))
     trainer = train.Trainer(apply, costs.log_likelihood, MB, penalty="l2", shuffle=True, over_k=mode)
@@ -104,20 +105,12 @@ def jax_case(name, k, steps, mode="vmap", layout="auto", placement=None):
     params = train.init_many(init, init_keys, (784,))
     opt_state = trainer.init_opt_state(params, ETA)
     c, active = jnp.zeros(k, jnp.float32), jnp.ones(k, bool)
-    if placement == "devices":
-        one = partial(train.epoch, apply=apply, cost=costs.log_likelihood, penalty=costs.l2_penalty,
-                      optimizer=trainer.optimizer, mini_batch_size=MB, shuffle=True)
-        epoch = jax.jit(devices.over_devices(one, (True, True, False, False, True, True)),
-                        donate_argnums=(0, 1))
-        params, opt_state, train_keys, c = train.shard_stacked((params, opt_state, train_keys, c))
-        def run_epoch(p, s):
-            return epoch(p, s, x, y, train_keys, c)
-    else:
-        if placement == "sharded":
-            params, opt_state, train_keys, c, active = train.shard_stacked(
-                (params, opt_state, train_keys, c, active))
-        def run_epoch(p, s):
-            return trainer.epoch(p, s, x, y, train_keys, c, active)
+    if sharded:
+        params, opt_state, train_keys, c, active = train.shard_stacked(
+            (params, opt_state, train_keys, c, active))
+
+    def run_epoch(p, s):
+        return trainer.epoch(p, s, x, y, train_keys, c, active)
     state = [params, opt_state]
 
     def run():
@@ -274,8 +267,8 @@ def main(argv=None):
             cases["torch K=1 1t"] = torch_case(name, 1, args.steps, 1)
         cases["jax K=2 map"] = jax_case(name, 2, args.steps, mode="map")
         if len(jax.devices()) >= 2:
-            cases["jax K=2 devices"] = jax_case(name, 2, args.steps, placement="devices")
-            cases["jax K=2 vmap-sharded"] = jax_case(name, 2, args.steps, placement="sharded")
+            cases["jax K=2 devices"] = jax_case(name, 2, args.steps, mode="devices", sharded=True)
+            cases["jax K=2 vmap-sharded"] = jax_case(name, 2, args.steps, mode="vmap", sharded=True)
         if with_torch:
             cases["torch K=2 2t"] = torch_case(name, 2, args.steps, 2)
         print(f"[{name}] timing {len(cases)} cases ...", flush=True)
