@@ -152,12 +152,15 @@ def run(args):
         else:
             print(f"\n{r['id']}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
                   f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
-            t0 = time.time()
-            progress = _progress(r["id"], epochs, len(validation.y), len(test.y), t0)
             run_id = "6.11" if r["arch"] == "dropout" else r["id"]   # 6.11 and 6.12 share one run
             ckpt = report.row_checkpoint(args, run_id, {
                 "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
                 "epochs": epochs, "expanded": r["expanded"]})
+            if not args.quick:
+                print("  " + estimate(net_layers, seeds, train_set, epochs - ckpt.epochs_done(), r["eta"],
+                                      r["lmbda"], validation, test), flush=True)
+            t0 = time.time()
+            progress = _progress(r["id"], epochs, len(validation.y), len(test.y), t0)
             train_fn = network3.ensemble if r["arch"] == "dropout" else network3.train_many
             out = train_fn(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
                            seeds=seeds, on_epoch=progress, checkpoint=ckpt)
@@ -250,6 +253,35 @@ def recorded_vote(row):
     """The plurality vote of the nets whose predictions row 6.12 recorded."""
     preds = np.array([[int(c) for c in p] for p in row["test_predictions"]])
     return np.asarray(train.plurality_vote(preds, 10))
+
+
+PROBE_STEPS = 200
+
+
+def estimate(net_layers, seeds, train_set, epochs, eta, lmbda, validation, test):
+    """A line estimating how long a row's ``epochs`` will take, printed before it
+    starts: the row's nets (same seeds, so the same layout over the devices)
+    train for ``PROBE_STEPS`` mini-batches, timed once compiled, with
+    evaluation sets of 10 and of 1,000 images (their difference prices the
+    evaluation), scaled to the row's mini-batches and evaluation sets."""
+    n = min(PROBE_STEPS * MB, len(train_set.y))
+    probe = data.Dataset(train_set.x[:n], train_set.y[:n])
+
+    def seconds(n_eval):
+        ev = data.Dataset(validation.x[:n_eval], validation.y[:n_eval])
+        run = lambda: network3.train_many(net_layers, MB, probe, 1, eta, ev, ev, lmbda, seeds=seeds)  # noqa: E731
+        run()  # compiles
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+
+    small, large = seconds(10), seconds(1000)
+    per_step = small / (n // MB)
+    per_image = max(large - small, 0.0) / (2 * (1000 - 10))  # both sets evaluated
+    per_epoch = per_step * (len(train_set.y) // MB) + per_image * (len(validation.y) + len(test.y))
+    return (f"estimate: {report.duration(per_epoch * epochs)} for {epochs} epochs "
+            f"({report.duration(per_epoch)} an epoch; {1000 * per_step:.2f} ms a mini-batch step of the "
+            f"{len(seeds)} nets, from a {n // MB}-step probe)")
 
 
 def _progress(label, epochs, n_val, n_test, t0):

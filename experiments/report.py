@@ -440,10 +440,11 @@ def eta(t0, done, total):
     ``total - done`` remaining steps take as long as the ``done`` so far."""
     elapsed = time.time() - t0
     left = elapsed / done * (total - done) if done else float("nan")
-    return f"{elapsed:.1f} s" + ("" if done >= total or not done else f", ETA {_duration(left)}")
+    return f"{elapsed:.1f} s" + ("" if done >= total or not done else f", ETA {duration(left)}")
 
 
-def _duration(seconds):
+def duration(seconds):
+    """"1 h 6 min", "1 min 15 s", "12 s": a span of seconds for a progress line."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

@@ -126,7 +126,7 @@ def _seeds_text(seeds):
 
 
 def _duration(seconds):
-    return "—" if seconds is None else report._duration(seconds)
+    return "—" if seconds is None else report.duration(seconds)
 
 
 def _runs_text(results):

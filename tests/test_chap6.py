@@ -5,6 +5,7 @@ minutes of CPU, so this test runs a representative subset: the shallow net,
 the conv-only net and the dropout ensemble (6.11 + 6.12, five nets voting on
 expanded data), which also draws all three figures."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,3 +136,17 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
     assert whole["curves"]["6.3"] == cut["curves"]["6.3"]
     assert whole["rows"][0]["measured"] == cut["rows"][0]["measured"]
     assert not list((tmp_path / "cache").rglob("*.npz"))        # the finished row's checkpoint is gone
+
+
+def test_estimate_prices_a_row_from_a_timed_probe(mnist_dir):
+    """The line printed before a long row starts: a positive time per step,
+    scaled to the row's mini-batches and epochs."""
+    splits = data.load_mnist(mnist_dir)
+    cut = lambda d, n: data.Dataset(d.x[:n], d.y[:n])  # noqa: E731
+    layers = chap6.architecture("shallow", "relu", 10)
+    line = chap6.estimate(layers, [1, 2], cut(splits.training, 3000), 7, 0.1, 0.0,
+                          cut(splits.validation, 1000), cut(splits.test, 1000))
+    m = re.fullmatch(r"estimate: (.+) for 7 epochs \((.+) an epoch; ([0-9.]+) ms a mini-batch step of the "
+                     r"2 nets, from a 200-step probe\)", line)
+    assert m is not None, line
+    assert float(m.group(3)) > 0

@@ -152,7 +152,7 @@ def test_progress_prints_an_eta_from_the_epochs_so_far(capsys, monkeypatch):
     show(3, {"evaluation_accuracy": [97, 98]})          # the last: no estimate
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("(10.0 s, ETA 30 s)") and lines[1].endswith("(20.0 s)")
-    assert report._duration(4000) == "1 h 6 min" and report._duration(75) == "1 min 15 s"
+    assert report.duration(4000) == "1 h 6 min" and report.duration(75) == "1 min 15 s"
 
 
 # --- the report and the README ----------------------------------------------------------------
