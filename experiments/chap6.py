@@ -127,7 +127,6 @@ def run(args):
     rows, extra = [], {"settings": {"epochs_override": args.epochs, "train_size": len(training.y),
                                     "eval_size": len(test.y), "mini_batch_size": MB}, "curves": {}}
     shared = {}   # 6.11 and 6.12 share one run
-    filters_net = None
     for spec in ROWS:
         r = dict(zip(COLUMNS, spec))
         if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
@@ -192,14 +191,12 @@ def run(args):
                                    note=note, **common))
         extra["curves"][r["id"]] = {"validation_accuracy": out["validation_accuracy"],
                                     "test_accuracy": out["test_accuracy"]}
-        if r["arch"] != "shallow":
-            filters_net = (net_layers, out["params"])
+        if r["arch"] != "shallow" and r["id"] != "6.12":  # 6.12 votes with 6.11's nets
+            _filters(args, r["id"], net_layers, out["params"])
         report.record(args, rows[-1:], settings=extra["settings"],
                       curves={r["id"]: extra["curves"][r["id"]]})
         if key not in shared or r["id"] == "6.12" or not report.wanted(args, "6.12"):
             report.remove_checkpoints(args, run_id)
-    if filters_net is not None:
-        _filters(args, *filters_net)
     return rows, extra
 
 
@@ -311,20 +308,23 @@ def _mosaic(tiles, cols, pad=1):
     return out
 
 
-def _filters(args, net_layers, params):
-    """net_full_layer_0.png / _1.png: the learned filters of the first net (seed
-    --seed) of the last conv row run; dark = positive weight, as in the book."""
+def _filters(args, row_id, net_layers, params):
+    """filters_<row>_layer_0.png (and _1 for two conv layers): the learned
+    filters of the row's first net (seed --seed), as the book's
+    net_full_layer_0.png / _1.png; dark = positive weight, as in the book.
+    One file per row, so rows run by several processes into one folder keep
+    their own figures."""
     convs = [i for i, layer in enumerate(net_layers) if isinstance(layer, ConvPoolLayer)]
     for j, i in enumerate(convs[:2]):
         w = np.asarray(params[i]["w"][0])               # net 0: [k, c, 5, 5]
         tiles = w.reshape(-1, w.shape[2], w.shape[3])   # layer 1: row k holds its c input filters
-        fig, path = report.figure(args, f"net_full_layer_{j}")
+        fig, path = report.figure(args, f"filters_{row_id}_layer_{j}")
         if fig is None:
             return
         ax = fig.add_subplot(1, 1, 1)
         ax.imshow(_mosaic(tiles, w.shape[1] if j else 10), cmap="Greys", interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"layer {j}: {w.shape[0]} filters {w.shape[2]}×{w.shape[3]}"
+        ax.set_title(f"row {row_id}, conv layer {j}: {w.shape[0]} filters {w.shape[2]}×{w.shape[3]}"
                      + (f" over {w.shape[1]} input maps (one row per filter)" if j else ""))
         report.save(fig, path)
 

@@ -53,8 +53,11 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     vote = chap6.recorded_vote(rows["6.12"])
     assert int(np.sum(vote != test_y)) == rows["6.12"]["errors"]
     assert 100 * float(np.mean(vote == test_y)) == pytest.approx(rows["6.12"]["measured"])
-    for name in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
+    for name in ("ensemble_errors.png", "filters_6.3_layer_0.png", "filters_6.11_layer_0.png",
+                 "filters_6.11_layer_1.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert not (tmp_path / "filters_6.1_layer_0.png").exists()    # the shallow net has no filters
+    assert not (tmp_path / "filters_6.12_layer_0.png").exists()   # 6.12 votes with 6.11's nets
 
 
 def check_parameter_counts(rows):
