@@ -278,7 +278,7 @@ def estimate(net_layers, seeds, train_set, epochs, eta, lmbda, validation, test)
     per_epoch = per_step * (len(train_set.y) // MB) + per_image * (len(validation.y) + len(test.y))
     return (f"estimate: {report.duration(per_epoch * epochs)} for {epochs} epochs "
             f"({report.duration(per_epoch)} an epoch; {1000 * per_step:.2f} ms a mini-batch step of the "
-            f"{len(seeds)} nets, from a {n // MB}-step probe)")
+            f"{len(seeds)} net{'s' * (len(seeds) != 1)}, from a {n // MB}-step probe)")
 
 
 def _progress(label, epochs, n_val, n_test, t0):
