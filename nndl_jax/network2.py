@@ -232,7 +232,7 @@ class Network(network.Network):
         network._check_hyper(epochs, mini_batch_size, eta)
         if regularization not in ("l2", "l1"):
             raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
-        _check_lmbda(lmbda)
+        train.check_lmbda(lmbda)
         for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
             if int(v) != v or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -303,7 +303,7 @@ class Network(network.Network):
         the other way round from ``accuracy``'s: False for the (one-hot)
         training data, True for the integer labels of validation/test data; it
         only has to match the data (checked for the book's list of pairs)."""
-        _check_lmbda(lmbda)
+        train.check_lmbda(lmbda)
         d = self._data(data, one_hot=not convert)
         _, cost = self._evaluate(d, lmbda)
         return float(cost)
@@ -314,7 +314,7 @@ class Network(network.Network):
         ``n`` is the size of the whole training set (with
         ``self.regularization == "l1"``, the L1 rule w → w − (ηλ/n)·sign(w) − ...)."""
         network._check_hyper(1, 1, eta)
-        _check_lmbda(lmbda)
+        train.check_lmbda(lmbda)
         if int(n) != n or n < 1:
             raise ValueError(f"n (the size of the training set) must be a positive integer, got {n!r}")
         batch = self._data(mini_batch)
@@ -364,11 +364,6 @@ class Network(network.Network):
             self._core = core_cost(self.cost, self.sizes[-1])
             self._core_of = self.cost
         return self._core
-
-
-def _check_lmbda(lmbda):
-    if not 0 <= lmbda < float("inf"):
-        raise ValueError(f"lmbda (the regularization parameter) must be a finite number >= 0, got {lmbda!r}")
 
 
 def _one_hot_labels(data):

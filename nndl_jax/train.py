@@ -423,12 +423,18 @@ def check_hyperparameters(eta, lmbda, epochs):
     finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    eta, lmbda = np.asarray(eta, np.float64), np.asarray(lmbda, np.float64)
+    eta = np.asarray(eta, np.float64)
     if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):
         raise ValueError(f"the learning rate eta must be positive and finite, got {eta}")
+    return eta, check_lmbda(lmbda), int(epochs)
+
+
+def check_lmbda(lmbda):
+    """λ ≥ 0 and finite (scalar or one per net), as a NumPy float64 value."""
+    lmbda = np.asarray(lmbda, np.float64)
     if not (np.all(np.isfinite(lmbda)) and np.all(lmbda >= 0)):
         raise ValueError(f"the regularization parameter lmbda must be >= 0 and finite, got {lmbda}")
-    return eta, lmbda, int(epochs)
+    return lmbda
 
 
 # --- checkpoints ---------------------------------------------------------------
