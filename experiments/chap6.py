@@ -146,6 +146,12 @@ def run(args):
         if r["arch"] == "dropout":
             seeds = [args.seed + k for k in range(max(args.seeds, ENSEMBLE_SIZE))]
         key = (r["arch"], r["n"])
+        done = report.finished_row(args, r["id"], epochs=epochs, train_size=len(train_set.y),
+                                   seeds=seeds[:ENSEMBLE_SIZE] if r["id"] == "6.12" else seeds)
+        if done is not None:
+            print(f"\n{r['id']}: already in {args.out}/results.json (finished {done.get('finished')}); "
+                  "--resume skips it", flush=True)
+            continue
         if key in shared:
             out = shared[key]
         else:

@@ -67,7 +67,8 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue every unfinished row of this command from its last checkpoint")
+                       help="continue every unfinished row of this command from its last checkpoint "
+                            "(chapter 6 also skips rows already recorded in --out with the same settings)")
     again.add_argument("--restart", action="store_true",
                        help="discard this command's unfinished checkpoints and train its rows afresh")
     p.add_argument("--x64", action="store_true",
@@ -420,6 +421,21 @@ def recorded_rows(args):
     for figures that draw several rows."""
     results = read_results(args.out)
     return [] if results is None else results["rows"]
+
+
+def finished_row(args, row_id, **settings):
+    """With ``--resume``: row ``row_id`` as an earlier run into ``--out``
+    recorded it, when its quick and x64 flags and every one of ``settings``
+    (seeds, epochs, ...) are this command's; else None. A chapter then skips
+    the row, so a queue of rows resumed after an interruption trains only what
+    is left (without ``--resume`` a row asked for is trained again)."""
+    if not args.resume:
+        return None
+    for r in recorded_rows(args):
+        if (r["id"] == row_id and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
+                and all(r.get(k) == v for k, v in settings.items())):
+            return r
+    return None
 
 
 def finish(args, rows, **payload):

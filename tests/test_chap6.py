@@ -153,3 +153,21 @@ def test_estimate_prices_a_row_from_a_timed_probe(mnist_dir):
                      r"2 nets, from a 200-step probe\)", line)
     assert m is not None, line
     assert float(m.group(3)) > 0
+
+
+def test_resume_skips_rows_already_recorded_with_the_same_settings(tmp_path, mnist_dir, capsys):
+    """A queue of rows (--only 6.3 6.4) resumed after 6.3 finished trains only 6.4;
+    other settings (here --seeds) or no --resume train the row again."""
+    base = ["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--seeds", "1"]
+    chap6.main([*base, "--only", "6.3"])
+    first = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    capsys.readouterr()
+    chap6.main([*base, "--only", "6.3", "6.4", "--resume"])
+    out = capsys.readouterr().out
+    assert "6.3: already in" in out and "6.4: Two conv" in out
+    rows = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["6.3"] == first["6.3"] and "6.4" in rows          # 6.3 kept as it was, stamps and all
+    chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--seeds", "2",
+                "--only", "6.3", "--resume"])
+    again = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert again["6.3"]["seeds"] == [12345678, 12345679] and again["6.3"]["run"] != first["6.3"]["run"]
