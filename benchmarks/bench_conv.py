@@ -11,7 +11,8 @@ Nets (ReLU, log-likelihood cost, plain SGD):
 Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
   jax K=1              ``train.Trainer``'s scanned epoch, one net (the default path:
                        ``layers.conv_pool`` layout "auto", i.e. on the CPU NHWC with the
-                       hand-written VJPs of ``conv2d_nhwc`` and ``max_pool_first``)
+                       hand-written VJPs of ``conv2d_nhwc`` and ``max_pool_first``,
+                       compiled with ``train.cpu_compiler_options()``)
   torch 2t / 1t        PyTorch, idiomatic: ``nn.Sequential`` + ``optim.SGD``, a Python
                        loop over shuffled mini-batches, 2 threads / 1 thread
                        (when ``torch`` is importable: ``pip install nndl-jax[bench]``)
@@ -27,7 +28,9 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
   torch K=2 2t         two PyTorch nets stepped in turn in one loop, 2 threads
 With ``--variants``, K=1 also with the pool's gradient by ``jax.grad``
 (``select_and_scatter``: the path before ``max_pool_first``), with the
-convolution's gradient by ``jax.grad`` too, and in the book's NCHW layout.
+convolution's gradient by ``jax.grad`` too, in the book's NCHW layout, and
+compiled with XLA's default options (its convolutions by YNNPACK; the trainer
+passes ``train.cpu_compiler_options()``, which leaves them to XLA's own kernels).
 
 Times are per step of all K nets. Each case is timed once per round, the cases
 interleaved, and the median over rounds is printed: on a shared machine load
@@ -93,14 +96,16 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
-def jax_case(name, k, steps, mode="vmap", layout="auto", sharded=False):
+def jax_case(name, k, steps, mode="vmap", layout="auto", sharded=False, compiler_options="auto"):
     """A function running one scanned epoch of ``steps`` mini-batches for K nets
     (compiled on the first call) through ``train.Trainer(over_k=mode)``.
     ``sharded``: the K axis placed across the devices (``train.shard_stacked``,
-    as ``train.fit`` does); otherwise everything sits on the first device."""
+    as ``train.fit`` does); otherwise everything sits on the first device.
+    ``compiler_options``: the trainer's (None: XLA's defaults)."""
     init, apply = jax_net(name, layout)
     x, y = (jnp.asarray(a) for a in data(steps))
-    trainer = train.Trainer(apply, costs.log_likelihood, MB, penalty="l2", shuffle=True, over_k=mode)
+    trainer = train.Trainer(apply, costs.log_likelihood, MB, penalty="l2", shuffle=True, over_k=mode,
+                            compiler_options=compiler_options)
     init_keys, train_keys = train.seed_keys(range(k))
     params = train.init_many(init, init_keys, (784,))
     opt_state = trainer.init_opt_state(params, ETA)
@@ -232,7 +237,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="interleaved timings per case; the median is kept")
     p.add_argument("--devices", type=int, default=2, help="CPU devices for the K=2 cases (default 2)")
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
-    p.add_argument("--variants", action="store_true", help="also K=1 with jax.grad pools/convs and NCHW")
+    p.add_argument("--variants", action="store_true",
+                   help="also K=1 with jax.grad pools/convs, NCHW and XLA's default options")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch cases")
     p.add_argument("--no-processes", action="store_true", help="skip the two-worker-process case")
     p.add_argument("--worker", choices=NETS, help=argparse.SUPPRESS)
@@ -262,6 +268,7 @@ def main(argv=None):
                 cases["jax K=1, pool+conv by jax.grad"] = jax_case(name, 1, args.steps)
                 cases["jax K=1, pool+conv by jax.grad"]()
             cases["jax K=1, NCHW"] = jax_case(name, 1, args.steps, layout="NCHW")
+            cases["jax K=1, XLA default options"] = jax_case(name, 1, args.steps, compiler_options=None)
         if with_torch:
             cases["torch K=1 2t"] = torch_case(name, 1, args.steps, 2)
             cases["torch K=1 1t"] = torch_case(name, 1, args.steps, 1)

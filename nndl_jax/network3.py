@@ -320,8 +320,8 @@ def predictions(net_layers, params, x):
     predictor is kept per architecture, so repeated calls do not recompile."""
     _, apply = _apply_cache(net_layers)
     if apply not in _PREDICT:
-        _PREDICT[apply] = jax.jit(jax.vmap(functools.partial(train.predict, apply=apply),
-                                           in_axes=(0, None)))
+        _PREDICT[apply] = jax.jit(jax.vmap(functools.partial(train.predict, apply=apply), in_axes=(0, None)),
+                                  compiler_options=train.cpu_compiler_options())
     z = _PREDICT[apply](params, jnp.asarray(x, jnp.float32))
     return jnp.argmax(z, axis=-1)
 

@@ -211,6 +211,10 @@ class Trainer:
     (``optax.inject_hyperparams``), one per network, so a grid of η compiles
     once and halving η on a plateau edits state and compiles nothing.
 
+    ``compiler_options`` go to every ``jax.jit`` of the trainer: "auto" is
+    ``cpu_compiler_options()`` (on the CPU, convolutions by XLA's own kernels
+    rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
+
     ``over_k`` says how the epoch and the evaluation run K > 1 nets (see
     ``k_nets``): "vmap" (one batched step for all K; the default), "map"
     (``lax.map``: the K nets one after another in the same compiled program),
@@ -229,6 +233,7 @@ class Trainer:
     shuffle: bool = True
     eval_chunk: int = 1000
     over_k: str = "vmap"
+    compiler_options: dict | str | None = "auto"
     on_iteration: Callable | None = None
     iteration_every: int = 1000
 
@@ -255,12 +260,14 @@ class Trainer:
             return (jax.tree_util.tree_map(keep, new_params, params),
                     jax.tree_util.tree_map(keep, new_state, opt_state))
 
-        self.epoch = jax.jit(epoch_k, donate_argnums=(0, 1))
-        self.evaluate = jax.jit(k_nets(
+        options = cpu_compiler_options() if self.compiler_options == "auto" else self.compiler_options
+        jit = partial(jax.jit, compiler_options=options)
+        self.epoch = jit(epoch_k, donate_argnums=(0, 1))
+        self.evaluate = jit(k_nets(
             partial(evaluate, apply=self.apply, cost=self.cost, penalty=penalty, chunk=self.eval_chunk),
             (True, False, False, True), mode))
-        self.predict = jax.jit(k_nets(partial(predict, apply=self.apply, chunk=self.eval_chunk),
-                                      (True, False), mode))
+        self.predict = jit(k_nets(partial(predict, apply=self.apply, chunk=self.eval_chunk),
+                                  (True, False), mode))
 
     def spec(self):
         """The settings that define the compiled program (a checkpoint records them)."""
@@ -272,6 +279,36 @@ class Trainer:
         k = jax.tree_util.tree_leaves(params)[0].shape[0]
         state = jax.vmap(self.optimizer.init)(params)
         return set_eta(state, jnp.broadcast_to(jnp.asarray(eta, _dtype(params)), (k,)))
+
+
+# XLA:CPU's library fusions without YNNPACK's convolutions (its default list
+# also holds LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION); dots and reductions
+# keep going to YNNPACK, which is faster than XLA's own for them.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.cache
+def cpu_compiler_options():
+    """The ``compiler_options`` the trainer's programs are compiled with:
+    ``CPU_COMPILER_OPTIONS`` on the CPU, None (XLA's defaults) elsewhere or
+    where this XLA does not know the option (it is an experimental one).
+
+    Why: jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK, which runs
+    the book's small convolutions (10 images, 5×5 filters, 20–40 maps) at
+    about half the speed of XLA's own (Eigen) kernel, the weight-gradient one
+    at a quarter (1.15 ms of a 4 ms step). Without it a scanned step of the
+    two-conv net took 0.6× the time on the 2-core CPU (benchmarks/README.md;
+    ``bench_conv.py --variants`` times both). Fully connected nets compile
+    the same either way. Passed per ``jax.jit``, so nothing changes for other
+    JAX code in the process (unlike ``XLA_FLAGS``)."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.zeros(())).compile()
+    except jax.errors.JaxRuntimeError:  # an XLA without this option, or without these values
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
 
 
 def k_axis_mode(mode="auto"):

@@ -11,6 +11,7 @@
 - every layer's init promises the shape its apply gives; one value by hand.
 """
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -304,3 +305,42 @@ def test_max_pool_first_gradient_needs_no_select_and_scatter():
 
     assert "select_and_scatter" in grad_text(layers.max_pool)
     assert "select_and_scatter" not in grad_text(layers.max_pool_first)
+
+
+def _ynn_convolutions(hlo_text):
+    """How many YNNPACK library fusions of a compiled XLA:CPU program hold a convolution."""
+    bodies = dict(re.findall(r"\n(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S))
+    called = re.findall(r"calls=(%[\w.\-]+)[^\n]*__ynn_fusion", hlo_text)
+    return sum(" convolution(" in bodies.get(name, "") for name in called)
+
+
+def test_trainer_compiles_convolutions_without_ynnpack_on_the_cpu_and_gets_the_same_numbers():
+    """train.cpu_compiler_options() keeps XLA:CPU's convolutions out of YNNPACK
+    (its library fusions), the faster path for the book's small convolutions
+    (benchmarks/README.md). The compiled epoch of the book's two-conv net holds
+    no YNNPACK convolution, and two epochs trained with and without the option
+    agree to float32 rounding (tolerance 1e-5)."""
+    from nndl_jax import costs, train
+    options = train.cpu_compiler_options()
+    if jax.default_backend() != "cpu":
+        assert options is None
+        return
+    assert options == train.CPU_COMPILER_OPTIONS
+    init, apply = layers.serial(layers.conv_pool((20, 1, 5, 5), (10, 1, 28, 28), (2, 2), activations.relu),
+                                layers.conv_pool((40, 20, 5, 5), (10, 20, 12, 12), (2, 2), activations.relu),
+                                layers.fully_connected(100, activations.relu), layers.softmax(10))
+    rng = np.random.default_rng(3)
+    data = (rng.random((60, 784), dtype=np.float32), rng.integers(0, 10, 60).astype(np.int32))
+    init_keys, train_keys = train.seed_keys([4])
+    params = train.init_many(init, init_keys, (784,))
+    out = {}
+    for name, opts in (("auto", "auto"), ("xla defaults", None)):
+        trainer = train.Trainer(apply, costs.log_likelihood, 10, penalty="l2", compiler_options=opts)
+        if name == "auto":
+            state = trainer.init_opt_state(params, 0.03)
+            args = (params, state, *(jnp.asarray(a) for a in data), train_keys, jnp.zeros(1), jnp.ones(1, bool))
+            assert _ynn_convolutions(trainer.epoch.lower(*args).compile().as_text()) == 0
+        out[name], _, _ = train.fit(trainer, params, data, 2, key=train_keys, eta=0.03, lmbda=0.1)
+    for a, b in zip(*(jax.tree_util.tree_leaves(t) for t in out.values())):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(out["auto"][0]["w"]), np.asarray(params[0]["w"]), atol=1e-4)
