@@ -55,6 +55,27 @@ def use_cpu_devices_unless_started(n=None):
     return len(jax.local_devices())
 
 
+def net_count(args, stacked):
+    """K: the leading size of the arguments stacked on the K axis (``stacked[i]`` True)."""
+    return jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
+
+
+def map_over_nets(fn, stacked, args):
+    """``fn`` (for ONE network) applied to each of the K networks stacked in
+    ``args`` in turn (``lax.map``), the shared arguments passed to every call;
+    the outputs are stacked on K. One network calls ``fn`` directly."""
+    net_args = tuple(a for a, s in zip(args, stacked) if s)
+
+    def one(one_net):
+        it = iter(one_net)
+        return fn(*(next(it) if s else a for a, s in zip(args, stacked)))
+
+    if net_count(args, stacked) == 1:
+        out = one(jax.tree_util.tree_map(lambda a: a[0], net_args))
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    return jax.lax.map(one, net_args)
+
+
 def over_devices(fn, stacked, devices=None, within="map"):
     """``fn`` for one network, lifted to K networks stacked on a leading axis
     and spread over ``devices`` (default: all local devices).
@@ -76,24 +97,14 @@ def over_devices(fn, stacked, devices=None, within="map"):
     in_specs = tuple(k_spec if s else shared for s in stacked)
 
     def per_device(*args):
-        k_local = jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
-
-        def one(net_args):
-            it = iter(net_args)
-            return fn(*(next(it) if s else a for a, s in zip(args, stacked)))
-
-        net_args = tuple(a for a, s in zip(args, stacked) if s)
-        if k_local == 1:
-            out = one(jax.tree_util.tree_map(lambda a: a[0], net_args))
-            return jax.tree_util.tree_map(lambda a: a[None], out)
-        if within == "vmap":
-            return jax.vmap(one)(net_args)
-        return jax.lax.map(one, net_args)
+        if within == "vmap" and net_count(args, stacked) > 1:
+            return jax.vmap(fn, in_axes=tuple(0 if s else None for s in stacked))(*args)
+        return map_over_nets(fn, stacked, args)
 
     def run(*args):
         if len(args) != len(stacked):
             raise TypeError(f"expected {len(stacked)} arguments (one per entry of stacked), got {len(args)}")
-        k = jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
+        k = net_count(args, stacked)
         if k % len(devices):
             raise ValueError(f"K = {k} networks do not split evenly over {len(devices)} devices; "
                              f"pad K to a multiple (train.padded_count)")

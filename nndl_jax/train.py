@@ -352,16 +352,12 @@ def k_nets(fn, stacked, mode):
     batched = jax.vmap(fn, in_axes=tuple(0 if s else None for s in stacked))
 
     def run(*args):
-        k = jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
+        k = devices_mod.net_count(args, stacked)
         if mode == "vmap" or k == 1:
             return batched(*args)
         if mode == "devices" and len(used := devices_for(k)) > 1:
             return devices_mod.over_devices(fn, stacked, used, within="map")(*args)
-
-        def one(net_args):
-            it = iter(net_args)
-            return fn(*(next(it) if s else a for a, s in zip(args, stacked)))
-        return jax.lax.map(one, tuple(a for a, s in zip(args, stacked) if s))
+        return devices_mod.map_over_nets(fn, stacked, args)
 
     return run
 
