@@ -171,13 +171,14 @@ def run(args):
                            seeds=seeds, on_epoch=progress, checkpoint=ckpt)
             if r["arch"] == "dropout":
                 shared[key] = out
-            out["seconds"] = time.time() - t0
         note = settings_note(args, r["epochs"], len(train_set.y), r["expanded"])
         common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs,
                       book_epochs=r["epochs"], train_size=len(train_set.y), seconds=out["seconds"],
                       best_epoch=out["best_epoch"], best_validation=100 * out["best_validation"],
                       diverged_at=out["diverged_at"],
                       devices=out["devices"])
+        if out["earlier_seconds"] or out["untimed_epochs"]:  # resumed: the time of its earlier sittings
+            common |= dict(earlier_seconds=out["earlier_seconds"], untimed_epochs=out["untimed_epochs"])
         if r["id"] == "6.12":
             ens = seeds[:ENSEMBLE_SIZE]
             vote = out["vote"] if len(seeds) == ENSEMBLE_SIZE else _vote(out, ENSEMBLE_SIZE)

@@ -197,14 +197,30 @@ def readme_block(root=None):
                 if "SHORTENED" in r.get("note", "") else r for r in rows]
         runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in rows)]
         machines = sorted({machine(run.get("environment")) for run in runs})
+        earlier = sum(r.get("earlier_seconds", 0) for r in rows)
         lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "
                   f"every row in [reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
                   f"seeds {_seeds_text(res.get('seeds'))}, "
-                  f"{_duration(sum(run.get('wall_seconds', 0) for run in runs))} wall on "
+                  f"{_duration(sum(run.get('wall_seconds', 0) for run in runs) + earlier)} wall"
+                  f"{resumed_text(rows)} on "
                   f"{'; '.join(machines)}.", "", report.markdown_table(rows, notes=False), ""]
     if len(lines) == 2:
         lines += ["(No full results under reproduced/ yet.)", ""]
     return "\n".join(lines + [END])
+
+
+def resumed_text(rows):
+    """What the wall time of a chapter's line holds beyond its runs: rows
+    resumed over several sittings add their earlier sittings' epochs
+    (``earlier_seconds``); epochs restored from a checkpoint older than the
+    epoch timing (``untimed_epochs``) are not in it."""
+    resumed = [r for r in rows if r.get("earlier_seconds") or r.get("untimed_epochs")]
+    if not resumed:
+        return ""
+    untimed = sum(r.get("untimed_epochs", 0) for r in resumed)
+    return (f" (with the earlier sittings of {len(resumed)} resumed row{'s' * (len(resumed) > 1)}"
+            + (f"; {untimed} epochs restored from checkpoints that predate epoch timing are not counted"
+               if untimed else "") + ")")
 
 
 def update_readme(readme=README, root=None):

@@ -265,7 +265,11 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     ``train.fit``'s. Returns a dict: ``params`` (stacked [K]),
     ``validation_accuracy`` and ``test_accuracy`` ([epochs, K] fractions),
     ``best_validation``, ``best_epoch``, ``test_at_best`` ([K]) with the book's
-    ``>=`` rule, ``diverged_at`` [K], ``num_training_batches``, ``seeds``.
+    ``>=`` rule, ``diverged_at`` [K], ``num_training_batches``, ``seeds``,
+    ``devices``, and the time of the epochs: ``seconds`` (all of them, across
+    the sittings of a run resumed from ``checkpoint``), ``earlier_seconds``
+    (those of earlier sittings) and ``untimed_epochs`` (epochs restored from a
+    checkpoint written before epochs were timed: not in the sums).
     """
     init, apply = _apply_cache(net_layers)
     mb = _positive(mini_batch_size, "mini_batch_size")
@@ -291,6 +295,10 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
            "diverged_at": run.history.diverged_at, "num_training_batches": num_batches,
            "seeds": [int(s) for s in seeds] if from_seeds else None,
            "devices": len(train.devices_for(k))}
+    seconds = np.asarray(run.history.seconds, np.float64)  # a run resumed over sittings: all of them
+    out["seconds"] = float(np.nansum(seconds))
+    out["earlier_seconds"] = float(np.nansum(seconds[:run.history.resumed_epochs]))
+    out["untimed_epochs"] = int(np.isnan(seconds).sum())
     if len(out["validation_accuracy"]):
         out["best_validation"], out["best_epoch"], out["test_at_best"] = train.best_validation(
             out["validation_accuracy"], out["test_accuracy"])

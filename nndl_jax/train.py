@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,11 +174,17 @@ class History:
     with. ``stopped_at``: for each net, the epoch at which a stopping rule
     (early stopping, the schedule's floor) stopped it, -1 if none did;
     ``diverged_at``: the epoch after which its parameters were no longer
-    finite, -1 if they stayed finite.
+    finite, -1 if they stayed finite. ``seconds``: the wall time of each epoch
+    (training and evaluation), kept through checkpoints so that a run resumed
+    over several sittings knows its whole time (NaN for epochs saved by a
+    checkpoint that predates this record); ``resumed_epochs``: how many of them
+    were restored from a checkpoint rather than run by this ``fit``.
     """
 
     metrics: dict = field(default_factory=dict)
     eta: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    resumed_epochs: int = 0
     stopped_at: np.ndarray | None = None
     diverged_at: np.ndarray | None = None
 
@@ -673,15 +680,18 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             active = saved["active"].astype(bool)
             history.stopped_at, history.diverged_at = saved["stopped_at"], saved["diverged_at"]
             history.eta = list(saved["eta_history"])
+            history.seconds = list(saved.get("epoch_seconds", np.full(len(history.eta), np.nan)))
             history.metrics = {name: list(saved[f"metric_{name}"]) for name in names}
             rule_states = [{n: saved[f"rule{i}_{n}"] for n in state} for i, state in enumerate(rule_states)]
             first = int(saved["epoch"]) + 1
+            history.resumed_epochs = len(history.eta)
             print(f"resuming from {checkpoint.path}: {first - start_epoch} of {epochs} epochs done",
                   flush=True)
 
     for e in range(first, start_epoch + epochs):
         if not active.any():
             break
+        started = time.perf_counter()
         eta_now = np.asarray(get_eta(opt_state))[:k]
         history.eta.append(eta_now)
         epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
@@ -693,6 +703,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             record[f"{name}_accuracy"] = np.asarray(correct)[:k]
             record[f"{name}_cost"] = np.asarray(cost)[:k]
         history.append(record, names)
+        history.seconds.append(time.perf_counter() - started)
         record["finite"] = np.asarray(_all_finite(params))[:k]
         diverged = active & ~record["finite"]
         history.diverged_at = np.where(diverged, e, history.diverged_at)
@@ -734,6 +745,7 @@ def _json_default(x):
 def _state_arrays(params, opt_state, keys, e, active, history, names, rule_states):
     arrays = {"epoch": np.array(e), "active": active, "stopped_at": history.stopped_at,
               "diverged_at": history.diverged_at, "eta_history": np.asarray(history.eta),
+              "epoch_seconds": np.asarray(history.seconds, np.float64),
               "keys_0": np.asarray(jax.random.key_data(keys))}
     for prefix, tree in (("params", params), ("opt_state", opt_state)):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):

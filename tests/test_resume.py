@@ -68,6 +68,29 @@ def test_run_interrupted_after_epoch_1_of_3_and_resumed_is_bit_identical(toy, tm
     assert whole.history.as_arrays()["evaluation_accuracy"].shape == (3, 2)
 
 
+def test_a_resumed_run_keeps_the_time_of_its_earlier_epochs(toy, tmp_path):
+    """history.seconds holds every epoch's wall time, the restored epochs' too
+    (from the checkpoint), and resumed_epochs says how many were restored; a
+    checkpoint written before epochs were timed restores them as NaN."""
+    ckpt = train.Checkpoint(tmp_path / "row.npz", {"row": "toy"})
+    with pytest.raises(Interrupted):
+        run(toy, ckpt, on_epoch=interrupt_after(1))
+    saved = np.load(ckpt.path)["epoch_seconds"]
+    assert saved.shape == (2,) and np.all(saved > 0)
+    resumed = run(toy, ckpt)
+    assert resumed.history.resumed_epochs == 2
+    np.testing.assert_array_equal(resumed.history.seconds[:2], saved)
+    assert len(resumed.history.seconds) == 3 and resumed.history.seconds[2] > 0
+    assert run(toy).history.resumed_epochs == 0
+
+    old = tmp_path / "old.npz"  # the same checkpoint without the epoch times, as older code wrote it
+    with np.load(ckpt.path) as f:
+        np.savez(old, **{name: f[name] for name in f.files if name != "epoch_seconds"})
+    ckpt_old = train.Checkpoint(old, {"row": "toy"})
+    restored = run(toy, ckpt_old, epochs=3)
+    assert restored.history.resumed_epochs == 3 and np.all(np.isnan(restored.history.seconds))
+
+
 def test_a_checkpoint_of_another_run_is_refused_and_left_intact(toy, tmp_path):
     ckpt = train.Checkpoint(tmp_path / "row.npz", {"row": "toy", "seeds": [1, 2]})
     with pytest.raises(Interrupted):
