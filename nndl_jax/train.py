@@ -304,8 +304,8 @@ def cpu_compiler_options():
     Why: jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK, which runs
     the book's small convolutions (10 images, 5×5 filters, 20–40 maps) at
     about half the speed of XLA's own (Eigen) kernel, the weight-gradient one
-    at a quarter (1.15 ms of a 4 ms step). Without it a scanned step of the
-    two-conv net took 0.6× the time on the 2-core CPU (benchmarks/README.md;
+    at a quarter (1.15 ms of a 4 ms step). With these options a scanned step
+    of the two-conv net takes 0.66× the time on the 2-core CPU (benchmarks/README.md;
     ``bench_conv.py --variants`` times both). Fully connected nets compile
     the same either way. Passed per ``jax.jit``, so nothing changes for other
     JAX code in the process (unlike ``XLA_FLAGS``)."""
