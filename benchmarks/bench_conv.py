@@ -28,7 +28,8 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
   torch K=2 2t         two PyTorch nets stepped in turn in one loop, 2 threads
 With ``--variants``, K=1 also with the pool's gradient by ``jax.grad``
 (``select_and_scatter``: the path before ``max_pool_first``), with the
-convolution's gradient by ``jax.grad`` too, in the book's NCHW layout, and
+convolution's gradient by ``jax.grad`` too, with the fully connected product's
+gradient by ``jax.grad`` (the path before ``dense_product``), in the book's NCHW layout, and
 compiled with XLA's default options (its convolutions by YNNPACK; the trainer
 passes ``train.cpu_compiler_options()``, which leaves them to XLA's own kernels).
 
@@ -71,19 +72,26 @@ def jax_net(name, layout="auto"):
         layers.softmax(10, p_dropout=p))
 
 
+def _plain_product(x, w):
+    return x @ w
+
+
 @contextlib.contextmanager
-def gradients_by_jax_grad(pool=True, conv=False):
-    """While tracing: the plain pool / convolution, differentiated by jax.grad
-    (conv_pool looks both up when it is traced; only for comparison)."""
-    saved = layers.max_pool_first, layers.conv2d_nhwc
+def gradients_by_jax_grad(pool=True, conv=False, dense=False):
+    """While tracing: the plain pool / convolution / fully connected product,
+    differentiated by jax.grad (the layers look them up when they are traced;
+    only for comparison)."""
+    saved = layers.max_pool_first, layers.conv2d_nhwc, layers.dense_product
     if pool:
         layers.max_pool_first = layers.max_pool
     if conv:
         layers.conv2d_nhwc = layers._conv_nhwc
+    if dense:
+        layers.dense_product = _plain_product
     try:
         yield
     finally:
-        layers.max_pool_first, layers.conv2d_nhwc = saved
+        layers.max_pool_first, layers.conv2d_nhwc, layers.dense_product = saved
 
 
 def data(steps, seed=0):
@@ -267,6 +275,9 @@ def main(argv=None):
             with gradients_by_jax_grad(pool=True, conv=True):
                 cases["jax K=1, pool+conv by jax.grad"] = jax_case(name, 1, args.steps)
                 cases["jax K=1, pool+conv by jax.grad"]()
+            with gradients_by_jax_grad(pool=False, dense=True):
+                cases["jax K=1, dense by jax.grad"] = jax_case(name, 1, args.steps)
+                cases["jax K=1, dense by jax.grad"]()
             cases["jax K=1, NCHW"] = jax_case(name, 1, args.steps, layout="NCHW")
             cases["jax K=1, XLA default options"] = jax_case(name, 1, args.steps, compiler_options=None)
         if with_torch:
