@@ -7,23 +7,30 @@ as mean ± spread and best-of-k over the seeds, which train together as one
 compiled program. Run as a command, the chapter asks JAX for one CPU device
 per core, and the seeds of a row are spread over them (two cores: two nets
 side by side; ``train.k_axis_mode``). Rows 6.11
-and 6.12 share one run of max(--seeds, 5) dropout nets: 6.11 reports each
-net, 6.12 their plurality vote (ties: the earliest net's label, as the book's
-Counter.most_common). Row 6.13 trains nothing: it counts the parameters of
-each chapter-6 net from its freshly initialized params, beside the book's
-arithmetic (a conv layer of 20 5×5 maps: 520; a fully connected layer of 30
-neurons on 784 pixels: 23,550).
+and 6.12 share max(--seeds, 5) dropout nets (seeds --seed, --seed + 1, ...):
+each net, once trained, is recorded as its own row ``6.11@<seed>`` (with its
+test predictions); 6.11 then reports the nets, 6.12 their plurality vote
+(ties: the earliest net's label, as the book's Counter.most_common), both
+written once every net is recorded. ``--nets`` trains some of them, so the
+ensemble can be trained over several sittings or machines into one --out.
+Row 6.13 trains nothing: it counts the parameters of each chapter-6 net
+from its freshly initialized params, beside the book's arithmetic (a conv
+layer of 20 5×5 maps: 520; a fully connected layer of 30 neurons on 784
+pixels: 23,550).
 
 Extra options (besides the shared ones below):
   --epochs N       run every row for N epochs instead of the book's 60 / 40
   --train-size N   use the first N training images (expanded rows: their
                    5N-image expansion) instead of 50,000 / 250,000
-Both are recorded in the JSON and printed in the table's notes, so a
+  --nets I [I ...] rows 6.11/6.12: train only these of the ensemble's nets
+                   (0 is seed --seed); the others are taken from --out
+The first two are recorded in the JSON and printed in the table's notes, so a
 shortened run is never passed off as the book's setting.
 
     python -m experiments.chap6 --quick
     python -m experiments.chap6 --only 6.1 6.2 --seeds 3
     python -m experiments.chap6 --only 6.11 6.12 --epochs 10 --train-size 10000
+    python -m experiments.chap6 --only 6.11 6.12 --nets 0 1 --out reproduced/chap6 --resume
 """
 import sys
 import time
@@ -99,6 +106,10 @@ def add_arguments(p):
                    help="epochs per row instead of the book's (default: the book's; --quick: 1)")
     p.add_argument("--train-size", type=int, default=None,
                    help="training images instead of the book's 50,000 (expanded rows: 5x this)")
+    p.add_argument("--nets", type=int, nargs="+", default=None, metavar="I",
+                   help="rows 6.11/6.12: train only these of the ensemble's nets (0 = seed --seed, "
+                        "1 = --seed + 1, ...), each recorded as row 6.11@<seed>; 6.11 and 6.12 are "
+                        "written once all the nets are recorded in --out (default: every net)")
 
 
 def load(args):
@@ -126,7 +137,7 @@ def run(args):
     expanded = None
     rows, extra = [], {"settings": {"epochs_override": args.epochs, "train_size": len(training.y),
                                     "eval_size": len(test.y), "mini_batch_size": MB}, "curves": {}}
-    shared = {}   # 6.11 and 6.12 share one run
+    handled = set()   # 6.11 and 6.12 share one ensemble
     for spec in ROWS:
         r = dict(zip(COLUMNS, spec))
         if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
@@ -142,69 +153,157 @@ def run(args):
         train_set = expanded if r["expanded"] else training
         epochs = args.epochs_run(r["epochs"])
         net_layers = architecture(r["arch"], r["activation"], r["n"])
+        if r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble, handled once
+            if "ensemble" not in handled:
+                handled.add("ensemble")
+                rows.extend(ensemble_rows(args, net_layers, train_set, validation, test, epochs))
+            continue
         seeds = report.seeds(args)
-        if r["arch"] == "dropout":
-            seeds = [args.seed + k for k in range(max(args.seeds, ENSEMBLE_SIZE))]
-        key = (r["arch"], r["n"])
-        done = report.finished_row(args, r["id"], epochs=epochs, train_size=len(train_set.y),
-                                   seeds=seeds[:ENSEMBLE_SIZE] if r["id"] == "6.12" else seeds)
+        done = report.finished_row(args, r["id"], epochs=epochs, train_size=len(train_set.y), seeds=seeds)
         if done is not None:
             print(f"\n{r['id']}: already in {args.out}/results.json (finished {done.get('finished')}); "
                   "--resume skips it", flush=True)
             continue
-        if key in shared:
-            out = shared[key]
-        else:
-            print(f"\n{r['id']}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
-                  f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
-            run_id = "6.11" if r["arch"] == "dropout" else r["id"]   # 6.11 and 6.12 share one run
-            ckpt = report.row_checkpoint(args, run_id, {
-                "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
-                "epochs": epochs, "expanded": r["expanded"]})
-            if not args.quick:
-                print("  " + estimate(net_layers, seeds, train_set, epochs - ckpt.epochs_done(), r["eta"],
-                                      r["lmbda"], validation, test), flush=True)
-            t0 = time.time()
-            progress = _progress(r["id"], epochs, len(validation.y), len(test.y), t0)
-            train_fn = network3.ensemble if r["arch"] == "dropout" else network3.train_many
-            out = train_fn(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
-                           seeds=seeds, on_epoch=progress, checkpoint=ckpt)
-            if r["arch"] == "dropout":
-                shared[key] = out
+        out = train_row(args, r["id"], r, net_layers, seeds, train_set, validation, test, epochs)
         note = settings_note(args, r["epochs"], len(train_set.y), r["expanded"])
-        common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs,
-                      book_epochs=r["epochs"], train_size=len(train_set.y), seconds=out["seconds"],
-                      best_epoch=out["best_epoch"], best_validation=100 * out["best_validation"],
-                      diverged_at=out["diverged_at"],
-                      devices=out["devices"])
-        if out["earlier_seconds"] or out["untimed_epochs"]:  # resumed: the time of its earlier sittings
-            common |= dict(earlier_seconds=out["earlier_seconds"], untimed_epochs=out["untimed_epochs"])
-        if r["id"] == "6.12":
-            ens = seeds[:ENSEMBLE_SIZE]
-            vote = out["vote"] if len(seeds) == ENSEMBLE_SIZE else _vote(out, ENSEMBLE_SIZE)
-            acc = 100 * float(np.mean(vote == test.y))
-            errors = np.flatnonzero(vote != test.y)
-            rows.append(report.row(r["id"], r["experiment"], r["book"], acc,
-                                   note=(note + "; " if note else "") + f"{len(errors)} errors of {len(test.y)}"
-                                   + " (book: 33 of 10,000)",
-                                   **common | {"seeds": ens, "errors": len(errors),
-                                               "test_predictions": predictions_record(out["predictions"][:len(ens)])}))
-            _ensemble_errors(args, test, vote, errors)
-        else:
-            if r["id"] == "6.5":
-                note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
-                                                       "accuracy very similar to sigmoid (6.4)")
-            rows.append(report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
-                                   note=note, **common))
-        extra["curves"][r["id"]] = {"validation_accuracy": out["validation_accuracy"],
-                                    "test_accuracy": out["test_accuracy"]}
-        if r["arch"] != "shallow" and r["id"] != "6.12":  # 6.12 votes with 6.11's nets
+        if r["id"] == "6.5":
+            note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
+                                                   "accuracy very similar to sigmoid (6.4)")
+        rows.append(report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
+                               note=note, **row_settings(r, out, seeds, epochs, train_set)))
+        curves = {r["id"]: {"validation_accuracy": out["validation_accuracy"],
+                            "test_accuracy": out["test_accuracy"]}}
+        extra["curves"].update(curves)
+        if r["arch"] != "shallow":
             _filters(args, r["id"], net_layers, out["params"])
-        report.record(args, rows[-1:], settings=extra["settings"],
-                      curves={r["id"]: extra["curves"][r["id"]]})
-        if key not in shared or r["id"] == "6.12" or not report.wanted(args, "6.12"):
-            report.remove_checkpoints(args, run_id)
+        report.record(args, rows[-1:], settings=extra["settings"], curves=curves)
+        report.remove_checkpoints(args, r["id"])
     return rows, extra
+
+
+def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, epochs):
+    """Train the nets of ``seeds`` for row ``r`` (checkpointed as ``run_id``),
+    printing the estimate first and a line per epoch: ``network3.train_many``'s dict."""
+    print(f"\n{run_id}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
+          f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
+    ckpt = report.row_checkpoint(args, run_id, {
+        "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
+        "epochs": epochs, "expanded": r["expanded"]})
+    if not args.quick:
+        print("  " + estimate(net_layers, seeds, train_set, epochs - ckpt.epochs_done(), r["eta"],
+                              r["lmbda"], validation, test), flush=True)
+    progress = _progress(run_id, epochs, len(validation.y), len(test.y), time.time())
+    return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
+                               seeds=seeds, on_epoch=progress, checkpoint=ckpt)
+
+
+def row_settings(r, out, seeds, epochs, train_set):
+    """What every trained row records beside its measured figure."""
+    common = dict(seeds=seeds, eta=r["eta"], lmbda=r["lmbda"], epochs=epochs, book_epochs=r["epochs"],
+                  train_size=len(train_set.y), seconds=out["seconds"], best_epoch=out["best_epoch"],
+                  best_validation=100 * out["best_validation"], diverged_at=out["diverged_at"],
+                  devices=out["devices"])
+    if out["earlier_seconds"] or out["untimed_epochs"]:  # resumed: the time of its earlier sittings
+        common |= dict(earlier_seconds=out["earlier_seconds"], untimed_epochs=out["untimed_epochs"])
+    return common
+
+
+def ensemble_seeds(args):
+    """The seeds of rows 6.11/6.12's dropout nets: --seed, --seed + 1, ...,
+    max(--seeds, 5) of them (the vote takes the first five)."""
+    return [args.seed + k for k in range(max(args.seeds, ENSEMBLE_SIZE))]
+
+
+def net_row_id(seed):
+    """The row that records one dropout net of the ensemble."""
+    return f"6.11@{seed}"
+
+
+def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
+    """Rows 6.11 and 6.12 (and one row ``6.11@<seed>`` per dropout net).
+
+    Trains the nets this command asks for (``--nets``, default all; with
+    ``--resume`` those already recorded in --out with the same epochs and
+    data are skipped) as one K-net run, records each net as its own row the
+    moment the run ends (its test accuracy at the best validation epoch, its
+    curves and its 10,000 test predictions), then, when every net of the
+    ensemble is recorded, composes 6.11 (the nets' accuracies) and 6.12 (the
+    plurality vote of the first five, from the recorded predictions, so nets
+    trained in other sittings vote alike). The seeds decide the nets: a net
+    trained alone or beside others is the same net."""
+    r11, r12 = (dict(zip(COLUMNS, spec)) for spec in ROWS if spec[0] in ("6.11", "6.12"))
+    seeds = ensemble_seeds(args)
+    bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
+    if bad:
+        raise SystemExit(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
+                         f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
+    asked = [seeds[i] for i in sorted(set(args.nets))] if args.nets else seeds
+    same = dict(epochs=epochs, train_size=len(train_set.y))
+    todo = [s for s in asked if report.finished_row(args, net_row_id(s), seeds=[s], **same) is None]
+    if len(todo) < len(asked):
+        print(f"\n6.11: nets of seeds {', '.join(str(s) for s in asked if s not in todo)} already in "
+              f"{args.out}/results.json; --resume skips them", flush=True)
+    note = settings_note(args, r11["epochs"], len(train_set.y), r11["expanded"])
+    rows = []
+    if todo:
+        run_id = "6.11@" + "-".join(map(str, todo))
+        out = train_row(args, run_id, r11, net_layers, todo, train_set, validation, test, epochs)
+        preds = np.asarray(network3.predictions(net_layers, out["params"], test.x))
+        shared = row_settings(r11, out, todo, epochs, train_set)
+        curves = {}
+        for k, s in enumerate(todo):
+            per_net = {key: (v[k] if key in ("best_epoch", "best_validation", "diverged_at") else v)
+                       for key, v in shared.items()}
+            rows.append(report.row(net_row_id(s), f"{r11['experiment']}: net {seeds.index(s)} (seed {s})", None,
+                                   100 * out["test_at_best"][k], note=note, **per_net
+                                   | {"seeds": [s], "trained_with": todo,
+                                      "test_predictions": predictions_record(preds[k:k + 1])[0]}))
+            curves[net_row_id(s)] = {"validation_accuracy": out["validation_accuracy"][:, k],
+                                     "test_accuracy": out["test_accuracy"][:, k]}
+        if seeds[0] in todo:   # the filters of the first net, as for every other row
+            _filters(args, "6.11", net_layers, out["params"], net=todo.index(seeds[0]))
+        report.record(args, rows, curves=curves)
+        report.remove_checkpoints(args, run_id)
+    recorded = [report.recorded_row(args, net_row_id(s), seeds=[s], **same) for s in seeds]
+    missing = [i for i, n in enumerate(recorded) if n is None]
+    if missing:
+        print(f"\n6.11/6.12: {len(seeds) - len(missing)} of the ensemble's {len(seeds)} nets are recorded in "
+              f"{args.out}/results.json; the rows are written once the others are trained "
+              f"(--nets {' '.join(map(str, missing))})", flush=True)
+        return rows
+    return rows + composed_ensemble_rows(args, r11, r12, recorded, test, note)
+
+
+def composed_ensemble_rows(args, r11, r12, nets, test, note):
+    """Rows 6.11 and 6.12 from the recorded rows of the ensemble's nets."""
+    results = report.read_results(args.out)
+    seeds = [n["seeds"][0] for n in nets]
+    # the training time of every run that trained some of the nets, each counted once; the runs
+    # other than this command's are "earlier" (not in this run's wall time)
+    runs = {(n["run"], tuple(n["trained_with"])): n for n in nets}.values()
+    seconds = sum(n["seconds"] for n in runs)
+    earlier = sum(n["seconds"] if n["run"] != args.run_id else n.get("earlier_seconds", 0.0) for n in runs)
+    common = dict(eta=r11["eta"], lmbda=r11["lmbda"], epochs=nets[0]["epochs"], book_epochs=r11["epochs"],
+                  train_size=nets[0]["train_size"], seconds=seconds, nets=[n["id"] for n in nets],
+                  devices=max(n["devices"] for n in nets))
+    if earlier:
+        common["earlier_seconds"] = earlier
+    per_net = {key: [n[key] for n in nets] for key in ("best_epoch", "best_validation", "diverged_at")}
+    curves = {"6.11": {key: np.stack([results["curves"][n["id"]][key] for n in nets], axis=1)
+                       for key in ("validation_accuracy", "test_accuracy")}}
+    row11 = report.row("6.11", r11["experiment"], r11["book"], [n["measured"] for n in nets], note=note,
+                       seeds=seeds, **common, **per_net)
+    ens = nets[:ENSEMBLE_SIZE]
+    vote = recorded_vote({"test_predictions": [n["test_predictions"] for n in ens]})
+    errors = np.flatnonzero(vote != test.y)
+    row12 = report.row("6.12", r12["experiment"], r12["book"], 100 * float(np.mean(vote == test.y)),
+                       note=(note + "; " if note else "") + f"{len(errors)} errors of {len(test.y)}"
+                       + " (book: 33 of 10,000)",
+                       seeds=seeds[:ENSEMBLE_SIZE], **common | {"nets": [n["id"] for n in ens]}, errors=len(errors),
+                       test_predictions=[n["test_predictions"] for n in ens])
+    _ensemble_errors(args, test, vote, errors)
+    report.record(args, [row11, row12], curves=curves)
+    return [row11, row12]
 
 
 def layer_parameter_counts(net_layers, key):
@@ -240,10 +339,6 @@ def parameter_count_rows(r, key):
                                sum(per_layer), unit="", note="per layer: " + " + ".join(map(str, per_layer))
                                + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids))
     return rows
-
-
-def _vote(out, k):
-    return np.asarray(train.plurality_vote(out["predictions"][:k], 10))
 
 
 def predictions_record(predictions):
@@ -315,15 +410,15 @@ def _mosaic(tiles, cols, pad=1):
     return out
 
 
-def _filters(args, row_id, net_layers, params):
+def _filters(args, row_id, net_layers, params, net=0):
     """filters_<row>_layer_0.png (and _1 for two conv layers): the learned
-    filters of the row's first net (seed --seed), as the book's
+    filters of the row's net ``net`` (the first: seed --seed), as the book's
     net_full_layer_0.png / _1.png; dark = positive weight, as in the book.
     One file per row, so rows run by several processes into one folder keep
     their own figures."""
     convs = [i for i, layer in enumerate(net_layers) if isinstance(layer, ConvPoolLayer)]
     for j, i in enumerate(convs[:2]):
-        w = np.asarray(params[i]["w"][0])               # net 0: [k, c, 5, 5]
+        w = np.asarray(params[i]["w"][net])             # [k, c, 5, 5]
         tiles = w.reshape(-1, w.shape[2], w.shape[3])   # layer 1: row k holds its c input filters
         fig, path = report.figure(args, f"filters_{row_id}_layer_{j}")
         if fig is None:

@@ -423,19 +423,23 @@ def recorded_rows(args):
     return [] if results is None else results["rows"]
 
 
-def finished_row(args, row_id, **settings):
-    """With ``--resume``: row ``row_id`` as an earlier run into ``--out``
-    recorded it, when its quick and x64 flags and every one of ``settings``
-    (seeds, epochs, ...) are this command's; else None. A chapter then skips
-    the row, so a queue of rows resumed after an interruption trains only what
-    is left (without ``--resume`` a row asked for is trained again)."""
-    if not args.resume:
-        return None
+def recorded_row(args, row_id, **settings):
+    """Row ``row_id`` as a run into ``--out`` recorded it, when its quick and
+    x64 flags and every one of ``settings`` (seeds, epochs, ...) are this
+    command's; else None."""
     for r in recorded_rows(args):
         if (r["id"] == row_id and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
                 and all(r.get(k) == v for k, v in settings.items())):
             return r
     return None
+
+
+def finished_row(args, row_id, **settings):
+    """With ``--resume``: ``recorded_row(args, row_id, **settings)``; else None.
+    A chapter then skips the row, so a queue of rows resumed after an
+    interruption trains only what is left (without ``--resume`` a row asked
+    for is trained again)."""
+    return recorded_row(args, row_id, **settings) if args.resume else None
 
 
 def finish(args, rows, **payload):

@@ -35,8 +35,13 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     assert results["complete"] is True
     counts = {r["id"]: r for r in results["rows"] if r["id"].startswith("6.13")}
     check_parameter_counts(counts)
-    rows = {r["id"]: r for r in results["rows"] if not r["id"].startswith("6.13")}
+    nets = [r for r in results["rows"] if r["id"].startswith("6.11@")]
+    rows = {r["id"]: r for r in results["rows"] if not r["id"].startswith(("6.13", "6.11@"))}
     assert set(rows) == {"6.1", "6.3", "6.11", "6.12"}
+    # each dropout net is a row of its own, and 6.11 is made of them
+    assert [n["id"] for n in nets] == [f"6.11@{s}" for s in range(12345678, 12345683)] == rows["6.11"]["nets"]
+    assert rows["6.11"]["measured"]["runs"] == [n["measured"] for n in nets]
+    assert all(n["book"] is None and n["trained_with"] == rows["6.11"]["seeds"] for n in nets)
     assert len(rows["6.1"]["measured"]["runs"]) == 2
     assert len(rows["6.11"]["measured"]["runs"]) == 5 and rows["6.12"]["seeds"] == list(range(12345678, 12345683))
     for r in rows.values():
@@ -50,6 +55,7 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     # the vote recomputed from the recorded per-net test predictions, without the weights
     test_y = data.load_mnist(mnist_dir).test.y[:results["settings"]["eval_size"]]
     assert [len(p) for p in rows["6.12"]["test_predictions"]] == [len(test_y)] * 5
+    assert rows["6.12"]["test_predictions"] == [n["test_predictions"] for n in nets]
     vote = chap6.recorded_vote(rows["6.12"])
     assert int(np.sum(vote != test_y)) == rows["6.12"]["errors"]
     assert 100 * float(np.mean(vote == test_y)) == pytest.approx(rows["6.12"]["measured"])
@@ -58,6 +64,30 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
         assert (tmp_path / name).stat().st_size > 0
     assert not (tmp_path / "filters_6.1_layer_0.png").exists()    # the shallow net has no filters
     assert not (tmp_path / "filters_6.12_layer_0.png").exists()   # 6.12 votes with 6.11's nets
+
+
+def test_ensemble_trained_in_parts_is_the_ensemble_trained_at_once(tmp_path, mnist_dir, capsys):
+    """6.11's five nets trained as --nets 3 4, then --nets 0 1 2 in a later
+    command into the same --out, give rows 6.11 and 6.12 only once all five
+    are recorded, and the very nets (same test predictions, bit for bit) and
+    vote of one command training all five."""
+    common = ["--quick", "--data-dir", str(mnist_dir), "--only", "6.11", "6.12"]
+    parts, whole = tmp_path / "parts", tmp_path / "whole"
+    chap6.main(common + ["--out", str(parts), "--nets", "3", "4"])
+    first = {r["id"] for r in json.loads((parts / "results.json").read_text())["rows"]}
+    assert first == {"6.11@12345681", "6.11@12345682"}   # no 6.11 / 6.12 yet: 2 of 5 nets
+    assert "2 of the ensemble's 5 nets are recorded" in capsys.readouterr().out
+    chap6.main(common + ["--out", str(parts), "--nets", "0", "1", "2", "4", "--resume"])
+    assert "nets of seeds 12345682 already in" in capsys.readouterr().out   # recorded: not retrained
+    chap6.main(common + ["--out", str(whole)])
+    got, want = ({r["id"]: r for r in json.loads((d / "results.json").read_text())["rows"]} for d in (parts, whole))
+    assert set(got) == set(want) == {"6.11", "6.12"} | {f"6.11@{s}" for s in range(12345678, 12345683)}
+    assert got["6.12"]["test_predictions"] == want["6.12"]["test_predictions"]
+    assert got["6.12"]["measured"] == want["6.12"]["measured"] and got["6.12"]["errors"] == want["6.12"]["errors"]
+    assert got["6.11"]["measured"] == want["6.11"]["measured"]
+    assert got["6.11@12345681"]["trained_with"] == [12345681, 12345682] and got["6.11"]["seconds"] > 0
+    with pytest.raises(SystemExit, match="the ensemble has nets 0 to 4"):
+        chap6.main(common + ["--out", str(tmp_path / "bad"), "--nets", "5"])
 
 
 def check_parameter_counts(rows):
