@@ -137,7 +137,7 @@ def run(args):
     expanded = None
     rows, extra = [], {"settings": {"epochs_override": args.epochs, "train_size": len(training.y),
                                     "eval_size": len(test.y), "mini_batch_size": MB}, "curves": {}}
-    handled = set()   # 6.11 and 6.12 share one ensemble
+    ensemble_done = False   # 6.11 and 6.12 share one ensemble
     for spec in ROWS:
         r = dict(zip(COLUMNS, spec))
         if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
@@ -154,8 +154,8 @@ def run(args):
         epochs = args.epochs_run(r["epochs"])
         net_layers = architecture(r["arch"], r["activation"], r["n"])
         if r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble, handled once
-            if "ensemble" not in handled:
-                handled.add("ensemble")
+            if not ensemble_done:
+                ensemble_done = True
                 rows.extend(ensemble_rows(args, net_layers, train_set, validation, test, epochs))
             continue
         seeds = report.seeds(args)
@@ -214,6 +214,9 @@ def ensemble_seeds(args):
     return [args.seed + k for k in range(max(args.seeds, ENSEMBLE_SIZE))]
 
 
+PER_NET = ("best_epoch", "best_validation", "diverged_at")   # [K] in a run's settings, one value a net
+
+
 def net_row_id(seed):
     """The row that records one dropout net of the ensemble."""
     return f"6.11@{seed}"
@@ -252,8 +255,7 @@ def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
         shared = row_settings(r11, out, todo, epochs, train_set)
         curves = {}
         for k, s in enumerate(todo):
-            per_net = {key: (v[k] if key in ("best_epoch", "best_validation", "diverged_at") else v)
-                       for key, v in shared.items()}
+            per_net = {key: (v[k] if key in PER_NET else v) for key, v in shared.items()}
             rows.append(report.row(net_row_id(s), f"{r11['experiment']}: net {seeds.index(s)} (seed {s})", None,
                                    100 * out["test_at_best"][k], note=note, **per_net
                                    | {"seeds": [s], "trained_with": todo,
@@ -288,7 +290,7 @@ def composed_ensemble_rows(args, r11, r12, nets, test, note):
                   devices=max(n["devices"] for n in nets))
     if earlier:
         common["earlier_seconds"] = earlier
-    per_net = {key: [n[key] for n in nets] for key in ("best_epoch", "best_validation", "diverged_at")}
+    per_net = {key: [n[key] for n in nets] for key in PER_NET}
     curves = {"6.11": {key: np.stack([results["curves"][n["id"]][key] for n in nets], axis=1)
                        for key in ("validation_accuracy", "test_accuracy")}}
     row11 = report.row("6.11", r11["experiment"], r11["book"], [n["measured"] for n in nets], note=note,
