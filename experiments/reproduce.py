@@ -18,6 +18,7 @@ table, the block between the two ``results:`` marker comments, from the full
 (not --quick) rows of ``reproduced/chapN/results.json``.
 """
 import argparse
+import datetime
 import importlib
 import sys
 import time
@@ -129,6 +130,44 @@ def _duration(seconds):
     return "—" if seconds is None else report.duration(seconds)
 
 
+def run_interval(run):
+    """(start, end) in seconds since the epoch of a recorded run, from the
+    start time its id begins with and its wall_seconds; None when the id does
+    not start with a time (results written before run ids did)."""
+    try:
+        start = datetime.datetime.fromisoformat(run["id"].split(" pid ")[0]).timestamp()
+    except (KeyError, ValueError):
+        return None
+    return start, start + run.get("wall_seconds", 0)
+
+
+def wall_clock_seconds(runs):
+    """The wall time ``runs`` took together: the length of the union of their
+    intervals, so two runs side by side (one per core) count once; a run with
+    no start time adds its wall_seconds."""
+    spans = sorted(filter(None, map(run_interval, runs)))
+    total = sum(run.get("wall_seconds", 0) for run in runs if run_interval(run) is None)
+    end = None
+    for a, b in spans:
+        if end is None or a > end:
+            total, end = total + b - a, b
+        elif b > end:
+            total, end = total + b - end, b
+    return total
+
+
+def wall_text(runs, rows=()):
+    """"3 h 2 min wall", with what it holds in brackets: where runs ran side by
+    side (one per core), their summed time too; where ``rows`` were resumed over
+    several sittings, the earlier sittings (``earlier_seconds``, added to both
+    times) and the restored epochs that no timing covers (``untimed_epochs``)."""
+    earlier = sum(r.get("earlier_seconds", 0) for r in rows)
+    wall, summed = wall_clock_seconds(runs) + earlier, sum(r.get("wall_seconds", 0) for r in runs) + earlier
+    notes = [f"{_duration(summed)} of runs, some side by side"] if summed - wall >= 1 else []
+    notes += [resumed_text(rows)] if resumed_text(rows) else []
+    return f"{_duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def _runs_text(results):
     lines = []
     for run in results.get("runs", []):
@@ -158,9 +197,9 @@ def report_page(out):
     lines += ["| chapter | rows | kind | seeds | wall time | machine |", "|---|---|---|---|---|---|"]
     for name, res in results.items():
         kinds = {("quick" if r.get("quick", res.get("quick")) else "full") for r in res["rows"]}
-        wall = sum(run.get("wall_seconds", 0) for run in res.get("runs", []))
+        wall = _duration(wall_clock_seconds(res.get("runs", [])))
         lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
-                     f"{_seeds_text(res.get('seeds'))} | {_duration(wall)} | {machine(res.get('environment'))} |")
+                     f"{_seeds_text(res.get('seeds'))} | {wall} | {machine(res.get('environment'))} |")
     for name, res in results.items():
         lines += ["", f"## {name}", "", "Runs:", ""] + _runs_text(res) + ["", report.markdown_table(res["rows"])]
         if isinstance(res.get("settings"), dict):
@@ -197,12 +236,10 @@ def readme_block(root=None):
                 if "SHORTENED" in r.get("note", "") else r for r in rows]
         runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in rows)]
         machines = sorted({machine(run.get("environment")) for run in runs})
-        earlier = sum(r.get("earlier_seconds", 0) for r in rows)
         lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "
                   f"every row in [reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
                   f"seeds {_seeds_text(res.get('seeds'))}, "
-                  f"{_duration(sum(run.get('wall_seconds', 0) for run in runs) + earlier)} wall"
-                  f"{resumed_text(rows)} on "
+                  f"{wall_text(runs, rows)} on "
                   f"{'; '.join(machines)}.", "", report.markdown_table(rows, notes=False), ""]
     if len(lines) == 2:
         lines += ["(No full results under reproduced/ yet.)", ""]
@@ -213,14 +250,14 @@ def resumed_text(rows):
     """What the wall time of a chapter's line holds beyond its runs: rows
     resumed over several sittings add their earlier sittings' epochs
     (``earlier_seconds``); epochs restored from a checkpoint older than the
-    epoch timing (``untimed_epochs``) are not in it."""
+    epoch timing (``untimed_epochs``) are not in it. "" when no row was resumed."""
     resumed = [r for r in rows if r.get("earlier_seconds") or r.get("untimed_epochs")]
     if not resumed:
         return ""
     untimed = sum(r.get("untimed_epochs", 0) for r in resumed)
-    return (f" (with the earlier sittings of {len(resumed)} resumed row{'s' * (len(resumed) > 1)}"
+    return (f"with the earlier sittings of {len(resumed)} resumed row{'s' * (len(resumed) > 1)}"
             + (f"; {untimed} epochs restored from checkpoints that predate epoch timing are not counted"
-               if untimed else "") + ")")
+               if untimed else ""))
 
 
 def update_readme(readme=README, root=None):

@@ -205,6 +205,22 @@ def test_readme_wall_time_adds_the_earlier_sittings_of_resumed_rows(tmp_path):
     assert "resumed" not in line
 
 
+def test_wall_time_counts_runs_side_by_side_once_and_says_what_they_summed_to():
+    """Two runs started together on two cores take the longer one's wall time,
+    not the sum; a later run adds its own; a run id without a start time adds
+    its wall_seconds."""
+    runs = [{"id": "2026-12-02T10:00:00+00:00 pid 1 #1", "wall_seconds": 3600.0},
+            {"id": "2026-12-02T10:30:00+00:00 pid 2 #1", "wall_seconds": 3600.0},   # 10:30-11:30: overlaps
+            {"id": "2026-12-02T12:00:00+00:00 pid 3 #1", "wall_seconds": 600.0}]
+    assert reproduce.wall_clock_seconds(runs) == 5400.0 + 600.0
+    assert reproduce.wall_clock_seconds(runs + [{"id": "run 4", "wall_seconds": 60.0}]) == 6060.0
+    assert reproduce.wall_text(runs) == "1 h 40 min wall (2 h 10 min of runs, some side by side)"
+    assert reproduce.wall_text(runs[2:]) == "10 min 0 s wall"
+    rows = [{"id": "6.7", "earlier_seconds": 600.0}]
+    assert reproduce.wall_text(runs, rows) == ("1 h 50 min wall (2 h 20 min of runs, some side by side; "
+                                               "with the earlier sittings of 1 resumed row)")
+
+
 def test_readme_results_table_is_what_the_committed_reproduced_files_give():
     """The README's generated block can never drift from reproduced/: regenerate
     it with `nndl-jax report --readme` after adding results there."""
