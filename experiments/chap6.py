@@ -24,6 +24,9 @@ Extra options (besides the shared ones below):
                    5N-image expansion) instead of 50,000 / 250,000
   --nets I [I ...] rows 6.11/6.12: train only these of the ensemble's nets
                    (0 is seed --seed); the others are taken from --out
+  --devices N      CPU devices to ask JAX for when run as a command (default:
+                   one per core this process may run on); 1 for a lone net,
+                   whose step then has both cores' threads to itself
 The first two are recorded in the JSON and printed in the table's notes, so a
 shortened run is never passed off as the book's setting.
 
@@ -31,7 +34,9 @@ shortened run is never passed off as the book's setting.
     python -m experiments.chap6 --only 6.1 6.2 --seeds 3
     python -m experiments.chap6 --only 6.11 6.12 --epochs 10 --train-size 10000
     python -m experiments.chap6 --only 6.11 6.12 --nets 0 1 --out reproduced/chap6 --resume
+    python -m experiments.chap6 --only 6.11 6.12 --nets 4 --devices 1 --out reproduced/chap6 --resume
 """
+import argparse
 import sys
 import time
 
@@ -110,6 +115,20 @@ def add_arguments(p):
                    help="rows 6.11/6.12: train only these of the ensemble's nets (0 = seed --seed, "
                         "1 = --seed + 1, ...), each recorded as row 6.11@<seed>; 6.11 and 6.12 are "
                         "written once all the nets are recorded in --out (default: every net)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="CPU devices for JAX, read before JAX starts (default: one per core); "
+                        "1 for a lone net, e.g. the fifth dropout net")
+
+
+def requested_devices(argv):
+    """The --devices of a command line (None when absent), read before JAX
+    starts, since the device count is fixed once it has run anything."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--devices", type=int, default=None)
+    n = p.parse_known_args(argv)[0].devices
+    if n is not None and n < 1:
+        raise SystemExit(f"chap6: --devices {n}: need at least 1 CPU device (default: one per core)")
+    return n
 
 
 def load(args):
@@ -457,6 +476,10 @@ def main(argv=None):
         raise SystemExit("chap6: --epochs must be at least 1")
     if args.train_size is not None and args.train_size < MB:
         raise SystemExit(f"chap6: --train-size must be at least the mini-batch size {MB}")
+    requested_devices(["--devices", str(args.devices)] if args.devices is not None else [])
+    if args.devices is not None and args.devices != len(jax.local_devices()):
+        print(f"chap6: --devices {args.devices} has no effect here: JAX already runs with "
+              f"{len(jax.local_devices())} devices (it applies to `python -m experiments.chap6`)", flush=True)
     if args.quick and "--seeds" not in (argv if argv is not None else sys.argv[1:]):
         args.seeds = QUICK["seeds"]  # quick: one net per row (the dropout rows still train 5)
     quick_epochs = QUICK["epochs"] if args.quick else None
@@ -468,5 +491,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     report.stop_at_once_on_interrupt()
-    devices.use_cpu_devices_unless_started()  # one CPU device per core: K nets run side by side
+    devices.use_cpu_devices_unless_started(requested_devices(sys.argv[1:]))  # default: one per core
     main()

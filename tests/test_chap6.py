@@ -90,6 +90,15 @@ def test_ensemble_trained_in_parts_is_the_ensemble_trained_at_once(tmp_path, mni
         chap6.main(common + ["--out", str(tmp_path / "bad"), "--nets", "5"])
 
 
+def test_devices_option_is_read_from_the_command_line_before_jax_starts_and_checked():
+    """--devices N (for `python -m experiments.chap6`, read before JAX runs
+    anything): absent means one device per core; below 1 is refused."""
+    assert chap6.requested_devices(["--only", "6.11", "--devices", "1", "--nets", "4"]) == 1
+    assert chap6.requested_devices(["--only", "6.11"]) is None
+    with pytest.raises(SystemExit, match="--devices 0: need at least 1 CPU device"):
+        chap6.requested_devices(["--devices", "0"])
+
+
 def check_parameter_counts(rows):
     """6.13 counts the leaves of initialized params; the expected numbers here
     are the book's arithmetic, (inputs + 1) × outputs per layer, conv maps
