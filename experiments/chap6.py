@@ -120,15 +120,19 @@ def add_arguments(p):
                         "1 for a lone net, e.g. the fifth dropout net")
 
 
+def checked_devices(n):
+    """``n`` (a --devices value, None for the default), or SystemExit when below 1."""
+    if n is not None and n < 1:
+        raise SystemExit(f"chap6: --devices {n}: need at least 1 CPU device (default: one per core)")
+    return n
+
+
 def requested_devices(argv):
     """The --devices of a command line (None when absent), read before JAX
     starts, since the device count is fixed once it has run anything."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--devices", type=int, default=None)
-    n = p.parse_known_args(argv)[0].devices
-    if n is not None and n < 1:
-        raise SystemExit(f"chap6: --devices {n}: need at least 1 CPU device (default: one per core)")
-    return n
+    add_arguments(p)
+    return checked_devices(p.parse_known_args(argv)[0].devices)
 
 
 def load(args):
@@ -476,9 +480,9 @@ def main(argv=None):
         raise SystemExit("chap6: --epochs must be at least 1")
     if args.train_size is not None and args.train_size < MB:
         raise SystemExit(f"chap6: --train-size must be at least the mini-batch size {MB}")
-    requested_devices(["--devices", str(args.devices)] if args.devices is not None else [])
-    if args.devices is not None and args.devices != len(jax.local_devices()):
-        print(f"chap6: --devices {args.devices} has no effect here: JAX already runs with "
+    n_devices = checked_devices(args.devices)
+    if n_devices is not None and n_devices != len(jax.local_devices()):
+        print(f"chap6: --devices {n_devices} has no effect here: JAX already runs with "
               f"{len(jax.local_devices())} devices (it applies to `python -m experiments.chap6`)", flush=True)
     if args.quick and "--seeds" not in (argv if argv is not None else sys.argv[1:]):
         args.seeds = QUICK["seeds"]  # quick: one net per row (the dropout rows still train 5)

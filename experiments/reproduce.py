@@ -145,8 +145,9 @@ def wall_clock_seconds(runs):
     """The wall time ``runs`` took together: the length of the union of their
     intervals, so two runs side by side (one per core) count once; a run with
     no start time adds its wall_seconds."""
-    spans = sorted(filter(None, map(run_interval, runs)))
-    total = sum(run.get("wall_seconds", 0) for run in runs if run_interval(run) is None)
+    intervals = [(run, run_interval(run)) for run in runs]
+    spans = sorted(span for _, span in intervals if span is not None)
+    total = sum(run.get("wall_seconds", 0) for run, span in intervals if span is None)
     end = None
     for a, b in spans:
         if end is None or a > end:
@@ -164,7 +165,7 @@ def wall_text(runs, rows=()):
     earlier = sum(r.get("earlier_seconds", 0) for r in rows)
     wall, summed = wall_clock_seconds(runs) + earlier, sum(r.get("wall_seconds", 0) for r in runs) + earlier
     notes = [f"{_duration(summed)} of runs, some side by side"] if summed - wall >= 1 else []
-    notes += [resumed_text(rows)] if resumed_text(rows) else []
+    notes += list(filter(None, [resumed_text(rows)]))
     return f"{_duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
 
 
