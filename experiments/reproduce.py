@@ -119,6 +119,13 @@ def machine(env):
     return f"{where}, {env.get('platform', '?')}, jax {env.get('jax', '?')}, Python {env.get('python', '?')}"
 
 
+def rows_seeds(rows, res=None):
+    """The sorted seeds that ``rows`` were run with (each row records its own;
+    a row without them falls back on its results file's, ``res["seeds"]``)."""
+    res = res or {}
+    return sorted({int(s) for r in rows for s in (r.get("seeds") or res.get("seeds") or [])})
+
+
 def _seeds_text(seeds):
     seeds = list(seeds or [])
     if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
@@ -200,7 +207,7 @@ def report_page(out):
         kinds = {("quick" if r.get("quick", res.get("quick")) else "full") for r in res["rows"]}
         wall = _duration(wall_clock_seconds(res.get("runs", [])))
         lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
-                     f"{_seeds_text(res.get('seeds'))} | {wall} | {machine(res.get('environment'))} |")
+                     f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | {machine(res.get('environment'))} |")
     for name, res in results.items():
         lines += ["", f"## {name}", "", "Runs:", ""] + _runs_text(res) + ["", report.markdown_table(res["rows"])]
         if isinstance(res.get("settings"), dict):
@@ -239,7 +246,7 @@ def readme_block(root=None):
         machines = sorted({machine(run.get("environment")) for run in runs})
         lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "
                   f"every row in [reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
-                  f"seeds {_seeds_text(res.get('seeds'))}, "
+                  f"seeds {_seeds_text(rows_seeds(rows, res))}, "
                   f"{wall_text(runs, rows)} on "
                   f"{'; '.join(machines)}.", "", report.markdown_table(rows, notes=False), ""]
     if len(lines) == 2:
