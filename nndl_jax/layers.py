@@ -79,15 +79,40 @@ _CONTRACT_BATCH = (((0,), (0,)), ((), ()))      # x [n, n_in] · dz [n, n_out] o
 def dense_product(x, w):
     """x·w for x [n, n_in] and w [n_in, n_out]: the weighted input of ``dense``.
 
-    The same function as ``x @ w``, with a hand-written VJP that makes the
-    weight gradient directly as xᵀ·dz, in w's own [n_in, n_out] layout.
-    ``jax.grad`` of ``x @ w`` makes it as (dzᵀ·x)ᵀ, and XLA:CPU keeps the
-    transpose as a column-major product that the SGD update then reads with a
-    stride: for network3's 1000×1000 layers that strided pass over 4 MB
-    costs more than the product itself (benchmarks/README.md).
+    The same function as ``x @ w``, with a hand-written VJP that chooses how
+    the weight gradient xᵀ·dz is made (``weight_gradient``), by w's shape.
     ``tests/test_equivalence.py`` checks it against ``jax.grad`` of ``x @ w``.
     """
     return x @ w
+
+
+# Layers at most this many units wide take their weight gradient as (dzᵀ·x)ᵀ.
+NARROW_LAYER = 32
+
+
+def weight_gradient(x, dz):
+    """xᵀ·dz [n_in, n_out] for x [n, n_in] and dz [n, n_out]: the weight
+    gradient of ``dense_product``, made in whichever of two layouts XLA:CPU
+    runs faster for the layer's width (measured on the 2-core CPU, scanned
+    epochs side by side; benchmarks/README.md).
+
+    - n_out > ``NARROW_LAYER`` (784×100, 640×1000, 1000×1000): directly as
+      xᵀ·dz, in w's own [n_in, n_out] layout. ``jax.grad`` of ``x @ w`` makes
+      (dzᵀ·x)ᵀ instead, which XLA keeps as a column-major product that the SGD
+      update then reads with a stride: for network3's 1000×1000 layers that
+      strided pass over 4 MB costs more than the product itself (dropout net
+      0.90× the step), and chapter 3's [784, 100, 10] step takes 0.82×.
+    - n_out ≤ ``NARROW_LAYER`` (the book's 784×30, and every 10-unit output
+      layer): as (dzᵀ·x)ᵀ. XLA:CPU makes a product contracted over the batch
+      axis with Eigen (not YNNPACK), which writes a [30, 784] result faster
+      than a [784, 30] one (10 against 15 µs a step, scanned alone), and
+      chapter 1's whole [784, 30, 10] step takes 0.83× the time of xᵀ·dz.
+    Either way the same sums are formed; the float64 tests hold both forms to
+    ``jax.grad`` of ``x @ w``.
+    """
+    if dz.shape[-1] <= NARROW_LAYER:
+        return jax.lax.dot_general(dz, x, _CONTRACT_BATCH).T
+    return jax.lax.dot_general(x, dz, _CONTRACT_BATCH)
 
 
 def _dense_product_fwd(x, w):
@@ -97,8 +122,7 @@ def _dense_product_fwd(x, w):
 def _dense_product_bwd(res, dz):
     x, w = res
     dx = jax.lax.dot_general(dz, w, _CONTRACT_FEATURES).astype(x.dtype)
-    dw = jax.lax.dot_general(x, dz, _CONTRACT_BATCH).astype(w.dtype)
-    return dx, dw
+    return dx, weight_gradient(x, dz).astype(w.dtype)
 
 
 dense_product.defvjp(_dense_product_fwd, _dense_product_bwd)

@@ -281,9 +281,10 @@ def test_log_costs_are_finite_with_finite_gradients_when_saturated(cost, x64):
     np.testing.assert_allclose(grad, want_grad, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("n, n_in, n_out", [(10, 784, 30), (7, 13, 5), (1, 4, 1)])
+# narrow layers (n_out <= layers.NARROW_LAYER: dw as (dzᵀ·x)ᵀ) and wide ones (dw as xᵀ·dz)
+@pytest.mark.parametrize("n, n_in, n_out", [(10, 784, 30), (7, 13, 5), (1, 4, 1), (10, 64, 100), (5, 20, 33)])
 def test_dense_product_hand_written_vjp_equals_jax_grad_of_the_plain_product(n, n_in, n_out):
-    """layers.dense_product's VJP (dw made as xᵀ·dz) against jax.grad of
+    """layers.dense_product's VJP (``layers.weight_gradient``) against jax.grad of
     ``x @ w``, float64, to 1e-12 absolute: alone, and vmapped over K = 3 stacked
     weight matrices as ``train.Trainer`` runs it (where jax.grad of the batched
     product ends in a transposed copy)."""
@@ -305,3 +306,15 @@ def test_dense_product_hand_written_vjp_equals_jax_grad_of_the_plain_product(n, 
                 assert g.shape == v.shape and g.dtype == jnp.float64
                 assert float(jnp.max(jnp.abs(v))) > 1e-3   # a gradient worth comparing
                 np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=0, atol=1e-12)
+
+
+def test_weight_gradient_both_layouts_are_x_transposed_times_dz():
+    """``layers.weight_gradient`` on each side of ``NARROW_LAYER``: [n_in, n_out],
+    equal to xᵀ·dz computed by NumPy in float64 (1e-12)."""
+    rng = np.random.default_rng(12)
+    with jax.enable_x64(True):
+        for n_out in (layers.NARROW_LAYER, layers.NARROW_LAYER + 1):
+            x, dz = rng.normal(size=(10, 50)), rng.normal(size=(10, n_out))
+            got = layers.weight_gradient(jnp.asarray(x), jnp.asarray(dz))
+            assert got.shape == (50, n_out) and got.dtype == jnp.float64
+            np.testing.assert_allclose(np.asarray(got), x.T @ dz, rtol=0, atol=1e-12)
