@@ -95,7 +95,7 @@ def every_weight_gradient_as_xT_dz():
     """While tracing: ``layers.weight_gradient`` as xᵀ·dz for every layer
     width (only for comparison; the layers look it up when traced)."""
     saved = layers.weight_gradient
-    layers.weight_gradient = lambda x, dz: jax.lax.dot_general(x, dz, (((0,), (0,)), ((), ())))
+    layers.weight_gradient = lambda x, dz: jax.lax.dot_general(x, dz, layers._CONTRACT_BATCH)
     try:
         yield
     finally:

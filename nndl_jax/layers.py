@@ -106,7 +106,8 @@ def weight_gradient(x, dz):
       layer): as (dzᵀ·x)ᵀ. XLA:CPU makes a product contracted over the batch
       axis with Eigen (not YNNPACK), which writes a [30, 784] result faster
       than a [784, 30] one (10 against 15 µs a step, scanned alone), and
-      chapter 1's whole [784, 30, 10] step takes 0.83× the time of xᵀ·dz.
+      chapter 1's whole [784, 30, 10] step takes 0.60–0.83× the time it
+      takes with xᵀ·dz (``bench_epoch``'s scan-xTdz row; interleaved probes).
     Either way the same sums are formed; the float64 tests hold both forms to
     ``jax.grad`` of ``x @ w``.
     """
