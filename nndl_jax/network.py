@@ -131,7 +131,7 @@ class Network:
         self._init_key = jax.random.split(jax.random.key(self.seed))[0]
         self.net = layers.mlp_net(self.sizes, self.activation, init=self.initializer)
         self._init, self._apply = self.net.init, self.net.apply
-        self.params = self._init(self._init_key, (self.sizes[0],))[1]
+        self.params = train.init_params(self.net, self._init_key, (self.sizes[0],))
 
     # --- the book's attributes -------------------------------------------------
     @property

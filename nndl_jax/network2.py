@@ -200,7 +200,8 @@ class Network(network.Network):
         self._draws += 1
         self.net = layers.mlp_net(self.sizes, self.activation, init=init)
         self._init, self._apply = self.net.init, self.net.apply
-        self.params = self._init(jax.random.fold_in(self._init_key, self._draws), (self.sizes[0],))[1]
+        self.params = train.init_params(self.net, jax.random.fold_in(self._init_key, self._draws),
+                                        (self.sizes[0],))
 
     def default_weight_initializer(self):
         """Fresh weights N(0, 1/n_in) (standard deviation 1/√n_in) and biases

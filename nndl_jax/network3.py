@@ -358,7 +358,7 @@ class Network:
         self._init, self._apply = self.net.init, self.net.apply
         self.seed = network.fresh_seed() if seed is None else train.check_seed(seed)
         init_keys, _ = train.seed_keys([self.seed])
-        self.params = self._init(init_keys[0], (self.layers[0].n_in_values,))[1]
+        self.params = train.init_params(self.net, init_keys[0], (self.layers[0].n_in_values,))
         self.history = None
         self.last_sgd_seed = None
         self._test_x = None

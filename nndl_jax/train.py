@@ -339,7 +339,7 @@ def use_compilation_cache():
     if folder is None or jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     return folder
 
 
@@ -798,8 +798,22 @@ def seed_keys(seeds):
 
 
 def init_many(init, keys, input_shape):
-    """Initialize K networks from [K] keys, stacked on a leading axis."""
-    return jax.vmap(lambda k: init(k, input_shape)[1])(keys)
+    """Initialize K networks from [K] keys, stacked on a leading axis (one
+    compiled program per ``init`` and input shape, not one per random draw)."""
+    return _compiled_init(init, tuple(input_shape), True)(keys)
+
+
+def init_params(net, key, input_shape):
+    """The params of one network (``net``: a ``layers.Net`` or an ``init``
+    function) drawn from ``key``, by one compiled program kept per network."""
+    return _compiled_init(getattr(net, "init", net), tuple(input_shape), False)(key)
+
+
+@functools.lru_cache(maxsize=TRAINER_CACHE_SIZE)
+def _compiled_init(init, input_shape, stacked):
+    use_compilation_cache()
+    one = lambda key: init(key, input_shape)[1]  # noqa: E731
+    return jax.jit(jax.vmap(one) if stacked else one)
 
 
 def from_seeds(init, input_shape, seeds):
