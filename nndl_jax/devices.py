@@ -232,17 +232,36 @@ def _mesh(devices):
 
 def devices_for(k, devices=None):
     """The devices K stacked nets are spread over: the first min(K, D) of
-    ``devices`` (default: the D devices), so no device trains only
-    padding and one net stays on one device."""
+    ``devices`` (default: the D devices), so no device trains only padding
+    and one net stays on one device. A run over several processes uses every
+    device (each process runs its share of every program)."""
     devices = list(jax.devices() if devices is None else devices)
+    if jax.process_count() > 1:
+        return devices
     return devices[:max(1, min(int(k), len(devices)))]
+
+
+def multi_process():
+    """Whether this is one process of a run over several (``distributed.initialize``)."""
+    return jax.process_count() > 1
+
+
+def to_host(x):
+    """A NumPy copy of ``x``, whole: an array sharded over the devices of
+    several processes is gathered from all of them first (every process must
+    call this for such an array, as for any collective)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 class Layout(NamedTuple):
     """How K stacked nets are laid out for one run: over ``devices``, the K
     axis padded to ``k_all`` (a multiple of their count; the padding nets are
     copies of the last, trained and dropped). A run's saved state never holds
-    the padding, so a checkpoint resumes under any layout."""
+    the padding, so a checkpoint resumes under any layout (any device count,
+    any process count)."""
 
     k: int
     devices: tuple
@@ -256,8 +275,8 @@ class Layout(NamedTuple):
         extra = self.k_all - self.k
         if not extra:
             return tree
-        return jax.tree_util.tree_map(
-            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), tree)
+        concat, repeat = (np.concatenate, np.repeat) if multi_process() else (jnp.concatenate, jnp.repeat)
+        return jax.tree_util.tree_map(lambda a: concat([a, repeat(a[-1:], extra, axis=0)]), tree)
 
     def unpad(self, tree):
         """The first K nets of a padded tree."""
@@ -265,14 +284,35 @@ class Layout(NamedTuple):
             return tree
         return jax.tree_util.tree_map(lambda a: a[:self.k], tree)
 
-    def place(self, tree):
-        """``tree`` padded and sharded along K over the layout's devices
-        (``NamedSharding`` over ``mesh``); with one device, padded only."""
-        tree = self.pad(tree)
+    def put(self, tree):
+        """``tree`` (stacked on ``k_all``) sharded along K over the layout's
+        devices (``NamedSharding`` over ``mesh``); with one device, as it is.
+        Over several processes the values go from each process's host, which
+        holds them all (``jax.device_put`` of NumPy values to a global sharding)."""
         if len(self.devices) < 2:
             return tree
-        sharding = jax.sharding.NamedSharding(mesh(self.devices), PartitionSpec("k"))
-        return jax.device_put(tree, sharding)
+        if multi_process():
+            tree = jax.tree_util.tree_map(to_host, tree)
+        return jax.device_put(tree, jax.sharding.NamedSharding(mesh(self.devices), PartitionSpec("k")))
+
+    def place(self, tree):
+        """``tree`` (stacked on K) padded and sharded: ``put(pad(tree))``."""
+        if multi_process():
+            tree = jax.tree_util.tree_map(to_host, tree)
+        return self.put(self.pad(tree))
+
+    def replicate(self, x):
+        """``x`` (data every net shares) on every device of the layout."""
+        if not multi_process():
+            return jnp.asarray(x)
+        return jax.device_put(to_host(x), jax.sharding.NamedSharding(mesh(self.devices), PartitionSpec()))
+
+    def gathered(self, tree):
+        """The first K nets of ``tree`` as local arrays of this process (gathered
+        from every process in a multi-process run; as they are otherwise)."""
+        if not multi_process():
+            return self.unpad(tree)
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(to_host(a)[:self.k]), tree)
 
 
 def layout_for(k, devices=None):

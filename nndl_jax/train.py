@@ -359,9 +359,12 @@ def set_eta(opt_state, eta):
     return opt_state._replace(hyperparams=hyper)
 
 
-def _device_data(data, dtype):
+def _device_data(data, dtype, layout=None):
+    """``(x, y)`` on the device (x in the params' dtype); with a ``layout``, on
+    every device of it (replicated over the processes of a multi-process run)."""
     x, y = data
-    return jnp.asarray(x, dtype), jnp.asarray(y)
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y)
+    return (x, y) if layout is None else (layout.replicate(x), layout.replicate(y))
 
 
 # --- stopping rules and schedules: small functions beside fit ---------------------
@@ -569,21 +572,21 @@ def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluat
     """The ``Run`` of ``fit``'s arguments, after checking them."""
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
-    x, y = _device_data(training_data, dtype)
-    if x.shape[0] == 0:
-        raise ValueError("the training data is empty")
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
     layout = devices.layout_for(k)
+    x, y = _device_data(training_data, dtype, layout)
+    if x.shape[0] == 0:
+        raise ValueError("the training data is empty")
     lmbda = np.broadcast_to(lmbda, (k,))
     c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
-    sets = {name: _device_data(d, dtype) for name, d in (evaluation or {}).items()}
+    sets = {name: _device_data(d, dtype, layout) for name, d in (evaluation or {}).items()}
     names = metric_names(sets)
     rules = tuple(rules)
     for rule in rules:
         if rule.spec["metric"] not in names:
             raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
                              f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
-    on_k = lambda a: jnp.asarray(np.resize(a, layout.k_all), dtype)  # noqa: E731 (padding nets: the last's)
+    on_k = lambda a: layout.place(np.asarray(a, dtype))  # noqa: E731 (padding nets: the last's)
     settings = {"eta": np.broadcast_to(eta, (k,)).tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty}
     return Run(k, epochs, x, y, on_k(c), on_k(lmbda), sets, names, rules, layout, settings)
 
@@ -635,10 +638,11 @@ def resumed_state(checkpoint, state, identity):
 
 
 def host_state(state, layout):
-    """``state`` unpadded and on the host (NumPy): what a checkpoint saves."""
-    return jax.device_get(state._replace(params=layout.unpad(state.params),
-                                         opt_state=layout.unpad(state.opt_state),
-                                         keys=layout.unpad(state.keys)))
+    """``state`` unpadded and on the host (NumPy): what a checkpoint saves
+    (gathered from every process of a multi-process run: all of them call it)."""
+    host = jax.tree_util.tree_map(devices.to_host, state)
+    return host._replace(params=layout.unpad(host.params), opt_state=layout.unpad(host.opt_state),
+                         keys=layout.unpad(host.keys))
 
 
 def placed_state(state, layout):
@@ -657,16 +661,17 @@ def train_epoch(trainer, run, state, orders):
     if orders is not None:
         order = np.asarray(orders(e))
         order = np.broadcast_to(order, (run.k, run.x.shape[0])) if order.ndim == 1 else order
-        order = run.layout.place(jnp.asarray(order, jnp.int32))
-    eta = np.asarray(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
+        order = run.layout.place(np.asarray(order, np.int32))
+    eta = devices.to_host(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
+    active = run.layout.put(np.resize(state.active, run.layout.k_all))
     params, opt_state = trainer.epoch(state.params, state.opt_state, run.x, run.y, epoch_keys, run.c,
-                                      jnp.asarray(np.resize(state.active, run.layout.k_all)), e, order)
+                                      active, e, order)
     record = {"epoch": e, "eta": eta}
     for name, (ex, ey) in run.sets.items():
         correct, cost = trainer.evaluate(params, ex, ey, run.lmbda)
-        record[f"{name}_accuracy"] = np.asarray(correct)[:run.k]
-        record[f"{name}_cost"] = np.asarray(cost)[:run.k]
-    record["finite"] = np.asarray(_all_finite(params))[:run.k]
+        record[f"{name}_accuracy"] = devices.to_host(correct)[:run.k]
+        record[f"{name}_cost"] = devices.to_host(cost)[:run.k]
+    record["finite"] = devices.to_host(_all_finite(params))[:run.k]
     return state._replace(params=params, opt_state=opt_state), record
 
 
@@ -692,7 +697,8 @@ def after_epoch(state, record, run, seconds):
         done = done | stop
     opt_state = state.opt_state
     if np.any(eta != record["eta"]):
-        opt_state = set_eta(opt_state, np.resize(eta, run.layout.k_all))
+        dtype = get_eta(opt_state).dtype
+        opt_state = set_eta(opt_state, run.layout.put(np.resize(eta, run.layout.k_all).astype(dtype)))
     active = active & ~done
     record.update(active=active.copy(), events=record.get("events", []) + events)
     state = state._replace(
@@ -766,15 +772,17 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         state, record = after_epoch(state, record, run, time.perf_counter() - started)
         all_events += record["events"]
         if checkpoint is not None:
-            checkpoint.save(host_state(state, run.layout), identity, int(state.epoch))
+            saved = host_state(state, run.layout)     # every process gathers; process 0 writes
+            if jax.process_index() == 0:
+                checkpoint.save(saved, identity, int(state.epoch))
         if on_epoch is not None:
-            on_epoch(e, record | {"params": run.layout.unpad(state.params)})
+            on_epoch(e, record | {"params": run.layout.gathered(state.params)})
     all_events += events   # a resumed run that had nothing left to do
     history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
                       seconds=list(state.seconds), resumed_epochs=resumed_epochs,
                       stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
                       events=all_events)
-    return Fitted(run.layout.unpad(state.params), run.layout.unpad(state.opt_state), history)
+    return Fitted(run.layout.gathered(state.params), run.layout.gathered(state.opt_state), history)
 
 
 def _finite(tree):
