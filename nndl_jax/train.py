@@ -74,24 +74,28 @@ def step(params, opt_state, x, y, mask, c, key, *, apply, cost, penalty, optimiz
     return optax.apply_updates(params, updates), opt_state
 
 
-def minibatch_indices(n, m, key, shuffle):
+def minibatch_indices(n, m, key, shuffle, order=None):
     """Indices ``[num_batches, m]`` of the epoch's mini-batches and their mask.
 
-    The order is a permutation of ``range(n)`` from ``key`` (or ``range(n)``
-    itself when ``shuffle`` is False), cut into consecutive batches of ``m``;
-    the last batch is padded with index 0 and masked out there.
+    The order is ``order`` when given (a permutation of ``range(n)`` made on
+    the host: the book-replay mode), else a permutation of ``range(n)`` from
+    ``key`` (or ``range(n)`` itself when ``shuffle`` is False), cut into
+    consecutive batches of ``m``; the last batch is padded with index 0 and
+    masked out there.
     """
     num_batches = -(-n // m)
-    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    if order is None:
+        order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
     padded = num_batches * m
     order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
     mask = jnp.arange(padded) < n
     return order.reshape(num_batches, m), mask.reshape(num_batches, m)
 
 
-def epoch(params, opt_state, x, y, key, c, e=0, *, apply, cost, penalty, optimizer,
+def epoch(params, opt_state, x, y, key, c, e=0, order=None, *, apply, cost, penalty, optimizer,
           mini_batch_size, shuffle, on_iteration=None, iteration_every=1000):
-    """One epoch of mini-batch SGD as a single ``lax.scan`` over mini-batches.
+    """One epoch of mini-batch SGD as a single ``lax.scan`` over mini-batches,
+    in the order ``order`` when given (see ``minibatch_indices``).
 
     ``e`` is the epoch's number; with ``on_iteration``, the scan calls
     ``on_iteration(iteration)`` (``jax.debug.callback``) at every global
@@ -99,7 +103,7 @@ def epoch(params, opt_state, x, y, key, c, e=0, *, apply, cost, penalty, optimiz
     ``iteration_every`` (network3 prints "Training mini-batch number N").
     """
     shuffle_key, dropout_key = jax.random.split(key)
-    idx, mask = minibatch_indices(x.shape[0], mini_batch_size, shuffle_key, shuffle)
+    idx, mask = minibatch_indices(x.shape[0], mini_batch_size, shuffle_key, shuffle, order)
 
     def body(carry, batch):
         i, b_idx, b_mask = batch
@@ -257,11 +261,12 @@ class Trainer:
                             iteration_every=int(self.iteration_every))
 
         mode = k_axis_mode(self.over_k)
-        # the epoch's arguments: params, opt_state, x, y, key, c, e (stacked on K: params, state, key, c)
-        epochs_k = k_nets(one_epoch, (True, True, False, False, True, True, False), mode)
+        # the epoch's arguments: params, opt_state, x, y, key, c, e, order
+        # (stacked on K: params, state, key, c, order)
+        epochs_k = k_nets(one_epoch, (True, True, False, False, True, True, False, True), mode)
 
-        def epoch_k(params, opt_state, x, y, keys, c, active, e=0):
-            new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e)
+        def epoch_k(params, opt_state, x, y, keys, c, active, e=0, orders=None):
+            new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e, orders)
             keep = lambda new, old: jnp.where(  # noqa: E731 (a net that stopped keeps its params)
                 active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
             return (jax.tree_util.tree_map(keep, new_params, params),
@@ -591,7 +596,7 @@ def _pad_k(tree, k_all):
 
 def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
         evaluation=None, rules=(), on_epoch=None, checkpoint=None, opt_state=None, start_epoch=0,
-        devices=None):
+        devices=None, orders=None):
     """Train K stacked networks for ``epochs`` epochs; return ``Fitted(params, opt_state, history)``.
 
     The one training loop of the project: the façades and every chapter call it.
@@ -605,6 +610,10 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
       ``<name>_accuracy`` and ``<name>_cost``.
     - ``key``: one PRNG key per network ([K] keys) or one key for all of them;
       epoch e of net k uses ``fold_in(key[k], e)``.
+    - ``orders``: None (the order of epoch e comes from the key), or
+      ``orders(e) -> int array [n] (shared by the K nets) or [K, n]``: the
+      training order of epoch e, made on the host (the book-replay mode,
+      ``book_random.epoch_orders``). Dropout keys still come from ``key``.
     - ``eta``, ``lmbda``: scalars or [K] arrays. The training penalty coefficient
       is ``lmbda / n_penalty`` (``n_penalty`` defaults to the training-set size,
       network2's rule; network3 passes its number of mini-batches).
@@ -695,8 +704,9 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         eta_now = np.asarray(get_eta(opt_state))[:k]
         history.eta.append(eta_now)
         epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
+        order = None if orders is None else _epoch_order(orders(e), x.shape[0], k, k_all)
         params, opt_state = trainer.epoch(params, opt_state, x, y, epoch_keys, c,
-                                          jnp.asarray(np.resize(active, k_all)), e)
+                                          jnp.asarray(np.resize(active, k_all)), e, order)
         record = {"epoch": e, "active": active.copy(), "eta": eta_now, "params": params}
         for name, (ex, ey) in sets.items():
             correct, cost = trainer.evaluate(params, ex, ey, lmbda_all)
@@ -732,6 +742,20 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         params = jax.tree_util.tree_map(lambda a: a[:k], params)
         opt_state = jax.tree_util.tree_map(lambda a: a[:k] if jnp.ndim(a) else a, opt_state)
     return Fitted(params, opt_state, history)
+
+
+def _epoch_order(order, n, k, k_all):
+    """``orders(e)``'s answer as a [k_all, n] int32 device array (a shared [n]
+    order repeated for every net; padding nets reuse orders cyclically)."""
+    order = np.asarray(order)
+    if order.ndim == 1:
+        order = np.broadcast_to(order, (k, order.shape[0]))
+    if order.shape != (k, n) or not np.issubdtype(order.dtype, np.integer):
+        raise ValueError(f"orders(e) must give integer indices of shape [{n}] or [{k}, {n}], "
+                         f"got {order.dtype} {order.shape}")
+    if not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), (k, n))):
+        raise ValueError("orders(e) must give a permutation of range(n) for every net")
+    return jnp.asarray(np.resize(order, (k_all, n)).astype(np.int32))
 
 
 def _json_default(x):
