@@ -1,0 +1,214 @@
+"""The book's seeded figure scripts replayed with the book's own random streams.
+
+    python -m experiments.chap3 --book-seed 12345678 [--only 3.7 ...]
+
+Four of the book's figure scripts seed both random modules
+(``random.seed(12345678); np.random.seed(12345678)``) before training with
+network2.py, so their recorded curves (``fig/*.json``) follow from the seed:
+
+- ``fig/overfitting.py``, run four times (one process each, so each run starts
+  from the seed): 1,000 images for 400 epochs with λ 0 (``overfitting.json``,
+  row 3.4) and λ 0.1 (``regularized.json``, 3.6); all 50,000 for 30 epochs
+  with λ 0 (``overfitting_full.json``, 3.5) and λ 5 (``regularized_full.json``,
+  3.7). [784, 30, 10], η 0.5, mini-batches of 10, the large initialization
+  (the constructor's default draw, then ``large_weight_initializer``'s), test
+  cost and accuracy and training cost and accuracy after every epoch.
+- ``fig/weight_initialization.py`` (3.10 and 3.10-100): one net trained twice
+  on the same list: first from the constructor's default weights, then, after
+  ``large_weight_initializer``, from the stream's next draw; the second run's
+  shuffles continue the first run's stream and list order. Validation accuracy.
+- ``fig/multiple_eta.py`` (3.18): three nets in turn (η 0.025, 0.25, 2.5), each
+  constructor drawing default weights from the continuing stream, the shuffles
+  continuing over one list. Training cost.
+- ``fig/more_data.py`` (3.14): one net, re-drawn with ``large_weight_initializer``
+  before each of nine training-set sizes; each size trains on a fresh slice
+  of the unshuffled list, the shuffle stream continuing. Final validation
+  accuracy only.
+
+A replay draws the same weights and the same orders (``nndl_jax.book_random``),
+computes in float64 on the pickle's pixels (byte/256), and trains through the
+project's one loop (``train.fit`` with ``orders=``). Its sums are not formed in
+the book's order (the book sums per-example gradients one by one and computes
+``(1 − ηλ/n)·w − (η/m)·Σ∇``; here ``jax.grad`` of the mean cost and an optax
+step), so the weights differ from the book's in the last bits, and the
+difference grows over the epochs: each replayed curve records how many epochs
+equal the book's (accuracies exactly, costs to ``COST_RTOL``) and where the
+first difference appears.
+
+Rows are recorded as ``<row>@book`` (e.g. ``3.7@book``) beside the rows trained
+with JAX keys, with ``book_seed`` and, per curve, the match.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import report
+from nndl_jax import book_random, costs, layers, train
+from nndl_jax.activations import sigmoid
+from nndl_jax.data import Dataset
+
+COST_RTOL = 1e-4
+"""A replayed cost equals the book's when within this relative difference."""
+
+MONITORS = ("evaluation_cost", "evaluation_accuracy", "training_cost", "training_accuracy")
+"""network2's four monitors, in the order the book's scripts store them in fig/*.json."""
+
+# One entry per seeded book script run (see the module docstring).
+OVERFITTING = [
+    dict(id="3.4", curve="overfitting", n_train=1000, epochs=400, lmbda=0.0, quote="test_peak", book=82.27,
+         what="overfitting: 1,000 images, 400 epochs, η 0.5, λ 0 (test, peak)"),
+    dict(id="3.5", curve="overfitting_full", n_train=None, epochs=30, lmbda=0.0, quote="training_final",
+         book=97.86, what="full data, 30 epochs, η 0.5, λ 0: training accuracy (test peak: book 95.33)"),
+    dict(id="3.6", curve="regularized", n_train=1000, epochs=400, lmbda=0.1, quote="test_peak", book=87.1,
+         what="L2 on 1,000 images: λ 0.1, 400 epochs, η 0.5 (test, peak)"),
+    dict(id="3.7", curve="regularized_full", n_train=None, epochs=30, lmbda=5.0, quote="test_peak", book=96.49,
+         what="L2 full data: λ 5.0, η 0.5, 30 epochs, [784,30,10] (test, peak)"),
+]
+SEEDED_ROWS = [r["id"] for r in OVERFITTING]
+"""The chapter-3 rows this module replays (``--only`` takes them)."""
+
+# What the book's own code gives over many seeds (measured by running the book's
+# network2.py, ported to Python 3 changing only print/xrange/zip, float64, the
+# book's streams, pixels /256; ../shared/BOOK-RESULTS.md, "The book's own code,
+# many seeds"): for rows whose book number came from an unseeded run, so a
+# reader sees where the printed number falls among the book code's own seeds.
+BOOK_CODE_SEEDS = {
+    "3.7": dict(set="test", peak_mean=96.20, peak_sd=0.19, peak_min=95.85, peak_max=96.49, runs=16,
+                final_mean=95.77, final_sd=0.32, reaching=1),
+    "3.8": dict(set="validation", peak_mean=97.75, peak_sd=0.07, peak_min=97.59, peak_max=97.85, runs=24,
+                final_mean=97.47, final_sd=0.23, reaching=0),
+}
+
+
+def book_code_spread_text(row_id):
+    """"the book's code: 97.75 ± 0.07 [97.59, 97.85] over 24 seeds (0 reach the book's)", or "" for other rows."""
+    s = BOOK_CODE_SEEDS.get(row_id)
+    if s is None:
+        return ""
+    return (f"the book's own code: {s['peak_mean']:.2f} ± {s['peak_sd']:.2f} [{s['peak_min']:.2f}, "
+            f"{s['peak_max']:.2f}] over {s['runs']} seeds ({s['reaching']} reach the book's number)")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def add_arguments(parser):
+    parser.add_argument("--book-seed", type=int, default=None, metavar="S",
+                        help="replay the book's seeded figure scripts (rows " + " ".join(SEEDED_ROWS)
+                             + ") with the book's random streams from seed S (the book's: "
+                             f"{book_random.BOOK_SEED}), in float64; recorded as <row>@book")
+
+
+def prepare(args):
+    """After ``report.parse_args``: a replay computes in float64 (before any array is made)."""
+    if getattr(args, "book_seed", None) is not None:
+        args.x64 = True
+        jax.config.update("jax_enable_x64", True)
+    return args
+
+
+# --- one replayed run ----------------------------------------------------------------------
+
+def book_sets(splits):
+    """The three sets with the pickle's pixels (byte/256)."""
+    return [Dataset(book_random.book_pixels(d.x), d.y) for d in splits]
+
+
+def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label):
+    """Train one net from the book's ``params`` in the book's ``orders``
+    ([epochs, n]) with network2's rule (cross-entropy, L2, mini-batches of
+    10); returns the History's arrays ``{name: [epochs]}`` and the final params."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("a book replay computes in float64: enable jax_enable_x64 first "
+                           "(python -m experiments.chap3 --book-seed S does)")
+    _, apply = layers.mlp(sizes, sigmoid)
+    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty="l2")
+    stacked = train.stack([jax.tree_util.tree_map(jnp.asarray, params)])
+    t0, every = time.time(), max(1, epochs // 10)
+
+    def show(e, record):
+        if (e + 1) % every == 0 or e + 1 == epochs:
+            shown = ", ".join(f"{k} {np.asarray(v)[0]:.6g}" for k, v in record.items() if k in MONITORS)
+            print(f"  [{label}] epoch {e + 1}/{epochs}: {shown} ({time.time() - t0:.0f} s)", flush=True)
+
+    fitted = train.fit(trainer, stacked, (training.x, training.y), epochs, key=jax.random.key(0), eta=eta,
+                       lmbda=lmbda, evaluation=evaluation, orders=lambda e: orders[e], on_epoch=show)
+    arrays = {k: v[:, 0] for k, v in fitted.history.as_arrays().items() if v.ndim == 2}
+    return arrays, fitted.params, trainer
+
+
+def curve_match(measured, book, kind):
+    """How a replayed curve compares with the book's recorded one, epoch by epoch.
+
+    ``kind`` "accuracy": equal means the same count; "cost": within ``COST_RTOL``
+    relative. Returns {"equal", "epochs", "first_difference" (epoch number from
+    1, or None), "largest_difference"} (counts for accuracies, relative for costs)."""
+    m, b = np.asarray(measured, float), np.asarray(book, float)
+    if m.shape != b.shape:
+        raise ValueError(f"a replayed curve of {m.shape[0]} epochs cannot match the book's {b.shape[0]}")
+    diff = np.abs(m - b) if kind == "accuracy" else np.abs(m - b) / np.abs(b)
+    same = diff == 0 if kind == "accuracy" else diff <= COST_RTOL
+    first = None if same.all() else int(np.argmin(same)) + 1
+    return {"equal": int(same.sum()), "epochs": int(len(same)), "first_difference": first,
+            "largest_difference": float(diff.max()), "kind": kind,
+            **({"tolerance": COST_RTOL} if kind == "cost" else {})}
+
+
+def match_text(name, match):
+    """"test accuracy 29/30 epochs equal (first difference at epoch 27, largest 1)"."""
+    text = f"{name} {match['equal']}/{match['epochs']} epochs equal"
+    if match["first_difference"] is None:
+        return text
+    largest = (f"{match['largest_difference']:.0f}" if match["kind"] == "accuracy"
+               else f"{match['largest_difference']:.1e} relative")
+    return text + f" (first difference at epoch {match['first_difference']}, largest {largest})"
+
+
+# --- fig/overfitting.py ----------------------------------------------------------------------
+
+def replay_overfitting(args, splits, spec):
+    """One run of fig/overfitting.py with seed ``args.book_seed``: the row ``<id>@book``."""
+    seed = args.book_seed
+    training, _, test = book_sets(splits)
+    n = len(training.y) if spec["n_train"] is None else spec["n_train"]
+    training = Dataset(training.x[:n], training.y[:n])
+    sizes = [784, 30, 10]
+    params = book_random.network2_weights(seed, sizes, large=True)
+    orders = book_random.book_orders(seed, n, spec["epochs"])
+    h, _, _ = replay_fit(params, training, {"evaluation": (test.x, test.y), "training": (training.x, training.y)},
+                         spec["epochs"], 0.5, spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book")
+    curves = {k: h[k] for k in MONITORS}
+    book = report.book_curve(spec["curve"])
+    matches = None if book is None else {
+        k: curve_match(curves[k], book[i], "accuracy" if k.endswith("accuracy") else "cost")
+        for i, k in enumerate(MONITORS)}
+    test_acc = 100.0 * curves["evaluation_accuracy"] / len(test.y)
+    train_acc = 100.0 * curves["training_accuracy"] / n
+    measured = test_acc.max() if spec["quote"] == "test_peak" else train_acc[-1]
+    names = dict(zip(MONITORS, ("test cost", "test accuracy", "training cost", "training accuracy")))
+    replay_note = ("book-exact replay: " + "; ".join(match_text(names[k], matches[k]) for k in MONITORS)
+                   + f" (costs to {COST_RTOL:g} relative)") if matches else "book curve not found"
+    note = (f"seed {seed} with the book's streams (fig/overfitting.py), float64: {replay_note}. "
+            f"Test peak {test_acc.max():.2f} % at epoch {int(test_acc.argmax()) + 1}, final {test_acc[-1]:.2f} %; "
+            f"training accuracy final {train_acc[-1]:.2f} %")
+    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay", spec["book"], measured,
+                       set="test" if spec["quote"] == "test_peak" else "training", seeds=[seed],
+                       book_seed=seed, script="fig/overfitting.py", book_curve=f"fig/{spec['curve']}.json",
+                       epochs=spec["epochs"], n_train=n, lmbda=spec["lmbda"], eta=0.5,
+                       test_peak=float(test_acc.max()), test_peak_epoch=int(test_acc.argmax()) + 1,
+                       test_final=float(test_acc[-1]), training_final=float(train_acc[-1]),
+                       replay=matches, curves=curves, note=note)]
+
+
+def run(args, splits, wanted):
+    """Replay every seeded row ``wanted(row_id)`` asks for; their rows."""
+    rows = []
+    for spec in OVERFITTING:
+        if wanted(spec["id"]):
+            print(f"\n== {spec['id']}@book: {spec['what']} — the book's streams, seed {args.book_seed}",
+                  flush=True)
+            done = replay_overfitting(args, splits, spec)
+            report.record(args, done)
+            rows.extend(done)
+    return rows
