@@ -115,10 +115,12 @@ def book_sets(splits):
     return [Dataset(book_random.book_pixels(d.x), d.y) for d in splits]
 
 
-def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label):
+def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label, on_epoch=None):
     """Train one net from the book's ``params`` in the book's ``orders``
     ([epochs, n]) with network2's rule (cross-entropy, L2, mini-batches of
-    10); returns the History's arrays ``{name: [epochs]}`` and the final params."""
+    10); returns the History's arrays ``{name: [epochs]}``, the final params
+    (stacked, K = 1) and the trainer. ``on_epoch(e, record)`` is called after
+    each epoch too."""
     if not jax.config.jax_enable_x64:
         raise RuntimeError("a book replay computes in float64: enable jax_enable_x64 first "
                            "(python -m experiments.chap3 --book-seed S does)")
@@ -131,6 +133,8 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
         if (e + 1) % every == 0 or e + 1 == epochs:
             shown = ", ".join(f"{k} {np.asarray(v)[0]:.6g}" for k, v in record.items() if k in MONITORS)
             print(f"  [{label}] epoch {e + 1}/{epochs}: {shown} ({time.time() - t0:.0f} s)", flush=True)
+        if on_epoch is not None:
+            on_epoch(e, record)
 
     fitted = train.fit(trainer, stacked, (training.x, training.y), epochs, key=jax.random.key(0), eta=eta,
                        lmbda=lmbda, evaluation=evaluation, orders=lambda e: orders[e], on_epoch=show)
