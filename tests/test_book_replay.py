@@ -12,11 +12,13 @@ TOLERANCE, absolute, on weights and biases of order 1 after up to 200 steps
 (measured: 4.4e-16 after 1 to 3 single steps, 2.8e-14 after 200 steps).
 """
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import book_replay
-from nndl_jax import backprop, book_random
+from nndl_jax import backprop, book_random, costs, layers, train
+from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset
 
 TOLERANCE = 1e-12
@@ -79,3 +81,37 @@ def test_curve_match_counts_equal_epochs_and_the_first_difference():
     assert (acc["equal"], acc["epochs"], acc["first_difference"], acc["largest_difference"]) == (3, 4, 3, 1.0)
     cost = book_replay.curve_match([1.0, 2.0 * (1 + 1e-3)], [1.0 * (1 + 1e-6), 2.0], "cost")
     assert (cost["equal"], cost["first_difference"]) == (1, 2)
+
+
+def _toy(n=23, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 6)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
+
+
+def test_fit_with_orders_trains_in_the_given_order():
+    """orders(e) = range(n) every epoch is the unshuffled trainer's run; a
+    reversed order is another run (so the order is really used)."""
+    x, y = _toy()
+    init, apply = layers.mlp([6, 4, 3], sigmoid)
+    params = train.stack([init(jax.random.key(1), (6,))[1]])
+    kept = train.Trainer(apply, costs.cross_entropy, 5, penalty="l2", shuffle=False)
+    shuffled = train.Trainer(apply, costs.cross_entropy, 5, penalty="l2")
+    fit = lambda trainer, orders: train.fit(trainer, params, (x, y), 2, key=jax.random.key(2), eta=0.5,  # noqa: E731
+                                            lmbda=0.1, orders=orders).params
+    plain = fit(kept, None)
+    in_order = fit(shuffled, lambda e: np.arange(len(y)))
+    reversed_order = fit(shuffled, lambda e: np.arange(len(y))[::-1])
+    same = lambda a, b: all(bool(jnp.array_equal(p, q)) for p, q in zip(jax.tree_util.tree_leaves(a),  # noqa: E731
+                                                                      jax.tree_util.tree_leaves(b)))
+    assert same(plain, in_order)
+    assert not same(plain, reversed_order)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(23, np.int64), np.arange(22), np.arange(23.0)])
+def test_fit_refuses_orders_that_are_not_permutations(bad):
+    x, y = _toy()
+    init, apply = layers.mlp([6, 3], sigmoid)
+    params = train.stack([init(jax.random.key(1), (6,))[1]])
+    trainer = train.Trainer(apply, costs.cross_entropy, 5)
+    with pytest.raises(ValueError, match="orders"):
+        train.fit(trainer, params, (x, y), 1, key=jax.random.key(2), eta=0.5, orders=lambda e: bad)
