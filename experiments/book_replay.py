@@ -66,30 +66,21 @@ OVERFITTING = [
     dict(id="3.7", curve="regularized_full", n_train=None, epochs=30, lmbda=5.0, quote="test_peak", book=96.49,
          what="L2 full data: λ 5.0, η 0.5, 30 epochs, [784,30,10] (test, peak)"),
 ]
-SEEDED_ROWS = [r["id"] for r in OVERFITTING]
+WEIGHT_INIT = [
+    dict(id="3.10", curve="weight_initialization_30", hidden=30, eta=0.1, lmbda=5.0, epochs=30,
+         book={"default": 96.50, "large": 96.37},
+         what="weight init [784,30,10], η 0.1, λ 5.0, 30 epochs (validation): default init, final"),
+    dict(id="3.10-100", curve="weight_initialization_100", hidden=100, eta=0.1, lmbda=5.0, epochs=30,
+         book={"default": 97.81, "large": 97.42},
+         what="weight init [784,100,10], η 0.1, λ 5.0, 30 epochs (validation): default init, final"),
+]
+MULTIPLE_ETA = dict(id="3.18", curve="multiple_eta", etas=(0.025, 0.25, 2.5), lmbda=5.0, epochs=30,
+                    book=(0.339, 0.33, 0.861))
+MORE_DATA = dict(id="3.14", curve="more_data", sizes=(100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+                 examples=1_500_000, eta=0.5,
+                 what="more data: validation accuracy after 1,500,000/size epochs, λ = size·1e-4 (50,000 shown)")
+SEEDED_ROWS = [r["id"] for r in OVERFITTING] + [r["id"] for r in WEIGHT_INIT] + [MULTIPLE_ETA["id"], MORE_DATA["id"]]
 """The chapter-3 rows this module replays (``--only`` takes them)."""
-
-# What the book's own code gives over many seeds (measured by running the book's
-# network2.py, ported to Python 3 changing only print/xrange/zip, float64, the
-# book's streams, pixels /256; ../shared/BOOK-RESULTS.md, "The book's own code,
-# many seeds"): for rows whose book number came from an unseeded run, so a
-# reader sees where the printed number falls among the book code's own seeds.
-BOOK_CODE_SEEDS = {
-    "3.7": dict(set="test", peak_mean=96.20, peak_sd=0.19, peak_min=95.85, peak_max=96.49, runs=16,
-                final_mean=95.77, final_sd=0.32, reaching=1),
-    "3.8": dict(set="validation", peak_mean=97.75, peak_sd=0.07, peak_min=97.59, peak_max=97.85, runs=24,
-                final_mean=97.47, final_sd=0.23, reaching=0),
-}
-
-
-def book_code_spread_text(row_id):
-    """"the book's code: 97.75 ± 0.07 [97.59, 97.85] over 24 seeds (0 reach the book's)", or "" for other rows."""
-    s = BOOK_CODE_SEEDS.get(row_id)
-    if s is None:
-        return ""
-    return (f"the book's own code: {s['peak_mean']:.2f} ± {s['peak_sd']:.2f} [{s['peak_min']:.2f}, "
-            f"{s['peak_max']:.2f}] over {s['runs']} seeds ({s['reaching']} reach the book's number)")
-
 
 # --- the command line ---------------------------------------------------------------------
 
@@ -202,17 +193,111 @@ def replay_overfitting(args, splits, spec):
                        epochs=spec["epochs"], n_train=n, lmbda=spec["lmbda"], eta=0.5,
                        test_peak=float(test_acc.max()), test_peak_epoch=int(test_acc.argmax()) + 1,
                        test_final=float(test_acc[-1]), training_final=float(train_acc[-1]),
-                       replay=matches, curves=curves, note=note)]
+                       replay=matches, curves=curves, beside=spec["id"], note=note)]
+
+
+# --- fig/weight_initialization.py, fig/multiple_eta.py, fig/more_data.py -------------------
+
+def replay_weight_init(args, splits, spec):
+    """fig/weight_initialization.py: one net, default weights for 30 epochs,
+    then ``large_weight_initializer`` and 30 more epochs on the same list."""
+    seed, sizes = args.book_seed, [784, spec["hidden"], 10]
+    training, validation, _ = book_sets(splits)
+    rng, order = book_random.numpy_stream(seed), list(range(len(training.y)))
+    shuffles = book_random.python_stream(seed)
+    book = report.book_curve(spec["curve"])
+    acc, matches = {}, {}
+    for init in ("default", "large"):  # the constructor's draw, then large_weight_initializer's
+        params = (book_random.default_weights if init == "default" else book_random.large_weights)(rng, sizes)
+        orders = book_random.epoch_orders(shuffles, order, spec["epochs"])
+        h, _, _ = replay_fit(params, training, {"evaluation": (validation.x, validation.y)}, spec["epochs"],
+                             spec["eta"], spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book {init}")
+        acc[init] = h["evaluation_accuracy"]
+        if book is not None:
+            matches[init] = curve_match(acc[init], book[f"{init}_weight_initialization"][1], "accuracy")
+    pct = {k: 100.0 * v / len(validation.y) for k, v in acc.items()}
+    note = (f"seed {seed} with the book's streams (fig/weight_initialization.py), float64: book-exact replay: "
+            + "; ".join(match_text(f"{k} init validation accuracy", m) for k, m in matches.items())
+            + ". " + "; ".join(f"{k} init: epoch 1 {v[0]:.2f} %, final {v[-1]:.2f} %" for k, v in pct.items()))
+    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay", spec["book"]["default"],
+                       pct["default"][-1], set="validation", seeds=[seed], book_seed=seed,
+                       script="fig/weight_initialization.py", book_curve=f"fig/{spec['curve']}.json",
+                       eta=spec["eta"], lmbda=spec["lmbda"], epochs=spec["epochs"], replay=matches or None,
+                       curves=acc, large_final=float(pct["large"][-1]), book_large_final=spec["book"]["large"],
+                       beside=f"{spec['id']}c", note=note)]
+
+
+def replay_multiple_eta(args, splits, spec):
+    """fig/multiple_eta.py: three nets in turn, each constructor drawing default
+    weights from the continuing stream, all shuffling one list: training cost."""
+    seed, sizes = args.book_seed, [784, 30, 10]
+    training, _, _ = book_sets(splits)
+    rng, order = book_random.numpy_stream(seed), list(range(len(training.y)))
+    shuffles = book_random.python_stream(seed)
+    book = report.book_curve(spec["curve"])
+    rows = []
+    for i, eta in enumerate(spec["etas"]):
+        params = book_random.default_weights(rng, sizes)
+        orders = book_random.epoch_orders(shuffles, order, spec["epochs"])
+        h, _, _ = replay_fit(params, training, {"training": (training.x, training.y)}, spec["epochs"], eta,
+                             spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book η {eta}")
+        cost = h["training_cost"]
+        match = None if book is None else curve_match(cost, book[i][2], "cost")
+        note = (f"seed {seed} with the book's streams (fig/multiple_eta.py, run {i + 1} of 3), float64: "
+                + (f"book-exact replay: {match_text('training cost', match)} (to {COST_RTOL:g} relative)"
+                   if match else "book curve not found"))
+        rows.append(report.row(f"{spec['id']}{'abc'[i]}@book", f"η = {eta}: training cost at the last epoch "
+                               "— book-seed replay", spec["book"][i], float(cost[-1]), unit="", set="training",
+                               seeds=[seed], book_seed=seed, script="fig/multiple_eta.py",
+                               book_curve=f"fig/{spec['curve']}.json", eta=eta, lmbda=spec["lmbda"],
+                               replay=match, curve=cost, beside=f"{spec['id']}{'abc'[i]}", note=note))
+    return rows
+
+
+def replay_more_data(args, splits, spec):
+    """fig/more_data.py: one net re-drawn with ``large_weight_initializer``
+    before each size; each size trains on a fresh slice of the unshuffled
+    list, the shuffle stream continuing; validation accuracy at the end."""
+    seed, sizes = args.book_seed, [784, 30, 10]
+    training, validation, _ = book_sets(splits)
+    rng, shuffles = book_random.numpy_stream(seed), book_random.python_stream(seed)
+    book_random.default_weights(rng, sizes)  # the constructor's draw, replaced before any training
+    accuracies = []
+    for size in spec["sizes"]:
+        epochs, lmbda = spec["examples"] // size, size * 0.0001  # the book's lmbda = size*0.0001
+        params = book_random.large_weights(rng, sizes)
+        orders = book_random.epoch_orders(shuffles, list(range(size)), epochs)
+        sub = Dataset(training.x[:size], training.y[:size])
+        _, final, trainer = replay_fit(params, sub, {}, epochs, spec["eta"], lmbda, orders, sizes=sizes,
+                                       label=f"{spec['id']}@book {size}")
+        correct, _ = trainer.evaluate(final, jnp.asarray(validation.x, jnp.float64), jnp.asarray(validation.y),
+                                      jnp.asarray([lmbda]))
+        accuracies.append(int(np.asarray(correct)[0]) / 100.0)
+        print(f"  [{spec['id']}@book] {size} images, {epochs} epochs: {accuracies[-1]:.2f} %", flush=True)
+    book = report.book_curve(spec["curve"])
+    equal = None if book is None else sum(a == b for a, b in zip(accuracies, book))
+    note = (f"seed {seed} with the book's streams (fig/more_data.py), float64: book-exact replay: "
+            f"{equal}/{len(accuracies)} sizes equal; measured " + ", ".join(f"{a:.2f}" for a in accuracies)
+            + (f"; book {', '.join(f'{b:.2f}' for b in book)}" if book else ""))
+    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay",
+                       None if book is None else book[-1], accuracies[-1], set="validation", seeds=[seed],
+                       book_seed=seed, script="fig/more_data.py", book_curve=f"fig/{spec['curve']}.json",
+                       train_sizes=list(spec["sizes"]), accuracies=accuracies, book_accuracies=book,
+                       replay={"equal": equal, "sizes": len(accuracies)}, beside=f"{spec['id']}@{spec['sizes'][-1]}",
+                       note=note)]
 
 
 def run(args, splits, wanted):
     """Replay every seeded row ``wanted(row_id)`` asks for; their rows."""
+    jobs = ([(spec, replay_overfitting) for spec in OVERFITTING] + [(spec, replay_weight_init) for spec in WEIGHT_INIT]
+            + [(MULTIPLE_ETA, replay_multiple_eta), (MORE_DATA, replay_more_data)])
     rows = []
-    for spec in OVERFITTING:
+    for spec, replay in jobs:
         if wanted(spec["id"]):
-            print(f"\n== {spec['id']}@book: {spec['what']} — the book's streams, seed {args.book_seed}",
-                  flush=True)
-            done = replay_overfitting(args, splits, spec)
+            print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
+                  f"seed {args.book_seed}", flush=True)
+            done = replay(args, splits, spec)
             report.record(args, done)
             rows.extend(done)
     return rows
+

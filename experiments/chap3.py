@@ -31,8 +31,9 @@ neuron, 300 steps) runs at the book's setting in --quick too.
 code does.
 
 --book-seed S replays the rows whose book curves come from seeded scripts
-(3.4-3.7, fig/overfitting.py) with the book's own random streams from seed S,
-in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
+(3.4-3.7: fig/overfitting.py; 3.10, 3.10-100: weight_initialization.py; 3.18:
+multiple_eta.py; 3.14: more_data.py) with the book's own random streams from
+seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
 """
 import functools
 import hashlib
