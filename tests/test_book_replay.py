@@ -115,3 +115,18 @@ def test_fit_refuses_orders_that_are_not_permutations(bad):
     trainer = train.Trainer(apply, costs.cross_entropy, 5)
     with pytest.raises(ValueError, match="orders"):
         train.fit(trainer, params, (x, y), 1, key=jax.random.key(2), eta=0.5, orders=lambda e: bad)
+
+
+def test_report_rows_show_the_book_codes_seed_spread_and_each_replay_beside_its_row():
+    from experiments import book_seeds
+    chap3 = [dict(id="3.7", book=96.49, note="ours"), dict(id="3.8", book=97.92, note=""),
+             dict(id="3.2", book=95.49, note="x")]
+    replay = dict(id="3.7@book", beside="3.7", book_seed=12345678, test_peak=96.49, test_final=95.61,
+                  replay={"evaluation_accuracy": {"equal": 29, "epochs": 30}})
+    results = {"chap3": {"rows": chap3}, book_seeds.REPLAY_FOLDER: {"rows": [replay]}}
+    shown = {r["id"]: r for r in book_seeds.report_rows("chap3", chap3, results)}
+    assert "97.92%" in shown["3.8"]["book"] and "97.75 ± 0.07 [97.59, 97.85] over 24 seeds" in shown["3.8"]["book"]
+    assert shown["3.7"]["note"].startswith("ours; book-seed replay (3.7@book, seed 12345678): test accuracy "
+                                           "29/30 epochs equal")
+    assert shown["3.2"] == chap3[2] and chap3[0]["note"] == "ours"      # other rows, and the inputs, unchanged
+    assert book_seeds.report_rows("chap1", chap3, results) is chap3
