@@ -134,12 +134,13 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
 
 
 def curve_match(measured, book, kind):
-    """How a replayed curve compares with the book's recorded one, epoch by epoch.
+    """How a replayed curve compares with the book's recorded one, epoch by
+    epoch (the book's first ``len(measured)`` epochs: a --quick replay runs a few).
 
     ``kind`` "accuracy": equal means the same count; "cost": within ``COST_RTOL``
     relative. Returns {"equal", "epochs", "first_difference" (epoch number from
     1, or None), "largest_difference"} (counts for accuracies, relative for costs)."""
-    m, b = np.asarray(measured, float), np.asarray(book, float)
+    m, b = np.asarray(measured, float), np.asarray(book, float)[:len(measured)]
     if m.shape != b.shape:
         raise ValueError(f"a replayed curve of {m.shape[0]} epochs cannot match the book's {b.shape[0]}")
     diff = np.abs(m - b) if kind == "accuracy" else np.abs(m - b) / np.abs(b)
@@ -287,6 +288,11 @@ def replay_more_data(args, splits, spec):
                        note=note)]
 
 
+QUICK = dict(epochs=3, sizes=(100, 200), examples=600)
+"""--quick: the first 3 epochs of each run (compared with the book's first 3);
+more_data on 100 and 200 images for 6 and 3 epochs (its numbers say nothing)."""
+
+
 def run(args, splits, wanted):
     """Replay every seeded row ``wanted(row_id)`` asks for; their rows."""
     jobs = ([(spec, replay_overfitting) for spec in OVERFITTING] + [(spec, replay_weight_init) for spec in WEIGHT_INIT]
@@ -294,6 +300,8 @@ def run(args, splits, wanted):
     rows = []
     for spec, replay in jobs:
         if wanted(spec["id"]):
+            if args.quick:
+                spec = dict(spec, **{k: v for k, v in QUICK.items() if k in spec})
             print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
                   f"seed {args.book_seed}", flush=True)
             done = replay(args, splits, spec)

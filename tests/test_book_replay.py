@@ -130,3 +130,34 @@ def test_report_rows_show_the_book_codes_seed_spread_and_each_replay_beside_its_
                                            "29/30 epochs equal")
     assert shown["3.2"] == chap3[2] and chap3[0]["note"] == "ours"      # other rows, and the inputs, unchanged
     assert book_seeds.report_rows("chap1", chap3, results) is chap3
+
+
+@pytest.fixture
+def x64_restored():
+    """--book-seed switches JAX to float64 for the process; restore the setting."""
+    before = jax.config.jax_enable_x64
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+def test_chap3_book_seed_records_a_replayed_row_in_float64(tmp_path, mnist_dir, x64_restored):
+    """``--quick --book-seed S --only 3.7``: the first 3 epochs of fig/overfitting.py's
+    λ = 5 run, recorded as 3.7@book with the seed and, where the book's curve is
+    at hand, its test accuracy equal to the book's in all 3 epochs."""
+    import json
+
+    from experiments import chap3, report
+    with jax.numpy_dtype_promotion("standard"):
+        chap3.main(["--quick", "--book-seed", str(book_random.BOOK_SEED), "--only", "3.7",
+                    "--out", str(tmp_path), "--data-dir", str(mnist_dir)])
+    out = json.loads((tmp_path / "results.json").read_text())
+    (row,) = out["rows"]
+    assert (row["id"], row["book_seed"], row["x64"], row["seeds"]) == ("3.7@book", book_random.BOOK_SEED, True,
+                                                                        [book_random.BOOK_SEED])
+    assert len(row["curves"]["evaluation_accuracy"]) == 3
+    book = report.book_curve("regularized_full")
+    if book is None:
+        assert row["replay"] is None
+    else:
+        assert row["curves"]["evaluation_accuracy"] == book[1][:3]
+        assert row["replay"]["evaluation_accuracy"]["equal"] == 3
