@@ -24,13 +24,14 @@ BOOK_CODE_SEEDS = {
 
 
 def book_code_spread_text(row_id):
-    """"the book's own code: 97.75 ± 0.07 [97.59, 97.85] over 24 seeds (0 reach the
-    book's number)": peak accuracy, mean ± sd [min, max]; "" for rows not measured so."""
+    """"the book's own code: 97.75 ± 0.07 [97.59, 97.85] over 24 seeds (0 of them
+    reach the book's number)": peak accuracy, mean ± sd [min, max]; "" for rows not measured so."""
     s = BOOK_CODE_SEEDS.get(row_id)
     if s is None:
         return ""
     return (f"the book's own code: {s['peak_mean']:.2f} ± {s['peak_sd']:.2f} [{s['peak_min']:.2f}, "
-            f"{s['peak_max']:.2f}] over {s['runs']} seeds ({s['reaching']} reach the book's number)")
+            f"{s['peak_max']:.2f}] over {s['runs']} seeds ({s['reaching']} of them reach"
+            f"{'es' if s['reaching'] == 1 else ''} the book's number)")
 
 
 REPLAY_FOLDER = "chap3-book-replay"
