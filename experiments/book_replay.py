@@ -36,7 +36,33 @@ equal the book's (accuracies exactly, costs to ``COST_RTOL``) and where the
 first difference appears.
 
 Rows are recorded as ``<row>@book`` (e.g. ``3.7@book``) beside the rows trained
-with JAX keys, with ``book_seed`` and, per curve, the match.
+with JAX keys, with ``book_seed`` and, per curve, the match; ``reproduced/
+chap3-book-replay/`` holds them for seed 12345678 (``experiments/book_seeds.py``
+puts each beside its chap3 row in REPORT.md).
+
+What the replays show (seed 12345678, float64 on the CPU):
+
+- exact, every epoch of every recorded curve: 3.4 and 3.6 (400 epochs on
+  1,000 images: test and training accuracy, and costs to 1e-4), 3.10 and
+  3.10-100 (both initializations, 30 epochs each), 3.18a-b (η 0.025 and
+  0.25: training cost to 1e-4, in fact to 3e-13), 3.14 (all nine sizes, up to
+  15,000 epochs of 100 images). These also confirm how the scripts use the
+  streams: the second and third runs of one process continue both streams
+  (and the shuffled list), and more_data slices the unshuffled list afresh.
+- 3.7: test accuracy equal in 29 of 30 epochs (epoch 27: 9,621 against the
+  book's 9,620), peak 96.49 % and final 95.61 % as the book's; training
+  accuracy 28/30 (one image off, twice); costs within 4e-5 relative. The
+  difference is the order of the mini-batch sum: a float64 NumPy run of the
+  book's own per-example loop equals the book's test accuracy in 30/30 epochs.
+- 3.5 (λ 0 on 50,000 images): equal for 2 epochs, then a difference of one
+  image at epoch 3 grows (test cost 2e-6 relative at epoch 3, 2e-3 at epoch 4):
+  without weight decay the 5,000 steps of an epoch amplify a last-bit
+  difference about 10^4-fold per epoch, and the book's own per-example loop
+  in NumPy leaves the book's curve as well, at epoch 4. Beyond epoch 3 the
+  curve is another sample of the same run, not the book's.
+- 3.18c (η 2.5): differs from the first epoch. η 2.5 is past the stable
+  learning rate and the cost oscillates: the per-example NumPy loop gives a
+  third value (1.003 after epoch 1; book 0.925, this replay 1.108).
 """
 import time
 

@@ -34,7 +34,9 @@ The pixels: the book's ``mnist.pkl.gz`` stores each image as float32 byte/256
 conversion, whose maximum of 255/256 is a known quirk), and ``mnist_loader``
 passes those values on unchanged; network2's float64 weights promote them to
 float64 exactly. ``book_pixels`` turns this project's byte/255 images into the
-pickle's values.
+pickle's values. (The pickle itself is not at hand here; the replays confirm
+it: with byte/256 the replay of fig/overfitting.py's λ = 5 run equals the
+book's test accuracy after the first epoch, 9,212; with byte/255 it gives 9,196.)
 
 NumPy and the standard library only (this module sits beside ``data`` in the
 import order). Params come back in the core layout: a list of
