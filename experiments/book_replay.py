@@ -150,8 +150,7 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
     if not jax.config.jax_enable_x64:
         raise RuntimeError("a book replay computes in float64: enable jax_enable_x64 first "
                            "(python -m experiments.chap3 --book-seed S does)")
-    _, apply = layers.mlp(sizes, sigmoid)
-    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty="l2")
+    trainer = train.trainer_for(layers.mlp_net(sizes, sigmoid), costs.cross_entropy, 10, penalty="l2")
     stacked = train.stack([jax.tree_util.tree_map(jnp.asarray, params)])
     t0, every = time.time(), max(1, epochs // 10)
 
