@@ -192,6 +192,19 @@ def replay_label(matches, spec):
     return "book-exact replay" if exact else "book-seed replay" + (f" ({spec['drift']})" if spec.get("drift") else "")
 
 
+def short_match(matches, quoted=None, unit="epochs"):
+    """The replay in the row's title: "book-exact replay: 30/30 epochs" when
+    every compared curve equals the book's, else "book-seed replay: <quoted> k/n
+    epochs equal" for the curve the book quotes (``quoted``: its name and match)."""
+    matches = list(matches)
+    if not matches:
+        return "book-seed replay (no book curve to compare)"
+    if all(m["equal"] == m["epochs"] for m in matches):
+        return f"book-exact replay: {matches[0]['epochs']}/{matches[0]['epochs']} {unit}"
+    name, m = quoted or ("", matches[0])
+    return f"book-seed replay: {name + ' ' if name else ''}{m['equal']}/{m['epochs']} {unit} equal"
+
+
 def match_text(name, match):
     """"test accuracy 29/30 epochs equal (first difference at epoch 27, largest 1)"."""
     text = f"{name} {match['equal']}/{match['epochs']} epochs equal"
@@ -230,7 +243,9 @@ def replay_overfitting(args, splits, spec):
     note = (f"seed {seed} with the book's streams (fig/overfitting.py), float64: {replay_note}. "
             f"Test peak {test_acc.max():.2f} % at epoch {int(test_acc.argmax()) + 1}, final {test_acc[-1]:.2f} %; "
             f"training accuracy final {train_acc[-1]:.2f} %")
-    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay", spec["book"], measured,
+    quoted = "evaluation_accuracy" if spec["quote"] == "test_peak" else "training_accuracy"
+    title = short_match((matches or {}).values(), (names[quoted], matches[quoted]) if matches else None)
+    return [report.row(f"{spec['id']}@book", f"{spec['what']} — {title}", spec["book"], measured,
                        set="test" if spec["quote"] == "test_peak" else "training", seeds=[seed],
                        book_seed=seed, script="fig/overfitting.py", book_curve=f"fig/{spec['curve']}.json",
                        epochs=spec["epochs"], n_train=n, lmbda=spec["lmbda"], eta=0.5,
@@ -263,7 +278,8 @@ def replay_weight_init(args, splits, spec):
             + replay_label(matches.values(), spec) + ": "
             + "; ".join(match_text(f"{k} init validation accuracy", m) for k, m in matches.items())
             + ". " + "; ".join(f"{k} init: epoch 1 {v[0]:.2f} %, final {v[-1]:.2f} %" for k, v in pct.items()))
-    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay", spec["book"]["default"],
+    title = short_match(matches.values(), ("default init", matches.get("default")) if matches else None)
+    return [report.row(f"{spec['id']}@book", f"{spec['what']} — {title}", spec["book"]["default"],
                        pct["default"][-1], set="validation", seeds=[seed], book_seed=seed,
                        script="fig/weight_initialization.py", book_curve=f"fig/{spec['curve']}.json",
                        eta=spec["eta"], lmbda=spec["lmbda"], epochs=spec["epochs"], replay=matches or None,
@@ -292,7 +308,8 @@ def replay_multiple_eta(args, splits, spec):
                    f"{match_text('training cost', match)} (to {COST_RTOL:g} relative)" if match
                    else "book curve not found"))
         rows.append(report.row(f"{spec['id']}{'abc'[i]}@book", f"η = {eta}: training cost at the last epoch "
-                               "— book-seed replay", spec["book"][i], float(cost[-1]), unit="", set="training",
+                               f"— {short_match([match] if match else [])}", spec["book"][i], float(cost[-1]),
+                               unit="", set="training",
                                seeds=[seed], book_seed=seed, script="fig/multiple_eta.py",
                                book_curve=f"fig/{spec['curve']}.json", eta=eta, lmbda=spec["lmbda"],
                                replay=match, curve=cost, beside=f"{spec['id']}{'abc'[i]}", note=note))
@@ -325,7 +342,8 @@ def replay_more_data(args, splits, spec):
     note = (f"seed {seed} with the book's streams (fig/more_data.py), float64: {label}: "
             f"{equal}/{len(accuracies)} sizes equal; measured " + ", ".join(f"{a:.2f}" for a in accuracies)
             + (f"; book {', '.join(f'{b:.2f}' for b in book)}" if book else ""))
-    return [report.row(f"{spec['id']}@book", spec["what"] + " — book-seed replay",
+    title = short_match([{"equal": equal, "epochs": len(accuracies)}] if book else [], unit="sizes")
+    return [report.row(f"{spec['id']}@book", f"{spec['what']} — {title}",
                        None if book is None else book[-1], accuracies[-1], set="validation", seeds=[seed],
                        book_seed=seed, script="fig/more_data.py", book_curve=f"fig/{spec['curve']}.json",
                        train_sizes=list(spec["sizes"]), accuracies=accuracies, book_accuracies=book,

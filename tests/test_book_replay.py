@@ -81,6 +81,10 @@ def test_curve_match_counts_equal_epochs_and_the_first_difference():
     assert (acc["equal"], acc["epochs"], acc["first_difference"], acc["largest_difference"]) == (3, 4, 3, 1.0)
     cost = book_replay.curve_match([1.0, 2.0 * (1 + 1e-3)], [1.0 * (1 + 1e-6), 2.0], "cost")
     assert (cost["equal"], cost["first_difference"]) == (1, 2)
+    exact = book_replay.curve_match([5, 6], [5, 6], "accuracy")
+    assert book_replay.short_match([exact, exact]) == "book-exact replay: 2/2 epochs"
+    assert book_replay.short_match([exact, acc], ("test accuracy", acc)) == \
+        "book-seed replay: test accuracy 3/4 epochs equal"
 
 
 def _toy(n=23, seed=0):
