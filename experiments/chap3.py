@@ -29,6 +29,11 @@ neuron, 300 steps) runs at the book's setting in --quick too.
 
 --x64 computes in float64 throughout (data, params, η, λ), as the book's NumPy
 code does.
+
+--book-seed S replays the rows whose book curves come from seeded scripts
+(3.4-3.7: fig/overfitting.py; 3.10, 3.10-100: weight_initialization.py; 3.18:
+multiple_eta.py; 3.14: more_data.py) with the book's own random streams from
+seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
 """
 import functools
 import hashlib
@@ -38,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import book_replay, report
 from nndl_jax import costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset, load_mnist
@@ -566,9 +571,11 @@ RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "
 
 def run(args):
     splits = load_mnist(args.data_dir)
+    if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
+        return book_replay.run(args, splits, lambda row_id: report.wanted(args, row_id))
     rows = []
     for spec in ROWS:
-        if report.wanted(args, spec["id"]):
+        if report.wanted(args, spec["id"]) or set(spec.get("also", ())) & set(args.only or ()):
             print(f"\n== {spec['id']}: {spec['what']}", flush=True)
             done = RUNNERS[spec["kind"]](args, splits, spec)
             report.record(args, done)
@@ -578,7 +585,10 @@ def run(args):
 
 
 def main(argv=None):
-    args = report.parse_args("chap3", __doc__, argv, row_ids=[spec["id"] for spec in ROWS])
+    row_ids = [spec["id"] for spec in ROWS]
+    row_ids += [i for spec in ROWS for i in spec.get("also", ()) if i not in row_ids]
+    args = book_replay.prepare(report.parse_args("chap3", __doc__, argv, row_ids=row_ids,
+                                                 add_arguments=book_replay.add_arguments))
     return report.finish(args, run(args))
 
 

@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from experiments import report
+from experiments import book_seeds, report
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -209,7 +209,8 @@ def report_page(out):
         lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
                      f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | {machine(res.get('environment'))} |")
     for name, res in results.items():
-        lines += ["", f"## {name}", "", "Runs:", ""] + _runs_text(res) + ["", report.markdown_table(res["rows"])]
+        lines += ["", f"## {name}", "", "Runs:", ""] + _runs_text(res) + ["", report.markdown_table(
+            book_seeds.report_rows(name, res["rows"], results))]
         if isinstance(res.get("settings"), dict):
             lines += ["", "Settings: `" + ", ".join(f"{k}={v}" for k, v in res["settings"].items()) + "`"]
         figures = sorted((Path(out) / name).glob("*.png"))
@@ -237,7 +238,8 @@ def readme_block(root=None):
     lines = [BEGIN, ""]
     results = chapter_results(root)
     for name, res in results.items():
-        rows = [r for r in res["rows"] if not r.get("quick", res.get("quick")) and r.get("book") is not None]
+        rows = [r for r in book_seeds.report_rows(name, res["rows"], results)
+                if not r.get("quick", res.get("quick")) and r.get("book") is not None]
         if not rows:
             continue
         rows = [dict(r, experiment=r["experiment"] + " (SHORTENED: not the book's setting, see the report)")
