@@ -322,3 +322,30 @@ def test_l2_penalty_gradient_is_c_w_and_no_bias_gradient():
     for g, p in zip(grads, PENALTY_PARAMS):
         np.testing.assert_allclose(np.asarray(g["w"]), 0.3 * np.asarray(p["w"]), rtol=1e-6)
         assert not np.any(np.asarray(g["b"]))
+
+
+@pytest.mark.parametrize("bad", ["short", "repeat", "float", "per-net-wrong"])
+def test_fit_refuses_an_order_that_is_not_a_permutation(toy, key, bad):
+    init, trainer, (x, y) = toy
+    n = len(y)
+    params = train.stack([init(key, (SIZES[0],))[1]])
+    order = {"short": np.arange(n - 1), "repeat": np.r_[np.arange(n - 1), 0], "float": np.arange(n) * 1.0,
+             "per-net-wrong": np.stack([np.arange(n), np.arange(n)])}[bad]
+    with pytest.raises(ValueError, match="permutation"):
+        train.fit(trainer, params, (x, y), 1, key=jax.random.key(0), eta=0.5, orders=lambda e: order)
+
+
+def test_fit_trains_in_the_given_order(toy, key):
+    """orders(e) = range(n) in every epoch is the unshuffled run (to float32 rounding, 1e-6: the order
+    arrives as an argument rather than a constant, so XLA fuses the gathers differently); its reverse
+    is another run."""
+    init, trainer, (x, y) = toy
+    params = train.stack([init(key, (SIZES[0],))[1]])
+    kept = train.Trainer(trainer.apply, trainer.cost, 8, penalty="l2", momentum=0.5, shuffle=False)
+    plain, _, _ = train.fit(kept, params, (x, y), 2, key=jax.random.key(0), eta=0.5)
+    given, _, _ = train.fit(trainer, params, (x, y), 2, key=jax.random.key(0), eta=0.5,
+                            orders=lambda e: np.arange(len(y)))
+    backwards, _, _ = train.fit(trainer, params, (x, y), 2, key=jax.random.key(0), eta=0.5,
+                                orders=lambda e: np.arange(len(y))[::-1])
+    np.testing.assert_allclose(np.asarray(plain[0]["w"]), np.asarray(given[0]["w"]), rtol=0, atol=1e-6)
+    assert not np.allclose(np.asarray(plain[0]["w"]), np.asarray(backwards[0]["w"]), atol=1e-4)
