@@ -16,6 +16,7 @@ import urllib.error
 import zlib
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from conftest import mnist_folder, unavailable
@@ -908,3 +909,21 @@ def test_tests_without_mnist_fail_in_ci_and_skip_elsewhere(tmp_path, monkeypatch
     outcome = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(outcome, match=("CI=true and " if ci else "") + "no MNIST: MNIST could not be downloaded"):
         unavailable(f"no MNIST: {error.value}")
+
+
+def test_the_tests_write_into_a_cache_of_their_own_and_read_mnist_where_the_user_keeps_it(mnist_dir):
+    assert data.cache_dir() == conftest.session_cache() / "nndl-jax"
+    assert data.resolve_data_dir() == mnist_dir  # pinned in NNDL_JAX_DATA, not looked for in that cache
+    assert not conftest.session_cache().is_relative_to(Path.home() / ".cache")
+
+
+def test_tests_on_a_fresh_machine_fill_the_users_cache_and_pin_it(mnist_dir, tmp_path, monkeypatch):
+    """No NNDL_JAX_DATA and an empty user cache: MNIST is downloaded into the user's
+    cache (not the session's), then pinned so that code under test finds it."""
+    users = tmp_path / "home-cache" / "nndl-jax" / "mnist"
+    monkeypatch.setattr(conftest, "_USER_MNIST", users)
+    monkeypatch.delenv("NNDL_JAX_DATA")
+    mirror = FakeMirror(mnist_dir)
+    monkeypatch.setattr(data, "urlopen", mirror)
+    assert conftest.user_mnist_folder() == users and len(mirror.calls) == 4
+    assert data.resolve_data_dir() == users and conftest.has_mnist(users)
