@@ -26,6 +26,8 @@ C = 1, gamma = 1/784, which today must be asked for as ``gamma='auto'``).
 
 --quick: 2 epochs on 5,000 training and 1,000 test images, SVM on 2,000.
 """
+import contextlib
+import threading
 import time
 
 import jax.numpy as jnp
@@ -85,10 +87,50 @@ def average_darkness(training, test):
     return int(np.sum(guesses == np.asarray(test.y)))
 
 
+# The SVM baseline on the full data (fit on 50,000 images, then predicting 10,000),
+# measured on a 2-core CPU shared with other work (2026-12-04): the estimate printed
+# while it runs scales these by the data size.
+SVM_SECONDS_50K = {"fit": 265.0, "predict": 77.0}
+# libsvm's kernel cache: one pair of digits is about 10,000 images, whose whole kernel
+# matrix (float32) is 400 MB; scikit-learn's default of 200 MB recomputes half of it.
+# The cache changes how often a kernel value is computed, never the value: same answer.
+SVM_CACHE_MB = 1000
+
+
+def svm_seconds(n_train, n_test):
+    """About how long `svm_baseline` takes: fit time grows as the square of the
+    training images (libsvm's kernel evaluations), prediction with the support
+    vectors (about n_train ** 0.8) times the test images."""
+    fit = SVM_SECONDS_50K["fit"] * (n_train / 50000) ** 2
+    return fit, SVM_SECONDS_50K["predict"] * (n_train / 50000) ** 0.8 * (n_test / 10000)
+
+
+@contextlib.contextmanager
+def still_running(what, expected, every=20.0):
+    """Print ``  SVM: <what>, <time> so far (about <expected> expected)`` every
+    ``every`` seconds while the block runs (libsvm runs without the GIL, so a
+    thread can speak for it)."""
+    t0, stop = time.time(), threading.Event()
+
+    def beat():
+        while not stop.wait(every):
+            print(f"  SVM: {what}, {report.duration(time.time() - t0)} so far "
+                  f"(about {report.duration(expected)} expected on a quiet 2-core CPU)", flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def svm_baseline(training, test, train_size):
     """The book's mnist_svm.py: SVC with an RBF kernel, C = 1, gamma = 1/784,
     trained on the first ``train_size`` training images; number of test images
-    correct, or None when scikit-learn is not installed."""
+    correct, or None when scikit-learn is not installed. Prints a line every
+    20 s while libsvm works, with an estimate of its time from the data size."""
     try:
         from sklearn import svm
     except ImportError:
@@ -96,13 +138,18 @@ def svm_baseline(training, test, train_size):
               "pip install 'nndl-jax[baselines]')")
         return None
     n = min(int(train_size), len(training.y))
-    clf = svm.SVC(gamma="auto")  # the 2015 default: 1 / n_features; C = 1, kernel 'rbf'
+    # gamma='auto': the 2015 default, 1 / n_features; C = 1, kernel 'rbf'
+    clf = svm.SVC(gamma="auto", cache_size=SVM_CACHE_MB)
+    fit_s, predict_s = svm_seconds(n, len(test.y))
     t0 = time.time()
-    print(f"  SVM: fitting SVC(gamma='auto') on {n} training images ...", flush=True)
-    clf.fit(training.x[:n], training.y[:n])
-    print(f"  SVM: fitted in {time.time() - t0:.1f} s; predicting {len(test.y)} test images ...",
-          flush=True)
-    correct = int(np.sum(clf.predict(test.x) == test.y))
+    print(f"  SVM: fitting SVC(gamma='auto') on {n} training images "
+          f"(about {report.duration(fit_s)} on a quiet 2-core CPU) ...", flush=True)
+    with still_running(f"fitting on {n} images", fit_s):
+        clf.fit(training.x[:n], training.y[:n])
+    print(f"  SVM: fitted in {time.time() - t0:.1f} s; predicting {len(test.y)} test images "
+          f"(about {report.duration(predict_s)}) ...", flush=True)
+    with still_running(f"predicting {len(test.y)} images", predict_s):
+        correct = int(np.sum(clf.predict(test.x) == test.y))
     print(f"  SVM: {correct} / {len(test.y)} correct ({time.time() - t0:.1f} s in all)", flush=True)
     return correct
 
