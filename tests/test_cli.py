@@ -163,3 +163,21 @@ def test_reproduce_refuses_a_folder_that_holds_the_other_kind_before_training(tm
 
 def test_report_needs_an_existing_folder(tmp_path):
     assert exit_status(["report", "--out", str(tmp_path / "missing")]) == 2
+
+
+def test_every_command_the_readme_shows_is_one_the_cli_knows():
+    """The README's commands (`nndl-jax <command> ...` in its code blocks) exist, and each
+    option it passes is one that command's --help lists."""
+    import re
+    text = (REPO / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"^```[a-z]*\n(.*?)^```$", text, flags=re.S | re.M))
+    shown = re.findall(r"nndl-jax ([a-z0-9]+)((?: +--?[a-z0-9-]+(?: +[^-#\s][^\s]*)*)*)", blocks)
+    assert {c for c, _ in shown} >= {"chap1", "reproduce", "report", "data", "expand"}
+    known = set(cli._experiment_commands()) | {"data", "expand", "run"}
+    for command, rest in shown:
+        assert command in known, command
+        options = re.findall(r"(--[a-z0-9-]+)", rest)
+        if options:
+            done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", command, "--help"], cwd=REPO,
+                                  capture_output=True, text=True, timeout=300)
+            assert all(o in done.stdout for o in options), (command, options)
