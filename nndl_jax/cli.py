@@ -129,7 +129,7 @@ _COMMANDS = [_add_data, _add_expand, _add_run]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nndl-jax", description="The programs of Nielsen's Neural Networks and Deep Learning, in JAX.",
-        epilog="Start with: nndl-jax chap1 (chapter 1's table: about 10 minutes on a 2-core CPU).")
+        epilog="Start with: nndl-jax chap1 (chapter 1's table: about 8 minutes on a 2-core CPU).")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
