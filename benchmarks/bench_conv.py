@@ -12,7 +12,7 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
   jax K=1              ``train.Trainer``'s scanned epoch, one net (the default path:
                        ``layers.conv_pool`` layout "auto", i.e. on the CPU NHWC with the
                        hand-written VJPs of ``conv2d_nhwc`` and ``max_pool_first``,
-                       compiled with ``train.cpu_compiler_options()``)
+                       compiled with ``devices.cpu_compiler_options()``)
   torch 2t / 1t        PyTorch, idiomatic: ``nn.Sequential`` + ``optim.SGD``, a Python
                        loop over shuffled mini-batches, 2 threads / 1 thread
                        (when ``torch`` is importable: ``pip install nndl-jax[bench]``)
@@ -22,7 +22,7 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
                        chapter 6 runs (``devices.over_devices``: ``shard_map``, each
                        device running the one-net program)
   jax K=2 vmap-sharded two nets vmapped, the K axis sharded over the two devices
-                       (``train.shard_stacked``; the vmapped convolution stays grouped)
+                       (``devices.Layout.place``; the vmapped convolution stays grouped)
   jax K=2 processes    two worker processes, each pinned to its own core, each
                        training one net (K=1) at the same time
   torch K=2 2t         two PyTorch nets stepped in turn in one loop, 2 threads
@@ -31,7 +31,7 @@ With ``--variants``, K=1 also with the pool's gradient by ``jax.grad``
 convolution's gradient by ``jax.grad`` too, with the fully connected product's
 gradient by ``jax.grad`` (the path before ``dense_product``), in the book's NCHW layout, and
 compiled with XLA's default options (its convolutions by YNNPACK; the trainer
-passes ``train.cpu_compiler_options()``, which leaves them to XLA's own kernels).
+passes ``devices.cpu_compiler_options()``, which leaves them to XLA's own kernels).
 
 Times are per step of all K nets. Each case is timed once per round, the cases
 interleaved, and the median over rounds is printed: on a shared machine load
@@ -107,7 +107,7 @@ def _block(tree):
 def jax_case(name, k, steps, mode="vmap", layout="auto", sharded=False, compiler_options="auto"):
     """A function running one scanned epoch of ``steps`` mini-batches for K nets
     (compiled on the first call) through ``train.Trainer(over_k=mode)``.
-    ``sharded``: the K axis placed across the devices (``train.shard_stacked``,
+    ``sharded``: the K axis placed across the devices (``devices.Layout.place``,
     as ``train.fit`` does); otherwise everything sits on the first device.
     ``compiler_options``: the trainer's (None: XLA's defaults)."""
     init, apply = jax_net(name, layout)
@@ -119,7 +119,7 @@ def jax_case(name, k, steps, mode="vmap", layout="auto", sharded=False, compiler
     opt_state = trainer.init_opt_state(params, ETA)
     c, active = jnp.zeros(k, jnp.float32), jnp.ones(k, bool)
     if sharded:
-        params, opt_state, train_keys, c, active = train.shard_stacked(
+        params, opt_state, train_keys, c, active = devices.layout_for(k).place(
             (params, opt_state, train_keys, c, active))
 
     def run_epoch(p, s):

@@ -155,7 +155,7 @@ def main(argv=None):
         spread = jax.jit(devices.over_devices(one_epoch, (True, True, False, False, True, True),
                                               within="vmap"), donate_argnums=(0, 1))
         params = train.init_many(init, init_keys, (784,))
-        dev = list(train.shard_stacked((params, trainer.init_opt_state(params, ETA), train_keys,
+        dev = list(devices.layout_for(8).place((params, trainer.init_opt_state(params, ETA), train_keys,
                                         jnp.zeros(8))))
 
         def run_dev():
@@ -166,7 +166,7 @@ def main(argv=None):
 
         # (5c) the trainer's over_k="devices": 4 nets one after another on each device.
         by_device = train.Trainer(apply, costs.quadratic, M, over_k="devices")
-        dev_map = list(train.shard_stacked((params, by_device.init_opt_state(params, ETA), train_keys,
+        dev_map = list(devices.layout_for(8).place((params, by_device.init_opt_state(params, ETA), train_keys,
                                             jnp.zeros(8), jnp.ones(8, bool))))
 
         def run_dev_map():

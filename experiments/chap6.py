@@ -6,7 +6,7 @@ accuracy at the epoch of best validation accuracy (the book's ``>=`` rule),
 as mean ± spread and best-of-k over the seeds, which train together as one
 compiled program. Run as a command, the chapter asks JAX for one CPU device
 per core, and the seeds of a row are spread over them (two cores: two nets
-side by side; ``train.k_axis_mode``). Rows 6.11
+side by side; ``devices.k_axis_mode``). Rows 6.11
 and 6.12 share max(--seeds, 5) dropout nets (seeds --seed, --seed + 1, ...):
 each net, once trained, is recorded as its own row ``6.11@<seed>`` (with its
 test predictions); 6.11 then reports the nets, 6.12 their plurality vote
@@ -334,7 +334,7 @@ def composed_ensemble_rows(args, r11, r12, nets, test, note):
 def layer_parameter_counts(net_layers, key):
     """The number of parameters (weights and biases) in each layer of a
     network3 net, counted from the leaves of its initialized params."""
-    init, _ = network3.build(net_layers)
+    init = network3.build(net_layers).init
     _, params = init(key, (784,))
     return [sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(p)) for p in params]
 

@@ -1,4 +1,11 @@
-"""K networks spread over several devices, each device running the one-net program.
+"""Devices and the K axis: where K stacked networks run, and how.
+
+The one home of device code: the CPU device count (``use_cpu_devices``), the
+compiler options the trainer's programs get on the CPU
+(``cpu_compiler_options``), how a program runs K nets (``k_axis_mode``,
+``k_nets``: vmapped, one after another, or over devices) and where their
+stacked params live (``Layout``: the K axis padded to a multiple of the
+devices and sharded over one mesh, ``mesh``).
 
 On a CPU, JAX sees one device however many cores there are, and one small conv
 net's step keeps barely more than one core busy. ``use_cpu_devices(n)`` asks
@@ -7,16 +14,19 @@ made); ``over_devices(fn, ...)`` then runs ``fn`` (written for ONE network) on
 each device's share of K stacked networks, one after another within a device
 (``lax.map``) and the devices side by side (``jax.shard_map``).
 
-Why not ``vmap`` of the K axis with a sharded input (what ``train.shard_stacked``
+Why not ``vmap`` of the K axis with a sharded input (what ``Layout.place``
 does): the compiler partitions the vmapped program, but a vmapped convolution
 is a grouped convolution (``feature_group_count = K``) before partitioning and
 stays one on each device, the form XLA:CPU runs slowly. ``shard_map`` hands
 each device the one-net program, ungrouped (``benchmarks/bench_conv.py``
 measures both).
 """
+import functools
 import os
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
@@ -55,6 +65,99 @@ def use_cpu_devices_unless_started(n=None):
     return len(jax.local_devices())
 
 
+# --- compiler options -------------------------------------------------------------
+
+# XLA:CPU's library fusions without YNNPACK's convolutions (its default list
+# also holds LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION); dots and reductions
+# keep going to YNNPACK, which is faster than XLA's own for them.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def cpu_compiler_options(backend=None):
+    """The ``compiler_options`` the trainer's programs are compiled with:
+    ``CPU_COMPILER_OPTIONS`` on the CPU, None (XLA's defaults) elsewhere or
+    where this XLA does not know the option (it is an experimental one).
+    ``backend``: the backend to choose for (default: JAX's default backend;
+    tests pass "gpu" to exercise the accelerator's branch on the CPU).
+
+    Why: jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK, which runs
+    the book's small convolutions (10 images, 5×5 filters, 20–40 maps) at
+    about half the speed of XLA's own (Eigen) kernel, the weight-gradient one
+    at a quarter (1.15 ms of a 4 ms step). With these options a scanned step
+    of the two-conv net takes 0.66× the time on the 2-core CPU (benchmarks/README.md;
+    ``bench_conv.py --variants`` times both). Fully connected nets compile
+    the same either way. Passed per ``jax.jit``, so nothing changes for other
+    JAX code in the process (unlike ``XLA_FLAGS``)."""
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    return _cpu_options_if_known()
+
+
+@functools.cache
+def _cpu_options_if_known():
+    try:
+        jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.zeros(())).compile()
+    except jax.errors.JaxRuntimeError:  # an XLA without this option, or without these values
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+# --- how one program runs K nets ----------------------------------------------------
+
+K_MODES = ("vmap", "map", "devices")
+
+
+def k_axis_mode(mode="auto", backend=None, n_devices=None):
+    """"vmap", "map" or "devices" for ``Trainer.over_k``. "auto" is "map" on
+    a single CPU device, "devices" on several CPU devices
+    (``use_cpu_devices``) and "vmap" on an accelerator (``backend`` and
+    ``n_devices`` default to JAX's; tests force the other backend's choice).
+    It is meant for conv nets: on the CPU a vmapped convolution over K stacked
+    filter banks becomes a grouped convolution that XLA runs slowly (measured
+    on the 2-core CPU, the two-conv net: K = 3 vmapped 17.9 ms per step,
+    mapped 10.2 ms), and one net's step keeps barely more than one core busy,
+    so two CPU devices each running the one-net program give nearly twice the
+    throughput (benchmarks/README.md). Fully connected nets stay vmapped
+    (K = 8 [784,30,10] nets on the CPU: mapped 18-22 % slower than vmapped)."""
+    if mode == "auto":
+        if (backend or jax.default_backend()) != "cpu":
+            return "vmap"
+        n = len(jax.devices()) if n_devices is None else n_devices
+        return "map" if n == 1 else "devices"
+    if mode not in K_MODES:
+        raise ValueError(f"over_k must be 'auto' or one of {K_MODES}, got {mode!r}")
+    return mode
+
+
+def k_nets(fn, stacked, mode):
+    """``fn``, written for ONE network, lifted to K networks stacked on a leading axis.
+
+    ``stacked`` holds one boolean per positional argument of ``fn``: True for
+    the arguments stacked on the K axis (params, optimizer state, keys), False
+    for those every net shares (the data). Every output is stacked on K.
+    ``mode`` (see ``k_axis_mode``): "vmap" batches the K nets into one
+    program; "map" runs them one after another (``lax.map``); "devices"
+    spreads them over the devices of ``devices_for(K)``, one after another
+    within a device (``over_devices``; K must then be a multiple of that
+    count, which ``Layout`` ensures by padding). One net always takes the
+    vmap path.
+    """
+    if mode not in K_MODES:
+        raise ValueError(f"mode must be one of {K_MODES}, got {mode!r}")
+    batched = jax.vmap(fn, in_axes=tuple(0 if s else None for s in stacked))
+
+    def run(*args):
+        k = net_count(args, stacked)
+        if mode == "vmap" or k == 1:
+            return batched(*args)
+        if mode == "devices" and len(used := devices_for(k)) > 1:
+            return over_devices(fn, stacked, used, within="map")(*args)
+        return map_over_nets(fn, stacked, args)
+
+    return run
+
+
 def net_count(args, stacked):
     """K: the leading size of the arguments stacked on the K axis (``stacked[i]`` True)."""
     return jax.tree_util.tree_leaves([a for a, s in zip(args, stacked) if s])[0].shape[0]
@@ -78,21 +181,20 @@ def map_over_nets(fn, stacked, args):
 
 def over_devices(fn, stacked, devices=None, within="map"):
     """``fn`` for one network, lifted to K networks stacked on a leading axis
-    and spread over ``devices`` (default: all local devices).
+    and spread over ``devices`` (default: all devices).
 
     ``stacked`` is a tuple of booleans, one per positional argument of ``fn``:
     True for arguments stacked on the K axis (params, optimizer state, keys),
     False for arguments every network shares (the data). Every output is
     stacked on the K axis. K must be a multiple of the number of devices (see
-    ``train.padded_count``). Within a device the nets run one after another
+    ``Layout``). Within a device the nets run one after another
     (``within="map"``: ``lax.map``, the fast way for conv nets on the CPU) or
     batched (``within="vmap"``, the fast way for fully connected nets); a
     device holding one net calls ``fn`` directly.
     """
     if within not in ("map", "vmap"):
         raise ValueError(f"within must be 'map' or 'vmap', got {within!r}")
-    devices = list(jax.local_devices() if devices is None else devices)
-    mesh = jax.sharding.Mesh(np.array(devices), ("k",))
+    the_mesh = mesh(devices)
     k_spec, shared = PartitionSpec("k"), PartitionSpec()
     in_specs = tuple(k_spec if s else shared for s in stacked)
 
@@ -105,10 +207,74 @@ def over_devices(fn, stacked, devices=None, within="map"):
         if len(args) != len(stacked):
             raise TypeError(f"expected {len(stacked)} arguments (one per entry of stacked), got {len(args)}")
         k = net_count(args, stacked)
-        if k % len(devices):
-            raise ValueError(f"K = {k} networks do not split evenly over {len(devices)} devices; "
-                             f"pad K to a multiple (train.padded_count)")
-        return jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=k_spec,
+        if k % the_mesh.size:
+            raise ValueError(f"K = {k} networks do not split evenly over {the_mesh.size} devices; "
+                             f"pad K to a multiple (devices.Layout)")
+        return jax.shard_map(per_device, mesh=the_mesh, in_specs=in_specs, out_specs=k_spec,
                              check_vma=False)(*args)
 
     return run
+
+
+# --- where K stacked nets live ------------------------------------------------------
+
+def mesh(devices=None):
+    """The one mesh of the project: a 1-D mesh named "k" over ``devices``
+    (default: every device, ``jax.devices()``), along which the K axis of
+    stacked nets is sharded."""
+    return _mesh(tuple(jax.devices() if devices is None else devices))
+
+
+@functools.lru_cache(maxsize=8)
+def _mesh(devices):
+    return jax.sharding.Mesh(np.array(devices), ("k",))
+
+
+def devices_for(k, devices=None):
+    """The devices K stacked nets are spread over: the first min(K, D) of
+    ``devices`` (default: the D devices), so no device trains only
+    padding and one net stays on one device."""
+    devices = list(jax.devices() if devices is None else devices)
+    return devices[:max(1, min(int(k), len(devices)))]
+
+
+class Layout(NamedTuple):
+    """How K stacked nets are laid out for one run: over ``devices``, the K
+    axis padded to ``k_all`` (a multiple of their count; the padding nets are
+    copies of the last, trained and dropped). A run's saved state never holds
+    the padding, so a checkpoint resumes under any layout."""
+
+    k: int
+    devices: tuple
+
+    @property
+    def k_all(self):
+        return -(-self.k // len(self.devices)) * len(self.devices)
+
+    def pad(self, tree):
+        """``tree`` (leaves stacked on K) padded to ``k_all`` with copies of the last net."""
+        extra = self.k_all - self.k
+        if not extra:
+            return tree
+        return jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), tree)
+
+    def unpad(self, tree):
+        """The first K nets of a padded tree."""
+        if self.k_all == self.k:
+            return tree
+        return jax.tree_util.tree_map(lambda a: a[:self.k], tree)
+
+    def place(self, tree):
+        """``tree`` padded and sharded along K over the layout's devices
+        (``NamedSharding`` over ``mesh``); with one device, padded only."""
+        tree = self.pad(tree)
+        if len(self.devices) < 2:
+            return tree
+        sharding = jax.sharding.NamedSharding(mesh(self.devices), PartitionSpec("k"))
+        return jax.device_put(tree, sharding)
+
+
+def layout_for(k, devices=None):
+    """The ``Layout`` of K nets: over ``devices_for(k, devices)``."""
+    return Layout(int(k), tuple(devices_for(k, devices)))

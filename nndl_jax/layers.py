@@ -21,7 +21,9 @@ The book's initializers are functions ``(key, n_in, n_out) -> (w, b)``:
 network3's layers: ``conv_pool`` (ConvPoolLayer), ``fully_connected``
 (FullyConnectedLayer) and ``softmax`` (SoftmaxLayer).
 """
+import functools
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -71,6 +73,12 @@ def dropout(x, p, key):
 
 # --- the fully connected product -----------------------------------------------
 
+# Every product and convolution of the layers is computed to float32's full
+# precision: on GPUs XLA's default lets float32 products run in TF32 (a 10-bit
+# mantissa), which moves the book's numbers by about 1e-3 relative (seen on an
+# H200: feedforward 2e-3 off the float64 formula). On the CPU this changes nothing.
+PRECISION = jax.lax.Precision.HIGHEST
+
 _CONTRACT_FEATURES = (((1,), (1,)), ((), ()))   # dz [n, n_out] · w [n_in, n_out] over n_out
 _CONTRACT_BATCH = (((0,), (0,)), ((), ()))      # x [n, n_in] · dz [n, n_out] over the batch
 
@@ -83,7 +91,7 @@ def dense_product(x, w):
     the weight gradient xᵀ·dz is made (``weight_gradient``), by w's shape.
     ``tests/test_equivalence.py`` checks it against ``jax.grad`` of ``x @ w``.
     """
-    return x @ w
+    return jnp.matmul(x, w, precision=PRECISION)
 
 
 # Layers at most this many units wide take their weight gradient as (dzᵀ·x)ᵀ.
@@ -112,17 +120,17 @@ def weight_gradient(x, dz):
     ``jax.grad`` of ``x @ w``.
     """
     if dz.shape[-1] <= NARROW_LAYER:
-        return jax.lax.dot_general(dz, x, _CONTRACT_BATCH).T
-    return jax.lax.dot_general(x, dz, _CONTRACT_BATCH)
+        return jax.lax.dot_general(dz, x, _CONTRACT_BATCH, precision=PRECISION).T
+    return jax.lax.dot_general(x, dz, _CONTRACT_BATCH, precision=PRECISION)
 
 
 def _dense_product_fwd(x, w):
-    return x @ w, (x, w)
+    return jnp.matmul(x, w, precision=PRECISION), (x, w)
 
 
 def _dense_product_bwd(res, dz):
     x, w = res
-    dx = jax.lax.dot_general(dz, w, _CONTRACT_FEATURES).astype(x.dtype)
+    dx = jax.lax.dot_general(dz, w, _CONTRACT_FEATURES, precision=PRECISION).astype(x.dtype)
     return dx, weight_gradient(x, dz).astype(w.dtype)
 
 
@@ -187,17 +195,65 @@ def serial(*layers):
 
 
 def mlp(sizes, activation, *, init=default_weight_init):
-    """The fully connected network of the book's network.py / network2.py.
+    """The fully connected network of the book's network.py / network2.py, as
+    an ``(init, apply)`` pair (``mlp_net`` describes the same network as a ``Net``).
 
     ``sizes = [784, 30, 10]`` gives one hidden layer of 30 neurons with
     ``activation`` and an output layer returning its weighted input z (the
     cost supplies the output activation). Params: a list of {"w", "b"} dicts.
     """
+    net = mlp_net(sizes, activation, init=init)
+    return net.init, net.apply
+
+
+def mlp_net(sizes, activation, *, init=default_weight_init):
+    """``mlp``'s network as a hashable ``Net`` (what ``train.trainer_for`` keys on)."""
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must list at least two positive layer sizes, got {sizes}")
-    hidden = [dense(n, activation, init=init) for n in sizes[1:-1]]
-    return serial(*hidden, dense(sizes[-1], linear, init=init))
+    hidden = [layer("dense", n_out=n, activation=activation, init=init) for n in sizes[1:-1]]
+    return Net(tuple(hidden) + (layer("dense", n_out=sizes[-1], activation=linear, init=init),))
+
+
+def layer(kind, **args):
+    """One layer of a ``Net``: ``(kind, ((name, value), ...))``, lists made tuples."""
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"unknown layer kind {kind!r}; known: {sorted(LAYER_KINDS)}")
+    frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    return kind, tuple(sorted(frozen.items()))
+
+
+@dataclass(frozen=True)
+class Net:
+    """A network described by hashable data, in the way Equinox keys on a
+    module's static fields: ``layers`` is a tuple of ``layer(kind, **args)``,
+    each a kind of ``LAYER_KINDS`` and its arguments (activation functions are
+    compared by identity). Equal descriptions are the same network, so
+    ``train.trainer_for`` gives them one trainer and one compiled epoch,
+    however many book networks of those sizes a session makes.
+
+    ``init``/``apply``: the ``serial`` composition of the layers, built once
+    per ``Net`` object."""
+
+    layers: tuple
+
+    @functools.cached_property
+    def _pair(self):
+        return serial(*(LAYER_KINDS[kind](**dict(args)) for kind, args in self.layers))
+
+    @property
+    def init(self):
+        return self._pair[0]
+
+    @property
+    def apply(self):
+        return self._pair[1]
+
+    def without_init(self):
+        """The same network less its initializers, which ``apply`` never uses:
+        what compiled programs are keyed on (a net redrawn with another
+        initializer keeps its trainer)."""
+        return Net(tuple((kind, tuple((k, v) for k, v in args if k != "init")) for kind, args in self.layers))
 
 
 # --- network3's layers: convolution + max-pooling, fully connected, softmax --
@@ -205,9 +261,10 @@ def mlp(sizes, activation, *, init=default_weight_init):
 CONV_LAYOUTS = ("NCHW", "NHWC")
 
 
-def conv_layout(layout="auto"):
+def conv_layout(layout="auto", backend=None):
     """The internal layout a conv-pool layer computes in: ``"auto"`` picks
-    "NHWC" on the CPU and "NCHW" (the book's) elsewhere, at trace time.
+    "NHWC" on the CPU and "NCHW" (the book's) elsewhere, at trace time
+    (``backend`` defaults to JAX's; tests force the other backend's choice).
 
     On the CPU, XLA runs a convolution fast (Eigen) only in its canonical form
     (batch-spatial-features, kernel spatial-in-out). Inside a ``lax.scan`` the
@@ -220,7 +277,7 @@ def conv_layout(layout="auto"):
     (the GPU path). See ``benchmarks/bench_conv.py``, which times both.
     """
     if layout == "auto":
-        return "NHWC" if jax.default_backend() == "cpu" else "NCHW"
+        return "NHWC" if (backend or jax.default_backend()) == "cpu" else "NCHW"
     if layout not in CONV_LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {CONV_LAYOUTS}, got {layout!r}")
     return layout
@@ -230,7 +287,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv_nhwc(x, w, padding="VALID"):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=PRECISION)
 
 
 @jax.custom_vjp
@@ -391,7 +448,7 @@ def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *,
         w, b = params["w"], params["b"]
         if conv_layout(layout) == "NCHW":
             s = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))
+                                             dimension_numbers=("NCHW", "OIHW", "NCHW"), precision=PRECISION)
             s = max_pool(s, poolsize, "NCHW") + b.reshape(1, k, 1, 1)
             return activation(s)
         s = conv2d_nhwc(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0))
@@ -412,3 +469,6 @@ def softmax(n_out, *, p_dropout=0.0):
     weights and biases, dropout on its input; the softmax itself comes with the
     cost (``costs.log_likelihood``), which computes log-softmax stably from z."""
     return dense(n_out, linear, init=zeros_init, p_dropout=p_dropout)
+
+
+LAYER_KINDS = {"dense": dense, "conv_pool": conv_pool, "fully_connected": fully_connected, "softmax": softmax}

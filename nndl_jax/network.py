@@ -23,9 +23,8 @@ recorded, so any run can be replayed bit for bit: ``net.seed`` (pass it as
 ``Network(sizes, seed=net.seed)``) and ``net.last_sgd_seed`` (pass it as
 ``net.SGD(..., seed=net.last_sgd_seed)``).
 """
-import os
+import operator
 import secrets
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -67,25 +66,48 @@ def sizes_of(sizes):
     return [int(s) for s in sizes]
 
 
-def save_atomically(path, write, mode="wb"):
-    """Write a file with ``write(f)`` (f opened with ``mode``) into a
-    temporary file beside ``path``, then rename it into place: an interrupted
-    save never leaves a half-written file over a good one. The file gets the
-    usual mode (0666 less the umask). A missing folder is an error naming it."""
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot save {path.name}: the folder {folder.resolve()} does not exist "
-                                "(create it first)")
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+_CONVERTED_SLOTS = 4
+_converted = []   # the most recent conversions: (data, its items, n_inputs, n_classes, dataset), newest last
+
+
+def device_arrays(data, *, n_inputs, n_classes):
+    """``data`` in any layout ``data.as_arrays`` accepts, as a ``Dataset`` of
+    arrays on the device (x float32, y int32).
+
+    The book calls ``SGD`` again and again on the same list of 50,000 pairs;
+    converting it (0.1 s) and copying it to the device (0.1 s) each time would
+    cost as much as the epoch. So the last few lists converted are kept with
+    their converted arrays, and reused when the same list holds the same pair
+    objects (checked item by item, by identity) and a sample of 32 images
+    still equals the kept arrays. A list that was changed (items replaced,
+    added, removed, shuffled) is converted again; an image edited in place
+    outside the sample is not noticed (arrays hold no version number):
+    pass a new list after such an edit.
+    """
+    if not isinstance(data, list) or not data:
+        return _on_device(as_arrays(data, n_inputs=n_inputs, n_classes=n_classes))
+    for i, (kept, items, n_in, n_cls, dataset) in enumerate(_converted):
+        if (kept is data and n_in == n_inputs and n_cls == n_classes and len(items) == len(data)
+                and all(map(operator.is_, items, data)) and _sample_unchanged(data, dataset)):
+            _converted.append(_converted.pop(i))
+            return dataset
+    dataset = _on_device(as_arrays(data, n_inputs=n_inputs, n_classes=n_classes))
+    _converted.append((data, tuple(data), n_inputs, n_classes, dataset))
+    del _converted[:-_CONVERTED_SLOTS]
+    return dataset
+
+
+def _on_device(d):
+    return type(d)(jax.numpy.asarray(d.x), jax.numpy.asarray(d.y))
+
+
+def _sample_unchanged(data, dataset, count=32):
+    rows = np.linspace(0, len(data) - 1, min(count, len(data))).astype(int)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        x = np.stack([np.asarray(data[i][0], np.float32).reshape(-1) for i in rows])
+    except (TypeError, ValueError, IndexError):
+        return False
+    return np.array_equal(x, np.asarray(dataset.x[rows]))
 
 
 class Network:
@@ -104,11 +126,12 @@ class Network:
     def __init__(self, sizes, *, seed=None):
         self.sizes = sizes_of(sizes)
         self.num_layers = len(self.sizes)
-        self.seed = fresh_seed() if seed is None else int(seed)
+        self.seed = fresh_seed() if seed is None else train.check_seed(seed)
         self.last_sgd_seed = None
         self._init_key = jax.random.split(jax.random.key(self.seed))[0]
-        self._init, self._apply = layers.mlp(self.sizes, self.activation, init=self.initializer)
-        self.params = self._init(self._init_key, (self.sizes[0],))[1]
+        self.net = layers.mlp_net(self.sizes, self.activation, init=self.initializer)
+        self._init, self._apply = self.net.init, self.net.apply
+        self.params = train.init_params(self.net, self._init_key, (self.sizes[0],))
 
     # --- the book's attributes -------------------------------------------------
     @property
@@ -169,8 +192,9 @@ class Network:
         neuron is the correct label."""
         test = self._data(test_data)
         dtype = self._dtype
-        correct, _ = self._trainer(10, True).evaluate(train.stack([self.params]), test.x.astype(dtype),
-                                                     test.y, np.zeros(1, dtype))
+        evaluation = train.evaluation_for(self.net, self._core_cost)
+        correct, _ = evaluation.evaluate(train.stack([self.params]), jax.numpy.asarray(test.x, dtype),
+                                         test.y, np.zeros(1, dtype))
         return int(correct[0])
 
     def update_mini_batch(self, mini_batch, eta):
@@ -206,7 +230,7 @@ class Network:
         ``zip`` objects in Python 3, read once here)."""
         if not isinstance(data, (tuple, list)) and not hasattr(data, "shape"):
             data = list(data)
-        return as_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
+        return device_arrays(data, n_inputs=self.sizes[0], n_classes=self.sizes[-1])
 
     @property
     def _dtype(self):
@@ -221,13 +245,13 @@ class Network:
         return self.cost
 
     def _trainer(self, mini_batch_size, shuffle, **kw):
-        return train.trainer_for(self._apply, self._core_cost, int(mini_batch_size),
+        return train.trainer_for(self.net, self._core_cost, int(mini_batch_size),
                                  shuffle=bool(shuffle), **kw)
 
     def _sgd_key(self, seed):
         """The key of one SGD call: from ``seed``, or from a fresh seed; either
         way recorded as ``self.last_sgd_seed``."""
-        self.last_sgd_seed = fresh_seed() if seed is None else int(seed)
+        self.last_sgd_seed = fresh_seed() if seed is None else train.check_seed(seed)
         return jax.random.key(self.last_sgd_seed)
 
 

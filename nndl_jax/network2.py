@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import activations, costs, layers, network, train
+from nndl_jax import activations, costs, files, layers, network, train
 from nndl_jax.network import book_to_params, params_to_book
 
 # --- the book's miscellaneous functions (NumPy, as in the book) -------------------
@@ -198,8 +198,10 @@ class Network(network.Network):
         redraw uses ``fold_in(init key, k)``, so a network rebuilt with the
         same ``seed`` and the same calls has the same weights."""
         self._draws += 1
-        self._init, self._apply = layers.mlp(self.sizes, self.activation, init=init)
-        self.params = self._init(jax.random.fold_in(self._init_key, self._draws), (self.sizes[0],))[1]
+        self.net = layers.mlp_net(self.sizes, self.activation, init=init)
+        self._init, self._apply = self.net.init, self.net.apply
+        self.params = train.init_params(self.net, jax.random.fold_in(self._init_key, self._draws),
+                                        (self.sizes[0],))
 
     def default_weight_initializer(self):
         """Fresh weights N(0, 1/n_in) (standard deviation 1/√n_in) and biases
@@ -326,14 +328,14 @@ class Network(network.Network):
     def save(self, filename):
         """Save to ``filename`` in the book's JSON format, atomically: a temporary
         file beside it, then a rename, so an existing file is never half-written
-        (``network.save_atomically``). The cost is saved by its class name, as
+        (``files.atomic_write``). The cost is saved by its class name, as
         the book's; ``load`` knows the book's three."""
         weights, biases = params_to_book(self.params)
         data = {"sizes": self.sizes,
                 "weights": [w.astype(float).tolist() for w in weights],
                 "biases": [b.astype(float).tolist() for b in biases],
                 "cost": cost_class(self.cost).__name__}
-        network.save_atomically(filename, lambda f: json.dump(data, f), mode="w")
+        files.atomic_write(filename, lambda f: json.dump(data, f), mode="w")
 
     # --- plumbing ----------------------------------------------------------------------
     def _data(self, data, one_hot=None):
@@ -351,9 +353,9 @@ class Network(network.Network):
         return d
 
     def _evaluate(self, d, lmbda):
-        trainer = self._trainer(10, True, penalty=self.regularization, momentum=0.0)
-        correct, cost = trainer.evaluate(train.stack([self.params]), d.x.astype(self._dtype), d.y,
-                                         np.full(1, lmbda, self._dtype))
+        evaluation = train.evaluation_for(self.net, self._core_cost, self.regularization)
+        correct, cost = evaluation.evaluate(train.stack([self.params]), jax.numpy.asarray(d.x, self._dtype),
+                                            d.y, np.full(1, lmbda, self._dtype))
         return correct[0], cost[0]
 
     @property
@@ -391,6 +393,8 @@ def load(filename):
     problem, never a partial network.
     """
     path = Path(filename)
+    if path.is_dir():
+        raise NetworkFileError(f"{path} is a folder; give the network file saved in it (net.save(filename))")
     if not path.is_file():
         raise FileNotFoundError(f"network file {path} does not exist")
     try:

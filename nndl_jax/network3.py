@@ -48,10 +48,9 @@ What differs from the book, and why:
 Beyond the book: ``save``/``load`` (a documented ``.npz`` format),
 ``train_many`` (K nets, one per seed, as one vmapped program) and
 ``ensemble`` (K nets and their plurality vote), which spread the K axis over
-the local devices when there are several (``train.k_axis_mode``: on CPU
+the local devices when there are several (``devices.k_axis_mode``: on CPU
 devices each runs its nets one after another).
 """
-import functools
 import json
 from pathlib import Path
 
@@ -59,9 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import activations, costs, layers, network, train
+from nndl_jax import activations, costs, devices, layers, network, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
-from nndl_jax.data import as_arrays
+from nndl_jax.checkpoint import TreeFileError, load_tree, read_tree, save_tree
 
 ReLU = relu
 
@@ -69,7 +68,7 @@ CONV_LAYOUT = "auto"
 """The internal layout of conv-pool layers: "auto" (NHWC on the CPU, NCHW elsewhere), "NCHW"
 or "NHWC" (see ``layers.conv_layout`` and ``benchmarks/bench_conv.py``)."""
 
-FORMAT = "nndl-jax network3 v1"
+FORMAT = "nndl-jax network3 v2"
 
 
 # --- the book's layers ----------------------------------------------------------
@@ -114,7 +113,8 @@ class FullyConnectedLayer(_Layer):
                 "activation_fn": self.activation_fn, "p_dropout": self.p_dropout}
 
     def layer(self):
-        return layers.fully_connected(self.n_out, self.activation_fn, p_dropout=self.p_dropout)
+        return layers.layer("fully_connected", n_out=self.n_out, activation=self.activation_fn,
+                            p_dropout=self.p_dropout)
 
     n_in_values = property(lambda self: self.n_in)
     n_out_values = property(lambda self: self.n_out)
@@ -130,8 +130,7 @@ class ConvPoolLayer(_Layer):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.poolsize = tuple(int(s) for s in poolsize)
         self.activation_fn = activations.check(activation_fn)
-        self._layer = layers.conv_pool(self.filter_shape, self.image_shape, self.poolsize,
-                                       activation_fn, layout=CONV_LAYOUT)  # validates the shapes
+        layers.conv_pool(self.filter_shape, self.image_shape, self.poolsize, activation_fn)  # checks the shapes
 
     def _arguments(self):
         return {"type": "ConvPoolLayer", "filter_shape": list(self.filter_shape),
@@ -139,7 +138,8 @@ class ConvPoolLayer(_Layer):
                 "activation_fn": self.activation_fn}
 
     def layer(self):
-        return self._layer
+        return layers.layer("conv_pool", filter_shape=self.filter_shape, image_shape=self.image_shape,
+                            poolsize=self.poolsize, activation=self.activation_fn, layout=CONV_LAYOUT)
 
     n_in_values = property(lambda self: int(np.prod(self.image_shape[1:])))
 
@@ -164,7 +164,7 @@ class SoftmaxLayer(_Layer):
                 "p_dropout": self.p_dropout}
 
     def layer(self):
-        return layers.softmax(self.n_out, p_dropout=self.p_dropout)
+        return layers.layer("softmax", n_out=self.n_out, p_dropout=self.p_dropout)
 
     n_in_values = property(lambda self: self.n_in)
     n_out_values = property(lambda self: self.n_out)
@@ -190,8 +190,10 @@ def _positive(n, name):
 
 
 def build(net_layers):
-    """The (init, apply) pair of a list of network3 layers, checking that each
-    layer's input size is the previous layer's output size."""
+    """The ``layers.Net`` of a list of network3 layers (its ``init``/``apply``
+    pair is the network), checking that each layer's input size is the
+    previous layer's output size. Equal layer lists give equal Nets, so every
+    network of one architecture shares its compiled programs."""
     net_layers = list(net_layers)
     if not net_layers:
         raise ValueError("a network needs at least one layer")
@@ -201,7 +203,7 @@ def build(net_layers):
                              f"expects {nxt.n_in_values}")
     if not isinstance(net_layers[-1], SoftmaxLayer):
         raise ValueError("the last layer must be a SoftmaxLayer (network3 trains with the log-likelihood cost)")
-    return layers.serial(*(layer.layer() for layer in net_layers))
+    return layers.Net(tuple(layer.layer() for layer in net_layers))
 
 
 # --- data -----------------------------------------------------------------------------
@@ -245,8 +247,8 @@ def print_iteration(iteration):
     print(f"Training mini-batch number {int(iteration)}", flush=True)
 
 
-def _trainer(apply, mini_batch_size, shuffle, print_progress=False):
-    return train.trainer_for(apply, costs.log_likelihood, int(mini_batch_size), penalty="l2",
+def _trainer(net, mini_batch_size, shuffle, print_progress=False):
+    return train.trainer_for(net, costs.log_likelihood, int(mini_batch_size), penalty="l2",
                              shuffle=bool(shuffle), over_k="auto",
                              on_iteration=print_iteration if print_progress else None)
 
@@ -271,19 +273,19 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     (those of earlier sittings) and ``untimed_epochs`` (epochs restored from a
     checkpoint written before epochs were timed: not in the sums).
     """
-    init, apply = _apply_cache(net_layers)
+    net = build(net_layers)
     mb = _positive(mini_batch_size, "mini_batch_size")
     widths = {"n_inputs": net_layers[0].n_in_values, "n_classes": net_layers[-1].n_out}
-    training = as_arrays(training_data, **widths)
-    validation, test = as_arrays(validation_data, **widths), as_arrays(test_data, **widths)
+    training = network.device_arrays(training_data, **widths)
+    validation, test = network.device_arrays(validation_data, **widths), network.device_arrays(test_data, **widths)
     num_batches = len(training.y) // mb
     if num_batches < 1:
         raise ValueError(f"{len(training.y)} training examples make no mini-batch of {mb}")
     training = type(training)(training.x[:num_batches * mb], training.y[:num_batches * mb])
     from_seeds = params is None
     if from_seeds:
-        params, train_keys = train.from_seeds(init, (training.x.shape[1],), seeds)
-    run = train.fit(_trainer(apply, mb, shuffle, print_progress), params, training, epochs,
+        params, train_keys = train.from_seeds(net.init, (training.x.shape[1],), seeds)
+    run = train.fit(_trainer(net, mb, shuffle, print_progress), params, training, epochs,
                     key=train_keys, eta=eta, lmbda=lmbda, n_penalty=num_batches,
                     evaluation={"validation": validation, "test": test},
                     on_epoch=on_epoch, checkpoint=checkpoint)
@@ -294,7 +296,7 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
            "test_accuracy": hist.get("test_accuracy", np.zeros((0, k))) / len(test.y),
            "diverged_at": run.history.diverged_at, "num_training_batches": num_batches,
            "seeds": [int(s) for s in seeds] if from_seeds else None,
-           "devices": len(train.devices_for(k))}
+           "devices": len(devices.devices_for(k))}
     seconds = np.asarray(run.history.seconds, np.float64)  # a run resumed over sittings: all of them
     out["seconds"] = float(np.nansum(seconds))
     out["earlier_seconds"] = float(np.nansum(seconds[:run.history.resumed_epochs]))
@@ -305,32 +307,11 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     return out
 
 
-_APPLY = {}
-
-
-def _apply_cache(net_layers):
-    """(init, apply) for an architecture, built once per architecture (the
-    layers' arguments, activation functions included) so that its compiled
-    trainer is reused."""
-    args = [layer._arguments() for layer in net_layers]
-    fns = tuple(a.pop("activation_fn", None) for a in args)  # the functions themselves, not names
-    key = (json.dumps(args, sort_keys=True), fns)
-    if key not in _APPLY:
-        _APPLY[key] = build(net_layers)
-    return _APPLY[key]
-
-
-_PREDICT = {}
-
-
 def predictions(net_layers, params, x):
-    """Predicted labels [K, n] of K stacked networks on ``x``. The compiled
-    predictor is kept per architecture, so repeated calls do not recompile."""
-    _, apply = _apply_cache(net_layers)
-    if apply not in _PREDICT:
-        _PREDICT[apply] = jax.jit(jax.vmap(functools.partial(train.predict, apply=apply), in_axes=(0, None)),
-                                  compiler_options=train.cpu_compiler_options())
-    z = _PREDICT[apply](params, jnp.asarray(x, jnp.float32))
+    """Predicted labels [K, n] of K stacked networks on ``x`` (the compiled
+    predictor is the architecture's, ``train.evaluation_for``: no recompiling)."""
+    evaluation = train.evaluation_for(build(net_layers), costs.log_likelihood, over_k="vmap")
+    z = evaluation.predict(params, jnp.asarray(x, jnp.float32))
     return jnp.argmax(z, axis=-1)
 
 
@@ -345,7 +326,7 @@ def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation
     out = train_many(net_layers, mini_batch_size, training_data, epochs, eta, validation_data,
                      test_data, lmbda, seeds=seeds, shuffle=shuffle, on_epoch=on_epoch,
                      checkpoint=checkpoint)
-    test = as_arrays(test_data, n_inputs=net_layers[0].n_in_values, n_classes=net_layers[-1].n_out)
+    test = network.device_arrays(test_data, n_inputs=net_layers[0].n_in_values, n_classes=net_layers[-1].n_out)
     preds = predictions(net_layers, out["params"], test.x)
     vote = np.asarray(train.plurality_vote(preds, net_layers[-1].n_out))
     out.update(predictions=np.asarray(preds), vote=vote,
@@ -373,10 +354,11 @@ class Network:
     def __init__(self, layers, mini_batch_size, *, seed=None):
         self.layers = list(layers)
         self.mini_batch_size = _positive(mini_batch_size, "mini_batch_size")
-        self._init, self._apply = _apply_cache(self.layers)
-        self.seed = network.fresh_seed() if seed is None else int(seed)
+        self.net = build(self.layers)
+        self._init, self._apply = self.net.init, self.net.apply
+        self.seed = network.fresh_seed() if seed is None else train.check_seed(seed)
         init_keys, _ = train.seed_keys([self.seed])
-        self.params = self._init(init_keys[0], (self.layers[0].n_in_values,))[1]
+        self.params = train.init_params(self.net, init_keys[0], (self.layers[0].n_in_values,))
         self.history = None
         self.last_sgd_seed = None
         self._test_x = None
@@ -411,7 +393,7 @@ class Network:
         training, validation, test = (self._data(d, name) for d, name in (
             (training_data, "training_data"), (validation_data, "validation_data"), (test_data, "test_data")))
         self._test_x = test.x
-        self.last_sgd_seed = network.fresh_seed() if seed is None else int(seed)
+        self.last_sgd_seed = network.fresh_seed() if seed is None else train.check_seed(seed)
         n_val, n_test = len(validation.y), len(test.y)
         best = [-1.0]
 
@@ -475,7 +457,7 @@ class Network:
         softmax layer's ``n_out``."""
         n_in, n_out = self.layers[0].n_in_values, self.layers[-1].n_out
         try:
-            return as_arrays(data, n_inputs=n_in, n_classes=n_out)
+            return network.device_arrays(data, n_inputs=n_in, n_classes=n_out)
         except ValueError as e:
             raise ValueError(f"{what} does not fit this network (its first layer takes {n_in} inputs, "
                              f"its softmax layer gives {n_out} classes): {e}") from None
@@ -484,39 +466,58 @@ class Network:
     def save(self, path):
         """Save the architecture and the trained params to ``path`` (.npz).
 
-        Format (``FORMAT``): an uncompressed NumPy ``.npz`` holding ``format``
-        (the string "nndl-jax network3 v1"), ``spec`` (JSON of ``self.spec()``:
-        the layers' arguments and the mini-batch size) and, for layer i,
-        ``layer{i}_w``, ``layer{i}_b`` in the book's shapes. Written to a
-        temporary file in the same folder and renamed, so an interrupted save
-        never leaves a half-written file over a good one
-        (``network.save_atomically``; the folder must exist).
+        Format: a tree file (``checkpoint.save_tree``, format ``FORMAT``): an
+        uncompressed NumPy ``.npz`` with a JSON header holding ``spec`` (the
+        layers' arguments and the mini-batch size, ``self.spec()``) and the
+        params' leaves (layer i's ``w`` and ``b`` in the book's shapes), written
+        to a temporary file in the same folder and renamed, so an interrupted
+        save never leaves a half-written file over a good one (the folder must
+        exist). Files of the older format "nndl-jax network3 v1" still load.
 
         Activations are saved by name: a layer with an activation of your own
         needs ``activations.register(name, fn)`` before saving (and before
         loading); otherwise saving is a ``ValueError`` and nothing is written.
         """
-        arrays = {"format": np.array(FORMAT), "spec": np.array(json.dumps(self.spec()))}
-        for i, p in enumerate(self.params):
-            arrays[f"layer{i}_w"], arrays[f"layer{i}_b"] = np.asarray(p["w"]), np.asarray(p["b"])
-        network.save_atomically(path, lambda f: np.savez(f, **arrays))
+        save_tree(path, jax.device_get(self.params), {"spec": self.spec()}, fmt=FORMAT, parents=False)
 
     def load_params(self, path):
         """Load params saved by ``save`` into this network; a file for another
         architecture is an error."""
-        spec, arrays = _read(path)
+        spec, _ = _read(path)
         if spec["layers"] != self.spec()["layers"]:
             raise ValueError(f"{path}: saved for a different architecture:\n  file: {spec['layers']}\n"
                              f"  this network: {self.spec()['layers']}")
-        self.params = _params_from(arrays, self.params, path)
+        self.params = jax.tree_util.tree_map(jnp.asarray, _read(path, self.params)[1])
         self._sync()
 
 
-def _read(path):
+def _read(path, like=None):
+    """``(spec, params)`` of a saved network: its spec, and with ``like`` (the
+    skeleton of this architecture's params) its params, checked leaf by leaf."""
+    try:
+        header, _ = read_tree(path, fmt=FORMAT)
+    except TreeFileError:
+        return _read_v1(path, like)
+    spec = header["meta"].get("spec")
+    if not isinstance(spec, dict) or "layers" not in spec or "mini_batch_size" not in spec:
+        raise ValueError(f"{path}: not a readable network3 file (the spec lacks 'layers' or 'mini_batch_size')")
+    if like is None:
+        return spec, None
+    try:
+        return spec, load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
+    except TreeFileError as e:
+        raise ValueError(f"{e}") from None
+
+
+FORMAT_V1 = "nndl-jax network3 v1"
+
+
+def _read_v1(path, like):
+    """The older format: ``format``, ``spec`` (JSON) and ``layer{i}_w``/``layer{i}_b`` arrays."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
-        if str(arrays["format"]) != FORMAT:
+        if str(arrays["format"]) != FORMAT_V1:
             raise ValueError(f"format {str(arrays['format'])!r}, expected {FORMAT!r}")
         spec = json.loads(str(arrays["spec"]))
         if not isinstance(spec, dict) or "layers" not in spec or "mini_batch_size" not in spec:
@@ -525,10 +526,8 @@ def _read(path):
         raise
     except Exception as e:  # noqa: BLE001 - any failure here means a bad file
         raise ValueError(f"{path}: not a readable network3 file ({type(e).__name__}: {e})") from e
-    return spec, arrays
-
-
-def _params_from(arrays, like, path):
+    if like is None:
+        return spec, None
     params = []
     for i, p in enumerate(like):
         layer = {}
@@ -537,9 +536,9 @@ def _params_from(arrays, like, path):
             if key not in arrays or arrays[key].shape != p[name].shape:
                 got = arrays[key].shape if key in arrays else "nothing"
                 raise ValueError(f"{path}: {key} holds {got}, expected shape {p[name].shape}")
-            layer[name] = jnp.asarray(arrays[key], p[name].dtype)
+            layer[name] = np.asarray(arrays[key], p[name].dtype)
         params.append(layer)
-    return params
+    return spec, params
 
 
 def load(path, *, seed=None):

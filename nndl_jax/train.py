@@ -26,12 +26,10 @@ import hashlib
 import json
 import os
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +37,8 @@ import numpy as np
 import optax
 
 from nndl_jax import costs as costs_mod
-from nndl_jax import devices as devices_mod
+from nndl_jax import devices
+from nndl_jax.checkpoint import Checkpoint, CheckpointError  # noqa: F401 (the trainer's checkpoints)
 
 # --- the mini-batch cost and one step ---------------------------------------
 
@@ -74,32 +73,36 @@ def step(params, opt_state, x, y, mask, c, key, *, apply, cost, penalty, optimiz
     return optax.apply_updates(params, updates), opt_state
 
 
-def minibatch_indices(n, m, key, shuffle):
+def minibatch_indices(n, m, key, shuffle, order=None):
     """Indices ``[num_batches, m]`` of the epoch's mini-batches and their mask.
 
-    The order is a permutation of ``range(n)`` from ``key`` (or ``range(n)``
-    itself when ``shuffle`` is False), cut into consecutive batches of ``m``;
-    the last batch is padded with index 0 and masked out there.
+    The order is ``order`` when given (a permutation of ``range(n)`` made on
+    the host: the book-replay mode), else a permutation of ``range(n)`` from
+    ``key`` (or ``range(n)`` itself when ``shuffle`` is False), cut into
+    consecutive batches of ``m``; the last batch is padded with index 0 and
+    masked out there.
     """
     num_batches = -(-n // m)
-    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    if order is None:
+        order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
     padded = num_batches * m
     order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
     mask = jnp.arange(padded) < n
     return order.reshape(num_batches, m), mask.reshape(num_batches, m)
 
 
-def epoch(params, opt_state, x, y, key, c, e=0, *, apply, cost, penalty, optimizer,
+def epoch(params, opt_state, x, y, key, c, e=0, order=None, *, apply, cost, penalty, optimizer,
           mini_batch_size, shuffle, on_iteration=None, iteration_every=1000):
     """One epoch of mini-batch SGD as a single ``lax.scan`` over mini-batches.
 
-    ``e`` is the epoch's number; with ``on_iteration``, the scan calls
+    ``e`` is the epoch's number; ``order``, when given, the order of the
+    training examples (see ``minibatch_indices``); with ``on_iteration``, the scan calls
     ``on_iteration(iteration)`` (``jax.debug.callback``) at every global
     iteration ``e * num_batches + i`` that is a multiple of
     ``iteration_every`` (network3 prints "Training mini-batch number N").
     """
     shuffle_key, dropout_key = jax.random.split(key)
-    idx, mask = minibatch_indices(x.shape[0], mini_batch_size, shuffle_key, shuffle)
+    idx, mask = minibatch_indices(x.shape[0], mini_batch_size, shuffle_key, shuffle, order)
 
     def body(carry, batch):
         i, b_idx, b_mask = batch
@@ -163,45 +166,6 @@ def unstack(tree):
     return [jax.tree_util.tree_map(lambda x, i=i: x[i], tree) for i in range(k)]
 
 
-@dataclass
-class History:
-    """What ``fit`` records, one row per epoch run, one column per network.
-
-    ``metrics[name]``: a list of [K] arrays, one per epoch, for every name a
-    record carries: ``<set>_accuracy`` (number correct) and ``<set>_cost``
-    (mean cost plus the penalty with ``lmbda / len(set)``) for each named
-    evaluation set (see ``fit``). ``eta``: the learning rate each epoch ran
-    with. ``stopped_at``: for each net, the epoch at which a stopping rule
-    (early stopping, the schedule's floor) stopped it, -1 if none did;
-    ``diverged_at``: the epoch after which its parameters were no longer
-    finite, -1 if they stayed finite. ``seconds``: the wall time of each epoch
-    (training and evaluation), kept through checkpoints so that a run resumed
-    over several sittings knows its whole time (NaN for epochs saved by a
-    checkpoint that predates this record); ``resumed_epochs``: how many of them
-    were restored from a checkpoint rather than run by this ``fit``.
-    """
-
-    metrics: dict = field(default_factory=dict)
-    eta: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    resumed_epochs: int = 0
-    stopped_at: np.ndarray | None = None
-    diverged_at: np.ndarray | None = None
-
-    def __getitem__(self, name):
-        return self.metrics.get(name, [])
-
-    def append(self, record, names):
-        for name in names:
-            self.metrics.setdefault(name, []).append(np.asarray(record[name]))
-
-    def as_arrays(self):
-        """Every metric and ``eta`` as NumPy arrays ``[epochs, K]`` (for JSON and plots)."""
-        out = {name: np.asarray(v) for name, v in self.metrics.items()}
-        out["eta"] = np.asarray(self.eta)
-        return out
-
-
 def metric_names(set_names):
     """The record entries ``fit`` fills for the named evaluation sets."""
     return [f"{s}_{m}" for s in set_names for m in ("accuracy", "cost")]
@@ -219,17 +183,20 @@ class Trainer:
     once and halving η on a plateau edits state and compiles nothing.
 
     ``compiler_options`` go to every ``jax.jit`` of the trainer: "auto" is
-    ``cpu_compiler_options()`` (on the CPU, convolutions by XLA's own kernels
-    rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
+    ``devices.cpu_compiler_options()`` (on the CPU, convolutions by XLA's own
+    kernels rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
 
     ``over_k`` says how the epoch and the evaluation run K > 1 nets (see
-    ``k_nets``): "vmap" (one batched step for all K; the default), "map"
-    (``lax.map``: the K nets one after another in the same compiled program),
-    "devices" (the K axis spread over the local devices, each running its
+    ``devices.k_nets``): "vmap" (one batched step for all K; the default),
+    "map" (``lax.map``: the K nets one after another in the same compiled
+    program), "devices" (the K axis spread over the devices, each running its
     nets one after another: ``devices.over_devices``) or "auto" (see
-    ``k_axis_mode``; network3 uses it for conv nets). All give the same
-    numbers (tests/test_core.py, tests/test_devices.py). One net (K = 1)
+    ``devices.k_axis_mode``; network3 uses it for conv nets). All give the
+    same numbers (tests/test_core.py, tests/test_devices.py). One net (K = 1)
     always takes the vmap path.
+
+    Get trainers through ``trainer_for``, which keeps one per network
+    description and settings, so their compiled programs are reused.
     """
 
     apply: Callable
@@ -248,6 +215,7 @@ class Trainer:
         positive_int(self.mini_batch_size, "mini_batch_size")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        use_compilation_cache()
         penalty = costs_mod.penalty_by_name(self.penalty)
         self.optimizer = optax.inject_hyperparams(optax.sgd)(
             learning_rate=1.0, momentum=self.momentum or None)
@@ -256,25 +224,24 @@ class Trainer:
                             shuffle=self.shuffle, on_iteration=self.on_iteration,
                             iteration_every=int(self.iteration_every))
 
-        mode = k_axis_mode(self.over_k)
-        # the epoch's arguments: params, opt_state, x, y, key, c, e (stacked on K: params, state, key, c)
-        epochs_k = k_nets(one_epoch, (True, True, False, False, True, True, False), mode)
+        mode = devices.k_axis_mode(self.over_k)
+        # the epoch's arguments: params, opt_state, x, y, key, c, e, order (stacked on K: params,
+        # state, key, c and the host-made order when there is one)
+        epochs_k = devices.k_nets(one_epoch, (True, True, False, False, True, True, False, True), mode)
 
-        def epoch_k(params, opt_state, x, y, keys, c, active, e=0):
-            new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e)
+        def epoch_k(params, opt_state, x, y, keys, c, active, e=0, orders=None):
+            new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e, orders)
             keep = lambda new, old: jnp.where(  # noqa: E731 (a net that stopped keeps its params)
                 active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
             return (jax.tree_util.tree_map(keep, new_params, params),
                     jax.tree_util.tree_map(keep, new_state, opt_state))
 
-        options = cpu_compiler_options() if self.compiler_options == "auto" else self.compiler_options
+        options = devices.cpu_compiler_options() if self.compiler_options == "auto" else self.compiler_options
         jit = partial(jax.jit, compiler_options=options)
         self.epoch = jit(epoch_k, donate_argnums=(0, 1))
-        self.evaluate = jit(k_nets(
-            partial(evaluate, apply=self.apply, cost=self.cost, penalty=penalty, chunk=self.eval_chunk),
-            (True, False, False, True), mode))
-        self.predict = jit(k_nets(partial(predict, apply=self.apply, chunk=self.eval_chunk),
-                                  (True, False), mode))
+        evaluation = evaluation_for(self.apply, self.cost, self.penalty, self.eval_chunk, mode,
+                                    _hashable(self.compiler_options))
+        self.evaluate, self.predict = evaluation.evaluate, evaluation.predict
 
     def spec(self):
         """The settings that define the compiled program (a checkpoint records them)."""
@@ -288,85 +255,92 @@ class Trainer:
         return set_eta(state, jnp.broadcast_to(jnp.asarray(eta, _dtype(params)), (k,)))
 
 
-# XLA:CPU's library fusions without YNNPACK's convolutions (its default list
-# also holds LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION); dots and reductions
-# keep going to YNNPACK, which is faster than XLA's own for them.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+# --- the one cache of compiled trainers ----------------------------------------------
+
+TRAINER_CACHE_SIZE = 32
+
+
+def trainer_for(net, cost, mini_batch_size, **settings):
+    """The one cache of compiled trainers, bounded (the least recently used of
+    more than ``TRAINER_CACHE_SIZE`` is dropped with its compiled programs).
+
+    ``net``: a hashable description of the network with an ``apply``
+    (``layers.Net``: the same description gives the same trainer, so two
+    book networks of the same sizes share one compiled epoch), or a plain
+    ``apply`` function (cached by identity). ``cost`` and ``settings`` are
+    ``Trainer``'s."""
+    return _cached_trainer(_program_key(net), cost, int(mini_batch_size), **settings)
+
+
+@functools.lru_cache(maxsize=TRAINER_CACHE_SIZE)
+def _cached_trainer(net, cost, mini_batch_size, **settings):
+    return Trainer(getattr(net, "apply", net), cost, mini_batch_size, **settings)
+
+
+def _program_key(net):
+    """What a network's compiled programs depend on: a ``layers.Net`` less its initializers."""
+    return net.without_init() if hasattr(net, "without_init") else net
+
+
+class Evaluation(NamedTuple):
+    """The compiled evaluation of K stacked nets: ``evaluate(params, x, y, lmbda)``
+    → ([K] number correct, [K] cost) and ``predict(params, x)`` → [K, n, outputs]."""
+
+    evaluate: Callable
+    predict: Callable
+
+
+def evaluation_for(net, cost, penalty=None, chunk=1000, over_k="vmap", compiler_options="auto"):
+    """The compiled ``Evaluation`` of a network (a ``layers.Net`` or an
+    ``apply`` function), kept in the same bounded way as ``trainer_for``'s
+    trainers, which use it: evaluating a network compiles no training program."""
+    return _cached_evaluation(_program_key(net), cost, penalty, chunk, over_k, compiler_options)
+
+
+@functools.lru_cache(maxsize=TRAINER_CACHE_SIZE)
+def _cached_evaluation(net, cost, penalty, chunk, over_k, compiler_options):
+    apply = getattr(net, "apply", net)
+    penalty_fn = costs_mod.penalty_by_name(penalty)
+    mode = devices.k_axis_mode(over_k)
+    options = devices.cpu_compiler_options() if compiler_options == "auto" else (
+        None if compiler_options is None else dict(compiler_options))
+    jit = partial(jax.jit, compiler_options=options)
+    return Evaluation(
+        jit(devices.k_nets(partial(evaluate, apply=apply, cost=cost, penalty=penalty_fn, chunk=chunk),
+                           (True, False, False, True), mode)),
+        jit(devices.k_nets(partial(predict, apply=apply, chunk=chunk), (True, False), mode)))
+
+
+def _hashable(options):
+    return tuple(sorted(options.items())) if isinstance(options, dict) else options
+
+
+COMPILATION_CACHE_ENV = "NNDL_JAX_COMPILATION_CACHE"
+
+
+def compilation_cache_dir():
+    """Where JAX's persistent compilation cache is kept: ``$NNDL_JAX_COMPILATION_CACHE``
+    (a folder; "0", "off" or "" turn the cache off: None), else
+    ``<user cache>/nndl-jax/xla`` (the folder of the MNIST cache)."""
+    value = os.environ.get(COMPILATION_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "no", "false") else value
+    from nndl_jax.data import cache_dir
+    return str(cache_dir() / "xla")
 
 
 @functools.cache
-def cpu_compiler_options():
-    """The ``compiler_options`` the trainer's programs are compiled with:
-    ``CPU_COMPILER_OPTIONS`` on the CPU, None (XLA's defaults) elsewhere or
-    where this XLA does not know the option (it is an experimental one).
-
-    Why: jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK, which runs
-    the book's small convolutions (10 images, 5×5 filters, 20–40 maps) at
-    about half the speed of XLA's own (Eigen) kernel, the weight-gradient one
-    at a quarter (1.15 ms of a 4 ms step). With these options a scanned step
-    of the two-conv net takes 0.66× the time on the 2-core CPU (benchmarks/README.md;
-    ``bench_conv.py --variants`` times both). Fully connected nets compile
-    the same either way. Passed per ``jax.jit``, so nothing changes for other
-    JAX code in the process (unlike ``XLA_FLAGS``)."""
-    if jax.default_backend() != "cpu":
-        return None
-    try:
-        jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.zeros(())).compile()
-    except jax.errors.JaxRuntimeError:  # an XLA without this option, or without these values
-        return None
-    return dict(CPU_COMPILER_OPTIONS)
-
-
-def k_axis_mode(mode="auto"):
-    """"vmap", "map" or "devices" for ``Trainer.over_k``. "auto" is "map" on
-    a single CPU device, "devices" on several CPU devices
-    (``devices.use_cpu_devices``) and "vmap" on an accelerator. It is meant
-    for conv nets: on the CPU a vmapped convolution over K stacked filter
-    banks becomes a grouped convolution that XLA runs slowly (measured on the
-    2-core CPU, the two-conv net: K = 3 vmapped 17.9 ms per step, mapped
-    10.2 ms), and one net's step keeps barely more than one core busy, so two
-    CPU devices each running the one-net program give nearly twice the
-    throughput (benchmarks/README.md). Fully connected nets stay vmapped
-    (K = 8 [784,30,10] nets on the CPU: mapped 18-22 % slower than vmapped)."""
-    if mode == "auto":
-        if jax.default_backend() != "cpu":
-            return "vmap"
-        return "map" if len(jax.local_devices()) == 1 else "devices"
-    if mode not in K_MODES:
-        raise ValueError(f"over_k must be 'auto' or one of {K_MODES}, got {mode!r}")
-    return mode
-
-
-K_MODES = ("vmap", "map", "devices")
-
-
-def k_nets(fn, stacked, mode):
-    """``fn``, written for ONE network, lifted to K networks stacked on a leading axis.
-
-    ``stacked`` holds one boolean per positional argument of ``fn``: True for
-    the arguments stacked on the K axis (params, optimizer state, keys), False
-    for those every net shares (the data). Every output is stacked on K.
-    ``mode`` (see ``k_axis_mode``): "vmap" batches the K nets into one
-    program; "map" runs them one after another (``lax.map``); "devices"
-    spreads them over the first min(K, D) local devices, one after another
-    within a device (``devices.over_devices``; K must then be a multiple of
-    that count, which ``fit`` ensures by padding). One net always takes the
-    vmap path.
-    """
-    if mode not in K_MODES:
-        raise ValueError(f"mode must be one of {K_MODES}, got {mode!r}")
-    batched = jax.vmap(fn, in_axes=tuple(0 if s else None for s in stacked))
-
-    def run(*args):
-        k = devices_mod.net_count(args, stacked)
-        if mode == "vmap" or k == 1:
-            return batched(*args)
-        if mode == "devices" and len(used := devices_for(k)) > 1:
-            return devices_mod.over_devices(fn, stacked, used, within="map")(*args)
-        return devices_mod.map_over_nets(fn, stacked, args)
-
-    return run
+def use_compilation_cache():
+    """Turn on JAX's persistent compilation cache in ``compilation_cache_dir()``
+    (once per process, when the first trainer is made), so a second process or
+    REPL session loads the programs this one compiled instead of compiling them
+    again. Left alone when the process has set its own cache folder."""
+    folder = compilation_cache_dir()
+    if folder is None or jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return folder
 
 
 def _dtype(params):
@@ -394,11 +368,11 @@ def _device_data(data, dtype):
 
 class Rule(NamedTuple):
     """A per-epoch rule over K nets, in the way an optax transformation is an
-    ``(init, update)`` pair: ``init(k) -> state`` (a dict of NumPy arrays,
-    saved in checkpoints) and ``update(state, record, eta) -> (state, eta,
-    done)``, where ``record`` is the epoch's record, ``eta`` the nets'
-    learning rates [K] and ``done`` [K] marks nets to stop. ``spec`` describes
-    the rule (it is part of a checkpoint's identity)."""
+    ``(init, update)`` pair: ``init(k) -> state`` (a dict of [K] arrays, part
+    of the training state and so of its checkpoints) and ``update(state,
+    record, eta) -> (state, eta, done)``, where ``record`` is the epoch's
+    record, ``eta`` the nets' learning rates [K] and ``done`` [K] marks nets
+    to stop. ``spec`` describes the rule (it is part of a checkpoint's identity)."""
 
     init: Callable
     update: Callable
@@ -452,8 +426,11 @@ def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
     return Rule(init, update, {"rule": "plateau_schedule", "n": n, "floor": floor, "metric": metric})
 
 
+# --- the checks every run makes -----------------------------------------------------
+
 def positive_int(n, name):
-    if isinstance(n, bool) or int(n) != n or n < 1:
+    """``n`` as an int, refusing anything that is not a whole number ≥ 1 (True, 1.5, "3")."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating)) or n != int(n) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return int(n)
 
@@ -461,7 +438,8 @@ def positive_int(n, name):
 def check_hyperparameters(eta, lmbda, epochs):
     """The one check of the values every run takes: η > 0 and finite, λ ≥ 0 and
     finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
+    if (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer, float, np.floating))
+            or epochs != int(epochs) or epochs < 0):
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     eta = np.asarray(eta, np.float64)
     if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):
@@ -477,80 +455,16 @@ def check_lmbda(lmbda):
     return lmbda
 
 
-# --- checkpoints ---------------------------------------------------------------
-
-CHECKPOINT_FORMAT = "nndl-jax fit checkpoint v1"
+SEED_LIMIT = 2 ** 32
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that belongs to another run."""
-
-
-@dataclass
-class Checkpoint:
-    """Where ``fit`` saves its whole state after every epoch, and what run it is.
-
-    ``meta``: JSON-able facts that identify the run (architecture, row, seeds,
-    settings); ``fit`` adds its own (shapes, η, λ, epochs, data fingerprint,
-    rules). A file whose facts differ is refused with ``CheckpointError``,
-    never silently reused. The file is an uncompressed ``.npz`` written to a
-    temporary file in the same folder and renamed, so a run killed at any
-    moment leaves either the previous epoch's checkpoint or this one.
-    """
-
-    path: Path
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.path = Path(self.path)
-
-    def exists(self):
-        return self.path.is_file()
-
-    def epochs_done(self):
-        """How many epochs the saved state holds (0 when there is no file)."""
-        if not self.exists():
-            return 0
-        return int(self._read()["epoch"]) + 1
-
-    def _read(self):
-        try:
-            with np.load(self.path, allow_pickle=False) as f:
-                arrays = {name: f[name] for name in f.files}
-            if str(arrays.pop("format")) != CHECKPOINT_FORMAT:
-                raise ValueError("not a checkpoint of this format")
-            arrays["meta"] = json.loads(str(arrays["meta"]))
-            return arrays
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-            raise CheckpointError(
-                f"{self.path}: unreadable checkpoint ({e}); move it away to start this run "
-                f"afresh (--restart in the experiments)") from e
-
-    def load(self, meta):
-        arrays = self._read()
-        if arrays["meta"] != meta:
-            saved = arrays["meta"]
-            diff = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
-            raise CheckpointError(
-                f"{self.path} belongs to another run (differs in {', '.join(diff)}: saved "
-                + "; ".join(f"{k}={saved.get(k)!r}" for k in diff) + "; this run "
-                + "; ".join(f"{k}={meta.get(k)!r}" for k in diff)
-                + "). Use another output folder, or --restart to discard it.")
-        return arrays
-
-    def save(self, arrays, meta):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, format=np.array(CHECKPOINT_FORMAT),
-                         meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def remove(self):
-        self.path.unlink(missing_ok=True)
+def check_seed(seed):
+    """``seed`` as an int in [0, 2**32): the seeds a run can use in full
+    (``jax.random.key`` reads only the low 32 bits of a larger one without
+    64-bit mode, so 2**32 would silently train the nets of seed 0)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"a seed must be a whole number from 0 to {SEED_LIMIT - 1} (2**32 - 1), got {seed!r}")
+    return int(seed)
 
 
 def _fingerprint(x, y):
@@ -562,7 +476,68 @@ def _fingerprint(x, y):
     return {"shape": list(x.shape), "sha1": h.hexdigest()}
 
 
-# --- the one way to train K networks ----------------------------------------------
+# --- the training state and the loop that threads it -------------------------------------
+
+class TrainState(NamedTuple):
+    """Everything a run of K nets is, after ``epoch`` epochs: one pytree, which
+    is exactly what a checkpoint saves (unpadded, whatever the devices).
+
+    ``params``, ``opt_state`` (η is in it), ``keys`` (raw key data [K, ...]):
+    the nets. ``active`` [K]: still training. ``stopped_at``, ``diverged_at``
+    [K]: the epoch a rule stopped the net / its params stopped being finite
+    (-1: never). ``rule_states``: one dict of [K] arrays per rule.
+    ``metrics``: name → [epochs, K]; ``eta`` [epochs, K]: the η each epoch ran
+    with; ``seconds`` [epochs]: each epoch's wall time (training and evaluation).
+    """
+
+    params: Any
+    opt_state: Any
+    keys: Any
+    epoch: Any
+    active: Any
+    stopped_at: Any
+    diverged_at: Any
+    rule_states: tuple
+    metrics: dict
+    eta: Any
+    seconds: Any
+
+
+@dataclass
+class History:
+    """What ``fit`` returns beside the params, one row per epoch run, one
+    column per network (read from the final ``TrainState``).
+
+    ``metrics[name]``: [epochs, K] for every name a record carries:
+    ``<set>_accuracy`` (number correct) and ``<set>_cost`` (mean cost plus the
+    penalty with ``lmbda / len(set)``) for each named evaluation set (see
+    ``fit``). ``eta``: the learning rate each epoch ran with. ``stopped_at``:
+    for each net, the epoch at which a stopping rule stopped it, -1 if none
+    did; ``diverged_at``: the epoch after which its parameters were no longer
+    finite, -1 if they stayed finite. ``seconds``: the wall time of each epoch,
+    kept through checkpoints, so a run resumed over several sittings knows its
+    whole time; ``resumed_epochs``: how many of them were restored from a
+    checkpoint rather than run by this ``fit``. ``events``: what happened
+    beside the epochs (resumed, diverged), as the records' ``events`` said.
+    """
+
+    metrics: dict = field(default_factory=dict)
+    eta: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    resumed_epochs: int = 0
+    stopped_at: np.ndarray | None = None
+    diverged_at: np.ndarray | None = None
+    events: list = field(default_factory=list)
+
+    def __getitem__(self, name):
+        return self.metrics.get(name, [])
+
+    def as_arrays(self):
+        """Every metric and ``eta`` as NumPy arrays ``[epochs, K]`` (for JSON and plots)."""
+        out = {name: np.asarray(v) for name, v in self.metrics.items()}
+        out["eta"] = np.asarray(self.eta)
+        return out
+
 
 class Fitted(NamedTuple):
     """What ``fit`` returns: the K nets' params and optimizer state after the
@@ -573,25 +548,163 @@ class Fitted(NamedTuple):
     history: History
 
 
-def _finite(tree):
-    """[K]: whether every parameter of each of the K stacked nets is finite."""
-    leaves = [jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-              for a in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves), axis=0)
+class Run(NamedTuple):
+    """What stays fixed through a run: the data on the device, the
+    coefficients, the evaluation sets, the rules, the layout of the K nets."""
+
+    k: int
+    epochs: int
+    x: Any
+    y: Any
+    c: Any            # [k_all] training penalty coefficients λ / n_penalty
+    lmbda: Any        # [k_all] λ (the evaluation's penalty uses λ / len(set))
+    sets: dict        # name -> (x, y) on the device
+    names: list       # the metric names the sets give
+    rules: tuple
+    layout: devices.Layout
+    settings: dict    # η, λ [K] (float64, as given) and n_penalty: what a checkpoint's identity records
 
 
-_all_finite = jax.jit(_finite)
+def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules):
+    """The ``Run`` of ``fit``'s arguments, after checking them."""
+    dtype = _dtype(params)
+    eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
+    x, y = _device_data(training_data, dtype)
+    if x.shape[0] == 0:
+        raise ValueError("the training data is empty")
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    layout = devices.layout_for(k)
+    lmbda = np.broadcast_to(lmbda, (k,))
+    c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
+    sets = {name: _device_data(d, dtype) for name, d in (evaluation or {}).items()}
+    names = metric_names(sets)
+    rules = tuple(rules)
+    for rule in rules:
+        if rule.spec["metric"] not in names:
+            raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
+                             f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
+    on_k = lambda a: jnp.asarray(np.resize(a, layout.k_all), dtype)  # noqa: E731 (padding nets: the last's)
+    settings = {"eta": np.broadcast_to(eta, (k,)).tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty}
+    return Run(k, epochs, x, y, on_k(c), on_k(lmbda), sets, names, rules, layout, settings)
 
 
-def _pad_k(tree, k_all):
-    """K stacked nets padded to ``k_all`` with copies of the last (for an even sharding)."""
-    return jax.tree_util.tree_map(
-        lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], k_all - a.shape[0], axis=0)]), tree)
+def initial_state(trainer, params, key, eta, run):
+    """The ``TrainState`` of K fresh nets before their first epoch."""
+    k = run.k
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        raise TypeError("key must be a typed PRNG key (jax.random.key(seed)), one for all nets or [K]")
+    keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
+    eta = np.broadcast_to(np.asarray(eta, np.float64), (k,))
+    params = jax.tree_util.tree_map(jnp.copy, params)  # the epoch donates its buffers
+    return TrainState(
+        params=params, opt_state=trainer.init_opt_state(params, eta),
+        keys=jax.random.key_data(keys), epoch=np.int64(0), active=np.ones(k, bool),
+        stopped_at=np.full(k, -1), diverged_at=np.full(k, -1),
+        rule_states=tuple(rule.init(k) for rule in run.rules),
+        metrics={name: np.zeros((0, k)) for name in run.names},
+        eta=np.zeros((0, k)), seconds=np.zeros(0))
+
+
+def run_identity(checkpoint, trainer, state, run, training_data, evaluation, ordered):
+    """What a checkpoint of this run must match: the caller's facts
+    (``checkpoint.meta``) and the run's own settings, as JSON values."""
+    per_net = [[list(a.shape[1:]), str(a.dtype)] for a in jax.tree_util.tree_leaves(state.params)]
+    identity = dict(checkpoint.meta) | {
+        "nets": run.k, "epochs": run.epochs, **run.settings, "shapes": per_net, "trainer": trainer.spec(),
+        "training data": _fingerprint(*training_data),
+        "evaluation data": {name: _fingerprint(*d) for name, d in (evaluation or {}).items()},
+        "rules": [rule.spec for rule in run.rules], "order": "given" if ordered else "keys"}
+    return json.loads(json.dumps(identity, sort_keys=True, default=_json_default))
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def resumed_state(checkpoint, state, identity):
+    """The state saved in ``checkpoint`` (checked to be this run's), in the
+    structure and dtypes of ``state``; the params back on the device."""
+    saved, _ = checkpoint.load(state, identity)
+    return saved._replace(params=jax.tree_util.tree_map(jnp.asarray, saved.params),
+                          opt_state=jax.tree_util.tree_map(jnp.asarray, saved.opt_state),
+                          keys=jnp.asarray(saved.keys))
+
+
+def host_state(state, layout):
+    """``state`` unpadded and on the host (NumPy): what a checkpoint saves."""
+    return jax.device_get(state._replace(params=layout.unpad(state.params),
+                                         opt_state=layout.unpad(state.opt_state),
+                                         keys=layout.unpad(state.keys)))
+
+
+def placed_state(state, layout):
+    """``state`` with its nets padded and sharded over the layout's devices."""
+    return state._replace(params=layout.place(state.params), opt_state=layout.place(state.opt_state),
+                          keys=layout.place(state.keys))
+
+
+def train_epoch(trainer, run, state, orders):
+    """One epoch of every active net: ``(state, record)``, the record holding
+    the epoch's metrics on every evaluation set ([K] NumPy arrays)."""
+    e = int(state.epoch)
+    keys = jax.random.wrap_key_data(state.keys)
+    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
+    order = None
+    if orders is not None:
+        order = np.asarray(orders(e))
+        order = np.broadcast_to(order, (run.k, run.x.shape[0])) if order.ndim == 1 else order
+        order = run.layout.place(jnp.asarray(order, jnp.int32))
+    eta = np.asarray(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
+    params, opt_state = trainer.epoch(state.params, state.opt_state, run.x, run.y, epoch_keys, run.c,
+                                      jnp.asarray(np.resize(state.active, run.layout.k_all)), e, order)
+    record = {"epoch": e, "eta": eta}
+    for name, (ex, ey) in run.sets.items():
+        correct, cost = trainer.evaluate(params, ex, ey, run.lmbda)
+        record[f"{name}_accuracy"] = np.asarray(correct)[:run.k]
+        record[f"{name}_cost"] = np.asarray(cost)[:run.k]
+    record["finite"] = np.asarray(_all_finite(params))[:run.k]
+    return state._replace(params=params, opt_state=opt_state), record
+
+
+def after_epoch(state, record, run, seconds):
+    """The epoch's bookkeeping: its metrics, η and time into the history; nets
+    whose params stopped being finite stopped (a "diverged" event); the rules
+    applied in order (a rule moves only the nets still training), η changed
+    where a rule says so. Returns ``(state, record)``."""
+    e = int(state.epoch)
+    active = state.active
+    metrics = {name: np.concatenate([state.metrics[name], record[name][None]]) for name in run.names}
+    diverged = active & ~record["finite"]
+    diverged_at = np.where(diverged, e, state.diverged_at)
+    events = [{"event": "diverged", "net": int(i), "epoch": e, "eta": float(record["eta"][i])}
+              for i in np.flatnonzero(diverged)]
+    done, eta, stopped_at, rule_states = diverged, record["eta"], state.stopped_at, list(state.rule_states)
+    for i, rule in enumerate(run.rules):
+        rule_state, rule_eta, stop = rule.update(rule_states[i], record, eta)
+        rule_states[i] = {n: np.where(active, v, rule_states[i][n]) for n, v in rule_state.items()}
+        eta = np.where(active, rule_eta, eta).astype(record["eta"].dtype)
+        stop = active & ~diverged & np.asarray(stop)
+        stopped_at = np.where(stop, e, stopped_at)
+        done = done | stop
+    opt_state = state.opt_state
+    if np.any(eta != record["eta"]):
+        opt_state = set_eta(opt_state, np.resize(eta, run.layout.k_all))
+    active = active & ~done
+    record.update(active=active.copy(), events=record.get("events", []) + events)
+    state = state._replace(
+        opt_state=opt_state, epoch=np.int64(e + 1), active=active, stopped_at=stopped_at,
+        diverged_at=diverged_at, rule_states=tuple(rule_states), metrics=metrics,
+        eta=np.concatenate([state.eta, record["eta"][None].astype(np.float64)]),
+        seconds=np.concatenate([state.seconds, [seconds]]))
+    return state, record
 
 
 def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalty=None,
-        evaluation=None, rules=(), on_epoch=None, checkpoint=None, opt_state=None, start_epoch=0,
-        devices=None):
+        evaluation=None, rules=(), on_epoch=None, checkpoint=None, orders=None):
     """Train K stacked networks for ``epochs`` epochs; return ``Fitted(params, opt_state, history)``.
 
     The one training loop of the project: the façades and every chapter call it.
@@ -610,176 +723,97 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
       network2's rule; network3 passes its number of mini-batches).
     - ``rules``: ``Rule``s applied after each epoch, in order (``early_stopping``,
       ``plateau_schedule``): they may change η and stop nets. A net whose
-      parameters are no longer finite is stopped too and reported (which net,
-      which epoch, η) in ``history.diverged_at``.
+      parameters are no longer finite is stopped too (``history.diverged_at``
+      and a "diverged" event: which net, which epoch, η).
     - ``on_epoch(e, record)``: called after each epoch with the epoch's values
-      ([K] NumPy arrays: the metrics above, ``active``, ``eta``, ``finite``) and
+      ([K] NumPy arrays: the metrics above, ``active``, ``eta``, ``finite``),
+      ``record["events"]`` (a list of dicts: ``{"event": "resumed", "path",
+      "epochs_done", "epochs"}`` in the first record after a resume,
+      ``{"event": "diverged", "net", "epoch", "eta"}``) and
       ``record["params"]`` (the K nets' params after the epoch, device arrays
       donated by the next epoch: compute from them inside the callback).
-    - ``checkpoint``: a ``Checkpoint``. The whole state (params, optimizer state,
-      keys, epoch, history, rule states) is saved there after every epoch; when
-      the file exists, the run continues from it (after checking it belongs to
-      this run), so an interrupted run finishes bit-identical to an
-      uninterrupted one. The caller removes it once the results are safe.
+      ``fit`` itself prints nothing.
+    - ``checkpoint``: a ``Checkpoint``. The whole ``TrainState`` is saved there
+      after every epoch; when the file exists, the run continues from it
+      (after checking it belongs to this run: ``CheckpointError`` otherwise),
+      so an interrupted run finishes bit-identical to an uninterrupted one, on
+      any number of devices. The caller removes it once the results are safe.
+    - ``orders``: ``orders(e)`` → the order of the training examples in epoch
+      ``e`` (an int array [n] for every net, or [K, n]), made on the host, in
+      place of the permutation drawn from the keys (the book's random
+      streams, ``book_random``); None: the keys' permutations.
 
-    With several ``devices`` the K axis is padded to a multiple of their count
-    (copies of the last net, trained and dropped) and sharded over them. By
-    default the first min(K, D) of the D local devices are used
-    (``devices_for``): one net stays on one device. A trainer with
-    ``over_k="devices"`` expects that default.
+    The K axis is padded to a multiple of the devices (``devices.Layout``:
+    copies of the last net, trained and dropped) and sharded over them.
     """
-    dtype = _dtype(params)
-    eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
-    x, y = _device_data(training_data, dtype)
-    if x.shape[0] == 0:
-        raise ValueError("the training data is empty")
-    k = jax.tree_util.tree_leaves(params)[0].shape[0]
-    keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
-    eta, lmbda = np.broadcast_to(eta, (k,)), np.broadcast_to(lmbda, (k,))
-    c = jnp.asarray(lmbda / (x.shape[0] if n_penalty is None else n_penalty), dtype)
-    sets = {name: _device_data(d, dtype) for name, d in (evaluation or {}).items()}
-    names = metric_names(sets)
-    rules = tuple(rules)
-    for rule in rules:
-        if rule.spec["metric"] not in names:
-            raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
-                             f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
-
-    devices = devices_for(k, devices)
-    k_all = padded_count(k, devices)
-    pad = (lambda t: _pad_k(t, k_all)) if k_all != k else (lambda t: t)
-    shard = partial(shard_stacked, devices=devices)
-    params = shard(pad(jax.tree_util.tree_map(jnp.copy, params)))  # the epoch donates buffers
-    keys = shard(pad(keys))
-    lmbda_all = jnp.asarray(np.resize(lmbda, k_all), dtype)
-    c = jnp.concatenate([c, jnp.repeat(c[-1:], k_all - k)])
-    if opt_state is None:
-        opt_state = trainer.init_opt_state(params, np.resize(eta, k_all))
-    else:  # as for params: the epoch donates the copy, the caller's state stays usable
-        opt_state = shard(pad(jax.tree_util.tree_map(jnp.copy, opt_state)))
-
-    history = History(stopped_at=np.full(k, -1), diverged_at=np.full(k, -1))
-    active = np.ones(k, bool)
-    rule_states = [rule.init(k) for rule in rules]
-    first = start_epoch
+    run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
+                      evaluation=evaluation, rules=rules)
+    state = initial_state(trainer, params, key, eta, run)
+    events, resumed_epochs = [], 0
     if checkpoint is not None:
-        meta = dict(checkpoint.meta, fit={
-            "k": k, "devices": len(devices),
-            "epochs": start_epoch + epochs,
-            "eta": eta.tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty,
-            "params": [[list(a.shape), str(a.dtype)] for a in jax.tree_util.tree_leaves(params)],
-            "trainer": trainer.spec(), "training": _fingerprint(*training_data),
-            "evaluation": {name: _fingerprint(*d) for name, d in (evaluation or {}).items()},
-            "rules": [rule.spec for rule in rules], "start_epoch": start_epoch})
-        meta = json.loads(json.dumps(meta, sort_keys=True, default=_json_default))
+        identity = run_identity(checkpoint, trainer, state, run, training_data, evaluation, orders is not None)
         if checkpoint.exists():
-            saved = checkpoint.load(meta)
-            params, opt_state, keys = _restore(saved, "params", params), _restore(
-                saved, "opt_state", opt_state), _restore(saved, "keys", keys, wrap=True)
-            params, opt_state, keys = shard(params), shard(opt_state), shard(keys)
-            active = saved["active"].astype(bool)
-            history.stopped_at, history.diverged_at = saved["stopped_at"], saved["diverged_at"]
-            history.eta = list(saved["eta_history"])
-            history.seconds = list(saved.get("epoch_seconds", np.full(len(history.eta), np.nan)))
-            history.metrics = {name: list(saved[f"metric_{name}"]) for name in names}
-            rule_states = [{n: saved[f"rule{i}_{n}"] for n in state} for i, state in enumerate(rule_states)]
-            first = int(saved["epoch"]) + 1
-            history.resumed_epochs = len(history.eta)
-            print(f"resuming from {checkpoint.path}: {first - start_epoch} of {epochs} epochs done",
-                  flush=True)
-
-    for e in range(first, start_epoch + epochs):
-        if not active.any():
-            break
-        started = time.perf_counter()
-        eta_now = np.asarray(get_eta(opt_state))[:k]
-        history.eta.append(eta_now)
-        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
-        params, opt_state = trainer.epoch(params, opt_state, x, y, epoch_keys, c,
-                                          jnp.asarray(np.resize(active, k_all)), e)
-        record = {"epoch": e, "active": active.copy(), "eta": eta_now, "params": params}
-        for name, (ex, ey) in sets.items():
-            correct, cost = trainer.evaluate(params, ex, ey, lmbda_all)
-            record[f"{name}_accuracy"] = np.asarray(correct)[:k]
-            record[f"{name}_cost"] = np.asarray(cost)[:k]
-        history.append(record, names)
-        history.seconds.append(time.perf_counter() - started)
-        record["finite"] = np.asarray(_all_finite(params))[:k]
-        diverged = active & ~record["finite"]
-        history.diverged_at = np.where(diverged, e, history.diverged_at)
-        for i in np.flatnonzero(diverged):
-            print(f"net {i} diverged in epoch {e} (eta={eta_now[i]:g}): its parameters are no "
-                  "longer finite; it stops training here. Try a smaller eta.", flush=True)
-        done = diverged
-        new_eta = eta_now
-        for i, rule in enumerate(rules):  # a rule moves only the nets still training
-            state, rule_eta, stop = rule.update(rule_states[i], record, new_eta)
-            rule_states[i] = {n: np.where(active, v, rule_states[i][n]) for n, v in state.items()}
-            new_eta = np.where(active, rule_eta, new_eta).astype(eta_now.dtype)
-            stop = active & ~diverged & np.asarray(stop)
-            history.stopped_at = np.where(stop, e, history.stopped_at)
-            done = done | stop
-        if np.any(new_eta != eta_now):
-            opt_state = set_eta(opt_state, np.concatenate([new_eta, np.asarray(get_eta(opt_state))[k:]]))
-        active = active & ~done
-        record["active"] = active.copy()
+            state = resumed_state(checkpoint, state, identity)
+            resumed_epochs = int(state.epoch)
+            events.append({"event": "resumed", "path": str(checkpoint.path), "epochs_done": resumed_epochs,
+                           "epochs": run.epochs})
+    all_events = []
+    state = placed_state(state, run.layout)
+    while int(state.epoch) < run.epochs and state.active.any():
+        e, started = int(state.epoch), time.perf_counter()
+        state, record = train_epoch(trainer, run, state, orders)
+        record["events"], events = events, []
+        state, record = after_epoch(state, record, run, time.perf_counter() - started)
+        all_events += record["events"]
         if checkpoint is not None:
-            checkpoint.save(_state_arrays(params, opt_state, keys, e, active, history, names,
-                                          rule_states), meta)
+            checkpoint.save(host_state(state, run.layout), identity, int(state.epoch))
         if on_epoch is not None:
-            on_epoch(e, record)
-    if k_all != k:
-        params = jax.tree_util.tree_map(lambda a: a[:k], params)
-        opt_state = jax.tree_util.tree_map(lambda a: a[:k] if jnp.ndim(a) else a, opt_state)
-    return Fitted(params, opt_state, history)
+            on_epoch(e, record | {"params": run.layout.unpad(state.params)})
+    all_events += events   # a resumed run that had nothing left to do
+    history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
+                      seconds=list(state.seconds), resumed_epochs=resumed_epochs,
+                      stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
+                      events=all_events)
+    return Fitted(run.layout.unpad(state.params), run.layout.unpad(state.opt_state), history)
 
 
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
+def _finite(tree):
+    """[K]: whether every parameter of each of the K stacked nets is finite."""
+    leaves = [jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+              for a in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves), axis=0)
 
 
-def _state_arrays(params, opt_state, keys, e, active, history, names, rule_states):
-    arrays = {"epoch": np.array(e), "active": active, "stopped_at": history.stopped_at,
-              "diverged_at": history.diverged_at, "eta_history": np.asarray(history.eta),
-              "epoch_seconds": np.asarray(history.seconds, np.float64),
-              "keys_0": np.asarray(jax.random.key_data(keys))}
-    for prefix, tree in (("params", params), ("opt_state", opt_state)):
-        for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
-            arrays[f"{prefix}_{i}"] = np.asarray(leaf)
-    for name in names:
-        arrays[f"metric_{name}"] = np.asarray(history.metrics[name])
-    for i, state in enumerate(rule_states):
-        for n, v in state.items():
-            arrays[f"rule{i}_{n}"] = np.asarray(v)
-    return arrays
-
-
-def _restore(saved, prefix, like, wrap=False):
-    """The saved leaves ``<prefix>_<i>`` in the structure (and dtypes) of ``like``."""
-    if wrap:
-        return jax.random.wrap_key_data(jnp.asarray(saved[f"{prefix}_0"]),
-                                        impl=jax.random.key_impl(like))
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    return jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(saved[f"{prefix}_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)])
+_all_finite = jax.jit(_finite)
 
 
 # --- seeds and K networks ------------------------------------------------------
 
 def seed_keys(seeds):
     """Named keys for runs with the given integer seeds: ``(init_keys, train_keys)``,
-    each [K]. The seed is all a results file needs to record to replay a run."""
-    pairs = [jax.random.split(jax.random.key(int(s))) for s in seeds]
+    each [K]. The seed is all a results file needs to record to replay a run;
+    seeds outside [0, 2**32) are refused (``check_seed``)."""
+    pairs = [jax.random.split(jax.random.key(check_seed(s))) for s in seeds]
     return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
 
 
 def init_many(init, keys, input_shape):
-    """Initialize K networks from [K] keys, stacked on a leading axis."""
-    return jax.vmap(lambda k: init(k, input_shape)[1])(keys)
+    """Initialize K networks from [K] keys, stacked on a leading axis (one
+    compiled program per ``init`` and input shape, not one per random draw)."""
+    return _compiled_init(init, tuple(input_shape), True)(keys)
+
+
+def init_params(net, key, input_shape):
+    """The params of one network (``net``: a ``layers.Net`` or an ``init``
+    function) drawn from ``key``, by one compiled program kept per network."""
+    return _compiled_init(getattr(net, "init", net), tuple(input_shape), False)(key)
+
+
+@functools.lru_cache(maxsize=TRAINER_CACHE_SIZE)
+def _compiled_init(init, input_shape, stacked):
+    use_compilation_cache()
+    one = lambda key: init(key, input_shape)[1]  # noqa: E731
+    return jax.jit(jax.vmap(one) if stacked else one)
 
 
 def from_seeds(init, input_shape, seeds):
@@ -788,13 +822,6 @@ def from_seeds(init, input_shape, seeds):
     other seeds it trains beside)."""
     init_keys, train_keys = seed_keys(seeds)
     return init_many(init, init_keys, input_shape), train_keys
-
-
-@functools.cache
-def trainer_for(apply, cost, mini_batch_size, **settings):
-    """The one cache of compiled trainers: the same network function, cost and
-    settings give the same ``Trainer`` (and so reuse its compiled epoch)."""
-    return Trainer(apply, cost, int(mini_batch_size), **settings)
 
 
 # --- network3's bookkeeping and ensembles ----------------------------------------
@@ -832,36 +859,3 @@ def plurality_vote(predictions, n_classes):
     first = jnp.min(jnp.where(votes > 0, jnp.arange(k, dtype=jnp.int32).reshape(k, 1, 1),
                               jnp.int32(k)), axis=0)                         # [n, C]
     return jnp.argmax(counts * (k + 1) - first, axis=-1)
-
-
-# --- the K axis across devices -------------------------------------------------
-
-def devices_for(k, devices=None):
-    """The devices K stacked nets are spread over: the first min(K, D) of
-    ``devices`` (default: the D local devices), so no device trains only
-    padding and one net stays on one device."""
-    devices = list(jax.local_devices() if devices is None else devices)
-    return devices[:max(1, min(int(k), len(devices)))]
-
-
-def padded_count(k, devices=None):
-    """K rounded up to a multiple of the number of devices (the K axis is
-    sharded evenly; callers train the extra nets and drop them)."""
-    n = len(jax.local_devices() if devices is None else devices)
-    return -(-int(k) // n) * n
-
-
-def shard_stacked(tree, devices=None):
-    """Place a pytree stacked on a leading K axis (params, keys) across the
-    local devices: ``NamedSharding`` over a 1-D mesh named "k", each device
-    holding K/D nets. With one device, or K not divisible by the number of
-    devices (see ``padded_count``), the tree is returned unchanged.
-    The compiled epoch then runs each device's nets where they live (the
-    compiler partitions the ``vmap`` along the K axis)."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    leaves = jax.tree_util.tree_leaves(tree)
-    if len(devices) < 2 or not leaves or leaves[0].shape[0] % len(devices):
-        return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("k",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("k"))
-    return jax.device_put(tree, sharding)

@@ -454,7 +454,7 @@ def test_a_dropout_epoch_draws_a_new_mask_for_every_mini_batch(capsys):
         net = toy_net3(seed=2, p_dropout=0.5)
         params = net.params
         net.SGD((x, y), 1, 5, eta, (x, y), (x, y), seed=s)
-        _, apply = network3.build(net.layers)
+        apply = network3.build(net.layers).apply
         optimizer = optax.sgd(eta)
         step = jax.jit(functools.partial(train.step, apply=apply, cost=costs.log_likelihood,
                                          penalty=costs.l2_penalty, optimizer=optimizer))

@@ -174,6 +174,7 @@ def test_conv_pool_with_tied_pool_windows_matches_numpy_reference():
 
 def test_conv_layout_auto_is_nhwc_on_the_cpu_and_nchw_elsewhere():
     assert layers.conv_layout("auto") == ("NHWC" if jax.default_backend() == "cpu" else "NCHW")
+    assert layers.conv_layout("auto", backend="gpu") == "NCHW" and layers.conv_layout("auto", backend="cpu") == "NHWC"
     assert [layers.conv_layout(lay) for lay in layers.CONV_LAYOUTS] == list(layers.CONV_LAYOUTS)
     with pytest.raises(ValueError, match="'auto'"):
         layers.conv_layout("HWCN")
@@ -315,17 +316,18 @@ def _ynn_convolutions(hlo_text):
 
 
 def test_trainer_compiles_convolutions_without_ynnpack_on_the_cpu_and_gets_the_same_numbers():
-    """train.cpu_compiler_options() keeps XLA:CPU's convolutions out of YNNPACK
+    """devices.cpu_compiler_options() keeps XLA:CPU's convolutions out of YNNPACK
     (its library fusions), the faster path for the book's small convolutions
     (benchmarks/README.md). The compiled epoch of the book's two-conv net holds
     no YNNPACK convolution, and two epochs trained with and without the option
     agree to float32 rounding (tolerance 1e-5)."""
-    from nndl_jax import costs, train
-    options = train.cpu_compiler_options()
+    from nndl_jax import costs, devices, train
+    assert devices.cpu_compiler_options(backend="gpu") is None   # the accelerator's choice, forced
+    options = devices.cpu_compiler_options()
     if jax.default_backend() != "cpu":
         assert options is None
         return
-    assert options == train.CPU_COMPILER_OPTIONS
+    assert options == devices.CPU_COMPILER_OPTIONS
     init, apply = layers.serial(layers.conv_pool((20, 1, 5, 5), (10, 1, 28, 28), (2, 2), activations.relu),
                                 layers.conv_pool((40, 20, 5, 5), (10, 20, 12, 12), (2, 2), activations.relu),
                                 layers.fully_connected(100, activations.relu), layers.softmax(10))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import activations, costs, layers, train
+from nndl_jax import activations, costs, devices, layers, train
 
 # --- layers --------------------------------------------------------------------
 
@@ -138,22 +138,34 @@ def toy():
     return init, trainer, toy_data()
 
 
-def test_epoch_e_is_the_same_whether_or_not_earlier_epochs_ran_in_this_process(toy, key):
-    """fold_in(key, e): 2 epochs, save (params, opt_state), then epoch 2 alone
-    with start_epoch=2 gives exactly the params of 3 epochs in one call;
-    running that last epoch as epoch 0 instead (another shuffle) does not.
-    The saved state is used twice: fit must not consume the caller's buffers."""
+def test_epoch_e_is_the_same_whether_or_not_earlier_epochs_ran_in_this_process(toy, key, tmp_path):
+    """fold_in(key, e): a 3-epoch run stopped after 2 epochs and resumed from
+    its checkpoint in a new ``fit`` gives exactly the params of 3 epochs in one
+    call; training the saved params one more epoch as a fresh run (epoch 0's
+    shuffle, fresh momentum) does not. fit must not consume the caller's buffers."""
     init, trainer, data = toy
     params = train.stack([init(key, (SIZES[0],))[1]])
     kw = dict(key=jax.random.key(42), eta=0.5, lmbda=1.0)
 
     three, _, _ = train.fit(trainer, params, data, 3, **kw)
-    two, state, _ = train.fit(trainer, params, data, 2, **kw)
-    resumed, _, _ = train.fit(trainer, two, data, 1, opt_state=state, start_epoch=2, **kw)
-    wrong_epoch, _, _ = train.fit(trainer, two, data, 1, opt_state=state, start_epoch=0, **kw)
+
+    def stop_after_two(e, record):
+        if e == 1:
+            raise KeyboardInterrupt
+    ckpt = train.Checkpoint(tmp_path / "run.npz", {"test": "resume"})
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(trainer, params, data, 3, checkpoint=ckpt, on_epoch=stop_after_two, **kw)
+    assert ckpt.epochs_done() == 2
+    events = []
+    resumed, _, hist = train.fit(trainer, params, data, 3, checkpoint=ckpt,
+                                 on_epoch=lambda e, r: events.extend(r["events"]), **kw)
+    assert events == [{"event": "resumed", "path": str(ckpt.path), "epochs_done": 2, "epochs": 3}]
+    assert hist.resumed_epochs == 2 and len(hist.eta) == 3
+    two, _, _ = train.fit(trainer, params, data, 2, **kw)
+    fresh, _, _ = train.fit(trainer, two, data, 1, **kw)
     for a, b in zip(jax.tree_util.tree_leaves(three), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert not np.allclose(np.asarray(three[0]["w"]), np.asarray(wrong_epoch[0]["w"]), rtol=0, atol=1e-6)
+    assert not np.allclose(np.asarray(three[0]["w"]), np.asarray(fresh[0]["w"]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("over_k", ["vmap", "map", "devices"])
@@ -180,9 +192,14 @@ def test_k_stacked_nets_equal_k_separate_runs(toy, over_k):
 def test_k_axis_mode_auto_is_map_on_one_cpu_device_and_rejects_unknown_modes():
     cpu = jax.default_backend() == "cpu"
     expected = "vmap" if not cpu else "map" if len(jax.local_devices()) == 1 else "devices"
-    assert train.k_axis_mode("auto") == expected
+    assert devices.k_axis_mode("auto") == expected
+    # each backend's choice, forced, so the accelerator's branch is checked on the CPU too
+    assert devices.k_axis_mode("auto", backend="gpu", n_devices=1) == "vmap"
+    assert devices.k_axis_mode("auto", backend="tpu", n_devices=4) == "vmap"
+    assert devices.k_axis_mode("auto", backend="cpu", n_devices=1) == "map"
+    assert devices.k_axis_mode("auto", backend="cpu", n_devices=2) == "devices"
     for mode in ("vmap", "map", "devices"):
-        assert train.k_axis_mode(mode) == mode
+        assert devices.k_axis_mode(mode) == mode
     with pytest.raises(ValueError, match="over_k"):
         train.Trainer(lambda p, x, **k: x, costs.quadratic, 5, over_k="pmap")
 

@@ -41,30 +41,33 @@ SCRIPT = textwrap.dedent("""
         one = partial(train.epoch, apply=apply, cost=costs.log_likelihood, penalty=costs.l2_penalty,
                       optimizer=trainer.optimizer, mini_batch_size=5, shuffle=True)
         run = jax.jit(devices.over_devices(one, (True, True, False, False, True, True)))
-        got, _ = run(*train.shard_stacked((params, state)), x, y, *train.shard_stacked((train_keys, c)))
+        # (the epoch's e and order arguments are left out: shared defaults)
+        layout = devices.Layout(k, tuple(jax.devices()))
+        got, _ = run(*layout.place((params, state)), x, y, *layout.place((train_keys, c)))
         w = got[0]["w"]
         out[k] = {"diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
                       jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got))),
                   "moved": float(jnp.max(jnp.abs(w - params[0]["w"]))),
                   "devices": len(w.sharding.device_set), "k": int(w.shape[0])}
     # the trainer's over_k="devices" through fit: K = 3 padded to 4, two nets per device, and
-    # the evaluation spread the same way; against over_k="map" on one device
+    # the evaluation spread the same way; against over_k="map" (the same padded, sharded
+    # stack, each net after the other in one partitioned program)
     xe, ye = x[:11], y[:11]
     init_keys, train_keys = train.seed_keys(range(3))
     params = train.init_many(init, init_keys, (64,))
     fits = {}
-    for mode, devs in (("map", jax.devices()[:1]), ("devices", None)):
+    for mode in ("map", "devices"):
         trainer = train.Trainer(apply, costs.log_likelihood, 5, penalty="l2", over_k=mode)
         fits[mode] = train.fit(trainer, params, (x, y), 2, key=train_keys, eta=0.1, lmbda=0.5,
-                               evaluation={"e": (xe, ye)}, devices=devs)
+                               evaluation={"e": (xe, ye)})
     a, b = fits["map"], fits["devices"]
     out["fit"] = {"diff": max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(
                       jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params))),
                   "cost_diff": float(np.max(np.abs(np.asarray(a.history["e_cost"])
                                                    - np.asarray(b.history["e_cost"])))),
                   "accuracy_equal": bool(np.array_equal(a.history["e_accuracy"], b.history["e_accuracy"])),
-                  "k": int(b.params[0]["w"].shape[0]), "mode": train.k_axis_mode("auto"),
-                  "used": len(train.devices_for(3)), "used_one": len(train.devices_for(1))}
+                  "k": int(b.params[0]["w"].shape[0]), "mode": devices.k_axis_mode("auto"),
+                  "used": len(devices.devices_for(3)), "used_one": len(devices.devices_for(1))}
     try:
         p3, s3, k3, c3 = jax.tree_util.tree_map(lambda a: a[:3], (params, state, train_keys, c))
         run(p3, s3, x, y, k3, c3)

@@ -225,14 +225,15 @@ def test_fit_epoch_without_shuffle_equals_reference_sgd_epoch(cost, activation, 
 
     ref, velocity = params, None
     with jax.enable_x64(True):
-        got, opt_state = train.stack([to_jax(params)]), None
+        after = []   # the params after each epoch, as fit's on_epoch sees them
         data = (jnp.asarray(X), jnp.asarray(labels))   # integer labels: fit makes them one-hot
-        for e in range(epochs):
-            got, opt_state, _ = train.fit(trainer, got, data, 1, key=jax.random.key(0), eta=eta,
-                                          lmbda=lmbda, n_penalty=n, opt_state=opt_state, start_epoch=e)
+        train.fit(trainer, train.stack([to_jax(params)]), data, epochs, key=jax.random.key(0), eta=eta,
+                  lmbda=lmbda, n_penalty=n, on_epoch=lambda e, r: after.append(jax.device_get(r["params"])))
+        assert len(after) == epochs
+        for e, got in enumerate(after):
             ref, velocity = bp.sgd_epoch(ref, X, Y, eta, m, activation, cost, penalty,
                                          c=lmbda / n, momentum=momentum, velocity=velocity)
-            assert all(leaf.dtype == jnp.float64 for leaf in jax.tree_util.tree_leaves(got))
+            assert all(leaf.dtype == np.float64 for leaf in jax.tree_util.tree_leaves(got))
             got_flat = flat(train.unstack(got)[0])
             assert rel(got_flat, flat(ref)) <= SGD_RTOL, (e, rel(got_flat, flat(ref)))
     assert np.linalg.norm(flat(ref) - flat(params)) > 1e-2   # the epochs did move the params
