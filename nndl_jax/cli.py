@@ -9,10 +9,18 @@
     nndl-jax report [--out DIR] [--readme]      the report (and the README's results table) again
 
 Subcommands are argparse subparsers: add one with a ``_add_<name>`` function
-registered in `_COMMANDS`. The experiment commands (chapN, reproduce) hand
-every argument after their name to the module's own parser, so
+registered in `_COMMANDS`. The experiment commands (chapN, run, reproduce,
+report) hand every argument after their name to the module's own parser, so
 ``nndl-jax chap6 --quick`` and ``nndl-jax chap1 --help`` mean what
-``python -m experiments.chap6 --quick`` and ``... chap1 --help`` mean.
+``python -m experiments.chap6 --quick`` and ``... chap1 --help`` mean; they
+run through ``experiments.driver.main_entry``, which turns refusals into one
+message and handles Ctrl-C.
+
+Nothing here imports JAX: ``nndl-jax --help``, ``nndl-jax data`` and
+``nndl-jax expand`` answer at once; JAX starts when an experiment runs. A
+refusal of the commands defined here (MNIST missing or bad, a folder that
+cannot be written, a bad value) is one line on stderr and exit status 1,
+never a Python traceback.
 """
 
 from __future__ import annotations
@@ -21,11 +29,10 @@ import argparse
 import importlib
 import os
 import pkgutil
-import signal
 import sys
 
-from nndl_jax import data as mnist_data
-from nndl_jax import devices, expand_mnist
+from nndl_jax import data as mnist_data  # NumPy only
+from nndl_jax import expand_mnist  # NumPy only
 
 __all__ = ["main", "build_parser"]
 
@@ -36,10 +43,7 @@ def _cmd_data(args) -> int:
               else f"${mnist_data.ENV_VAR}" if os.environ.get(mnist_data.ENV_VAR) else "cache")
     print(f"MNIST folder: {folder} (from {source})")
     if args.download:
-        try:
-            mnist_data.download_mnist(folder)
-        except mnist_data.MNISTError as e:
-            print(f"download failed: {e}")
+        mnist_data.download_mnist(folder)
     ok = True
     for key, spec in mnist_data.IDX_FILES.items():
         path = mnist_data.find_idx(folder, key)
@@ -55,11 +59,7 @@ def _cmd_data(args) -> int:
             ok = False
     pkl = folder / mnist_data.PICKLE_NAME
     print(f"  {mnist_data.PICKLE_NAME}: {'present (shapes checked on load)' if pkl.is_file() else 'absent'}")
-    try:
-        splits = mnist_data.load_mnist(args.data_dir, download=False)
-    except mnist_data.MNISTError as e:
-        print(f"cannot load MNIST: {e}")
-        return 1
+    splits = mnist_data.load_mnist(args.data_dir, download=False)
     for name, d in zip(splits._fields, splits):
         print(f"  {name:10s} x {d.x.shape} {d.x.dtype}, y {d.y.shape} {d.y.dtype}")
     if not ok:
@@ -85,16 +85,7 @@ def _add_expand(sub):
     p.set_defaults(func=_cmd_expand)
 
 
-def _run_experiment(chapter: str, argv: list[str]) -> int:
-    name = chapter if not chapter.isdigit() else f"chap{chapter}"
-    module = importlib.import_module(f"experiments.{name}")
-    result = module.main(argv)
-    return result if isinstance(result, int) else 0
-
-
-def _cmd_run(args) -> int:
-    return _run_experiment(args.chapter, args.args)
-
+# --- the experiment commands --------------------------------------------------------------
 
 def _experiment_names() -> list[str]:
     try:
@@ -104,56 +95,104 @@ def _experiment_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name.startswith("chap"))
 
 
-def _own_parsers() -> dict[str, tuple[str, str]]:
+def _experiment_commands() -> dict[str, tuple[str, str]]:
     """Commands whose module parses its own arguments: name -> (module, function)."""
     commands = {name: (f"experiments.{name}", "main") for name in _experiment_names()}
     commands.update(reproduce=("experiments.reproduce", "main"), report=("experiments.reproduce", "report_main"))
     return commands
 
 
+def _chapter_module(chapter: str) -> str:
+    """``experiments.chapN`` for ``chapN`` or ``N``."""
+    return f"experiments.chap{chapter}" if chapter.isdigit() else f"experiments.{chapter}"
+
+
 def _add_run(sub):
     p = sub.add_parser("run", help="run an experiments module: run chap1 [args...] (or run 1)")
     p.add_argument("chapter", help="chap1 ... or 1 ...")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to experiments.CHAPTER.main")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=None)
     # Listed in --help only: main() hands them their arguments before argparse sees them.
     for name in _experiment_names():
         sub.add_parser(name, add_help=False, help=f"python -m experiments.{name} (nndl-jax {name} --help)")
     sub.add_parser("reproduce", add_help=False,
-                   help="every chapter (1, 3, 4, 5, 6), then one report (nndl-jax reproduce --help)")
+                   help="every chapter (1, 3, 4, 5, 6; about a day on a CPU), then one report "
+                        "(nndl-jax reproduce --help)")
     sub.add_parser("report", add_help=False,
-                   help="the report (--readme: and the README's results table) from results already "
-                        "written, training nothing (nndl-jax report --help)")
+                   help="the report of results already written, training nothing: report --out results "
+                        "for your own runs; --readme: also the README's results table (nndl-jax report --help)")
 
 
 _COMMANDS = [_add_data, _add_expand, _add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nndl-jax", description="Nielsen's NNDL in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="nndl-jax", description="The programs of Nielsen's Neural Networks and Deep Learning, in JAX.",
+        epilog="Start with: nndl-jax chap1 (chapter 1's table: about 8 minutes on a 2-core CPU).")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
     return parser
 
 
-def main(argv=None) -> int:
-    from_command_line = argv is None
-    if from_command_line:  # Ctrl-C stops a long run at once (its checkpoints are atomic)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if from_command_line and argv[:1] == ["chap6"]:  # one CPU device per core: K conv nets side by side
+def _run_experiment(module: str, function: str, argv: list[str], from_command_line: bool) -> int:
+    """``module.function(argv)`` through ``experiments.driver.main_entry``: its refusals
+    become one message and Ctrl-C says what is saved. JAX starts here, not before."""
+    if from_command_line and module == "experiments.chap6":  # one CPU device per core: K conv nets side by side
+        from nndl_jax import devices
         devices.use_cpu_devices_unless_started()
-    own = _own_parsers().get(argv[0]) if argv else None
-    args = None if own is not None else build_parser().parse_args(argv)
     try:
-        if own is None:
-            return args.func(args)
-        result = getattr(importlib.import_module(own[0]), own[1])(argv[1:])
-        return result if isinstance(result, int) else 0
+        main = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        print(f"nndl-jax run: no chapter {module.split('.')[-1]!r}; the chapters are "
+              f"{' '.join(_experiment_names())} (or their numbers)", file=sys.stderr)
+        return 2
+    try:
+        from experiments.driver import main_entry
+    except ImportError:  # before the experiments' driver exists
+        main_entry = _plain_entry
+    return main_entry(main, argv)
+
+
+def _plain_entry(main, argv) -> int:
+    """What ``experiments.driver.main_entry`` does, reduced to the MNIST refusal."""
+    try:
+        result = main(argv)
     except mnist_data.MNISTError as e:
         print(f"nndl-jax: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("nndl-jax: interrupted (rows already finished are saved in --out; --resume continues "
+              "the others from their last finished epoch)", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def _own_command(args) -> int:
+    """One of the commands defined here; a refusal is one message on stderr, status 1."""
+    try:
+        return args.func(args)
+    except (mnist_data.MNISTError, OSError, ValueError) as e:
+        print(f"nndl-jax {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"nndl-jax {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    from_command_line = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    experiment = _experiment_commands().get(argv[0]) if argv else None
+    if experiment is not None:
+        return _run_experiment(*experiment, argv[1:], from_command_line)
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run_experiment(_chapter_module(args.chapter), "main", args.args, from_command_line)
+    return _own_command(args)
 
 
 if __name__ == "__main__":

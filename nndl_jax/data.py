@@ -129,11 +129,18 @@ MIRRORS = (
 PICKLE_NAME = "mnist.pkl.gz"
 ENV_VAR = "NNDL_JAX_DATA"
 
+_FILE_NAMES = ", ".join(f.name + ".gz" for f in IDX_FILES.values())
+
 _NO_DATA_HINT = (
     f"Set {ENV_VAR} to a folder holding a local copy of MNIST (the four files "
-    + ", ".join(f.name + ".gz" for f in IDX_FILES.values())
-    + f", gzipped or raw, or the book's {PICKLE_NAME})."
+    f"{_FILE_NAMES}, gzipped or raw, or the book's {PICKLE_NAME})."
 )
+
+
+def _copy_hint(folder: Path) -> str:
+    """What to do when MNIST cannot be downloaded into ``folder``: copy it there, or point elsewhere."""
+    return (f"To use a copy you already have, copy the four MNIST files ({_FILE_NAMES}; gzipped or raw) "
+            f"into {folder}, or set {ENV_VAR} to a folder that holds them (or the book's {PICKLE_NAME}).")
 
 
 # ---------------------------------------------------------------------------
@@ -413,8 +420,8 @@ def _download_verified(spec: IdxFile, mirrors, opener, data_dir: Path) -> bytes:
         except Exception as e:  # noqa: BLE001 - try the next mirror
             errors.append(f"{url}: {e}")
     raise MNISTError(
-        f"could not download {spec.name}.gz into {data_dir} from any mirror:\n  "
-        + "\n  ".join(errors) + "\n" + _NO_DATA_HINT
+        f"MNIST could not be downloaded into {data_dir}: {spec.name}.gz failed at every mirror:\n  "
+        + "\n  ".join(errors) + "\n" + _copy_hint(data_dir)
     )
 
 
@@ -464,14 +471,37 @@ def download_mnist(data_dir: str | os.PathLike | None = None, *, mirrors=MIRRORS
     """
     data_dir = resolve_data_dir(data_dir)
     opener = opener or urlopen
+    created = _missing_folders(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(created)
         raise _unwritable(data_dir, e) from e
-    paths = {}
-    for key in IDX_FILES:
-        paths[key] = find_idx(data_dir, key) or _fetch_one(data_dir, key, mirrors, opener)
-    return paths
+    try:
+        return {key: find_idx(data_dir, key) or _fetch_one(data_dir, key, mirrors, opener)
+                for key in IDX_FILES}
+    except BaseException:
+        _remove_empty(created)  # a failed (or interrupted) first download leaves no empty folders
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty; keep any that is not."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +533,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool | None 
     raise MNISTError(
         f"MNIST not found in {folder} ({where}): missing {', '.join(missing)} "
         f"and no {PICKLE_NAME}; downloading was not allowed here "
-        "(pass download=True to download into this folder). " + _NO_DATA_HINT
+        "(pass download=True, or run nndl-jax data --data-dir FOLDER --download, to download "
+        "into this folder). " + _copy_hint(folder)
     )
 
 

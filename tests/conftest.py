@@ -1,4 +1,10 @@
-"""Shared test setup: strict JAX promotion rules, MNIST, keys.
+"""Shared test setup: strict JAX promotion rules, MNIST, keys, a private cache.
+
+The user cache is left as the tests found it: for the whole session
+``XDG_CACHE_HOME`` points at a temporary folder (checkpoints, expanded data and
+anything else the code under test keeps in its cache go there, and go away with
+it). MNIST is still read from where the user keeps it: the folder is resolved
+first ($NNDL_JAX_DATA, else the user cache) and pinned in $NNDL_JAX_DATA.
 
 Fixtures (other test files rely on these names):
   mnist_dir  Path of the MNIST folder (`mnist_folder`): $NNDL_JAX_DATA if set, else the
@@ -10,6 +16,8 @@ Fixtures (other test files rely on these names):
 """
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -50,6 +58,42 @@ def mnist_folder() -> Path:
     return folder
 
 
+# The MNIST folder as the user has it, resolved before the cache is redirected.
+_USER_MNIST: Path | None = None
+_SESSION_CACHE: Path | None = None
+
+
+def pytest_configure(config):
+    """Pin MNIST where the user keeps it, then give the session a cache of its own."""
+    global _USER_MNIST, _SESSION_CACHE
+    _USER_MNIST = data.resolve_data_dir()
+    if has_mnist(_USER_MNIST):
+        os.environ[data.ENV_VAR] = str(_USER_MNIST)
+    _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="nndl-jax-tests-cache-"))
+    os.environ["XDG_CACHE_HOME"] = str(_SESSION_CACHE)
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+def session_cache() -> Path:
+    """The temporary folder that stands for XDG_CACHE_HOME during the tests."""
+    return _SESSION_CACHE
+
+
+def user_mnist_folder() -> Path:
+    """The tests' MNIST: the folder pinned at start, or the user's own cache, filled on first
+    use (a fresh machine) and then pinned, so that code under test that reads the cache finds it."""
+    if os.environ.get(data.ENV_VAR) or _USER_MNIST is None:
+        return mnist_folder()
+    if not has_mnist(_USER_MNIST):
+        data.download_mnist(_USER_MNIST)
+    os.environ[data.ENV_VAR] = str(_USER_MNIST)
+    return _USER_MNIST
+
+
 def unavailable(reason: str):
     """Stop a test that needs MNIST: a failure in CI (CI=true), else a skip with ``reason``."""
     if in_ci():
@@ -60,7 +104,7 @@ def unavailable(reason: str):
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     try:
-        return mnist_folder()
+        return user_mnist_folder()
     except data.MNISTError as e:
         unavailable(f"real MNIST is not available to the tests: {e}")
 

@@ -1,21 +1,118 @@
-"""The nndl-jax command's experiment shortcuts: `nndl-jax chap6 --quick`,
-`nndl-jax chap1 --help`, `nndl-jax reproduce`, `nndl-jax report`."""
+"""The nndl-jax command: its experiment shortcuts (`nndl-jax chap6 --quick`,
+`nndl-jax chap1 --help`, `nndl-jax reproduce`, `nndl-jax report`), help
+without JAX, and refusals as one message without a traceback."""
 import json
+import os
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
 
-from nndl_jax import cli
+from nndl_jax import cli, data
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def exit_status(argv):
+    """cli.main's exit status, whether it returns it or raises SystemExit (argparse)."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def _offline(url, *a, **k):
+    raise urllib.error.URLError("no network (test)")
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """A fresh machine: an empty user cache, NNDL_JAX_DATA unset, no network."""
+    cache = tmp_path / "xdg"
+    cache.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("NNDL_JAX_DATA", raising=False)
+    monkeypatch.setattr(data, "urlopen", _offline)
+    return cache
+
+
+def _fresh_interpreter(argv, env=None, offline=False):
+    """``nndl-jax ARGV`` in a new Python (offline: every download fails); prints, last on
+    stderr, whether JAX was imported."""
+    code = ("import sys\n"
+            "from nndl_jax import cli, data\n"
+            + ("def offline(url, *a, **k):\n    raise OSError('no network (test)')\n"
+               "data.urlopen = offline\n" if offline else "")
+            + "try:\n    status = cli.main()\n"
+              "except SystemExit as e:\n    status = e.code\n"
+              "print('jax imported:', 'jax' in sys.modules, file=sys.stderr)\n"
+              "raise SystemExit(status)\n")
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["expand", "--help"], ["run", "--help"],
+                                  ["reproduce", "--help"], ["report", "--help"]])
+def test_help_answers_without_starting_jax(argv):
+    done = _fresh_interpreter(argv)
+    assert done.returncode == 0, done.stderr
+    assert "usage: " in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "jax imported: False"
+
+
+def test_top_level_help_lists_every_command_and_how_to_start():
+    done = _fresh_interpreter(["--help"])
+    for command in ("data", "expand", "run", "chap1", "chap6", "reproduce", "report"):
+        assert command in done.stdout
+    assert "nndl-jax chap1" in done.stdout and "report --out results" in done.stdout
+
+
+def test_an_offline_first_run_prints_one_message_and_leaves_the_cache_as_it_was(tmp_path):
+    """The README's first command on a machine without MNIST and without a network,
+    through the real entry point: a message saying what to do, no traceback."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("NNDL_JAX_DATA", None)
+    (tmp_path / "xdg").mkdir()
+    done = _fresh_interpreter(["chap1", "--quick", "--only", "1.5", "--out", str(tmp_path / "out")],
+                              env=env, offline=True)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    folder = tmp_path / "xdg" / "nndl-jax" / "mnist"
+    assert f"could not be downloaded into {folder}" in done.stderr and "no network (test)" in done.stderr
+    assert f"into {folder}, or set NNDL_JAX_DATA" in done.stderr
+    assert list((tmp_path / "xdg").iterdir()) == []  # no empty nndl-jax/mnist/ left behind
+
+
+def test_data_offline_is_one_message_and_leaves_no_empty_folder(empty_cache, capsys):
+    assert cli.main(["data", "--download"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nndl-jax data: MNIST could not be downloaded into ") and "Traceback" not in err
+    assert "t10k-labels-idx1-ubyte.gz" in err and "NNDL_JAX_DATA" in err
+    assert list(empty_cache.iterdir()) == []
+
+
+def test_expand_into_a_folder_that_cannot_be_made_is_one_message(mnist_dir, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert cli.main(["expand", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path / "a-file" / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nndl-jax expand: ") and str(tmp_path / "a-file") in err
+    assert err.count("\n") == 1
+
+
+def test_run_with_an_unknown_chapter_names_the_chapters(capsys):
+    assert cli.main(["run", "chap9"]) == 2
+    assert "no chapter 'chap9'; the chapters are chap1 chap3" in capsys.readouterr().err
+
+
+def test_bad_arguments_to_an_own_command_are_argparse_usage_errors(capsys):
+    assert exit_status(["data", "--no-such-option"]) == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_chapter_help_is_the_chapters_own(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["chap1", "--help"])
-    assert e.value.code == 0
+    assert exit_status(["chap1", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--svm-train-size" in out and "--resume" in out and "--only ROW" in out
 
@@ -35,9 +132,8 @@ def test_chapter_shortcut_takes_options_and_runs(tmp_path):
 
 
 def test_chapter_shortcut_with_a_bad_row_id_exits_non_zero(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["chap4", "--only", "9.9", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "unknown row id 9.9" in capsys.readouterr().err
+    assert exit_status(["chap4", "--only", "9.9", "--out", str(tmp_path)]) == 2
+    assert "unknown row id 9.9" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
 
 
@@ -60,13 +156,28 @@ def test_reproduce_refuses_a_folder_that_holds_the_other_kind_before_training(tm
     (tmp_path / "chap5").mkdir()
     (tmp_path / "chap5" / "results.json").write_text(json.dumps({"quick": False, "rows": [
         {"id": "5.1", "quick": False}]}))
-    with pytest.raises(SystemExit) as e:
-        cli.main(["reproduce", "--quick", "--only", "4", "5", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "holds full results" in capsys.readouterr().err
+    assert exit_status(["reproduce", "--quick", "--only", "4", "5", "--out", str(tmp_path)]) == 2
+    assert "holds full results" in capsys.readouterr().err
     assert not (tmp_path / "chap4" / "results.json").exists()  # nothing trained
 
 
 def test_report_needs_an_existing_folder(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["report", "--out", str(tmp_path / "missing")])
-    assert e.value.code == 2
+    assert exit_status(["report", "--out", str(tmp_path / "missing")]) == 2
+
+
+def test_every_command_the_readme_shows_is_one_the_cli_knows():
+    """The README's commands (`nndl-jax <command> ...` in its code blocks) exist, and each
+    option it passes is one that command's --help lists."""
+    import re
+    text = (REPO / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"^```[a-z]*\n(.*?)^```$", text, flags=re.S | re.M))
+    shown = re.findall(r"nndl-jax ([a-z0-9]+)((?: +--?[a-z0-9-]+(?: +[^-#\s][^\s]*)*)*)", blocks)
+    assert {c for c, _ in shown} >= {"chap1", "reproduce", "report", "data", "expand"}
+    known = set(cli._experiment_commands()) | {"data", "expand", "run"}
+    for command, rest in shown:
+        assert command in known, command
+        options = re.findall(r"(--[a-z0-9-]+)", rest)
+        if options:
+            done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", command, "--help"], cwd=REPO,
+                                  capture_output=True, text=True, timeout=300)
+            assert all(o in done.stdout for o in options), (command, options)

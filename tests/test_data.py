@@ -16,6 +16,7 @@ import urllib.error
 import zlib
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from conftest import mnist_folder, unavailable
@@ -359,7 +360,7 @@ def test_download_falls_back_to_the_next_mirror_on_a_bad_checksum(mnist_dir, tmp
 def test_download_with_bad_checksums_everywhere_leaves_nothing(mnist_dir, tmp_path):
     bad = gzip.compress(idx_bytes(np.zeros(10_000, np.uint8), magic=2049))
     urls = {m + "t10k-labels-idx1-ubyte.gz": bad for m in data.MIRRORS}
-    with pytest.raises(MNISTError, match="(?s)could not download t10k-labels-idx1-ubyte.gz.*checksum mismatch"):
+    with pytest.raises(MNISTError, match="(?s)t10k-labels-idx1-ubyte.gz failed at every mirror.*checksum mismatch"):
         data.download_mnist(tmp_path, opener=FakeMirror(mnist_dir, bad=urls))
     assert not (tmp_path / "t10k-labels-idx1-ubyte.gz").exists()
     assert leftovers(tmp_path) == []
@@ -515,7 +516,7 @@ def test_no_network_error_points_at_nndl_jax_data(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(data, "urlopen", offline)
-    with pytest.raises(MNISTError, match="(?s)no network.*Set NNDL_JAX_DATA to a folder"):
+    with pytest.raises(MNISTError, match="(?s)no network.*set NNDL_JAX_DATA to a folder"):
         data.load_mnist(tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
 
@@ -524,8 +525,63 @@ def test_no_network_error_via_injected_opener(tmp_path):
     def offline(url, *a, **k):
         raise urllib.error.URLError("no network")
 
-    with pytest.raises(MNISTError, match="(?s)no network.*Set NNDL_JAX_DATA"):
+    with pytest.raises(MNISTError, match="(?s)no network.*set NNDL_JAX_DATA"):
         data.download_mnist(tmp_path, opener=offline)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _offline_per_mirror(url, *a, **k):
+    host = url.split("/")[2]
+    raise urllib.error.URLError(f"no route to {host}")
+
+
+def test_offline_first_use_names_the_folder_each_mirror_the_files_and_what_to_do(mnist_dir, tmp_path, monkeypatch):
+    """A fresh machine without a network: the message holds all a user needs, and
+    copying the four files into the folder it names is enough."""
+    monkeypatch.delenv("NNDL_JAX_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(data, "urlopen", _offline_per_mirror)
+    folder = tmp_path / "xdg" / "nndl-jax" / "mnist"
+    (tmp_path / "xdg").mkdir()
+    with pytest.raises(MNISTError) as error:
+        data.load_mnist()
+    message = str(error.value)
+    assert f"could not be downloaded into {folder}:" in message
+    for mirror in data.MIRRORS:  # each mirror with its own error
+        host = mirror.split("/")[2]
+        assert f"{mirror}train-images-idx3-ubyte.gz: <urlopen error no route to {host}>" in message
+    assert all(f.name + ".gz" in message for f in IDX_FILES.values())
+    assert "copy the four MNIST files" in message and f"into {folder}, or set NNDL_JAX_DATA" in message
+    assert list((tmp_path / "xdg").iterdir()) == []  # no empty nndl-jax/mnist/ left behind
+    folder.mkdir(parents=True)  # doing what the message says works, offline
+    for key in IDX_FILES:
+        shutil.copy(data.find_idx(mnist_dir, key), folder)
+    assert len(data.load_mnist().test.y) == 10_000
+
+
+def test_a_failed_download_keeps_folders_that_existed_or_gained_files(tmp_path, monkeypatch):
+    """Only the folders the download created, and only while empty, are removed."""
+    cache = tmp_path / "nndl-jax"
+    (cache / "checkpoints").mkdir(parents=True)
+    with pytest.raises(MNISTError):
+        data.download_mnist(cache / "mnist", opener=_offline_per_mirror)
+    assert sorted(p.name for p in cache.iterdir()) == ["checkpoints"]
+
+    def offline_after_a_file_appears(url, *a, **k):  # another process puts a file there meanwhile
+        (tmp_path / "new" / "mnist" / "notes.txt").write_text("kept")
+        return _offline_per_mirror(url)
+
+    with pytest.raises(MNISTError):
+        data.download_mnist(tmp_path / "new" / "mnist", opener=offline_after_a_file_appears)
+    assert (tmp_path / "new" / "mnist" / "notes.txt").read_text() == "kept"
+
+
+def test_an_interrupted_first_download_leaves_no_empty_folder(tmp_path):
+    def interrupted(url, *a, **k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        data.download_mnist(tmp_path / "a" / "mnist", opener=interrupted)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -848,8 +904,26 @@ def test_tests_without_mnist_fail_in_ci_and_skip_elsewhere(tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CI", ci)
     monkeypatch.setattr(data, "urlopen", offline)
-    with pytest.raises(MNISTError, match="(?s)could not download.*no network") as error:
+    with pytest.raises(MNISTError, match="(?s)could not be downloaded.*no network") as error:
         mnist_folder()
     outcome = pytest.fail.Exception if ci else pytest.skip.Exception
-    with pytest.raises(outcome, match=("CI=true and " if ci else "") + "no MNIST: could not download"):
+    with pytest.raises(outcome, match=("CI=true and " if ci else "") + "no MNIST: MNIST could not be downloaded"):
         unavailable(f"no MNIST: {error.value}")
+
+
+def test_the_tests_write_into_a_cache_of_their_own_and_read_mnist_where_the_user_keeps_it(mnist_dir):
+    assert data.cache_dir() == conftest.session_cache() / "nndl-jax"
+    assert data.resolve_data_dir() == mnist_dir  # pinned in NNDL_JAX_DATA, not looked for in that cache
+    assert not conftest.session_cache().is_relative_to(Path.home() / ".cache")
+
+
+def test_tests_on_a_fresh_machine_fill_the_users_cache_and_pin_it(mnist_dir, tmp_path, monkeypatch):
+    """No NNDL_JAX_DATA and an empty user cache: MNIST is downloaded into the user's
+    cache (not the session's), then pinned so that code under test finds it."""
+    users = tmp_path / "home-cache" / "nndl-jax" / "mnist"
+    monkeypatch.setattr(conftest, "_USER_MNIST", users)
+    monkeypatch.delenv("NNDL_JAX_DATA")
+    mirror = FakeMirror(mnist_dir)
+    monkeypatch.setattr(data, "urlopen", mirror)
+    assert conftest.user_mnist_folder() == users and len(mirror.calls) == 4
+    assert data.resolve_data_dir() == users and conftest.has_mnist(users)
