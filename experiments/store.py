@@ -183,7 +183,7 @@ def read_results(out):
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ResultsError(f"{path} is not a valid results file: {shown}{more}. It is left as it is: "
                            "fix or remove those rows (or restore the file, e.g. `git checkout` it), "
-                           "move it away, or give another --out")
+                           "or move it away or give another --out")
     return results
 
 
