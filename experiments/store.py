@@ -325,11 +325,14 @@ SHORTENED = "SHORTENED (--quick: a small subset, few epochs)"
 def record(args, rows, *, complete=False, **payload):
     """Merge finished ``rows`` (and their ``payload``) into ``OUT/results.json``
     at once, atomically, under a lock: a run cut off after hours keeps every
-    row it finished. Each row is stamped with ``quick``, its ``seeds`` (the
-    run's, unless the row names its own), ``finished`` (kept from its first
-    recording) and ``run``; a --quick row's note starts with SHORTENED unless it says so."""
+    row it finished. Each row of this run is stamped with ``quick``, its
+    ``seeds`` (the run's, unless the row names its own), ``finished`` (kept
+    from its first recording) and ``run``; a --quick row's note starts with
+    SHORTENED unless it says so. Rows of earlier runs are merged as they are."""
     finished = now()
     for r in rows:  # in place: a row recorded twice (here, then by finish) keeps its first stamp
+        if r.get("run", args.run_id) != args.run_id:
+            continue  # a row of an earlier run, shown again (--resume skipped it): kept as it was
         r.update(quick=args.quick, x64=bool(args.x64), run=args.run_id)
         r.setdefault("seeds", seeds(args))
         r.setdefault("finished", finished)

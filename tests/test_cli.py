@@ -62,7 +62,7 @@ def test_reproduce_quick_chapter_4_end_to_end(tmp_path):
 def test_reproduce_refuses_a_folder_that_holds_the_other_kind_before_training(tmp_path, capsys):
     (tmp_path / "chap5").mkdir()
     (tmp_path / "chap5" / "results.json").write_text(json.dumps({"quick": False, "rows": [
-        {"id": "5.1", "quick": False}]}))
+        {"id": "5.1", "experiment": "depth", "unit": "%", "measured": 96.5, "quick": False}]}))
     with pytest.raises(SystemExit) as e:
         cli.main(["reproduce", "--quick", "--only", "4", "5", "--out", str(tmp_path)])
     assert e.value.code == 2 and "holds full results" in capsys.readouterr().err
@@ -95,7 +95,7 @@ def test_reproduce_resume_right_after_a_finished_run_retrains_nothing(tmp_path, 
     capsys.readouterr()
     assert cli.main(argv + ["--resume"]) == 0
     out = capsys.readouterr().out
-    assert out.count("--resume skips it") == 3 + 7     # chap4: 4.1, 4.2, 4.3; chap5: 5.1-5.4, 5.5-5.7+5.8, 5.9, 5.10
+    assert out.count("--resume skips it") == 3 + 9     # chap4: 4.1, 4.2, 4.3; chap5: 5.1-5.4, 5.5-5.7 (+5.8), 5.9, 5.10
     assert {c: _rows(tmp_path / "out" / f"chap{c}") for c in "45"} == before
 
 
