@@ -372,31 +372,33 @@ def _stale(args, folder, rows):
 
 
 def check_unfinished(args):
-    """Before any training, for each saved checkpoint of the rows asked for:
-    a live process training it is named (never discarded); one whose rows have
-    all been recorded since is stale and removed; others need ``--resume``
-    (continue) or ``--restart`` (discard): nothing saved is dropped silently."""
-    left = []
-    for job_id, rows in saved_checkpoints(args).items():
-        folder = checkpoint_dir(args, job_id)
+    """Before any training, for each checkpoint folder of the rows asked for:
+    a live process training it is named (its checkpoint is never discarded);
+    a saved checkpoint whose rows have all been recorded since is stale and
+    removed; others need ``--resume`` (continue) or ``--restart`` (discard):
+    nothing saved is dropped silently. Leftovers of a run that saved nothing are cleared."""
+    root, left = checkpoint_root(args), []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        job_id = folder.name
         if not _asked_for(args, job_id):
             continue
         pid = live_owner(folder)
         if pid is not None:
             raise Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
                           "wait for it to finish, or give another --out")
-        if _stale(args, folder, rows):
+        rows = _owner(folder).get("rows", [job_id])
+        if not (folder / CHECKPOINT_FILE).exists() or args.restart:
+            remove_checkpoints(args, job_id)
+        elif _stale(args, folder, rows):
             print(f"{args.chapter}: removed the checkpoint of {job_id}, whose rows were recorded since",
                   flush=True)
-            remove_checkpoints(args, job_id)
-        elif args.restart:
             remove_checkpoints(args, job_id)
         else:
             left.append(job_id)
     if left and not args.resume:
         raise Refusal(
             f"{args.chapter}: rows {', '.join(left)} of an interrupted run into {args.out} are saved in "
-            f"{checkpoint_root(args)}: add --resume to continue them from their last finished epoch, "
+            f"{root}: add --resume to continue them from their last finished epoch, "
             "or --restart to discard them")
 
 
