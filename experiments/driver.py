@@ -213,12 +213,19 @@ def run_jobs(args, jobs):
 
 def recorded_job(args, job):
     """The recorded rows of ``job`` when every one of them is in ``--out`` with
-    this command's quick / x64 flags, seeds and the job's settings; else None."""
+    this command's quick / x64 flags and seeds, and the job's settings (a row
+    recorded before a setting was stamped into rows matches on it: the setting
+    was then the book's, or --quick's, and the quick flag is checked); else None."""
     if not job.rows:
         return None
-    want = dict(job.settings, seeds=list(job.seeds) if job.seeds is not None else seeds(args))
-    kept = [store.recorded_row(args, rid, **want) for rid in job.rows]
-    return kept if all(r is not None for r in kept) else None
+    seeds_wanted = list(job.seeds) if job.seeds is not None else seeds(args)
+    recorded = {r["id"]: r for r in store.recorded_rows(args)}
+    kept = [recorded.get(rid) for rid in job.rows]
+    if all(r is not None and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
+           and r.get("seeds") == seeds_wanted and all(r.get(k, v) == v for k, v in job.settings.items())
+           for r in kept):
+        return kept
+    return None
 
 
 def finish(args, rows, **payload):

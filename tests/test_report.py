@@ -366,3 +366,32 @@ def test_an_interrupted_writes_temporary_file_is_removed_by_the_next_record(tmp_
     stale.write_text("half")
     store.record(args, [report.row("1.1", "a", None, 1.0)])
     assert not stale.exists() and _results(tmp_path)["rows"][0]["id"] == "1.1"
+
+
+def test_resume_over_the_committed_results_would_train_nothing_they_hold(tmp_path, mnist):
+    """`nndl-jax reproduce --resume` into reproduced/ skips every row recorded
+    there, rows recorded before settings were stamped into rows included (their
+    setting was the book's); chapter 1's exercise row 1.8, not recorded, is left to train."""
+    import shutil
+
+    from experiments import chap1, chap3, chap5
+    todo = {}
+    for name, module in (("chap1", chap1), ("chap3", chap3), ("chap4", chap4), ("chap5", chap5)):
+        shutil.copytree(REPO / "reproduced" / name, tmp_path / name)
+        args = driver.parse_args(name, "", ["--out", str(tmp_path / name), "--resume"],
+                                 row_ids=[r["id"] for r in module.ROWS],
+                                 add_arguments=getattr(module, "add_arguments", None))
+        jobs = {"chap1": lambda a: chap1.jobs(a, mnist), "chap3": lambda a: chap3.jobs(a, mnist),
+                "chap4": lambda a: chap4.jobs(a, {}),
+                "chap5": lambda a: chap5.jobs(a, mnist, chap5.settings(a, mnist))}[name](args)
+        todo[name] = [j.id for j in jobs if driver.recorded_job(args, j) is None]
+    assert todo == {"chap1": ["1.8"], "chap3": [], "chap4": [], "chap5": []}
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "4294967295"])
+def test_seeds_outside_32_bits_are_refused_before_training(tmp_path, capsys, seed):
+    """--seed 4294967295 with 3 seeds runs past 2**32 - 1 too; such seeds would
+    silently collide with small ones."""
+    with pytest.raises(SystemExit) as e:
+        _args(tmp_path, "--seed", seed)
+    assert e.value.code == 2 and "seeds must lie in 0 .. 2**32 - 1" in capsys.readouterr().err
