@@ -233,7 +233,8 @@ def report_page(out):
     lines = ["# Neural Networks and Deep Learning in JAX: the book beside the measured", "",
              "Written by `nndl-jax reproduce` (or `nndl-jax report`, which trains nothing) from the "
              "`chapN/results.json` files beside this page. Accuracies in percent; \"mean ± sd\" and "
-             "\"best of k\" are over a row's k seeds (trained together as one vmapped program), "
+             "\"best of k\" are over a row's k seeds (trained together as one vmapped program); the best "
+             "is the highest accuracy, the lowest cost or deviation, and none for gradient norms; "
              "a single number is one deterministic measurement. Notes say what differs from the "
              "book's setting (SHORTENED) and what the book quotes.", ""]
     if not results:
