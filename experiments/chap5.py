@@ -127,7 +127,7 @@ def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
                            evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
-                           on_epoch=driver.progress(f"{row_id} {sizes}", epochs, show), checkpoint=ckpt)
+                           on_epoch=driver.progress(row_id, epochs, show), checkpoint=ckpt)
     return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
 
