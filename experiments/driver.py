@@ -482,7 +482,8 @@ def progress(label, epochs, show, *, every=1):
             timing = f"{report.duration(now - state['start'])}" + (
                 f", ETA {report.duration(left)}" if e + 1 < epochs else "")
         if e == state["first"] or (e + 1) % every == 0 or e + 1 == epochs:
-            print(f"  [{label}] epoch {e + 1}/{epochs}: {show(record)}  ({timing})", flush=True)
+            shown = show(record)
+            print(f"  [{label}] epoch {e + 1}/{epochs}{': ' + shown if shown else ''}  ({timing})", flush=True)
 
     return on_epoch
 
