@@ -541,7 +541,7 @@ def checkpoint_refusal(e):
     lines = [f"the saved checkpoint {path or ''} is of another run of this row:".replace("  ", " ")]
     for setting, saved, now in differences:
         option = _OPTIONS.get(str(setting).rsplit(".", 1)[-1])
-        scalar = not isinstance(saved, (list, dict))
+        scalar = isinstance(saved, (str, int, float, bool))
         hint = f" (pass {option} {_short(saved)} to continue it)" if option and scalar else ""
         lines.append(f"  {setting}: saved {_short(saved)}, this run {_short(now)}{hint}")
     lines.append("Pass the saved settings back to continue it, or add --restart to discard it and train afresh.")
@@ -553,6 +553,8 @@ _OPTIONS = {"epochs": "--epochs", "train_size": "--train-size", "n_train": "--tr
 
 
 def _short(value, limit=60):
+    if not isinstance(value, (str, int, float, bool, list, dict, type(None))):
+        return "(not set)"   # a setting one of the two runs does not have
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

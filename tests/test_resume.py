@@ -277,13 +277,15 @@ def test_a_refused_checkpoint_is_shown_one_line_per_setting_without_a_traceback(
     the command line shows one line each, with the option to pass back, or --restart."""
     def refused(argv):
         e = train.CheckpointError("belongs to another run")
-        e.path, e.differences = "/cache/5.1/state.npz", [("fit.epochs", 12, 10), ("seeds", [1, 2], [1, 3])]
+        e.path, e.differences = "/cache/5.1/state.npz", [("fit.epochs", 12, 10), ("seeds", [1, 2], [1, 3]),
+                                                         ("rules", object(), "plateau")]
         raise e
     assert driver.main_entry(refused, []) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "  fit.epochs: saved 12, this run 10 (pass --epochs 12 to continue it)" in err
     assert "  seeds: saved [1, 2], this run [1, 3]\n" in err and "--restart" in err
+    assert "  rules: saved (not set), this run plateau\n" in err
 
 
 def test_a_refused_checkpoint_of_a_real_row_ends_without_a_traceback(tmp_path, cache, mnist_dir, monkeypatch,
