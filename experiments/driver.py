@@ -418,8 +418,7 @@ def remove_checkpoints(args, job_id):
         if not folder.is_dir():
             continue
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        store.remove_stale_temporaries(folder)
-        for p in folder.glob(".*.tmp"):  # ours too: the job is over
+        for p in [*folder.glob(".*.tmp"), *folder.glob(".*.part")]:  # interrupted writes; the job is over
             p.unlink(missing_ok=True)
         (folder / OWNER_FILE).unlink(missing_ok=True)
         fd = _LOCKS.pop(folder, None)
