@@ -193,6 +193,8 @@ def run_jobs(args, jobs):
                   f"{kept[0].get('finished', '?')}); --resume skips it", flush=True)
             rows += kept
             continue
+        if args.resume:
+            _note_other_groupings(args, job)
         _CURRENT["job"] = job
         try:
             out = job.run(args)
@@ -209,6 +211,18 @@ def run_jobs(args, jobs):
         remove_checkpoints(args, job.id)
         rows += done
     return rows
+
+
+def _note_other_groupings(args, job):
+    """Under --resume: say so when rows of ``job`` are also saved in a checkpoint
+    of another grouping (another --only or --nets), which this job does not continue."""
+    mine = {job.id} | {j for j in saved_checkpoints(args) if j.startswith(job.id + "@")}
+    for other, rows in saved_checkpoints(args).items():
+        shared = sorted(set(rows) & set(job.rows))
+        if other not in mine and shared:
+            print(f"\n{job.id}: note: {', '.join(shared)} also saved as part of {other} (rows {', '.join(rows)}), "
+                  f"which this command does not continue: run the command that made it with --resume to "
+                  "continue that, or --restart to discard it", flush=True)
 
 
 def recorded_job(args, job):
