@@ -198,6 +198,9 @@ def run_jobs(args, jobs):
         _CURRENT["job"] = job
         try:
             out = job.run(args)
+        except BaseException:
+            _drop_unsaved(args, job.id)  # a job stopped before its first checkpoint leaves no folder
+            raise
         finally:
             _CURRENT["job"] = None
         done, payload = out if isinstance(out, tuple) else (out, {})
@@ -441,6 +444,14 @@ def remove_checkpoints(args, job_id):
         with contextlib.suppress(OSError):
             folder.rmdir()
     remove_empty_folders(root, data.cache_dir())
+
+
+def _drop_unsaved(args, job_id):
+    """Remove the checkpoint folders of ``job_id`` (and its sub-runs) that hold no saved state."""
+    root = checkpoint_root(args)
+    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
+        if folder.is_dir() and not (folder / CHECKPOINT_FILE).exists():
+            remove_checkpoints(args, folder.name)
 
 
 def remove_empty_folders(folder, stop):
