@@ -140,9 +140,8 @@ def use_devices(n, *, per_core=False, prog="nndl-jax"):
     got = len(jax.devices("cpu"))
     if n is not None and got != n:
         print(f"{prog}: --devices {n} cannot apply: JAX already runs with {got} CPU devices in this "
-              "process (the count is fixed once JAX has run anything); run the command in a fresh "
-              "process to use {n}. The results do not depend on it.".replace("{n}", str(n)),
-              file=sys.stderr, flush=True)
+              f"process (the count is fixed once JAX has run anything); run the command in a fresh "
+              f"process to use {n}. The results do not depend on it.", file=sys.stderr, flush=True)
     return got
 
 
