@@ -73,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import report, store
 from nndl_jax import book_random, costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset
@@ -130,7 +130,7 @@ def add_arguments(parser):
 
 
 def prepare(args):
-    """After ``report.parse_args``: a replay computes in float64 (before any array is made)."""
+    """After ``driver.parse_args``: a replay computes in float64 (before any array is made)."""
     if getattr(args, "book_seed", None) is not None:
         args.x64 = True
         jax.config.update("jax_enable_x64", True)
@@ -371,7 +371,7 @@ def run(args, splits, wanted):
             print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
                   f"seed {args.book_seed}", flush=True)
             done = replay(args, splits, spec)
-            report.record(args, done)
+            store.record(args, done)
             rows.extend(done)
     return rows
 

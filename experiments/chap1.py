@@ -33,7 +33,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import driver, report, store
 from nndl_jax import costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset, load_mnist
@@ -184,6 +184,9 @@ def svm_baseline(training, test, train_size):
 
 # --- the networks --------------------------------------------------------------
 
+ROW = {r["id"]: r for r in ROWS}
+
+
 def group_id(rows):
     """The checkpoint id of a group of rows trained together, e.g. "1.1+1.2"."""
     return "+".join(r["id"] for r in rows)
@@ -203,79 +206,108 @@ def train_group(args, rows, seeds, training, test, epochs):
     params = train.init_many(init, init_keys, (sizes[0],))
     eta = np.repeat([r["eta"] for r in rows], k)  # train.fit casts to the params' dtype
     trainer = train.trainer_for(apply, costs.quadratic, MINI_BATCH_SIZE)
-    n_test, t0, first = len(test.y), time.time(), []
+    n_test = len(test.y)
     arch = "[" + ",".join(map(str, sizes)) + "]"
 
-    def on_epoch(e, record):
-        first.append(e) if not first else None  # a resumed group times only this process's epochs
+    def show(record):
         acc = np.asarray(record["evaluation_accuracy"]).reshape(len(rows), k)
-        parts = [f"{r['id']} η={r['eta']:g}: {a[0]} / {n_test}" + "".join(f", {v}" for v in a[1:])
-                 for r, a in zip(rows, acc.tolist())]
-        timing = report.eta(t0, e + 1 - first[0], epochs - first[0])
-        print(f"  {arch} Epoch {e}: " + " | ".join(parts) + f"  ({timing})", flush=True)
+        return " | ".join(f"{r['id']} η={r['eta']:g}: " + ", ".join(map(str, a)) + f" / {n_test}"
+                          for r, a in zip(rows, acc.tolist()))
 
     print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
           flush=True)
-    ckpt = report.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
+    ckpt = driver.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
                                                          "sizes": list(sizes), "seeds": list(seeds)})
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
-                              on_epoch=on_epoch, checkpoint=ckpt)
-    report.record_divergence(args, group_id(rows), history.diverged_at)
-    curves = np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
-    return curves, time.time() - t0
+                              on_epoch=driver.progress(group_id(rows), epochs, show), checkpoint=ckpt)
+    store.record_divergence(args, group_id(rows), history.diverged_at)
+    return np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
 
 
 def _subset(data, n):
     return Dataset(data.x[:n], data.y[:n]) if n else data
 
 
+def sgd_groups(args):
+    """The SGD rows asked for, grouped by architecture (the rows of one
+    architecture train as one program). With --resume, a group saved by an
+    earlier command with another --only (say 1.1+1.4 when 1.1 is asked) is
+    continued as it was saved, its rows all recorded."""
+    asked = [r for r in ROWS if r["kind"] == "sgd" and driver.wanted(args, r["id"])]
+    saved = [set(i.split("+")) for i in driver.saved_checkpoints(args)] if args.resume else []
+    groups = []
+    for sizes in dict.fromkeys(r["sizes"] for r in asked):
+        ids = {r["id"] for r in asked if r["sizes"] == sizes}
+        for group in saved:
+            if group & ids and group <= set(ROW) and all(ROW[i].get("sizes") == sizes for i in group):
+                groups.append([r for r in ROWS if r["id"] in group])
+                ids -= group
+        if ids:
+            groups.append([r for r in ROWS if r["id"] in ids])
+    return groups
+
+
+def jobs(args, data):
+    """The rows asked for as the driver's jobs: the SGD groups, the darkness
+    baseline, then (after the network rows' table is printed) the SVM."""
+    epochs = QUICK["epochs"] if args.quick else args.epochs
+    svm_size = min(QUICK["svm_train_size"] if args.quick else args.svm_train_size, len(data.training.y))
+    out = [driver.Job(group_id(g), [r["id"] for r in g], lambda a, g=g: sgd_rows(a, g, data, epochs),
+                      settings={"epochs": epochs}) for g in sgd_groups(args)]
+    if driver.wanted(args, "1.5"):
+        out.append(driver.Job("1.5", ["1.5"], lambda a: darkness_row(a, data)))
+    if driver.wanted(args, "1.6"):
+        out.append(driver.Job("1.6", ["1.6"], lambda a: svm_row(a, data, svm_size), settings={"n_train": svm_size}))
+    return out
+
+
+def sgd_rows(args, group, data, epochs):
+    seeds = driver.seeds(args)
+    t0 = time.time()
+    acc = train_group(args, group, seeds, data.training, data.test, epochs)
+    wall = time.time() - t0
+    arch = "[" + ",".join(map(str, group[0]["sizes"])) + "]"
+    rows = [sgd_row(args, r, acc[:, i, :], epochs, seeds, len(data.test.y)) for i, r in enumerate(group)]
+    return rows, {"timings_seconds": {arch: wall}}
+
+
+def darkness_row(args, data):
+    n_test = len(data.test.y)
+    correct = average_darkness(data.training, data.test)
+    print(f"average darkness: {correct} / {n_test}", flush=True)
+    return [report.row("1.5", ROW["1.5"]["experiment"], ROW["1.5"]["book"], 100.0 * correct / n_test,
+                       note=f"{correct} / {n_test} (book: 2225 / 10000)",
+                       correct=correct, n_test=n_test, n_train=len(data.training.y))]
+
+
+def svm_row(args, data, n):
+    n_test, t0 = len(data.test.y), time.time()
+    correct = svm_baseline(data.training, data.test, n)
+    return [report.row("1.6", ROW["1.6"]["experiment"], ROW["1.6"]["book"],
+                       None if correct is None else 100.0 * correct / n_test,
+                       note="skipped: scikit-learn not installed" if correct is None
+                       else f"{correct} / {n_test}, trained on {n} images ({time.time() - t0:.0f} s)",
+                       correct=correct, n_test=n_test, n_train=n, seconds=time.time() - t0)]
+
+
 def run(args):
     splits = load_mnist(args.data_dir)
     epochs = QUICK["epochs"] if args.quick else args.epochs
-    training = _subset(splits.training, QUICK["n_train"] if args.quick else None)
-    test = _subset(splits.test, QUICK["n_test"] if args.quick else None)
-    svm_size = QUICK["svm_train_size"] if args.quick else args.svm_train_size
-    n_test, seeds = len(test.y), report.seeds(args)
-    print(f"chap1: {len(training.y)} training images, {n_test} test images, {epochs} epochs, "
-          f"mini-batch {MINI_BATCH_SIZE}, seeds {seeds}", flush=True)
-
-    rows, timings = [], {}
-    sgd = [r for r in ROWS if r["kind"] == "sgd" and report.wanted(args, r["id"])]
-    for sizes in dict.fromkeys(r["sizes"] for r in sgd):
-        group = [r for r in sgd if r["sizes"] == sizes]
-        acc, wall = train_group(args, group, seeds, training, test, epochs)
-        arch = "[" + ",".join(map(str, sizes)) + "]"
-        timings[arch] = wall
-        done = [sgd_row(args, r, acc[:, i, :], epochs, seeds, n_test) for i, r in enumerate(group)]
-        rows += done
-        report.record(args, done, timings_seconds={arch: wall})
-        report.remove_checkpoints(args, group_id(group))
-        plot(args, report.recorded_rows(args))
-    for r in ROWS:
-        if not report.wanted(args, r["id"]):
-            continue
-        if r["kind"] == "darkness":
-            correct = average_darkness(training, test)
-            print(f"average darkness: {correct} / {n_test}", flush=True)
-            rows.append(report.row(r["id"], r["experiment"], r["book"], 100.0 * correct / n_test,
-                                   note=f"{correct} / {n_test} (book: 2225 / 10000)",
-                                   correct=correct, n_test=n_test, n_train=len(training.y)))
-            report.record(args, rows[-1:])
-        elif r["kind"] == "svm":
-            t0 = time.time()
-            correct = svm_baseline(training, test, svm_size)
-            n = min(svm_size, len(training.y))
-            rows.append(report.row(r["id"], r["experiment"], r["book"],
-                                   None if correct is None else 100.0 * correct / n_test,
-                                   note="skipped: scikit-learn not installed" if correct is None
-                                   else f"{correct} / {n_test}, trained on {n} images "
-                                        f"({time.time() - t0:.0f} s)",
-                                   correct=correct, n_test=n_test, n_train=n,
-                                   seconds=time.time() - t0))
-            report.record(args, rows[-1:])
-    return rows, {"timings_seconds": timings, "n_train": len(training.y), "n_test": n_test,
-                  "epochs": epochs}
+    data = splits._replace(training=_subset(splits.training, QUICK["n_train"] if args.quick else None),
+                           test=_subset(splits.test, QUICK["n_test"] if args.quick else None))
+    print(f"chap1: {len(data.training.y)} training images, {len(data.test.y)} test images, {epochs} epochs, "
+          f"mini-batch {MINI_BATCH_SIZE}, seeds {driver.seeds(args)}", flush=True)
+    todo = jobs(args, data)
+    networks = [j for j in todo if j.id != "1.6"]
+    rows = driver.run_jobs(args, networks)
+    if rows:
+        plot(args, store.recorded_rows(args))
+    if len(networks) < len(todo):
+        if rows:  # the network rows' table now: the SVM row can take a long time
+            print("\n" + report.format_table(rows) + "\n", flush=True)
+        rows += driver.run_jobs(args, todo[len(networks):])
+    return rows, {"n_train": len(data.training.y), "n_test": len(data.test.y), "epochs": epochs}
 
 
 def sgd_row(args, r, curve, epochs, seeds, n_test):
@@ -292,7 +324,6 @@ def sgd_row(args, r, curve, epochs, seeds, n_test):
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
                       peak=peak.tolist(), final=final.tolist(), curve=curve.T.tolist(), n_test=n_test)
-
 
 def plot(args, rows):
     """chap1_accuracy.png: test accuracy per epoch, every run of every SGD row
@@ -325,21 +356,18 @@ def plot(args, rows):
 
 def add_arguments(p):
     """The options only this chapter takes."""
-    p.add_argument("--svm-train-size", type=int, default=50000,
+    p.add_argument("--svm-train-size", type=driver.positive_int, default=50000,
                    help="training images for the SVM baseline (default %(default)s; --quick: 2000)")
-    p.add_argument("--epochs", type=int, default=EPOCHS,
+    p.add_argument("--epochs", type=driver.positive_int, default=EPOCHS,
                    help="epochs per network (default: the book's %(default)s; --quick: 2)")
 
 
 def main(argv=None):
-    args = report.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
+    args = driver.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
                              add_arguments=add_arguments)
-    if args.svm_train_size < 1 or args.epochs < 1:
-        raise SystemExit("chap1: --svm-train-size and --epochs must be positive")
     rows, payload = run(args)
-    return report.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
+    return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
 
 
 if __name__ == "__main__":
-    report.stop_at_once_on_interrupt()
-    main()
+    raise SystemExit(driver.main_entry(main))

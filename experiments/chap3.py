@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import book_replay, report
+from experiments import book_replay, driver, report, store
 from nndl_jax import costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset, load_mnist
@@ -128,6 +128,8 @@ ROWS = [
          configs=[dict(eta=0.1, lmbda=5.0, init="default", momentum=mu) for mu in (0.0, 0.25, 0.5, 0.75, 0.9)]),
 ]
 
+ROW = {spec["id"]: spec for spec in ROWS}
+
 # --quick: sizes chosen so that most rows share one compiled program (500 images).
 QUICK = dict(n_train=500, n_eval=500, epochs=3, long_epochs=6, examples=3000, train_sizes=[100, 500],
              svm_sizes=[100, 300], stop_epochs=12)
@@ -170,7 +172,7 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     History's arrays reshaped to [epochs, configs, seeds] (and with
     ``final_eval``, "final_accuracy" [configs, seeds]: the number correct on
     it after the last epoch), the stop epochs [configs, seeds] and the seeds."""
-    seeds = report.seeds(args)
+    seeds = driver.seeds(args)
     configs = spec["configs"]
     init_keys, train_keys = train.seed_keys(seeds)
     params = [train.init_many(layers.mlp(spec["sizes"], sigmoid, init=layers.INITIALIZERS[c["init"]])[0],
@@ -187,19 +189,21 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
         [train.plateau_schedule(schedule_n)] if schedule_n else [])
     of = len(evaluation.y) if evaluation is not None else None
     lmbda = jnp.asarray(per_net("lmbda"), jax.tree_util.tree_leaves(params)[0].dtype)  # float64 with --x64
-    show = report.progress(spec["id"], epochs, of=of,
-                           key="evaluation_accuracy" if "evaluation" in sets else "training_cost")
-    every = max(1, epochs // 30)
+    def show(record):
+        if "evaluation_accuracy" in record:
+            return "evaluation_accuracy " + driver.numbers(record["evaluation_accuracy"], "{}") + f" / {of}"
+        if "training_cost" in record:
+            return "training_cost " + driver.numbers(record["training_cost"], "{:.4g}")
+        return ""
     run_id = f"{spec['id']}@{hashlib.sha1(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:8]}"
-    ckpt = report.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
+    ckpt = driver.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
                                                 "configs": configs, "seeds": seeds})
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
-        on_epoch=lambda e, r: show(e, r) if (e + 1) % every == 0 or e + 1 == epochs else None,
-        checkpoint=ckpt)
+        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30)), checkpoint=ckpt)
     shape = (len(configs), len(seeds))
-    report.record_divergence(args, run_id, hist.diverged_at)
+    store.record_divergence(args, run_id, hist.diverged_at)
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
         correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x, lmbda.dtype),
@@ -398,7 +402,7 @@ def run_multiple_eta(args, splits, spec):
     rows = []
     for c, cfg in enumerate(spec["configs"]):
         rows.append(report.row(f"{spec['id']}{'abc'[c]}", f"η = {cfg['eta']}: training cost at the last epoch",
-                               spec["book"][c], cost[-1, c], unit="", set="training", seeds=seeds,
+                               spec["book"][c], cost[-1, c], unit="", direction="lower", set="training", seeds=seeds,
                                curve=cost[:, c]))
         if fig is not None:
             line, = fig.gca().plot(np.arange(len(cost)), cost[:, c].mean(axis=1), lw=1.5,
@@ -435,57 +439,66 @@ def _log_figure(args, name, series, title):
         report.save(fig, path)
 
 
-def run_more_data(args, splits, spec):
+def run_more_data(args, splits, spec, size):
+    """3.14 at one training-set size: the book's fixed number of examples seen
+    (``examples // size`` epochs), λ scaled with the size; accuracy at the last epoch."""
     examples = QUICK["examples"] if args.quick else spec["examples"]
     ev = _subset(splits.validation, QUICK["n_eval"] if args.quick else None)
-    sizes = _sizes(args, spec)
-    accs, rows = [], []
-    for size in sizes:
-        epochs = examples // size
-        sub = dict(spec, id=f"{spec['id']}@{size}",
-                   configs=[dict(eta=spec["eta"], lmbda=size * 1e-4, init=spec["init"])])
-        print(f"\nTraining network with data set size {size} ({epochs} epochs)", flush=True)
-        h, _, seeds = train_configs(args, sub, _subset(splits.training, size), None, epochs, (),
-                                    final_eval=ev)
-        acc = pct(h["final_accuracy"][0], len(ev.y))
-        accs.append(acc)
-        book = spec["book"][spec["train_sizes"].index(size)]
-        rows.append(report.row(f"{spec['id']}@{size}", f"more data: {size} images, {epochs} epochs, "
-                               f"λ {size * 1e-4:g} (validation, last epoch)", book, acc,
-                               set="validation", seeds=seeds, epochs=epochs, lmbda=size * 1e-4))
-        report.record(args, rows[-1:])
-    svm = report.book_curve("more_data_svm")
-    series = [("network (measured, mean)", sizes, [a.mean() for a in accs], "o-")]
-    book = report.book_curve(spec["curve"])
+    epochs = examples // size
+    sub = dict(spec, id=f"{spec['id']}@{size}", configs=[dict(eta=spec["eta"], lmbda=size * 1e-4, init=spec["init"])])
+    print(f"\nTraining network with data set size {size} ({epochs} epochs)", flush=True)
+    h, _, seeds = train_configs(args, sub, _subset(splits.training, size), None, epochs, (), final_eval=ev)
+    acc = pct(h["final_accuracy"][0], len(ev.y))
+    book = spec["book"][spec["train_sizes"].index(size)]
+    return [report.row(f"{spec['id']}@{size}", f"more data: {size} images, {epochs} epochs, "
+                       f"λ {size * 1e-4:g} (validation, last epoch)", book, acc,
+                       set="validation", seeds=seeds, epochs=epochs, lmbda=size * 1e-4)]
+
+
+def more_data_figures(args, spec):
+    """more_data_{linear,log}.png from every 3.14 size recorded in --out, with the book's curves."""
+    recorded = {r["id"]: r for r in store.recorded_rows(args)}
+    sizes = [n for n in spec["train_sizes"] if f"{spec['id']}@{n}" in recorded]
+    if not sizes:
+        return
+    series = [("network (measured, mean)", sizes, [recorded[f"{spec['id']}@{n}"]["measured"]["mean"] for n in sizes],
+               "o-")]
+    book, svm = report.book_curve(spec["curve"]), report.book_curve("more_data_svm")
     if book is not None:
         series.append(("network (book)", spec["train_sizes"], book, "k--"))
     if svm is not None:
         series.append(("SVM (book)", spec["train_sizes"], svm, "k:"))
     _log_figure(args, "more_data", series, spec["what"])
-    return rows
 
 
-def run_svm(args, splits, spec):
+def svm_sizes(args, spec):
+    return QUICK["svm_sizes"] if args.quick else spec["train_sizes"]
+
+
+def run_svm(args, splits, spec, size):
+    """3.15 at one training-set size: the book's SVC on the first ``size`` images."""
     from sklearn import svm as sk_svm
-    sizes = QUICK["svm_sizes"] if args.quick else spec["train_sizes"]
     ev = _subset(splits.validation, QUICK["n_eval"] if args.quick else None)
-    rows, accs = [], []
-    for size in sizes:
-        clf = sk_svm.SVC(gamma="auto")  # the 2015 default: RBF, C = 1, gamma = 1/784
-        print(f"  [{spec['id']}] SVC on {size} images ...", flush=True)
-        clf.fit(splits.training.x[:size], splits.training.y[:size])
-        acc = 100.0 * float(np.mean(clf.predict(ev.x) == ev.y))
-        accs.append(acc)
-        book = spec["book"][spec["train_sizes"].index(size)] if size in spec["train_sizes"] else None
-        rows.append(report.row(f"{spec['id']}@{size}", f"SVC(gamma='auto') on {size} images (validation)",
-                               book, acc, set="validation", note="deterministic (no seed)"))
-        report.record(args, rows[-1:])
+    clf = sk_svm.SVC(gamma="auto")  # the 2015 default: RBF, C = 1, gamma = 1/784
+    print(f"  [{spec['id']}] SVC on {size} images ...", flush=True)
+    clf.fit(splits.training.x[:size], splits.training.y[:size])
+    acc = 100.0 * float(np.mean(clf.predict(ev.x) == ev.y))
+    book = spec["book"][spec["train_sizes"].index(size)] if size in spec["train_sizes"] else None
+    return [report.row(f"{spec['id']}@{size}", f"SVC(gamma='auto') on {size} images (validation)",
+                       book, acc, set="validation", note="deterministic (no seed)")]
+
+
+def svm_figures(args, spec):
+    """more_data_svm_{linear,log}.png from every 3.15 size recorded in --out."""
+    recorded = {r["id"]: r for r in store.recorded_rows(args)}
+    sizes = sorted({n for n in [*spec["train_sizes"], *QUICK["svm_sizes"]] if f"{spec['id']}@{n}" in recorded})
+    if not sizes:
+        return
+    series = [("SVM (measured)", sizes, [recorded[f"{spec['id']}@{n}"]["measured"] for n in sizes], "o-")]
     book = report.book_curve(spec["curve"])
-    series = [("SVM (measured)", sizes, accs, "o-")]
     if book is not None:
         series.append(("SVM (book)", spec["train_sizes"], book, "k:"))
     _log_figure(args, "more_data_svm", series, spec["what"])
-    return rows
 
 
 def run_transcript(args, splits, spec):
@@ -507,11 +520,13 @@ def run_transcript(args, splits, spec):
     return rows
 
 
+def stopping_spec(spec, n):
+    """Row 3.20 for one n of its no-improvement-in-n rule: row "3.20@n"."""
+    return dict(spec, id=f"{spec['id']}@{n}", early_stopping_n=n,
+                what=spec["what"].replace("no-improvement-in-n, n = 10, 20, 50", f"no-improvement-in-{n}"))
+
+
 def run_stopping(args, splits, spec):
-    if isinstance(spec.get("early_stopping_n"), tuple):  # one run per n: rows "3.20@10", "3.20@20", ...
-        return [row for n in spec["early_stopping_n"] for row in run_stopping(args, splits, dict(
-            spec, id=f"{spec['id']}@{n}", early_stopping_n=n,
-            what=spec["what"].replace("no-improvement-in-n, n = 10, 20, 50", f"no-improvement-in-{n}")))]
     training, ev = row_data(args, splits, spec)
     epochs = row_epochs(args, spec)
     kw = {k: spec[k] for k in ("early_stopping_n", "schedule_n") if k in spec}
@@ -565,33 +580,71 @@ def run_sweep(args, splits, spec):
 
 
 RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "curves": run_curves,
-           "weight_init": run_weight_init, "multiple_eta": run_multiple_eta, "more_data": run_more_data, "svm": run_svm,
-           "transcript": run_transcript, "stopping": run_stopping}
+           "weight_init": run_weight_init, "multiple_eta": run_multiple_eta, "transcript": run_transcript,
+           "stopping": run_stopping}
+
+
+def table_ids(spec):
+    """The ids of the table rows that row ``spec`` writes."""
+    kind, rid, configs = spec["kind"], spec["id"], spec.get("configs", [])
+    if kind in ("neuron", "weight_init", "multiple_eta"):
+        return [rid + c for c in "abcd"[:len(configs) * (2 if kind == "weight_init" else 1)]]
+    if kind == "accuracy":
+        return [rid, *spec.get("also", {})]
+    if kind == "transcript" and len(configs) > 1:
+        return [rid + c.get("name", "a") for c in configs]
+    if kind == "sweep":
+        return [f"{rid}@{c[spec['sweep']]:g}" for c in configs]
+    return [rid]
+
+
+def jobs(args, splits):
+    """The rows asked for, as the driver's jobs: one per row; more data (3.14,
+    3.15) and early stopping (3.20) one per training-set size or n."""
+    def job(job_id, ids, runner, *extra, **settings):
+        return driver.Job(job_id, ids, lambda a: runner(a, splits, *extra), settings=settings)
+
+    out = []
+    for spec in ROWS:
+        rid, kind = spec["id"], spec["kind"]
+        if not (driver.wanted(args, rid) or set(spec.get("also", ())) & set(args.only or ())):
+            continue
+        if kind == "more_data":
+            examples = QUICK["examples"] if args.quick else spec["examples"]
+            out += [job(f"{rid}@{n}", [f"{rid}@{n}"], run_more_data, spec, n, epochs=examples // n)
+                    for n in (QUICK["train_sizes"] if args.quick else spec["train_sizes"])]
+        elif kind == "svm":
+            out += [job(f"{rid}@{n}", [f"{rid}@{n}"], run_svm, spec, n) for n in svm_sizes(args, spec)]
+        elif kind == "stopping" and isinstance(spec.get("early_stopping_n"), tuple):
+            out += [job(f"{rid}@{n}", [f"{rid}@{n}"], run_stopping, stopping_spec(spec, n),
+                        epochs=row_epochs(args, spec)) for n in spec["early_stopping_n"]]
+        else:
+            out.append(job(rid, table_ids(spec), RUNNERS[kind], spec, epochs=row_epochs(args, spec)))
+    return out
 
 
 def run(args):
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
-        return book_replay.run(args, splits, lambda row_id: report.wanted(args, row_id))
+        return book_replay.run(args, splits, lambda row_id: driver.wanted(args, row_id))
     rows = []
+    for job in jobs(args, splits):
+        spec = ROW[job.id.split("@")[0]]
+        print(f"\n== {job.id}: {spec['what']}", flush=True)
+        rows += driver.run_jobs(args, [job])
     for spec in ROWS:
-        if report.wanted(args, spec["id"]) or set(spec.get("also", ())) & set(args.only or ()):
-            print(f"\n== {spec['id']}: {spec['what']}", flush=True)
-            done = RUNNERS[spec["kind"]](args, splits, spec)
-            report.record(args, done)
-            rows.extend(done)
-            report.remove_checkpoints(args, spec["id"])
+        if spec["kind"] in ("more_data", "svm") and driver.wanted(args, spec["id"]):
+            (more_data_figures if spec["kind"] == "more_data" else svm_figures)(args, spec)
     return rows
 
 
 def main(argv=None):
     row_ids = [spec["id"] for spec in ROWS]
     row_ids += [i for spec in ROWS for i in spec.get("also", ()) if i not in row_ids]
-    args = book_replay.prepare(report.parse_args("chap3", __doc__, argv, row_ids=row_ids,
+    args = book_replay.prepare(driver.parse_args("chap3", __doc__, argv, row_ids=row_ids,
                                                  add_arguments=book_replay.add_arguments))
-    return report.finish(args, run(args))
+    return driver.finish(args, run(args))
 
 
 if __name__ == "__main__":
-    report.stop_at_once_on_interrupt()
-    main()
+    raise SystemExit(driver.main_entry(main))

@@ -35,7 +35,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import driver, report
 from nndl_jax import costs, layers, train
 from nndl_jax.activations import sigmoid
 
@@ -44,20 +44,22 @@ GRID = 10_001                 # the fine grid of x in [0, 1] for the average dev
 BUMPS = (5, 10, 20, 50, 100, 200)
 CHALLENGE = 0.40              # the book's target average deviation
 
-# id, description, hyperparameters, the book's number.
+# The chapter's rows: what each measures, its settings, the book's number
+# ("direction": which way a measured deviation is better).
 ROWS = [
-    ("4.1", "step neuron w=1000, s=0.2: max |a - step| off s±0.01",
-     dict(w=STEP_WEIGHT, s=0.2), None),
-    ("4.2", "avg |σ(Σ) - f|, midpoint heights",
-     dict(bumps=BUMPS, w=STEP_WEIGHT, heights="midpoint"), CHALLENGE),
-    ("4.2w", "avg |Σ - σ⁻¹f| (widget), midpoint heights",
-     dict(bumps=BUMPS, w=STEP_WEIGHT, heights="midpoint"), CHALLENGE),
-    ("4.2m", "avg |Σ - σ⁻¹f| (widget), median heights",
-     dict(bumps=BUMPS, w=STEP_WEIGHT, heights="median"), CHALLENGE),
-    ("4.3", "SGD [1,H,1], quadratic cost: avg |a - f|",
-     dict(hidden=10, eta=4.0, mini_batch_size=10, epochs=1000, n_train=1000), None),
+    dict(id="4.1", experiment="step neuron w=1000, s=0.2: max |a - step| off s±0.01",
+         settings=dict(w=STEP_WEIGHT, s=0.2), book=None),
+    dict(id="4.2", experiment="avg |σ(Σ) - f|, midpoint heights",
+         settings=dict(bumps=BUMPS, w=STEP_WEIGHT, heights="midpoint"), book=CHALLENGE),
+    dict(id="4.2w", experiment="avg |Σ - σ⁻¹f| (widget), midpoint heights",
+         settings=dict(bumps=BUMPS, w=STEP_WEIGHT, heights="midpoint"), book=CHALLENGE),
+    dict(id="4.2m", experiment="avg |Σ - σ⁻¹f| (widget), median heights",
+         settings=dict(bumps=BUMPS, w=STEP_WEIGHT, heights="median"), book=CHALLENGE),
+    dict(id="4.3", experiment="SGD [1,H,1], quadratic cost: avg |a - f|",
+         settings=dict(hidden=10, eta=4.0, mini_batch_size=10, epochs=1000, n_train=1000), book=None),
 ]
-ROW = {r[0]: r for r in ROWS}
+ROW = {r["id"]: r for r in ROWS}
+QUICK_SGD = dict(epochs=5, n_train=200)
 
 
 # --- the chapter's function and its construction --------------------------------
@@ -142,16 +144,11 @@ def learned(args, hidden, eta, mini_batch_size, epochs, n_train):
     targets f(x) at n_train uniform points; returns (average deviation [K],
     the nets' outputs on the grid [K, GRID])."""
     init, apply = layers.mlp([1, hidden, 1], sigmoid, init=layers.default_weight_init)
-    init_keys, train_keys = train.seed_keys(report.seeds(args))
+    init_keys, train_keys = train.seed_keys(driver.seeds(args))
     params = train.init_many(init, init_keys, (1,))
     x = jnp.linspace(0.0, 1.0, n_train, dtype=jnp.float32)[:, None]
     trainer = train.Trainer(apply, costs.quadratic, mini_batch_size)
-    t0 = time.time()
-
-    def on_epoch(e, record):
-        if (e + 1) % max(1, epochs // 5) == 0:
-            print(f"  [1,{hidden},1] epoch {e + 1}/{epochs} ({time.time() - t0:.1f} s)", flush=True)
-
+    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5))
     params, _, _ = train.fit(trainer, params, (x, f(x)), epochs, key=train_keys, eta=eta,
                              on_epoch=on_epoch)
     a = sigmoid(trainer.predict(params, grid()))[..., 0]                    # [K, GRID]
@@ -173,7 +170,7 @@ def _plot_approximations(args, curves, gd):
         ax_out.plot(x, a, lw=1, label=f"{n} bumps")
         ax_sum.plot(x, z, lw=1, label=f"{n} bumps")
     if gd is not None:
-        ax_out.plot(x, gd[0], "--", lw=1, label=f"SGD [1,{ROW['4.3'][2]['hidden']},1], seed {args.seed}")
+        ax_out.plot(x, gd[0], "--", lw=1, label=f"SGD [1,{ROW['4.3']['settings']['hidden']},1], seed {args.seed}")
     ax_out.set(xlabel="x", title="network output σ(Σ)")
     ax_sum.set(xlabel="x", title="weighted sum Σ (output bias 0)")
     ax_out.legend(fontsize=7)
@@ -193,75 +190,97 @@ def _plot_error(args, errors, gd_dev):
     ax.axhline(CHALLENGE, color="gray", ls=":", label="book's challenge 0.40")
     if gd_dev is not None:
         ax.axhspan(gd_dev.min(), gd_dev.max(), color="C3", alpha=0.3,
-                   label=f"SGD [1,{ROW['4.3'][2]['hidden']},1] (min–max over seeds)")
+                   label=f"SGD [1,{ROW['4.3']['settings']['hidden']},1] (min–max over seeds)")
     ax.set(xlabel="number of bumps N (2N hidden neurons)", ylabel="average deviation",
            title=f"Bump construction, step weight w = {STEP_WEIGHT:g}")
     ax.legend(fontsize=8)
     report.save(fig, path)
 
 
-# --- run / main -------------------------------------------------------------------------
+# --- the rows -------------------------------------------------------------------------
+
+def step_row(args):
+    """4.1: how far the step neuron's activation is from a true step, off s ± 0.01."""
+    hp = ROW["4.1"]["settings"]
+    x = grid()
+    w, b = step_neuron(hp["s"], hp["w"])
+    a = sigmoid(w * x[:, 0] + b)
+    far = jnp.abs(x[:, 0] - hp["s"]) > 0.01
+    ideal = (x[:, 0] > hp["s"]).astype(jnp.float32)
+    return [report.row("4.1", ROW["4.1"]["experiment"], None,
+                       float(jnp.max(jnp.where(far, jnp.abs(a - ideal), 0.0))), unit="", direction="lower", b=b)]
+
+
+def bumps_for(args):
+    return BUMPS[:3] if args.quick else BUMPS
+
+
+def bump_rows(args, figures):
+    """4.2, 4.2w, 4.2m: the construction's average deviations for each number of bumps."""
+    errors, curves = {}, {}
+    for n in bumps_for(args):
+        params, apply = universality_net(n)
+        errors[n] = average_deviations(params, apply)
+        median_params, _ = universality_net(n, heights="median")
+        errors[n] += (average_deviations(median_params, apply)[1],)
+        if n in (5, 20, 100):
+            z = apply(params, grid())[:, 0]
+            curves[n] = (np.asarray(sigmoid(z)), np.asarray(z))
+    figures.update(errors=errors, curves=curves)
+    bumps = {str(n): {"output_deviation": e[0], "weighted_sum_deviation": e[1],
+                      "weighted_sum_deviation_median_heights": e[2]} for n, e in errors.items()}
+    rows = [report.row(f"{row_id}.{n}", f"{ROW[row_id]['experiment']}, N={n}",
+                       ROW[row_id]["book"] if n == 5 else None, errors[n][which], unit="", direction="lower",
+                       note="" if n != 5 else
+                       f"book's challenge (<= 0.40, 5 bumps) met: {errors[n][which] <= CHALLENGE}")
+            for which, row_id in enumerate(("4.2", "4.2w", "4.2m")) for n in errors]
+    return rows, {"bumps": bumps}
+
+
+def sgd_settings(args):
+    return dict(ROW["4.3"]["settings"], **(QUICK_SGD if args.quick else {}))
+
+
+def sgd_row(args, figures):
+    """4.3: the same f learned by gradient descent, for comparison."""
+    hp = sgd_settings(args)
+    t0 = time.time()
+    deviation, outputs = learned(args, **hp)
+    figures.update(gd_deviation=deviation, gd_outputs=outputs)
+    row = report.row("4.3", ROW["4.3"]["experiment"], None, deviation, unit="", direction="lower",
+                     note=f"H={hp['hidden']}, eta {hp['eta']}, mb {hp['mini_batch_size']}, "
+                          f"{hp['epochs']} epochs on {hp['n_train']} points",
+                     seconds=time.time() - t0, hyperparameters=hp)
+    return [row], {"gradient_descent": dict(hp, deviation=deviation.tolist())}
+
+
+def jobs(args, figures):
+    """The rows asked for, as the driver's jobs; ``figures`` collects what the plots draw."""
+    out = []
+    if driver.wanted(args, "4.1"):
+        out.append(driver.Job("4.1", ["4.1"], step_row))
+    if any(driver.wanted(args, r) for r in ("4.2", "4.2w", "4.2m")):
+        ids = [f"{r}.{n}" for r in ("4.2", "4.2w", "4.2m") for n in bumps_for(args)]
+        out.append(driver.Job("4.2", ids, lambda a: bump_rows(a, figures)))
+    if driver.wanted(args, "4.3"):
+        out.append(driver.Job("4.3", ["4.3"], lambda a: sgd_row(a, figures),
+                              settings={"hyperparameters": sgd_settings(args)}))
+    return out
+
 
 def run(args):
-    rows, payload = [], {"step_weight": STEP_WEIGHT, "grid_points": GRID}
-    if report.wanted(args, "4.1"):
-        _, desc, hp, book = ROW["4.1"]
-        x = grid()
-        w, b = step_neuron(hp["s"], hp["w"])
-        a = sigmoid(w * x[:, 0] + b)
-        far = jnp.abs(x[:, 0] - hp["s"]) > 0.01
-        ideal = (x[:, 0] > hp["s"]).astype(jnp.float32)
-        rows.append(report.row("4.1", desc, book, float(jnp.max(jnp.where(far, jnp.abs(a - ideal), 0.0))),
-                               unit="", b=b))
-        report.record(args, rows[-1:])
-
-    bumps = BUMPS[:3] if args.quick else BUMPS
-    errors, curves = {}, {}
-    if any(report.wanted(args, r) for r in ("4.2", "4.2w", "4.2m")):
-        for n in bumps:
-            params, apply = universality_net(n)
-            errors[n] = average_deviations(params, apply)
-            median_params, _ = universality_net(n, heights="median")
-            errors[n] += (average_deviations(median_params, apply)[1],)
-            if n in (5, 20, 100):
-                z = apply(params, grid())[:, 0]
-                curves[n] = (np.asarray(sigmoid(z)), np.asarray(z))
-        payload["bumps"] = {str(n): {"output_deviation": e[0], "weighted_sum_deviation": e[1],
-                                     "weighted_sum_deviation_median_heights": e[2]}
-                            for n, e in errors.items()}
-        bump_rows = [report.row(f"{row_id}.{n}", f"{ROW[row_id][1]}, N={n}",
-                                ROW[row_id][3] if n == 5 else None, errors[n][which], unit="",
-                                note="" if n != 5 else
-                                f"book's challenge (<= 0.40, 5 bumps) met: {errors[n][which] <= CHALLENGE}")
-                     for which, row_id in enumerate(("4.2", "4.2w", "4.2m")) for n in bumps]
-        report.record(args, bump_rows, bumps=payload["bumps"])
-        rows += bump_rows
-
-    gd_dev, gd_curves = None, None
-    if report.wanted(args, "4.3"):
-        hp = dict(ROW["4.3"][2])
-        if args.quick:
-            hp.update(epochs=5, n_train=200)
-        t0 = time.time()
-        gd_dev, gd_curves = learned(args, **hp)
-        rows.append(report.row("4.3", ROW["4.3"][1], None, gd_dev, unit="",
-                               note=f"H={hp['hidden']}, eta {hp['eta']}, mb {hp['mini_batch_size']}, "
-                                    f"{hp['epochs']} epochs on {hp['n_train']} points",
-                               seconds=time.time() - t0, hyperparameters=hp))
-        payload["gradient_descent"] = dict(hp, deviation=gd_dev.tolist())
-        report.record(args, rows[-1:], gradient_descent=payload["gradient_descent"])
-    if errors:
-        _plot_approximations(args, curves, gd_curves)
-        _plot_error(args, errors, gd_dev)
-    return rows, payload
+    figures = {}
+    rows = driver.run_jobs(args, jobs(args, figures))
+    if "errors" in figures:
+        _plot_approximations(args, figures["curves"], figures.get("gd_outputs"))
+        _plot_error(args, figures["errors"], figures.get("gd_deviation"))
+    return rows
 
 
 def main(argv=None):
-    args = report.parse_args("chap4", __doc__, argv, row_ids=[r[0] for r in ROWS])
-    rows, payload = run(args)
-    return report.finish(args, rows, **payload)
+    args = driver.parse_args("chap4", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 
 if __name__ == "__main__":
-    report.stop_at_once_on_interrupt()
-    main()
+    raise SystemExit(driver.main_entry(main))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import driver, report, store
 from nndl_jax import costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import load_mnist
@@ -33,23 +33,28 @@ ETA, LMBDA, MINI_BATCH, EPOCHS = 0.1, 5.0, 10, 30
 GRADIENT_IMAGES, GRADIENT_EPOCHS = 1000, 500  # fig/generate_gradient.py: batch GD on training_data[:1000]
 INIT_SEEDS = 32  # the norms at init are cheap: rows 5.5–5.7 average 32 fresh initializations
 
-# id, description, hyperparameters, the book's number(s).
+# The chapter's rows: what each measures, its settings, the book's number(s).
+# "direction": which way the measured runs are better; gradient norms have no "best".
 ROWS = [
-    ("5.1", "[784,30,10] val accuracy (peak of 30 epochs)", dict(sizes=[784, 30, 10]), 96.48),
-    ("5.2", "[784,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 10]), 96.90),
-    ("5.3", "[784,30,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 30, 10]), 96.57),
-    ("5.4", "[784,30,30,30,30,10] val accuracy", dict(sizes=[784, 30, 30, 30, 30, 10]), 96.53),
-    ("5.5", "||dC/db^l|| at init, 2 hidden layers", dict(hidden=2), [0.0657, 0.3092]),
-    ("5.6", "||dC/db^l|| at init, 3 hidden layers", dict(hidden=3), [0.01184, 0.05997, 0.28314]),
-    ("5.7", "||dC/db^l|| at init, 4 hidden layers", dict(hidden=4), [0.00298, 0.01708, 0.06954, 0.28514]),
-    ("5.8", "||dC/db^l|| after 500 epochs batch GD (eta 0.1, lmbda 5, mb 1000)",
-     dict(hidden=(2, 3, 4)), {2: [0.00343, 0.00963], 3: [8.6e-5, 2.2e-4, 1.26e-3],
-                              4: [8.2e-6, 2.6e-5, 1.8e-4, 9.2e-4]}),
-    ("5.9", "six neurons' dC/db in [784,30,30,10] at init: mean |.| per layer",
-     dict(sizes=[784, 30, 30, 10], neurons=6), "initial_gradient"),
-    ("5.10", "max sigma'; widest |w sigma'(wa+b)| >= 1 range", dict(), dict(max_sigma_prime=0.25, w=6.9, width=0.45)),
+    dict(id="5.1", experiment="[784,30,10] val accuracy (peak of {epochs} epochs)", sizes=[784, 30, 10],
+         book=96.48),
+    dict(id="5.2", experiment="[784,30,30,10] val accuracy", sizes=[784, 30, 30, 10], book=96.90),
+    dict(id="5.3", experiment="[784,30,30,30,10] val accuracy", sizes=[784, 30, 30, 30, 10], book=96.57),
+    dict(id="5.4", experiment="[784,30,30,30,30,10] val accuracy", sizes=[784, 30, 30, 30, 30, 10], book=96.53),
+    dict(id="5.5", experiment="||dC/db^l|| at init, 2 hidden layers", hidden=2, book=[0.0657, 0.3092]),
+    dict(id="5.6", experiment="||dC/db^l|| at init, 3 hidden layers", hidden=3, book=[0.01184, 0.05997, 0.28314]),
+    dict(id="5.7", experiment="||dC/db^l|| at init, 4 hidden layers", hidden=4,
+         book=[0.00298, 0.01708, 0.06954, 0.28514]),
+    dict(id="5.8", experiment="||dC/db^l|| after 500 epochs batch GD (eta 0.1, lmbda 5, mb 1000)",
+         book={2: [0.00343, 0.00963], 3: [8.6e-5, 2.2e-4, 1.26e-3], 4: [8.2e-6, 2.6e-5, 1.8e-4, 9.2e-4]}),
+    dict(id="5.9", experiment="six neurons' dC/db in [784,30,30,10] at init: mean |.| per layer",
+         sizes=[784, 30, 30, 10], neurons=6),
+    dict(id="5.10", experiment="max sigma'; widest |w sigma'(wa+b)| >= 1 range",
+         book=dict(max_sigma_prime=0.25, w=6.9, width=0.45)),
 ]
-ROW = {r[0]: r for r in ROWS}
+ROW = {r["id"]: r for r in ROWS}
+DEPTH_ROWS = ("5.1", "5.2", "5.3", "5.4")
+NORM_ROWS = {2: "5.5", 3: "5.6", 4: "5.7"}
 
 
 # --- the measurements ----------------------------------------------------------
@@ -111,17 +116,18 @@ def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     """Train K = --seeds networks of shape ``sizes`` as one program; per-epoch
     validation accuracy [epochs, K]."""
     init, apply = _net(sizes)
-    init_keys, train_keys = train.seed_keys(report.seeds(args))
+    init_keys, train_keys = train.seed_keys(driver.seeds(args))
     params = train.init_many(init, init_keys, (sizes[0],))
     trainer = train.trainer_for(apply, costs.cross_entropy, MINI_BATCH, penalty="l2")
     tr, va = splits.training, splits.validation
     n_val = len(va.y) if not args.quick else min(len(va.y), 1000)
-    ckpt = report.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
-                                                "seeds": report.seeds(args), "n_train": n_train})
+    ckpt = driver.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
+                                                "seeds": driver.seeds(args), "n_train": n_train})
+    show = lambda record: driver.numbers(record["evaluation_accuracy"], "{}") + f" / {n_val}"  # noqa: E731
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
                            evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
-                           on_epoch=report.progress(str(sizes), epochs, of=n_val), checkpoint=ckpt)
+                           on_epoch=driver.progress(row_id, epochs, show), checkpoint=ckpt)
     return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
 
@@ -131,19 +137,19 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     epochs; ||∂C/∂b^l|| at init and after every epoch: [epochs + 1, K, hidden]."""
     sizes = [784] + [30] * hidden + [10]
     init, apply = _net(sizes)
-    init_keys, train_keys = train.seed_keys(report.seeds(args))
+    init_keys, train_keys = train.seed_keys(driver.seeds(args))
     params = train.init_many(init, init_keys, (784,))
     norms_k = jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))
     # Full batch: the order inside the one mini-batch does not change the step.
     trainer = train.trainer_for(apply, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
-    t0 = time.time()
+    show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
+                           show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
+                                                                                     "{:.3g}"))
 
     def on_epoch(e, record):
         norms.append(norms_k(record["params"]))  # dispatched before the next epoch donates params
-        if (e + 1) % max(1, epochs // 5) == 0:
-            print(f"  [{hidden} hidden] epoch {e + 1}/{epochs}: ||dC/db|| "
-                  f"{np.asarray(norms[-1]).mean(0).round(6).tolist()}  ({time.time() - t0:.1f} s)", flush=True)
+        show(e, record)
 
     train.fit(trainer, params, (x, y), epochs, key=train_keys, eta=ETA, lmbda=LMBDA, on_epoch=on_epoch)
     return np.stack([np.asarray(n) for n in norms])
@@ -160,8 +166,8 @@ def norms_at_init(x, y, hidden, seeds):
 def initial_gradient(args, x, y, neurons=6):
     """∂C/∂b of the first ``neurons`` neurons of each hidden layer of
     [784,30,30,10] at init, for each seed: [K, 2, neurons]."""
-    init, apply = _net(ROW["5.9"][2]["sizes"])
-    init_keys, _ = train.seed_keys(report.seeds(args))
+    init, apply = _net(ROW["5.9"]["sizes"])
+    init_keys, _ = train.seed_keys(driver.seeds(args))
     params = train.init_many(init, init_keys, (784,))
     grads = jax.jit(jax.vmap(lambda p: bias_gradients(p, x, y, apply=apply)))(params)
     return np.stack([np.asarray(g)[:, :neurons] for g in grads], axis=1)
@@ -177,11 +183,11 @@ def _plot_depths(args, rows):
         return
     ax = fig.gca()
     for r in rows:
-        if r["id"] not in ("5.1", "5.2", "5.3", "5.4") or "per_epoch" not in r:
+        if r["id"] not in DEPTH_ROWS or "per_epoch" not in r:
             continue
         acc = np.asarray(r["per_epoch"]).T                                     # [epochs, seeds]
         e = np.arange(1, acc.shape[0] + 1)
-        ax.plot(e, acc.mean(1), label=f"{ROW[r['id']][2]['sizes']} (book {ROW[r['id']][3]}%)")
+        ax.plot(e, acc.mean(1), label=f"{ROW[r['id']]['sizes']} (book {ROW[r['id']]['book']}%)")
         ax.fill_between(e, acc.min(1), acc.max(1), alpha=0.2)
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
            title="Deeper sigmoid nets (mean over seeds, band: min–max)")
@@ -226,96 +232,116 @@ def _plot_initial_gradient(args, measured, book):
     report.save(fig, path)
 
 
-# --- run / main -----------------------------------------------------------------------
+# --- the rows --------------------------------------------------------------------------
 
-def run(args):
-    rows, payload = [], {"settings": dict(eta=ETA, lmbda=LMBDA, mini_batch_size=MINI_BATCH)}
-    need_data = any(report.wanted(args, r) for r in ("5.1", "5.2", "5.3", "5.4", "5.5", "5.6",
-                                                       "5.7", "5.8", "5.9"))
-    splits = load_mnist(args.data_dir) if need_data else None
-    n_train = 1000 if args.quick else len(splits.training.y) if splits else 0
-    epochs = 2 if args.quick else EPOCHS
-    gd_epochs = 5 if args.quick else GRADIENT_EPOCHS
-    payload["settings"].update(n_train=n_train, epochs=epochs, gradient_images=GRADIENT_IMAGES,
-                               gradient_epochs=gd_epochs)
+def settings(args, splits):
+    """The chapter's settings for this run (shortened with --quick)."""
+    return dict(eta=ETA, lmbda=LMBDA, mini_batch_size=MINI_BATCH,
+                n_train=1000 if args.quick else len(splits.training.y) if splits else 0,
+                epochs=2 if args.quick else EPOCHS, gradient_images=GRADIENT_IMAGES,
+                gradient_epochs=5 if args.quick else GRADIENT_EPOCHS)
 
-    for row_id in ("5.1", "5.2", "5.3", "5.4"):
-        if not report.wanted(args, row_id):
-            continue
-        _, desc, hp, book = ROW[row_id]
-        t0 = time.time()
-        acc = depth_accuracy(args, splits, row_id, hp["sizes"], n_train, epochs)
-        rows.append(report.row(row_id, desc, book, acc.max(0), final=report.summarize(acc[-1]),
-                               peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
-                               seconds=time.time() - t0,
-                               note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%"))
-        report.record(args, rows[-1:])
-        _plot_depths(args, report.recorded_rows(args))
-        report.remove_checkpoints(args, row_id)
 
-    if need_data:
-        x = jnp.asarray(splits.training.x[:GRADIENT_IMAGES])
-        y = jnp.asarray(splits.training.y[:GRADIENT_IMAGES])
-    norms_by_depth = {}
-    for hidden, row_id in ((2, "5.5"), (3, "5.6"), (4, "5.7")):
-        if not (report.wanted(args, row_id) or report.wanted(args, "5.8")):
-            continue
-        t0 = time.time()
-        norms = gradient_norms_during_training(args, x, y, hidden, gd_epochs)
-        norms_by_depth[hidden] = norms
-        payload[f"norms_during_training_{hidden}_layers"] = report.significant(norms)  # [epoch, seed, layer]
-        if report.wanted(args, row_id):
-            init_seeds = [args.seed + k for k in range(args.seeds if args.quick else max(INIT_SEEDS, args.seeds))]
-            at_init = norms[0] if args.quick else norms_at_init(x, y, hidden, init_seeds)
-            payload[f"norms_at_init_{hidden}_layers"] = dict(seeds=init_seeds, norms=at_init.tolist())
-            for layer, book in enumerate(ROW[row_id][3]):
-                rows.append(report.row(f"{row_id}.{layer + 1}", f"{ROW[row_id][1]}: layer {layer + 1}",
-                                       book, at_init[:, layer], unit="", seconds=time.time() - t0,
-                                       note="" if layer else f"over {len(init_seeds)} seeds from --seed; "
-                                       f"the {args.seeds} trained nets: "
-                                       + ", ".join(f"{v:.4g}" for v in norms[0].mean(0))))
-            report.record(args, rows[-hidden:], **{k: payload[k] for k in (
-                f"norms_during_training_{hidden}_layers", f"norms_at_init_{hidden}_layers")})
-        _plot_training_speed(args, hidden, norms)
-    if report.wanted(args, "5.8"):
-        for hidden, norms in norms_by_depth.items():
-            for layer, book in enumerate(ROW["5.8"][3][hidden]):
-                rows.append(report.row(f"5.8.{hidden}.{layer + 1}",
-                                       f"||dC/db|| after {norms.shape[0] - 1} epochs GD, {hidden}L, layer {layer + 1}",
-                                       book if not args.quick else None, norms[-1, :, layer], unit="",
-                                       note="book: its last record (after 499 epochs)" if layer == 0 else ""))
-            report.record(args, rows[-hidden:], **{f"norms_during_training_{hidden}_layers":
-                                                   payload[f"norms_during_training_{hidden}_layers"]})
+def depth_row(args, splits, row_id, run):
+    """5.1–5.4: the peak validation accuracy of a deeper net (and its curve)."""
+    t0 = time.time()
+    spec = ROW[row_id]
+    acc = depth_accuracy(args, splits, row_id, spec["sizes"], run["n_train"], run["epochs"])
+    row = report.row(row_id, spec["experiment"].format(epochs=run["epochs"]), spec["book"], acc.max(0),
+                     final=report.summarize(acc[-1]), peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
+                     seconds=time.time() - t0, epochs=run["epochs"],
+                     note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%")
+    return [row]
 
-    if report.wanted(args, "5.9"):
-        measured = initial_gradient(args, x, y, ROW["5.9"][2]["neurons"])
-        book = report.book_curve("initial_gradient")
-        payload["initial_gradient"] = measured.tolist()  # [seed, layer, neuron]
-        for layer in range(2):
-            rows.append(report.row(f"5.9.{layer + 1}", f"{ROW['5.9'][1]}, layer {layer + 1}",
-                                   None if book is None else float(np.mean(np.abs(book[layer]))),
-                                   np.abs(measured[:, layer]).mean(-1), unit=""))
-        report.record(args, rows[-2:], initial_gradient=payload["initial_gradient"])
-        _plot_initial_gradient(args, measured, book)
 
-    if report.wanted(args, "5.10"):
-        book = ROW["5.10"][3]
-        w_star, width = widest_range()
-        rows.append(report.row("5.10.1", "max sigma'(z)", book["max_sigma_prime"], sigmoid_prime_max(), unit=""))
-        rows.append(report.row("5.10.2", "|w| where the |w sigma'| >= 1 range is widest", book["w"], w_star,
-                               unit=""))
-        rows.append(report.row("5.10.3", "that widest range of a", book["width"], width, unit="",
-                               closed_form=width_closed_form(w_star)))
-        report.record(args, rows[-3:])
+def norm_rows(args, x, y, hidden, run):
+    """5.5–5.7 (the norms at init, over INIT_SEEDS fresh nets) and 5.8's rows for
+    this depth (after ``gradient_epochs`` of batch gradient descent), from one training."""
+    t0 = time.time()
+    norms = gradient_norms_during_training(args, x, y, hidden, run["gradient_epochs"])
+    payload = {f"norms_during_training_{hidden}_layers": report.significant(norms)}  # [epoch, seed, layer]
+    rows = []
+    row_id = NORM_ROWS[hidden]
+    if driver.wanted(args, row_id):
+        init_seeds = [args.seed + k for k in range(args.seeds if args.quick else max(INIT_SEEDS, args.seeds))]
+        at_init = norms[0] if args.quick else norms_at_init(x, y, hidden, init_seeds)
+        payload[f"norms_at_init_{hidden}_layers"] = dict(seeds=init_seeds, norms=at_init.tolist())
+        for layer, book in enumerate(ROW[row_id]["book"]):
+            rows.append(report.row(f"{row_id}.{layer + 1}", f"{ROW[row_id]['experiment']}: layer {layer + 1}",
+                                   book, at_init[:, layer], unit="", direction="none", seconds=time.time() - t0,
+                                   note="" if layer else f"over {len(init_seeds)} seeds from --seed; "
+                                   f"the {args.seeds} trained nets: "
+                                   + ", ".join(f"{v:.4g}" for v in norms[0].mean(0))))
+    if driver.wanted(args, "5.8"):
+        for layer, book in enumerate(ROW["5.8"]["book"][hidden]):
+            rows.append(report.row(f"5.8.{hidden}.{layer + 1}",
+                                   f"||dC/db|| after {norms.shape[0] - 1} epochs GD, {hidden}L, layer {layer + 1}",
+                                   book if not args.quick else None, norms[-1, :, layer], unit="", direction="none",
+                                   note="book: its last record (after 499 epochs)" if layer == 0 else ""))
+    _plot_training_speed(args, hidden, norms)
     return rows, payload
 
 
+def initial_gradient_rows(args, x, y):
+    """5.9: six neurons' ∂C/∂b per hidden layer at init, beside the book's bar chart."""
+    measured = initial_gradient(args, x, y, ROW["5.9"]["neurons"])
+    book = report.book_curve("initial_gradient")
+    rows = [report.row(f"5.9.{layer + 1}", f"{ROW['5.9']['experiment']}, layer {layer + 1}",
+                       None if book is None else float(np.mean(np.abs(book[layer]))),
+                       np.abs(measured[:, layer]).mean(-1), unit="", direction="none") for layer in range(2)]
+    _plot_initial_gradient(args, measured, book)
+    return rows, {"initial_gradient": measured.tolist()}  # [seed, layer, neuron]
+
+
+def analytic_rows(args):
+    """5.10: the chapter's bounds, measured on grids."""
+    book = ROW["5.10"]["book"]
+    w_star, width = widest_range()
+    return [report.row("5.10.1", "max sigma'(z)", book["max_sigma_prime"], sigmoid_prime_max(), unit=""),
+            report.row("5.10.2", "|w| where the |w sigma'| >= 1 range is widest", book["w"], w_star, unit=""),
+            report.row("5.10.3", "that widest range of a", book["width"], width, unit="",
+                       closed_form=width_closed_form(w_star))]
+
+
+def jobs(args, splits, run):
+    """The rows asked for, as the driver's jobs."""
+    out = [driver.Job(r, [r], lambda a, r=r: depth_row(a, splits, r, run),
+                      settings={"epochs": run["epochs"]}) for r in DEPTH_ROWS if driver.wanted(args, r)]
+    if splits is not None:
+        x = jnp.asarray(splits.training.x[:GRADIENT_IMAGES])
+        y = jnp.asarray(splits.training.y[:GRADIENT_IMAGES])
+    for hidden, row_id in NORM_ROWS.items():
+        at_init, trained = driver.wanted(args, row_id), driver.wanted(args, "5.8")
+        if at_init or trained:  # one training of this depth serves both rows
+            ids = [f"{row_id}.{k + 1}" for k in range(hidden)] * at_init + [
+                f"5.8.{hidden}.{k + 1}" for k in range(hidden)] * trained
+            out.append(driver.Job("+".join([row_id] * at_init + [f"5.8@{hidden}"] * trained), ids,
+                                  lambda a, h=hidden: norm_rows(a, x, y, h, run),
+                                  settings={"gradient_epochs": run["gradient_epochs"]}))
+    if driver.wanted(args, "5.9"):
+        out.append(driver.Job("5.9", ["5.9.1", "5.9.2"], lambda a: initial_gradient_rows(a, x, y)))
+    if driver.wanted(args, "5.10"):
+        out.append(driver.Job("5.10", ["5.10.1", "5.10.2", "5.10.3"], analytic_rows))
+    return out
+
+
+def run(args):
+    need_data = any(driver.wanted(args, r["id"]) for r in ROWS if r["id"] != "5.10")
+    splits = load_mnist(args.data_dir) if need_data else None
+    run = settings(args, splits)
+    rows = []
+    for job in jobs(args, splits, run):
+        rows += driver.run_jobs(args, [job])
+        if job.id in DEPTH_ROWS:
+            _plot_depths(args, store.recorded_rows(args))
+    return rows, {"settings": run}
+
+
 def main(argv=None):
-    args = report.parse_args("chap5", __doc__, argv, row_ids=[r[0] for r in ROWS])
+    args = driver.parse_args("chap5", __doc__, argv, row_ids=[r["id"] for r in ROWS])
     rows, payload = run(args)
-    return report.finish(args, rows, **payload)
+    return driver.finish(args, rows, **payload)
 
 
 if __name__ == "__main__":
-    report.stop_at_once_on_interrupt()
-    main()
+    raise SystemExit(driver.main_entry(main))

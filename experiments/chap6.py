@@ -24,8 +24,8 @@ Extra options (besides the shared ones below):
                    5N-image expansion) instead of 50,000 / 250,000
   --nets I [I ...] rows 6.11/6.12: train only these of the ensemble's nets
                    (0 is seed --seed); the others are taken from --out
-  --devices N      CPU devices to ask JAX for when run as a command (default:
-                   one per core this process may run on); 1 for a lone net,
+  --devices N      CPU devices for JAX (every chapter takes it; here the default
+                   is one per core this process may run on); 1 for a lone net,
                    whose step then has both cores' threads to itself
 The first two are recorded in the JSON and printed in the table's notes, so a
 shortened run is never passed off as the book's setting.
@@ -36,39 +36,53 @@ shortened run is never passed off as the book's setting.
     python -m experiments.chap6 --only 6.11 6.12 --nets 0 1 --out reproduced/chap6 --resume
     python -m experiments.chap6 --only 6.11 6.12 --nets 4 --devices 1 --out reproduced/chap6 --resume
 """
-import argparse
-import sys
 import time
 
 import jax
 import numpy as np
 
-from experiments import report
-from nndl_jax import data, devices, network3, train
+from experiments import driver, report, store
+from nndl_jax import data, network3, train
 from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
 
 MB = 10
 
-# id, experiment, architecture, activation, hidden size, eta, lmbda, epochs, expanded data, book (%)
+# The book's rows: architecture (``architecture``), activation, hidden size n, η, λ,
+# the book's epochs, whether on the expanded data, the book's test accuracy (%).
 ROWS = [
-    ("6.1", "Shallow: FC(784→100) + softmax, sigmoid", "shallow", "sigmoid", 100, 0.1, 0.0, 60, False, 97.80),
-    ("6.2", "conv(20) + FC(2880→100) + softmax, sigmoid", "conv", "sigmoid", 100, 0.1, 0.0, 60, False, 98.78),
-    ("6.3", "Omit FC: conv(20) + softmax, sigmoid", "conv_only", "sigmoid", 0, 0.1, 0.0, 60, False, None),
-    ("6.4", "Two conv: conv(20) conv(40) FC(640→100), sigmoid", "dbl_conv", "sigmoid", 100, 0.1, 0.0, 60, False, 99.06),
-    ("6.5", "Two conv, tanh (book: qualitative only)", "dbl_conv", "tanh", 100, 0.1, 0.0, 60, False, None),
-    ("6.6", "Two conv, ReLU, η=0.03, λ=0.1", "dbl_conv", "relu", 100, 0.03, 0.1, 60, False, 99.23),
-    ("6.7", "Two conv, ReLU, expanded data (250k)", "dbl_conv", "relu", 100, 0.03, 0.1, 60, True, 99.37),
-    ("6.8a", "Expanded, FC 300", "dbl_conv", "relu", 300, 0.03, 0.1, 60, True, 99.46),
-    ("6.8b", "Expanded, FC 1000", "dbl_conv", "relu", 1000, 0.03, 0.1, 60, True, 99.43),
-    ("6.9", "Expanded, two FC 100-100", "dbl_conv_2fc", "relu", 100, 0.03, 0.1, 60, True, 99.43),
-    ("6.10a", "Expanded, two FC 300-300", "dbl_conv_2fc", "relu", 300, 0.03, 0.1, 60, True, 99.48),
-    ("6.10b", "Expanded, two FC 1000-1000", "dbl_conv_2fc", "relu", 1000, 0.03, 0.1, 60, True, 99.47),
-    ("6.11", "Dropout p=0.5: FC 1000-1000, expanded, 40 epochs", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.60),
-    ("6.12", "Ensemble of 5 dropout nets (6.11), plurality vote", "dropout", "relu", 1000, 0.03, 0.0, 40, True, 99.67),
-    ("6.13", "Parameter counts, from the initialized params", "counts", "sigmoid", 30, None, None, 0, False,
-     {"conv": 520, "fc": 23550, "ratio": 40}),
+    dict(id="6.1", experiment="Shallow: FC(784→100) + softmax, sigmoid",
+         arch="shallow", activation="sigmoid", n=100, eta=0.1, lmbda=0.0, epochs=60, expanded=False, book=97.8),
+    dict(id="6.2", experiment="conv(20) + FC(2880→100) + softmax, sigmoid",
+         arch="conv", activation="sigmoid", n=100, eta=0.1, lmbda=0.0, epochs=60, expanded=False, book=98.78),
+    dict(id="6.3", experiment="Omit FC: conv(20) + softmax, sigmoid",
+         arch="conv_only", activation="sigmoid", n=0, eta=0.1, lmbda=0.0, epochs=60, expanded=False, book=None),
+    dict(id="6.4", experiment="Two conv: conv(20) conv(40) FC(640→100), sigmoid",
+         arch="dbl_conv", activation="sigmoid", n=100, eta=0.1, lmbda=0.0, epochs=60, expanded=False, book=99.06),
+    dict(id="6.5", experiment="Two conv, tanh (book: qualitative only)",
+         arch="dbl_conv", activation="tanh", n=100, eta=0.1, lmbda=0.0, epochs=60, expanded=False, book=None),
+    dict(id="6.6", experiment="Two conv, ReLU, η=0.03, λ=0.1",
+         arch="dbl_conv", activation="relu", n=100, eta=0.03, lmbda=0.1, epochs=60, expanded=False, book=99.23),
+    dict(id="6.7", experiment="Two conv, ReLU, expanded data (250k)",
+         arch="dbl_conv", activation="relu", n=100, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.37),
+    dict(id="6.8a", experiment="Expanded, FC 300",
+         arch="dbl_conv", activation="relu", n=300, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.46),
+    dict(id="6.8b", experiment="Expanded, FC 1000",
+         arch="dbl_conv", activation="relu", n=1000, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.43),
+    dict(id="6.9", experiment="Expanded, two FC 100-100",
+         arch="dbl_conv_2fc", activation="relu", n=100, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.43),
+    dict(id="6.10a", experiment="Expanded, two FC 300-300",
+         arch="dbl_conv_2fc", activation="relu", n=300, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.48),
+    dict(id="6.10b", experiment="Expanded, two FC 1000-1000",
+         arch="dbl_conv_2fc", activation="relu", n=1000, eta=0.03, lmbda=0.1, epochs=60, expanded=True, book=99.47),
+    dict(id="6.11", experiment="Dropout p=0.5: FC 1000-1000, expanded, 40 epochs",
+         arch="dropout", activation="relu", n=1000, eta=0.03, lmbda=0.0, epochs=40, expanded=True, book=99.6),
+    dict(id="6.12", experiment="Ensemble of 5 dropout nets (6.11), plurality vote",
+         arch="dropout", activation="relu", n=1000, eta=0.03, lmbda=0.0, epochs=40, expanded=True, book=99.67),
+    dict(id="6.13", experiment="Parameter counts, from the initialized params", arch="counts",
+         activation="sigmoid", n=30, eta=None, lmbda=None, epochs=0, expanded=False,
+         book={"conv": 520, "fc": 23550, "ratio": 40}),
 ]
-COLUMNS = ("id", "experiment", "arch", "activation", "n", "eta", "lmbda", "epochs", "expanded", "book")
+ROW = {r["id"]: r for r in ROWS}
 ENSEMBLE_SIZE = 5
 QUICK = {"train_size": 100, "eval_size": 100, "epochs": 1, "seeds": 1}
 
@@ -79,7 +93,7 @@ def base_id(row_id):
 
 
 # What --only accepts: every row id, and "6.8" / "6.10" for both variants.
-ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r[0]), r[0])))
+ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r["id"]), r["id"])))
 
 
 def architecture(arch, activation, n, mb=MB):
@@ -107,7 +121,7 @@ def architecture(arch, activation, n, mb=MB):
 def add_arguments(p):
     """The options only this chapter takes: a shortened run, recorded in the
     JSON and flagged SHORTENED in the table, so nothing passes for the book's setting."""
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=driver.positive_int, default=None,
                    help="epochs per row instead of the book's (default: the book's; --quick: 1)")
     p.add_argument("--train-size", type=int, default=None,
                    help="training images instead of the book's 50,000 (expanded rows: 5x this)")
@@ -115,24 +129,6 @@ def add_arguments(p):
                    help="rows 6.11/6.12: train only these of the ensemble's nets (0 = seed --seed, "
                         "1 = --seed + 1, ...), each recorded as row 6.11@<seed>; 6.11 and 6.12 are "
                         "written once all the nets are recorded in --out (default: every net)")
-    p.add_argument("--devices", type=int, default=None, metavar="N",
-                   help="CPU devices for JAX, read before JAX starts (default: one per core); "
-                        "1 for a lone net, e.g. the fifth dropout net")
-
-
-def checked_devices(n):
-    """``n`` (a --devices value, None for the default), or SystemExit when below 1."""
-    if n is not None and n < 1:
-        raise SystemExit(f"chap6: --devices {n}: need at least 1 CPU device (default: one per core)")
-    return n
-
-
-def requested_devices(argv):
-    """The --devices of a command line (None when absent), read before JAX
-    starts, since the device count is fixed once it has run anything."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_arguments(p)
-    return checked_devices(p.parse_known_args(argv)[0].devices)
 
 
 def load(args):
@@ -145,77 +141,88 @@ def load(args):
     return training, cut(splits.validation, n_eval), cut(splits.test, n_eval)
 
 
-def settings_note(args, row_epochs, n_train, expanded):
-    notes = []
-    if args.epochs_run(row_epochs) != row_epochs:
-        notes.append(f"{args.epochs_run(row_epochs)} epochs (book {row_epochs})")
+def epochs_for(args, r):
+    """The epochs row ``r`` runs: --epochs, else 1 with --quick, else the book's."""
+    return args.epochs or (QUICK["epochs"] if args.quick else r["epochs"])
+
+
+def settings_note(args, r, n_train):
+    """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""."""
+    notes, row_epochs, expanded = [], r["epochs"], r["expanded"]
+    if epochs_for(args, r) != row_epochs:
+        notes.append(f"{epochs_for(args, r)} epochs (book {row_epochs})")
     book_n = 250_000 if expanded else 50_000
     if n_train != book_n:
         notes.append(f"{n_train} training images (book {book_n})")
     return "SHORTENED: " + ", ".join(notes) if notes else ""
 
 
+def jobs(args, sets):
+    """The rows asked for, as the driver's jobs (6.11 and 6.12: one ensemble)."""
+    training, validation, test = sets
+    expanded = {}
+
+    def data_for(r):
+        if not r["expanded"]:
+            return training
+        if "set" not in expanded:
+            t0 = time.time()
+            expanded["set"] = data.expand(training.x, training.y, seed=0)
+            print(f"expanded {len(training.y)} training images to {len(expanded['set'].y)} "
+                  f"({time.time() - t0:.1f} s)", flush=True)
+        return expanded["set"]
+
+    out = []
+    for r in ROWS:
+        if not (driver.wanted(args, base_id(r["id"])) or driver.wanted(args, r["id"])) or r["id"] == "6.12":
+            continue
+        n_train = len(training.y) * (5 if r["expanded"] else 1)
+        same = {"epochs": epochs_for(args, r), "train_size": n_train}
+        if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
+            out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, jax.random.key(a.seed))))
+        elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble
+            out.append(driver.Job("6.11", ["6.11", "6.12"], lambda a, r=r: ensemble_rows(
+                a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args)))
+        else:
+            out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_row(a, r, data_for(r), validation, test),
+                                  settings=same))
+    return out
+
+
+def trained_row(args, r, train_set, validation, test):
+    """One trained row: its nets (the seeds) as one program; the test accuracy at the best validation epoch."""
+    net_layers = architecture(r["arch"], r["activation"], r["n"])
+    seeds, epochs = driver.seeds(args), epochs_for(args, r)
+    out = train_row(args, r["id"], r, net_layers, seeds, train_set, validation, test, epochs)
+    note = settings_note(args, r, len(train_set.y))
+    if r["id"] == "6.5":
+        note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
+                                               "accuracy very similar to sigmoid (6.4)")
+    row = report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
+                     note=note, **row_settings(r, out, seeds, epochs, train_set))
+    if r["arch"] != "shallow":
+        _filters(args, r["id"], net_layers, out["params"])
+    return [row], {"curves": {r["id"]: {"validation_accuracy": out["validation_accuracy"],
+                                        "test_accuracy": out["test_accuracy"]}}}
+
+
 def run(args):
     training, validation, test = load(args)
-    expanded = None
-    rows, extra = [], {"settings": {"epochs_override": args.epochs, "train_size": len(training.y),
-                                    "eval_size": len(test.y), "mini_batch_size": MB}, "curves": {}}
-    ensemble_done = False   # 6.11 and 6.12 share one ensemble
-    for spec in ROWS:
-        r = dict(zip(COLUMNS, spec))
-        if not report.wanted(args, base_id(r["id"])) and not report.wanted(args, r["id"]):
-            continue
-        if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
-            rows.extend(parameter_count_rows(r, jax.random.key(args.seed)))
-            continue
-        if r["expanded"] and expanded is None:
-            t0 = time.time()
-            expanded = data.expand(training.x, training.y, seed=0)
-            print(f"expanded {len(training.y)} training images to {len(expanded.y)} "
-                  f"({time.time() - t0:.1f} s)")
-        train_set = expanded if r["expanded"] else training
-        epochs = args.epochs_run(r["epochs"])
-        net_layers = architecture(r["arch"], r["activation"], r["n"])
-        if r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble, handled once
-            if not ensemble_done:
-                ensemble_done = True
-                rows.extend(ensemble_rows(args, net_layers, train_set, validation, test, epochs))
-            continue
-        seeds = report.seeds(args)
-        done = report.finished_row(args, r["id"], epochs=epochs, train_size=len(train_set.y), seeds=seeds)
-        if done is not None:
-            print(f"\n{r['id']}: already in {args.out}/results.json (finished {done.get('finished')}); "
-                  "--resume skips it", flush=True)
-            continue
-        out = train_row(args, r["id"], r, net_layers, seeds, train_set, validation, test, epochs)
-        note = settings_note(args, r["epochs"], len(train_set.y), r["expanded"])
-        if r["id"] == "6.5":
-            note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
-                                                   "accuracy very similar to sigmoid (6.4)")
-        rows.append(report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
-                               note=note, **row_settings(r, out, seeds, epochs, train_set)))
-        curves = {r["id"]: {"validation_accuracy": out["validation_accuracy"],
-                            "test_accuracy": out["test_accuracy"]}}
-        extra["curves"].update(curves)
-        if r["arch"] != "shallow":
-            _filters(args, r["id"], net_layers, out["params"])
-        report.record(args, rows[-1:], settings=extra["settings"], curves=curves)
-        report.remove_checkpoints(args, r["id"])
-    return rows, extra
+    settings = {"epochs_override": args.epochs, "train_size": len(training.y), "eval_size": len(test.y),
+                "mini_batch_size": MB}
+    return driver.run_jobs(args, jobs(args, (training, validation, test))), {"settings": settings}
 
 
 def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, epochs):
     """Train the nets of ``seeds`` for row ``r`` (checkpointed as ``run_id``),
-    printing the estimate first and a line per epoch: ``network3.train_many``'s dict."""
+    printing a line per epoch (after the first, an estimate of the time left):
+    ``network3.train_many``'s dict."""
     print(f"\n{run_id}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
           f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
-    ckpt = report.row_checkpoint(args, run_id, {
+    ckpt = driver.row_checkpoint(args, run_id, {
         "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
         "epochs": epochs, "expanded": r["expanded"]})
-    if not args.quick:
-        print("  " + estimate(net_layers, seeds, train_set, epochs - ckpt.epochs_done(), r["eta"],
-                              r["lmbda"], validation, test), flush=True)
-    progress = _progress(run_id, epochs, len(validation.y), len(test.y), time.time())
+    progress = _progress(run_id, epochs, len(validation.y), len(test.y))
     return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
                                seeds=seeds, on_epoch=progress, checkpoint=ckpt)
 
@@ -245,7 +252,7 @@ def net_row_id(seed):
     return f"6.11@{seed}"
 
 
-def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
+def ensemble_rows(args, r11, train_set, validation, test):
     """Rows 6.11 and 6.12 (and one row ``6.11@<seed>`` per dropout net).
 
     Trains the nets this command asks for (``--nets``, default all; with
@@ -257,19 +264,20 @@ def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
     plurality vote of the first five, from the recorded predictions, so nets
     trained in other sittings vote alike). The seeds decide the nets: a net
     trained alone or beside others is the same net."""
-    r11, r12 = (dict(zip(COLUMNS, spec)) for spec in ROWS if spec[0] in ("6.11", "6.12"))
+    r12, epochs = ROW["6.12"], epochs_for(args, r11)
+    net_layers = architecture(r11["arch"], r11["activation"], r11["n"])
     seeds = ensemble_seeds(args)
     bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
     if bad:
-        raise SystemExit(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
+        raise driver.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
                          f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
     asked = [seeds[i] for i in sorted(set(args.nets))] if args.nets else seeds
     same = dict(epochs=epochs, train_size=len(train_set.y))
-    todo = [s for s in asked if report.finished_row(args, net_row_id(s), seeds=[s], **same) is None]
+    todo = [s for s in asked if not args.resume or store.recorded_row(args, net_row_id(s), seeds=[s], **same) is None]
     if len(todo) < len(asked):
         print(f"\n6.11: nets of seeds {', '.join(str(s) for s in asked if s not in todo)} already in "
               f"{args.out}/results.json; --resume skips them", flush=True)
-    note = settings_note(args, r11["epochs"], len(train_set.y), r11["expanded"])
+    note = settings_note(args, r11, len(train_set.y))
     rows = []
     if todo:
         run_id = "6.11@" + "-".join(map(str, todo))
@@ -287,9 +295,9 @@ def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
                                      "test_accuracy": out["test_accuracy"][:, k]}
         if seeds[0] in todo:   # the filters of the first net, as for every other row
             _filters(args, "6.11", net_layers, out["params"], net=todo.index(seeds[0]))
-        report.record(args, rows, curves=curves)
-        report.remove_checkpoints(args, run_id)
-    recorded = [report.recorded_row(args, net_row_id(s), seeds=[s], **same) for s in seeds]
+        store.record(args, rows, curves=curves)
+        driver.remove_checkpoints(args, run_id)
+    recorded = [store.recorded_row(args, net_row_id(s), seeds=[s], **same) for s in seeds]
     missing = [i for i, n in enumerate(recorded) if n is None]
     if missing:
         print(f"\n6.11/6.12: {len(seeds) - len(missing)} of the ensemble's {len(seeds)} nets are recorded in "
@@ -301,7 +309,7 @@ def ensemble_rows(args, net_layers, train_set, validation, test, epochs):
 
 def composed_ensemble_rows(args, r11, r12, nets, test, note):
     """Rows 6.11 and 6.12 from the recorded rows of the ensemble's nets."""
-    results = report.read_results(args.out)
+    results = store.read_results(args.out)
     seeds = [n["seeds"][0] for n in nets]
     # the training time of every run that trained some of the nets, each counted once; the runs
     # other than this command's are "earlier" (not in this run's wall time)
@@ -327,7 +335,7 @@ def composed_ensemble_rows(args, r11, r12, nets, test, note):
                        seeds=seeds[:ENSEMBLE_SIZE], **common | {"nets": [n["id"] for n in ens]}, errors=len(errors),
                        test_predictions=[n["test_predictions"] for n in ens])
     _ensemble_errors(args, test, vote, errors)
-    report.record(args, [row11, row12], curves=curves)
+    store.record(args, [row11, row12], curves=curves)
     return [row11, row12]
 
 
@@ -355,9 +363,8 @@ def parameter_count_rows(r, key):
                        note="the book: about 40 times as many parameters")]
     nets = {}
     for spec in ROWS:
-        row_id, arch, n = spec[0], spec[2], spec[4]
-        if arch != "counts":
-            nets.setdefault((arch, n), []).append(row_id)
+        if spec["arch"] != "counts":
+            nets.setdefault((spec["arch"], spec["n"]), []).append(spec["id"])
     for (arch, n), ids in nets.items():
         per_layer = layer_parameter_counts(architecture(arch, "sigmoid", n), key)
         rows.append(report.row(f"6.13@{ids[0]}", f"total parameters of the net of {', '.join(ids)}", None,
@@ -379,47 +386,12 @@ def recorded_vote(row):
     return np.asarray(train.plurality_vote(preds, 10))
 
 
-PROBE_STEPS = 200
-
-
-def estimate(net_layers, seeds, train_set, epochs, eta, lmbda, validation, test):
-    """A line estimating how long a row's ``epochs`` will take, printed before it
-    starts: the row's nets (same seeds, so the same layout over the devices)
-    train for ``PROBE_STEPS`` mini-batches, timed once compiled, with
-    evaluation sets of 10 and of 1,000 images (their difference prices the
-    evaluation), scaled to the row's mini-batches and evaluation sets."""
-    n = min(PROBE_STEPS * MB, len(train_set.y))
-    probe = data.Dataset(train_set.x[:n], train_set.y[:n])
-
-    def seconds(n_eval):
-        ev = data.Dataset(validation.x[:n_eval], validation.y[:n_eval])
-        run = lambda: network3.train_many(net_layers, MB, probe, 1, eta, ev, ev, lmbda, seeds=seeds)  # noqa: E731
-        run()  # compiles
-        t0 = time.perf_counter()
-        run()
-        return time.perf_counter() - t0
-
-    small, large = seconds(10), seconds(1000)
-    per_step = small / (n // MB)
-    per_image = max(large - small, 0.0) / (2 * (1000 - 10))  # both sets evaluated
-    per_epoch = per_step * (len(train_set.y) // MB) + per_image * (len(validation.y) + len(test.y))
-    return (f"estimate: {report.duration(per_epoch * epochs)} for {epochs} epochs "
-            f"({report.duration(per_epoch)} an epoch; {1000 * per_step:.2f} ms a mini-batch step of the "
-            f"{len(seeds)} net{'s' * (len(seeds) != 1)}, from a {n // MB}-step probe)")
-
-
-def _progress(label, epochs, n_val, n_test, t0):
-    """One line per epoch: every net's validation and test accuracy, elapsed time and an ETA
-    (from the epochs run in this process, so a resumed run's estimate is right too)."""
-    first = []
-
-    def on_epoch(e, record):
-        first.append(e) if not first else None
-        print(f"  [{label}] epoch {e + 1}/{epochs}: validation "
-              + " ".join(f"{100 * v / n_val:.2f}" for v in record["validation_accuracy"]) + " | test "
-              + " ".join(f"{100 * t / n_test:.2f}" for t in record["test_accuracy"])
-              + f"  ({report.eta(t0, e + 1 - first[0], epochs - first[0])})", flush=True)
-    return on_epoch
+def _progress(label, epochs, n_val, n_test):
+    """One line per epoch: every net's validation and test accuracy (%), the time and the time left."""
+    def show(record):
+        return ("validation " + driver.numbers(100 * np.asarray(record["validation_accuracy"]) / n_val, "{:.2f}")
+                + " | test " + driver.numbers(100 * np.asarray(record["test_accuracy"]) / n_test, "{:.2f}"))
+    return driver.progress(label, epochs, show)
 
 
 def _mosaic(tiles, cols, pad=1):
@@ -475,25 +447,15 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
 
 
 def main(argv=None):
-    args = report.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments)
-    if args.epochs is not None and args.epochs < 1:
-        raise SystemExit("chap6: --epochs must be at least 1")
+    args = driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
+                             devices_per_core=True)
     if args.train_size is not None and args.train_size < MB:
-        raise SystemExit(f"chap6: --train-size must be at least the mini-batch size {MB}")
-    n_devices = checked_devices(args.devices)
-    if n_devices is not None and n_devices != len(jax.local_devices()):
-        print(f"chap6: --devices {n_devices} has no effect here: JAX already runs with "
-              f"{len(jax.local_devices())} devices (it applies to `python -m experiments.chap6`)", flush=True)
-    if args.quick and "--seeds" not in (argv if argv is not None else sys.argv[1:]):
+        raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
+    if args.quick and "--seeds" not in args.argv:
         args.seeds = QUICK["seeds"]  # quick: one net per row (the dropout rows still train 5)
-    quick_epochs = QUICK["epochs"] if args.quick else None
-    book_epochs = args.epochs
-    args.epochs_run = lambda book: book_epochs or quick_epochs or book
     rows, payload = run(args)
-    return report.finish(args, rows, **payload)
+    return driver.finish(args, rows, **payload)
 
 
 if __name__ == "__main__":
-    report.stop_at_once_on_interrupt()
-    devices.use_cpu_devices_unless_started(requested_devices(sys.argv[1:]))  # default: one per core
-    main()
+    raise SystemExit(driver.main_entry(main))

@@ -20,12 +20,13 @@ table, the block between the two ``results:`` marker comments, from the full
 import argparse
 import datetime
 import importlib
+import shlex
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from experiments import book_seeds, report
+from experiments import book_seeds, driver, report, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -50,16 +51,24 @@ def parse_args(argv=None):
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue every unfinished row from its last checkpoint")
+                       help="skip rows already recorded with the same settings and continue every "
+                            "unfinished row from its last checkpoint")
     again.add_argument("--restart", action="store_true", help="discard unfinished checkpoints")
+    p.add_argument("--devices", type=driver.positive_int, default=None, metavar="N",
+                   help="CPU devices for JAX, set before JAX starts (default: one per core for chapter 6)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else FULL_OUT
     args.only = [c for c in CHAPTERS if c in args.only]
     for c in args.only:  # fail before hours of chapter 1 if chapter 6's folder cannot take its results
-        problem = report.out_problem(args.out / f"chap{c}", args.quick)
+        problem = store.out_problem(args.out / f"chap{c}", args.quick, f"chap{c}")
         if problem:
             p.error(problem)
+    # before any chapter runs JAX: the count asked for, else one per core when chapter 6 runs
+    driver.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
+    given = list(sys.argv[1:] if argv is None else argv)
+    driver.set_resume_command("nndl-jax reproduce " + shlex.join(
+        [a for a in given if a not in ("--resume", "--restart")] + ["--resume"]))
     return args
 
 
@@ -71,6 +80,8 @@ def chapter_argv(args, chapter):
         argv += ["--seeds", str(args.seeds)]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
+    if args.devices is not None:
+        argv += ["--devices", str(args.devices)]
     return argv
 
 
@@ -87,7 +98,11 @@ def main(argv=None):
         except (Exception, SystemExit) as e:  # noqa: BLE001  one chapter's failure must not lose the rest
             if isinstance(e, SystemExit) and not e.code:
                 continue
-            traceback.print_exc()
+            message = refusal_text(e)
+            if message is None:
+                traceback.print_exc()
+            else:
+                print(message, file=sys.stderr, flush=True)
             failed.append(c)
     path = write_report(args.out)
     print(f"\nwrote {path} ({time.time() - t0:.0f} s in all)")
@@ -98,13 +113,33 @@ def main(argv=None):
     return 0
 
 
+def refusal_text(e):
+    """The message of a refusal (bad arguments, a refused checkpoint, a bad
+    results file, missing MNIST), shown without a traceback; None for a bug."""
+    from nndl_jax import data, train
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, str) else f"exit status {e.code}"
+    if isinstance(e, train.CheckpointError):
+        return driver.checkpoint_refusal(e)
+    if isinstance(e, (store.ResultsError, data.MNISTError)):
+        return str(e)
+    return None
+
+
 # --- the report page ----------------------------------------------------------------------
 
-def chapter_results(out):
-    """{chapter name: its results} for every chapN/results.json under ``out``, in chapter order."""
+def chapter_results(out, *, skip_bad=False):
+    """{chapter name: its results} for every chapN/results.json under ``out``, in
+    chapter order. A file that is not valid raises ``store.ResultsError`` (naming
+    the file and row), or with ``skip_bad`` is left out with a warning on stderr."""
     found = {}
-    for path in sorted(Path(out).glob("chap*/results.json"), key=lambda p: report.row_sort_key(p.parent.name)):
-        found[path.parent.name] = report.read_results(path.parent)
+    for path in sorted(Path(out).glob("chap*/results.json"), key=lambda p: store.row_sort_key(p.parent.name)):
+        try:
+            found[path.parent.name] = store.read_results(path.parent)
+        except store.ResultsError as e:
+            if not skip_bad:
+                raise
+            print(f"warning: left out of the report: {e}", file=sys.stderr, flush=True)
     return found
 
 
@@ -192,12 +227,14 @@ def _runs_text(results):
 
 
 def report_page(out):
-    """REPORT.md's text for the results under ``out``."""
-    results = chapter_results(out)
+    """REPORT.md's text for the results under ``out`` (an invalid results file is
+    left out, with a warning)."""
+    results = chapter_results(out, skip_bad=True)
     lines = ["# Neural Networks and Deep Learning in JAX: the book beside the measured", "",
              "Written by `nndl-jax reproduce` (or `nndl-jax report`, which trains nothing) from the "
              "`chapN/results.json` files beside this page. Accuracies in percent; \"mean ± sd\" and "
-             "\"best of k\" are over a row's k seeds (trained together as one vmapped program), "
+             "\"best of k\" are over a row's k seeds (trained together as one vmapped program); the best "
+             "is the highest accuracy, the lowest cost or deviation, and none for gradient norms; "
              "a single number is one deterministic measurement. Notes say what differs from the "
              "book's setting (SHORTENED) and what the book quotes.", ""]
     if not results:
@@ -223,7 +260,7 @@ def report_page(out):
 def write_report(out):
     """Write ``out/REPORT.md`` atomically; its path."""
     path = Path(out) / "REPORT.md"
-    report.write_text(path, report_page(out))
+    store.write_text(path, report_page(out))
     return path
 
 
@@ -282,7 +319,7 @@ def update_readme(readme=README, root=None):
                          "where the table belongs")
     new = text[:start] + readme_block(root) + text[end + len(END):]
     if new != text:
-        report.write_text(readme, new)
+        store.write_text(readme, new)
     return new != text
 
 
@@ -298,10 +335,14 @@ def report_main(argv=None):
         p.error(f"--out {args.out} is not a folder: run `nndl-jax reproduce --out {args.out}` first")
     print(f"wrote {write_report(args.out)}")
     if args.readme:
-        changed = update_readme()
+        try:
+            changed = update_readme()
+        except store.ResultsError as e:
+            print(f"nndl-jax report --readme: {e}", file=sys.stderr)
+            return 1
         print(f"{README}: results table {'rewritten' if changed else 'already up to date'}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(driver.main_entry(main))

@@ -7,8 +7,22 @@ import numpy as np
 from experiments import chap1
 
 
-def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path):
+def test_quick_mode_writes_every_row_with_seeds(mnist_dir, tmp_path, monkeypatch, capsys):
+    real_svm, printed_before_svm = chap1.svm_baseline, []
+
+    def svm_after_the_table(*args, **kwargs):
+        printed_before_svm.append(capsys.readouterr().out)
+        print(printed_before_svm[-1], end="")
+        return real_svm(*args, **kwargs)
+
+    monkeypatch.setattr(chap1, "svm_baseline", svm_after_the_table)
     out = chap1.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir)])
+    # the network rows' table is printed before the SVM row starts (it may take long);
+    # each file is announced once
+    table_head = printed_before_svm[0].index("id  experiment")
+    assert all(f"\n{rid} " in printed_before_svm[0][table_head:] for rid in ("1.1", "1.4", "1.2", "1.3", "1.8", "1.5"))
+    assert capsys.readouterr().out.count(f"wrote {tmp_path / 'chap1_accuracy.png'}") <= 1
+    assert printed_before_svm[0].count(f"wrote {tmp_path / 'chap1_accuracy.png'}") == 1
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["quick"] is True and results["seeds"] == [12345678, 12345679, 12345680]

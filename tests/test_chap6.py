@@ -5,25 +5,24 @@ minutes of CPU, so this test runs a representative subset: the shallow net,
 the conv-only net and the dropout ensemble (6.11 + 6.12, five nets voting on
 expanded data), which also draws all three figures."""
 import json
-import re
 
 import numpy as np
 import pytest
 
-from experiments import chap6
+from experiments import chap6, driver
 from nndl_jax import data
 
 
 def test_rows_table_matches_the_book():
-    ids = [r[0] for r in chap6.ROWS]
+    ids = [r["id"] for r in chap6.ROWS]
     assert ids[0] == "6.1" and ids[-1] == "6.13" and len(set(ids)) == len(ids)
-    book = {r[0]: r[-1] for r in chap6.ROWS}
+    book = {r["id"]: r["book"] for r in chap6.ROWS}
     assert book["6.2"] == 98.78 and book["6.11"] == 99.60 and book["6.12"] == 99.67
     assert book["6.13"] == {"conv": 520, "fc": 23550, "ratio": 40}
     for r in chap6.ROWS:
-        if r[2] == "counts":  # 6.13 trains nothing
+        if r["arch"] == "counts":  # 6.13 trains nothing
             continue
-        layers = chap6.architecture(r[2], r[3], r[4])   # every architecture builds
+        layers = chap6.architecture(r["arch"], r["activation"], r["n"])   # every architecture builds
         assert layers[-1].n_out == 10
 
 
@@ -86,17 +85,14 @@ def test_ensemble_trained_in_parts_is_the_ensemble_trained_at_once(tmp_path, mni
     assert got["6.12"]["measured"] == want["6.12"]["measured"] and got["6.12"]["errors"] == want["6.12"]["errors"]
     assert got["6.11"]["measured"] == want["6.11"]["measured"]
     assert got["6.11@12345681"]["trained_with"] == [12345681, 12345682] and got["6.11"]["seconds"] > 0
-    with pytest.raises(SystemExit, match="the ensemble has nets 0 to 4"):
+    with pytest.raises(driver.Refusal, match="the ensemble has nets 0 to 4"):
         chap6.main(common + ["--out", str(tmp_path / "bad"), "--nets", "5"])
 
 
-def test_devices_option_is_read_from_the_command_line_before_jax_starts_and_checked():
-    """--devices N (for `python -m experiments.chap6`, read before JAX runs
-    anything): absent means one device per core; below 1 is refused."""
-    assert chap6.requested_devices(["--only", "6.11", "--devices", "1", "--nets", "4"]) == 1
-    assert chap6.requested_devices(["--only", "6.11"]) is None
-    with pytest.raises(SystemExit, match="--devices 0: need at least 1 CPU device"):
-        chap6.requested_devices(["--devices", "0"])
+def test_devices_below_1_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        chap6.main(["--quick", "--out", str(tmp_path), "--devices", "0"])
+    assert e.value.code == 2 and "--devices: 0: must be at least 1" in capsys.readouterr().err
 
 
 def check_parameter_counts(rows):
@@ -119,6 +115,8 @@ def check_parameter_counts(rows):
 
 def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_path, mnist_dir,
                                                                              monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     """Rows are merged into results.json as they finish; a run that dies in its
     second row keeps the first, and the rows of an earlier run survive."""
     earlier = {"chapter": "chap6", "quick": True, "curves": {"6.4": "earlier curves"},
@@ -141,6 +139,7 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_
     assert results["rows"][1] == earlier["rows"][0]
     assert set(results["curves"]) == {"6.1", "6.4"} and results["curves"]["6.4"] == "earlier curves"
     assert not (tmp_path / "results.partial.json").exists()
+    assert not (cache / "nndl-jax" / "checkpoints").exists()    # 6.3 had saved nothing: no folder left
 
 
 def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir,
@@ -169,7 +168,7 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
     out = ["--out", str(tmp_path / "cut")]
     with pytest.raises(KeyboardInterrupt):
         chap6.main(argv + out)
-    with pytest.raises(SystemExit, match="6.3.*--resume"):
+    with pytest.raises(driver.Refusal, match="6.3.*--resume"):
         chap6.main(argv + out)
     seen.clear()
     chap6.main(argv + out + ["--resume"])
@@ -178,20 +177,6 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
     assert whole["curves"]["6.3"] == cut["curves"]["6.3"]
     assert whole["rows"][0]["measured"] == cut["rows"][0]["measured"]
     assert not list((tmp_path / "cache").rglob("*.npz"))        # the finished row's checkpoint is gone
-
-
-def test_estimate_prices_a_row_from_a_timed_probe(mnist_dir):
-    """The line printed before a long row starts: a positive time per step,
-    scaled to the row's mini-batches and epochs."""
-    splits = data.load_mnist(mnist_dir)
-    cut = lambda d, n: data.Dataset(d.x[:n], d.y[:n])  # noqa: E731
-    layers = chap6.architecture("shallow", "relu", 10)
-    line = chap6.estimate(layers, [1, 2], cut(splits.training, 3000), 7, 0.1, 0.0,
-                          cut(splits.validation, 1000), cut(splits.test, 1000))
-    m = re.fullmatch(r"estimate: (.+) for 7 epochs \((.+) an epoch; ([0-9.]+) ms a mini-batch step of the "
-                     r"2 nets, from a 200-step probe\)", line)
-    assert m is not None, line
-    assert float(m.group(3)) > 0
 
 
 def test_resume_skips_rows_already_recorded_with_the_same_settings(tmp_path, mnist_dir, capsys):

@@ -3,8 +3,10 @@
 without JAX, and refusals as one message without a traceback."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -155,7 +157,7 @@ def test_reproduce_quick_chapter_4_end_to_end(tmp_path):
 def test_reproduce_refuses_a_folder_that_holds_the_other_kind_before_training(tmp_path, capsys):
     (tmp_path / "chap5").mkdir()
     (tmp_path / "chap5" / "results.json").write_text(json.dumps({"quick": False, "rows": [
-        {"id": "5.1", "quick": False}]}))
+        {"id": "5.1", "experiment": "depth", "unit": "%", "measured": 96.5, "quick": False}]}))
     assert exit_status(["reproduce", "--quick", "--only", "4", "5", "--out", str(tmp_path)]) == 2
     assert "holds full results" in capsys.readouterr().err
     assert not (tmp_path / "chap4" / "results.json").exists()  # nothing trained
@@ -181,3 +183,102 @@ def test_every_command_the_readme_shows_is_one_the_cli_knows():
             done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", command, "--help"], cwd=REPO,
                                   capture_output=True, text=True, timeout=300)
             assert all(o in done.stdout for o in options), (command, options)
+
+
+# --- the experiments' command line: --resume, --devices, refusals, Ctrl-C (issues 23, 24, 27) ----
+
+def _rows(folder):
+    return json.loads((Path(folder) / "results.json").read_text())["rows"]
+
+
+def test_reproduce_resume_right_after_a_finished_run_retrains_nothing(tmp_path, mnist_dir, monkeypatch, capsys):
+    """Issue 23 bug 3: `--resume` means "skip rows already recorded with the same
+    settings" in every chapter, so `nndl-jax reproduce --resume` after a finished
+    run trains nothing and leaves every recorded row as it was, stamps and all."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["reproduce", "--quick", "--only", "4", "5", "--seeds", "1", "--out", str(tmp_path / "out"),
+            "--data-dir", str(mnist_dir)]
+    assert cli.main(argv) == 0
+    before = {c: _rows(tmp_path / "out" / f"chap{c}") for c in "45"}
+    from nndl_jax import train
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("retrained a finished row"))
+    capsys.readouterr()
+    assert cli.main(argv + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--resume skips it") == 3 + 9     # chap4: 4.1, 4.2, 4.3; chap5: 5.1-5.4, 5.5-5.7 (+5.8), 5.9, 5.10
+    assert {c: _rows(tmp_path / "out" / f"chap{c}") for c in "45"} == before
+
+
+ENTRY_POINTS = {
+    "python -m experiments.chap6": [sys.executable, "-m", "experiments.chap6"],
+    "nndl-jax chap6": [sys.executable, "-m", "nndl_jax.cli", "chap6"],
+    "nndl-jax run chap6": [sys.executable, "-m", "nndl_jax.cli", "run", "chap6"],
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_devices_is_honoured_by_every_entry_point(tmp_path, entry):
+    """Issue 23 bug 2: `--devices 1` gives chapter 6 one CPU device however it is
+    started (the default there is one per core; this machine has more than one)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = subprocess.run(ENTRY_POINTS[entry] + ["--devices", "1", "--only", "6.13", "--quick", "--out",
+                                                 str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cannot apply" not in done.stderr
+    environment = json.loads((tmp_path / "out" / "results.json").read_text())["environment"]
+    assert len(environment["devices"]) == 1, environment
+
+
+def test_refusals_print_their_message_without_a_traceback_and_leave_no_folder(tmp_path):
+    """Issue 27: bad arguments (status 2), a damaged results file (2) and missing
+    MNIST (1) end in their message alone; a failed start leaves no empty --out."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "results.json").write_text('{"rows": [{"id": 4}]}')
+    cases = [(["experiments.chap4", "--only", "9.9", "--out", str(tmp_path / "a")], 2, "unknown row id 9.9"),
+             (["experiments.chap4", "--quick", "--out", str(tmp_path / "damaged")], 2, "row 1 (id 4) has no string id"),
+             (["experiments.chap1", "--quick", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "b")],
+              1, str(tmp_path / "empty"))]
+    for argv, status, message in cases:
+        done = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == status and message in done.stderr, (argv, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "cache" / "nndl-jax" / "checkpoints").exists()
+
+
+def test_ctrl_c_stops_at_once_and_says_what_is_saved_and_how_to_resume(tmp_path, mnist_dir):
+    """Issue 27: SIGINT in the middle of a row ends the command within seconds,
+    status 130, naming where the unfinished row is saved and the command that resumes."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    argv = ["--quick", "--only", "6.1", "--epochs", "100000", "--devices", "1", "--out", str(tmp_path / "out"),
+            "--data-dir", str(mnist_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.chap6", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "epoch 2/100000" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and time.time() - t0 < 10
+    assert "stopped (Ctrl-C)" in err and "the unfinished row's last finished epoch is saved in" in err
+    assert "resume with: python -m experiments.chap6 --quick --only 6.1 --epochs 100000" in err
+    assert err.rstrip().endswith("--resume") and "Traceback" not in err
+
+
+def test_reproduce_hands_devices_and_resume_to_every_chapter(tmp_path):
+    """`nndl-jax reproduce --devices N --resume` sets the device count before any
+    chapter runs JAX (in this test process JAX already runs, so it only says so)
+    and gives every chapter the same options."""
+    from experiments import driver, reproduce
+    args = reproduce.parse_args(["--quick", "--only", "4", "--devices", "1", "--resume", "--out", str(tmp_path)])
+    argv = reproduce.chapter_argv(args, "4")
+    assert argv[argv.index("--devices") + 1] == "1" and "--resume" in argv and "--quick" in argv
+    assert driver.resume_command() == f"nndl-jax reproduce --quick --only 4 --devices 1 --out {tmp_path} --resume"

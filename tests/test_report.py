@@ -1,13 +1,14 @@
-"""experiments/report.py and experiments/reproduce.py: results merged by row and
-never lost, the checks a run makes before it trains, the report page, and the
-README's results table, which must equal what the committed reproduced/ files give."""
+"""experiments/store.py, report.py, driver.py and reproduce.py: results merged
+by row and never lost, the checks a run makes before it trains, the report
+page, and the README's results table, which must equal what the committed
+reproduced/ files give."""
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from experiments import chap4, chap6, report, reproduce
+from experiments import chap4, chap6, driver, report, reproduce, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ def _results(folder):
 
 
 def _args(tmp_path, *argv, chapter="chapX", row_ids=("1.1", "1.2", "6.8")):
-    return report.parse_args(chapter, "", ["--out", str(tmp_path), *argv], row_ids=list(row_ids))
+    return driver.parse_args(chapter, "", ["--out", str(tmp_path), *argv], row_ids=list(row_ids))
 
 
 # --- merging -------------------------------------------------------------------------------
@@ -50,19 +51,19 @@ def test_only_adds_its_rows_and_keeps_the_others_and_a_rerun_replaces_only_its_r
 
 def test_merge_replaces_rows_by_id_and_merges_per_row_payload(tmp_path):
     args = _args(tmp_path)
-    report.record(args, [report.row("1.2", "b", None, [1.0, 2.0])], curves={"1.2": [1, 2]}, n=1)
-    report.record(args, [report.row("1.1", "a", 95.0, 3.0)], curves={"1.1": [3]}, n=2)
-    out = report.finish(args, [report.row("1.2", "b again", None, 5.0)], curves={"1.2": [5]})
+    store.record(args, [report.row("1.2", "b", None, [1.0, 2.0])], curves={"1.2": [1, 2]}, n=1)
+    store.record(args, [report.row("1.1", "a", 95.0, 3.0)], curves={"1.1": [3]}, n=2)
+    out = driver.finish(args, [report.row("1.2", "b again", None, 5.0)], curves={"1.2": [5]})
     assert [(r["id"], r["measured"]) for r in out["rows"]] == [("1.1", 3.0), ("1.2", 5.0)]
     assert out["curves"] == {"1.1": [3], "1.2": [5]} and out["n"] == 2
     assert out == _results(tmp_path)
     with pytest.raises(ValueError, match="reserved"):
-        report.record(args, [], runs=[])
+        store.record(args, [], runs=[])
 
 
 def test_rows_are_in_natural_id_order():
     ids = ["3.14@1000", "3.10", "3.9", "3.14@100", "3.2", "5.8.4.1", "5.10.1"]
-    assert sorted(ids, key=report.row_sort_key) == ["3.2", "3.9", "3.10", "3.14@100", "3.14@1000",
+    assert sorted(ids, key=store.row_sort_key) == ["3.2", "3.9", "3.10", "3.14@100", "3.14@1000",
                                                     "5.8.4.1", "5.10.1"]
 
 
@@ -85,8 +86,8 @@ def test_chap6_only_accepts_a_row_with_variants(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(chap6, "run", lambda args: seen.append(args) or ([], {}))
     chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.8", "6.10b"])
-    wanted = [r[0] for r in chap6.ROWS
-              if report.wanted(seen[0], chap6.base_id(r[0])) or report.wanted(seen[0], r[0])]
+    wanted = [r["id"] for r in chap6.ROWS
+              if driver.wanted(seen[0], chap6.base_id(r["id"])) or driver.wanted(seen[0], r["id"])]
     assert wanted == ["6.8a", "6.8b", "6.10b"]
     assert "6.8" in chap6.ROW_IDS and "6.12" in chap6.ROW_IDS and "6.1" in chap6.ROW_IDS
 
@@ -113,12 +114,12 @@ def test_an_out_whose_results_file_is_not_one_fails_and_is_left_alone(tmp_path, 
 
 
 def test_quick_and_full_rows_never_share_a_folder(tmp_path, capsys):
-    report.finish(_args(tmp_path, "--quick"), [report.row("1.1", "a", None, 1.0)])
+    driver.finish(_args(tmp_path, "--quick"), [report.row("1.1", "a", None, 1.0)])
     with pytest.raises(SystemExit):
         _args(tmp_path)                                 # a full run into a quick folder
     assert "holds --quick results; a full run must not mix" in capsys.readouterr().err
     full = tmp_path / "full"
-    report.finish(_args(full), [report.row("1.1", "a", None, 1.0)])
+    driver.finish(_args(full), [report.row("1.1", "a", None, 1.0)])
     with pytest.raises(SystemExit):
         _args(full, "--quick")
     assert "holds full results; a --quick run must not mix" in capsys.readouterr().err
@@ -135,30 +136,48 @@ def test_resume_and_restart_are_flags_for_the_trainer_and_exclude_each_other(tmp
 def test_checkpoint_dir_is_in_the_user_cache_one_folder_per_out_and_row(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    a = report.checkpoint_dir(_args(Path("out"), chapter="chap6"), "6.8a")
-    assert a == report.checkpoint_dir(_args(tmp_path / "out", chapter="chap6"), "6.8a")  # absolute --out
+    a = driver.checkpoint_dir(_args(Path("out"), chapter="chap6"), "6.8a")
+    assert a == driver.checkpoint_dir(_args(tmp_path / "out", chapter="chap6"), "6.8a")  # absolute --out
     assert re.fullmatch(r"[0-9a-f]{12}", a.parent.parent.name)
     assert a.relative_to(tmp_path / "cache" / "nndl-jax" / "checkpoints").parts[1:] == ("chap6", "6.8a")
-    assert report.checkpoint_dir(_args(tmp_path / "other", chapter="chap6"), "6.8a").parent.parent != \
+    assert driver.checkpoint_dir(_args(tmp_path / "other", chapter="chap6"), "6.8a").parent.parent != \
         a.parent.parent
     assert not a.exists()
 
 
-def test_progress_prints_an_eta_from_the_epochs_so_far(capsys, monkeypatch):
-    clock = iter([100.0, 110.0, 120.0])
-    monkeypatch.setattr(report.time, "time", lambda: next(clock))
-    show = report.progress("6.2", 4)
-    show(0, {"evaluation_accuracy": [90, 91]})          # 10 s for 1 epoch of 4: 30 s left
-    show(3, {"evaluation_accuracy": [97, 98]})          # the last: no estimate
+def test_progress_eta_counts_only_the_epochs_after_the_first_finished_in_this_process(capsys, monkeypatch):
+    """Issue 24 item 8: the first epoch (which includes compiling, here 100 s)
+    gives only an upper bound; later estimates use the epochs since it (10 s
+    each), so a resumed run that starts at epoch 10 and compiles for long still
+    estimates right; every `every`-th epoch is printed, but all are timed."""
+    clock = iter([0.0, 100.0, 110.0, 120.0, 130.0])
+    monkeypatch.setattr(driver.time, "time", lambda: next(clock))
+    show = driver.progress("3.8", 14, lambda record: driver.numbers(record["acc"], "{:.2f}"), every=2)
+    show(10, {"acc": [0.12345, 9.87654]})   # resumed: the first epoch of this process is epoch 10
+    show(11, {"acc": [1, 2]})
+    show(12, {"acc": [1, 2]})               # not printed (every 2), but timed
+    show(13, {"acc": [1, 2]})
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("(10.0 s, ETA 30 s)") and lines[1].endswith("(20.0 s)")
+    assert lines[0] == "  [3.8] epoch 11/14: 0.12 9.88  (1 min 40 s with compiling; at most about 5 min 0 s left)"
+    assert lines[1] == "  [3.8] epoch 12/14: 1.00 2.00  (1 min 50 s, ETA 20 s)"   # 10 s an epoch, 2 left
+    assert lines[2] == "  [3.8] epoch 14/14: 1.00 2.00  (2 min 10 s)" and len(lines) == 3
     assert report.duration(4000) == "1 h 6 min" and report.duration(75) == "1 min 15 s"
+    assert report.duration(0.44) == "0.4 s"
+
+
+def test_progress_prints_fits_events(capsys):
+    show = driver.progress("1.1", 3, lambda record: "")
+    show(1, {"events": [{"event": "resumed", "path": "/c/state.npz", "epochs_done": 1, "epochs": 3},
+                        {"event": "diverged", "net": 2, "epoch": 1, "eta": 100.0}]})
+    out = capsys.readouterr().out
+    assert "[1.1] resumed from /c/state.npz: 1 of 3 epochs done" in out
+    assert "[1.1] net 2 diverged in epoch 1 (η = 100)" in out
 
 
 # --- the report and the README ----------------------------------------------------------------
 
 def test_report_page_shows_every_row_book_beside_measured_and_links_existing_figures(tmp_path):
-    report.finish(_args(tmp_path / "chap1", chapter="chap1"), [
+    driver.finish(_args(tmp_path / "chap1", chapter="chap1"), [
         report.row("1.1", "[784,30,10]", 95.42, [95.0, 95.5], note="peak"),
         report.row("1.5", "darkness | baseline", 22.25, 22.25)], settings={"epochs": 30})
     (tmp_path / "chap1" / "chap1_accuracy.png").write_bytes(b"png")
@@ -171,7 +190,7 @@ def test_report_page_shows_every_row_book_beside_measured_and_links_existing_fig
 
 
 def test_readme_block_holds_full_rows_with_a_book_number_and_is_rewritten_between_markers(tmp_path):
-    report.finish(_args(tmp_path / "chap4", chapter="chap4"), [
+    driver.finish(_args(tmp_path / "chap4", chapter="chap4"), [
         report.row("4.2.5", "bumps", 0.4, 0.36, unit=""), report.row("4.1", "step", None, 1e-5, unit=""),
         report.row("4.3", "sgd", 0.1, 0.2, unit="", note="SHORTENED: 5 epochs (book 1000)")])
     block = reproduce.readme_block(tmp_path)
@@ -193,14 +212,14 @@ def test_readme_wall_time_adds_the_earlier_sittings_of_resumed_rows(tmp_path):
     """A row resumed over sittings carries earlier_seconds; the chapter's line adds
     them to its runs' wall time and says so, and counts untimed restored epochs."""
     args = _args(tmp_path / "chap6", chapter="chap6")
-    report.finish(args, [report.row("6.7", "expanded", 99.37, 99.41, earlier_seconds=7200.0, untimed_epochs=0),
+    driver.finish(args, [report.row("6.7", "expanded", 99.37, 99.41, earlier_seconds=7200.0, untimed_epochs=0),
                          report.row("6.8a", "fc 300", 99.46, 99.40, earlier_seconds=3600.0, untimed_epochs=5)])
     res = json.loads((tmp_path / "chap6" / "results.json").read_text())
     wall = res["wall_seconds"] + 10800
     line = next(ln for ln in reproduce.readme_block(tmp_path).splitlines() if ln.startswith("**chap6**"))
     assert f"{reproduce._duration(wall)} wall (with the earlier sittings of 2 resumed rows; 5 epochs restored " \
            "from checkpoints that predate epoch timing are not counted) on" in line
-    report.finish(args, [report.row("6.7", "expanded", 99.37, 99.41), report.row("6.8a", "fc 300", 99.46, 99.4)])
+    driver.finish(args, [report.row("6.7", "expanded", 99.37, 99.41), report.row("6.8a", "fc 300", 99.46, 99.4)])
     line = next(ln for ln in reproduce.readme_block(tmp_path).splitlines() if ln.startswith("**chap6**"))
     assert "resumed" not in line
 
@@ -235,8 +254,144 @@ def test_readme_results_table_is_what_the_committed_reproduced_files_give():
 
 def test_a_run_with_a_diverged_net_is_marked_in_the_results_and_one_without_is_not(tmp_path):
     args = _args(tmp_path)
-    report.record_divergence(args, "1.1+1.2", [-1, -1, -1])
+    store.record_divergence(args, "1.1+1.2", [-1, -1, -1])
     assert not (tmp_path / "results.json").exists()
-    report.record_divergence(args, "1.1+1.2", [-1, 3, -1])
-    report.record_divergence(args, "3.7@abc", [0])
+    store.record_divergence(args, "1.1+1.2", [-1, 3, -1])
+    store.record_divergence(args, "3.7@abc", [0])
     assert _results(tmp_path)["diverged"] == {"1.1+1.2": [-1, 3, -1], "3.7@abc": [0]}
+
+
+# --- the results store: every file validated when read (issue 24 items 1, 2, 11) ------------
+
+DAMAGED = {  # case: (results.json, what the refusal names)
+    "a row without an id": ({"rows": [{"experiment": "e", "unit": "%", "measured": 1.0}]}, "row 1 has no string id"),
+    "runs not a list": ({"rows": [], "runs": "none"}, "'runs' is not a list"),
+    "runs a dict": ({"rows": [], "runs": {"a": 1}}, "'runs' is not a list"),
+    "a row that is not a dict": ({"rows": ["4.1"]}, "row 1 is str, not an object"),
+    "a row without measured": ({"rows": [{"id": "4.1", "experiment": "e", "unit": ""}]},
+                               "row 1 (id '4.1') has no 'measured'"),
+    "a summary without runs": ({"rows": [{"id": "4.1", "experiment": "e", "unit": "", "measured": {"mean": 1}}]},
+                               "row 1 (id '4.1') has a 'measured' summary without a list of numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_results_file_is_refused_before_training_naming_the_file_and_row(tmp_path, capsys,
+                                                                                  monkeypatch, case):
+    content, named = DAMAGED[case]
+    (tmp_path / "results.json").write_text(json.dumps(content))
+    before = (tmp_path / "results.json").read_bytes()
+    monkeypatch.setattr(chap4, "run", lambda args: pytest.fail("trained despite a damaged results file"))
+    with pytest.raises(SystemExit) as e:
+        chap4.main(["--quick", "--out", str(tmp_path), "--only", "4.1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'results.json'} is not a valid results file" in err
+    assert named in err and "move it away or give another --out" in err
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_report_skips_a_damaged_file_with_a_warning_and_the_readme_block_names_it(tmp_path, capsys):
+    driver.finish(_args(tmp_path / "chap1", chapter="chap1"), [report.row("1.1", "a", 95.0, [95.0, 96.0])])
+    (tmp_path / "chap4").mkdir()
+    (tmp_path / "chap4" / "results.json").write_text(json.dumps(DAMAGED["a row without an id"][0]))
+    assert reproduce.report_main(["--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: left out of the report: {tmp_path / 'chap4' / 'results.json'}" in err and "row 1" in err
+    page = (tmp_path / "REPORT.md").read_text()
+    assert "## chap1" in page and "## chap4" not in page
+    with pytest.raises(store.ResultsError, match=r"chap4/results.json is not a valid results file: row 1"):
+        reproduce.readme_block(tmp_path)
+
+
+def test_every_committed_results_file_is_valid():
+    for folder in sorted((REPO / "reproduced").glob("chap*")):
+        assert store.read_results(folder)["rows"], folder
+
+
+def test_a_chapters_out_holding_another_chapters_results_is_refused_before_training(tmp_path, capsys,
+                                                                                   monkeypatch):
+    chap4.main(["--quick", "--out", str(tmp_path), "--only", "4.1"])
+    before = (tmp_path / "results.json").read_bytes()
+    from experiments import chap5
+    monkeypatch.setattr(chap5, "run", lambda args: pytest.fail("trained into another chapter's folder"))
+    with pytest.raises(SystemExit) as e:
+        chap5.main(["--quick", "--out", str(tmp_path), "--only", "5.10"])
+    assert e.value.code == 2
+    assert f"{tmp_path / 'results.json'} holds chap4's results, not chap5's" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_best_of_k_follows_each_rows_direction():
+    """Issue 24 item 11: higher is better for accuracies, lower for costs and
+    deviations, and gradient norms have no best at all."""
+    accuracy = report.row("1.1", "a", None, [95.0, 96.0])
+    cost = report.row("3.18a", "c", None, [0.35, 0.34, 0.36], unit="", direction="lower")
+    norm = report.row("5.5.1", "n", None, [0.1, 0.2], unit="")
+    assert accuracy["measured"]["best"] == 96.0 and report.measured_text(accuracy)[1] == "96.00% (2)"
+    assert cost["measured"]["best"] == 0.34 and report.measured_text(cost)[1] == "0.34 (3)"
+    assert norm["direction"] == "none" and norm["measured"]["best"] is None and report.measured_text(norm)[1] == ""
+    # the recorded rows: 3.18's training costs take their lowest run, chapter 5's norms none
+    chap3 = {r["id"]: r for r in store.read_results(REPO / "reproduced" / "chap3")["rows"]}
+    chap5 = {r["id"]: r for r in store.read_results(REPO / "reproduced" / "chap5")["rows"]}
+    for rid in ("3.18a", "3.18b", "3.18c"):
+        runs = chap3[rid]["measured"]["runs"]
+        assert report.measured_text(chap3[rid])[1] == f"{report._fmt(min(runs), '')} ({len(runs)})"
+    assert report.measured_text(chap5["5.5.1"])[1] == "" and report.measured_text(chap5["5.1"])[1].endswith("(3)")
+
+
+def test_table_sizes_ids_and_wraps_text_at_word_boundaries():
+    long = "a rather long experiment description that goes on well past the fifty-eight columns"
+    text = report.format_table([report.row("6.11@12345678", long, 99.6, 98.0, note="n " * 80),
+                                report.row("1.1", "short", None, 1.0)])
+    lines = text.splitlines()
+    assert all(len(line) <= len(lines[0]) for line in lines)
+    words = " ".join(line[len("6.11@12345678 "):len("6.11@12345678 ") + 58].strip() for line in lines[2:4])
+    assert words == long                                   # wrapped, no word cut
+    assert lines[4].startswith(" " * 16 + "n n") and lines[-1].startswith("1.1           short")
+    assert lines[2].index("99.60%") + len("99.60%") == lines[-1].index("—") + 1   # columns aligned
+
+
+def test_a_quick_rows_note_says_shortened(tmp_path):
+    args = _args(tmp_path, "--quick")
+    out = store.record(args, [report.row("1.1", "a", None, 1.0, note="measured"),
+                              report.row("1.2", "b", None, 1.0, note="SHORTENED: 2 epochs")])
+    notes = [r["note"] for r in out["rows"]]
+    assert notes == [f"{store.SHORTENED}; measured", "SHORTENED: 2 epochs"]
+
+
+def test_an_interrupted_writes_temporary_file_is_removed_by_the_next_record(tmp_path):
+    args = _args(tmp_path)
+    stale = tmp_path / ".results.json.999999999.tmp"      # a pid that cannot be running
+    stale.write_text("half")
+    store.record(args, [report.row("1.1", "a", None, 1.0)])
+    assert not stale.exists() and _results(tmp_path)["rows"][0]["id"] == "1.1"
+
+
+def test_resume_over_the_committed_results_would_train_nothing_they_hold(tmp_path, mnist):
+    """`nndl-jax reproduce --resume` into reproduced/ skips every row recorded
+    there, rows recorded before settings were stamped into rows included (their
+    setting was the book's); chapter 1's exercise row 1.8, not recorded, is left to train."""
+    import shutil
+
+    from experiments import chap1, chap3, chap5
+    todo = {}
+    for name, module in (("chap1", chap1), ("chap3", chap3), ("chap4", chap4), ("chap5", chap5)):
+        shutil.copytree(REPO / "reproduced" / name, tmp_path / name)
+        args = driver.parse_args(name, "", ["--out", str(tmp_path / name), "--resume"],
+                                 row_ids=[r["id"] for r in module.ROWS],
+                                 add_arguments=getattr(module, "add_arguments", None))
+        jobs = {"chap1": lambda a: chap1.jobs(a, mnist), "chap3": lambda a: chap3.jobs(a, mnist),
+                "chap4": lambda a: chap4.jobs(a, {}),
+                "chap5": lambda a: chap5.jobs(a, mnist, chap5.settings(a, mnist))}[name](args)
+        todo[name] = [j.id for j in jobs if driver.recorded_job(args, j) is None]
+    assert todo == {"chap1": ["1.8"], "chap3": [], "chap4": [], "chap5": []}
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "4294967295"])
+def test_seeds_outside_32_bits_are_refused_before_training(tmp_path, capsys, seed):
+    """--seed 4294967295 with 3 seeds runs past 2**32 - 1 too; such seeds would
+    silently collide with small ones."""
+    with pytest.raises(SystemExit) as e:
+        _args(tmp_path, "--seed", seed)
+    assert e.value.code == 2 and "seeds must lie in 0 .. 2**32 - 1" in capsys.readouterr().err

@@ -189,3 +189,179 @@ def test_a_net_whose_params_become_infinite_is_stopped_and_reported_while_the_ot
     assert np.all(np.isfinite(np.asarray(out.params[0]["w"][0])))
     assert not np.all(np.isfinite(np.asarray(out.params[0]["w"][1])))
     assert out.history.as_arrays()["evaluation_accuracy"].shape == (3, 2)   # net 0 kept training
+
+
+# --- the experiments' row checkpoints (experiments/driver.py; issue 24 items 3–6) ----------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time as _time  # noqa: E402
+
+from experiments import chap1, chap4, chap5, driver, report  # noqa: E402
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A user cache of the test's own: nothing is left in the real one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _args(out, *argv, chapter="chap5"):
+    module = {"chap1": chap1, "chap4": chap4, "chap5": chap5}[chapter]
+    return driver.parse_args(chapter, "", ["--out", str(out), *argv],
+                             row_ids=[r["id"] for r in module.ROWS])
+
+
+def _plant_checkpoint(args, job_id, rows, age_seconds=0.0):
+    folder = driver.checkpoint_dir(args, job_id)
+    folder.mkdir(parents=True)
+    (folder / driver.CHECKPOINT_FILE).write_bytes(b"saved state")
+    (folder / driver.OWNER_FILE).write_text(json.dumps({"pid": 999999999, "rows": rows}))
+    then = _time.time() - age_seconds
+    os.utime(folder / driver.CHECKPOINT_FILE, (then, then))
+    return folder
+
+
+def test_removing_a_rows_checkpoints_clears_interrupted_writes_and_empty_folders(tmp_path, cache):
+    args = _args(tmp_path / "out")
+    folder = _plant_checkpoint(args, "5.1", ["5.1"])
+    (folder / ".state.npz.999999999.tmp").write_bytes(b"half")             # interrupted writes
+    (folder / ".state.npz.999999999.1a2b3c4d.part").write_bytes(b"half")
+    sub = _plant_checkpoint(args, "5.1@abc", ["5.1"])
+    driver.remove_checkpoints(args, "5.1")
+    assert not folder.exists() and not sub.exists()
+    assert not (cache / "nndl-jax" / "checkpoints").exists()                # no empty folders left
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 24 item 3 (a regular file where the cache should be; read-only
+    folders do not stop root, who runs the tests)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(chap4, "run", lambda args: pytest.fail("trained without a checkpoint folder"))
+    status = driver.main_entry(chap4.main, ["--quick", "--out", str(tmp_path / "out"), "--only", "4.3"])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"the checkpoint folder {blocker / 'nndl-jax' / 'checkpoints'}" in err and "XDG_CACHE_HOME" in err
+    assert not (tmp_path / "out").exists()                                  # a failed start leaves no folder
+
+
+def test_a_live_run_is_named_and_never_discarded(tmp_path, cache):
+    """Issue 24 item 6: the process training a row holds a lock in its checkpoint
+    folder; a second command on the row is told who, even with --restart."""
+    args = _args(tmp_path / "out")
+    folder = _plant_checkpoint(args, "5.1", ["5.1"])
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, json, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "os.ftruncate(fd, 0); os.write(fd, json.dumps({'pid': os.getpid(), 'rows': ['5.1']}).encode())\n"
+         "print('locked', flush=True)\ntime.sleep(120)", str(folder / driver.OWNER_FILE)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        for again in ([], ["--resume"], ["--restart"]):
+            with pytest.raises(driver.Refusal, match=f"row 5.1 is being trained by pid {owner.pid}"):
+                chap5.main(["--quick", "--out", str(tmp_path / "out"), "--only", "5.1", *again])
+        assert (folder / driver.CHECKPOINT_FILE).read_bytes() == b"saved state"
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_checkpoint_whose_rows_were_recorded_since_never_blocks_a_run(tmp_path, cache, capsys):
+    """Issue 24 item 5: a stale checkpoint (its rows recorded after it was written) is
+    removed with a note; one newer than the recorded rows is an interrupted run."""
+    out = tmp_path / "out"
+    chap5.main(["--quick", "--out", str(out), "--only", "5.10"])
+    folder = _plant_checkpoint(_args(out, "--quick"), "5.10", ["5.10.1", "5.10.2", "5.10.3"], age_seconds=3600)
+    chap5.main(["--quick", "--out", str(out), "--only", "5.10"])
+    assert "removed the checkpoint of 5.10, whose rows were recorded since" in capsys.readouterr().out
+    assert not folder.exists()
+    _plant_checkpoint(_args(out, "--quick"), "5.10", ["5.10.1", "5.10.2", "5.10.3"], age_seconds=-3600)
+    with pytest.raises(driver.Refusal, match="rows 5.10 of an interrupted run .* --resume .* --restart"):
+        chap5.main(["--quick", "--out", str(out), "--only", "5.10"])
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def _interrupt_after_first_epoch(monkeypatch, seen):
+    real = driver.progress
+
+    def progress(label, epochs, show, **kw):
+        printer = real(label, epochs, show, **kw)
+
+        def on_epoch(e, record):
+            seen.append((label, e))
+            printer(e, record)
+            if e == 0:
+                raise Stop
+        return on_epoch
+    monkeypatch.setattr(driver, "progress", progress)
+
+
+def test_resume_with_another_only_grouping_continues_the_saved_group(tmp_path, cache, mnist_dir, monkeypatch):
+    """Issue 24 item 5: chapter 1 trains 1.1 and 1.4 as one group ("1.1+1.4");
+    cut off in its first epoch, `--only 1.1 --resume` continues that group
+    (epoch 1 alone) and records both rows, leaving no checkpoint behind."""
+    common = ["--quick", "--seeds", "1", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "out")]
+    seen = []
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m, seen)
+        with pytest.raises(Stop):
+            chap1.main([*common, "--only", "1.1", "1.4"])
+    assert list(driver.saved_checkpoints(_args(tmp_path / "out", "--resume", chapter="chap1"))) == ["1.1+1.4"]
+    seen.clear()
+    real = driver.progress
+    monkeypatch.setattr(driver, "progress", lambda label, epochs, show, **kw: (
+        lambda e, r: (seen.append(e), real(label, epochs, show, **kw)(e, r))))
+    chap1.main([*common, "--only", "1.1", "--resume"])
+    assert seen == [1]
+    rows = {r["id"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    assert rows == {"1.1", "1.4"}
+    assert not (cache / "nndl-jax" / "checkpoints").exists()
+
+
+def test_a_refused_checkpoint_is_shown_one_line_per_setting_without_a_traceback(capsys):
+    """Issue 24 item 4: the core names each differing setting (CheckpointError.differences);
+    the command line shows one line each, with the option to pass back, or --restart."""
+    def refused(argv):
+        e = train.CheckpointError("belongs to another run")
+        e.path, e.differences = "/cache/5.1/state.npz", [("fit.epochs", 12, 10), ("seeds", [1, 2], [1, 3]),
+                                                         ("rules", object(), "plateau")]
+        raise e
+    assert driver.main_entry(refused, []) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "  fit.epochs: saved 12, this run 10 (pass --epochs 12 to continue it)" in err
+    assert "  seeds: saved [1, 2], this run [1, 3]\n" in err and "--restart" in err
+    assert "  rules: saved (not set), this run plateau\n" in err
+
+
+def test_a_refused_checkpoint_of_a_real_row_ends_without_a_traceback(tmp_path, cache, mnist_dir, monkeypatch,
+                                                                    capsys):
+    common = ["--quick", "--only", "5.1", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "out")]
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m, [])
+        assert driver.main_entry(chap5.main, [*common, "--seeds", "2"]) == 130
+    assert "resume with: python -m experiments.chap5" in capsys.readouterr().err
+    assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--resume"]) == 1   # other seeds
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--restart" in err
+    assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--restart"]) == 0
+
+
+def test_resume_says_when_a_row_is_saved_in_a_checkpoint_it_does_not_continue(tmp_path, cache, capsys):
+    """Issue 24 item 5, in general: a job whose rows are also saved under another
+    grouping (here "5.1+5.2" while 5.1 runs alone) says why it does not continue it."""
+    args = _args(tmp_path / "out", "--resume")
+    _plant_checkpoint(args, "5.1+5.2", ["5.1", "5.2"])
+    job = driver.Job("5.1", ["5.1"], lambda a: [report.row("5.1", "depth", None, 1.0)])
+    driver.run_jobs(args, [job])
+    out = capsys.readouterr().out
+    assert "5.1: note: 5.1 also saved as part of 5.1+5.2 (rows 5.1, 5.2), which this command does not continue" \
+        in out

@@ -1,0 +1,357 @@
+"""The results store: ``OUT/results.json``, read, validated, merged and written.
+
+``OUT/results.json`` holds rows keyed by row id, merged across runs: a run
+with ``--only 6.3`` into a folder that holds 6.1 adds 6.3 and keeps 6.1, and
+rerunning a row replaces that row alone. Every row records whether it came
+from a ``--quick`` run, its seeds, when it finished and which run (command,
+machine, wall time; ``"runs"``) made it. A file is validated whenever it is
+read (``read_results``): a damaged or hand-edited one is refused with the
+file, the row and what to do, never half-used. Quick and full rows, and two
+chapters' rows, never share a folder (``out_problem``).
+
+Every file the experiments write goes through ``atomic_write`` (a temporary
+file beside the target, then a rename), so an interrupted run never leaves
+half a file over a good one.
+"""
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nndl_jax import files
+
+RESULTS = "results.json"
+DIRECTIONS = ("higher", "lower", "none")
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be used: unreadable, damaged or of another run."""
+
+
+# --- the one atomic writer ------------------------------------------------------------------
+
+def atomic_write(path, write, mode="wb"):
+    """Write ``path`` by ``write(f)`` on a temporary file beside it, then a rename
+    (folders created): every experiments file (results, REPORT.md, README's
+    table, figures) goes through the project's one writer, ``files.atomic_write``."""
+    return files.atomic_write(path, write, mode, parents=True)
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    return atomic_write(path, lambda f: f.write(text), "w")
+
+
+def write_json(path, payload):
+    """Write JSON atomically, with every innermost list of numbers on one line."""
+    write_text(path, _numbers_on_one_line(json.dumps(payload, indent=1, default=_jsonable)))
+
+
+def remove_stale_temporaries(folder, name="*"):
+    """Remove the temporary files that interrupted writes of ``folder/name`` left
+    behind (``.<name>.<pid>....tmp`` / ``.part``) by processes no longer running."""
+    for p in [*Path(folder).glob(f".{name}.*.tmp"), *Path(folder).glob(f".{name}.*.part")]:
+        if not _pid_alive(p.name):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _pid_alive(temp_name):
+    pids = [int(t) for t in temp_name.split(".") if t.isdigit()]
+    if not pids or pids[0] == os.getpid():
+        return bool(pids)
+    try:
+        os.kill(pids[0], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _numbers_on_one_line(text):
+    """JSON text with every innermost list of numbers on one line (``indent``
+    puts each number on its own). Only the line breaks between numbers go:
+    JSON strings hold no line breaks, so no string is changed."""
+    return re.sub(r"\[\n[-0-9.eE+,\s]*\]",
+                  lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(0)[1:-1].strip()) + "]", text)
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+# --- reading and validating -------------------------------------------------------------------
+
+def results_problems(results):
+    """What is wrong with ``results`` (a parsed results.json) as a list of
+    ``(where, what)``; empty for a good file. Checked: a dict with a list of
+    rows; every row a dict with a non-empty string ``id`` (unique), a string
+    ``experiment`` and ``unit``, a ``measured`` that is null, a number or a
+    summary with ``mean``, ``std`` and a list of ``runs``, and a ``direction``
+    of higher/lower/none when given; ``runs`` (when present) a list of dicts
+    with a string id; ``chapter`` a string."""
+    if not isinstance(results, dict):
+        return [("the file", "is not a JSON object")]
+    if not isinstance(results.get("rows"), list):
+        return [("the file", "has no list of rows")]
+    problems, seen = [], set()
+    for i, r in enumerate(results["rows"]):
+        if not isinstance(r, dict):
+            problems.append((f"row {i + 1}", f"is {type(r).__name__}, not an object"))
+            continue
+        rid = r.get("id")
+        where = f"row {i + 1} (id {rid!r})" if rid is not None else f"row {i + 1}"
+        if not isinstance(rid, str) or not rid:
+            problems.append((where, "has no string id"))
+        elif rid in seen:
+            problems.append((where, "repeats an id"))
+        seen.add(rid)
+        for key in ("experiment", "unit"):
+            if not isinstance(r.get(key), str):
+                problems.append((where, f"has no string {key!r}"))
+        if "measured" not in r:
+            problems.append((where, "has no 'measured'"))
+        else:
+            problems += [(where, p) for p in _measured_problems(r["measured"])]
+        if r.get("direction", "higher") not in DIRECTIONS:
+            problems.append((where, f"has direction {r['direction']!r}, not one of {', '.join(DIRECTIONS)}"))
+    runs = results.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(x, dict) and isinstance(x.get("id"), str) for x in runs):
+        problems.append(("'runs'", "is not a list of runs with string ids"))
+    if "chapter" in results and not isinstance(results["chapter"], str):
+        problems.append(("'chapter'", "is not a string"))
+    return problems
+
+
+def _measured_problems(m):
+    if m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)):
+        return []
+    if not isinstance(m, dict):
+        return [f"has a 'measured' of type {type(m).__name__}"]
+    runs = m.get("runs")
+    if not isinstance(runs, list) or not runs or not all(isinstance(v, (int, float)) for v in runs):
+        return ["has a 'measured' summary without a list of numbers in 'runs'"]
+    missing = [k for k in ("mean", "std") if not isinstance(m.get(k), (int, float))]
+    return [f"has a 'measured' summary without {' and '.join(missing)}"] if missing else []
+
+
+def read_results(out):
+    """The results in ``out/results.json``, validated, or None when there is
+    none yet. A file that cannot be used raises ResultsError naming the file,
+    the row and what to do; it is never touched."""
+    path = Path(out) / RESULTS
+    if not path.exists():
+        return None
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path} cannot be read as results ({e}); it is left as it is: "
+                           "move it away or give another --out") from None
+    problems = results_problems(results)
+    if problems:
+        shown = "; ".join(f"{where} {what}" for where, what in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ResultsError(f"{path} is not a valid results file: {shown}{more}. It is left as it is: "
+                           "fix or remove those rows (or restore the file, e.g. `git checkout` it), "
+                           "or move it away or give another --out")
+    return results
+
+
+def out_problem(out, quick, chapter=None):
+    """Why the folder ``out`` cannot take a run's results, or None when it can:
+    it cannot be written (probed with a temporary file, so a run fails before
+    any training, not after hours; a folder made for the probe is removed
+    again), its results.json is unusable, holds another chapter's rows, or
+    holds rows of the other kind (quick or full), which must not mix."""
+    out = Path(out)
+    try:
+        with probed_folder(out):
+            pass
+    except OSError as e:
+        return (f"--out {out} cannot be written ({e.strerror or e}); "
+                "give a folder you can write to")
+    try:
+        previous = read_results(out)
+    except ResultsError as e:
+        return str(e)
+    if previous is None:
+        return None
+    held = previous.get("chapter")
+    if chapter is not None and held is not None and held != chapter:
+        return (f"{out / RESULTS} holds {held}'s results, not {chapter}'s: give this chapter its own "
+                f"--out (e.g. results/{chapter})")
+    kinds = {bool(r.get("quick", previous.get("quick"))) for r in previous["rows"]}
+    if kinds and kinds != {bool(quick)}:
+        held, asked = ("full", "a --quick") if quick else ("--quick", "a full")
+        return (f"{out / RESULTS} holds {held} results; {asked} run must not mix with them: "
+                "give another --out")
+    return None
+
+
+@contextlib.contextmanager
+def probed_folder(folder):
+    """Check that ``folder`` can take files (made if missing, a file written and
+    removed); the folders made for the check are removed again afterwards
+    unless something was written into them meanwhile. Raises OSError."""
+    folder = Path(folder)
+    made, f = [], folder
+    while not f.exists():
+        made.append(f)
+        f = f.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        yield folder
+    finally:
+        for d in made:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+# --- merging and recording -------------------------------------------------------------------
+
+def row_sort_key(row_id):
+    """Natural order of row ids: 3.9 < 3.10 < 3.14@100 < 3.14@1000."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", row_id) if t]
+
+
+@contextlib.contextmanager
+def locked(out):
+    """Hold an exclusive lock on the folder ``out`` while its results are read,
+    merged and written, so two runs into one folder never drop each other's
+    rows. A no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+_RESERVED = {"chapter", "quick", "x64", "seeds", "wall_seconds", "complete", "environment", "rows", "runs"}
+
+
+def merge_results(previous, rows, payload, run):
+    """``previous`` results (or None) with ``rows`` and ``payload`` merged in.
+
+    Rows are keyed by id: a new row replaces the row of the same id, every
+    other row is kept; the list is in natural id order. Payload entries
+    replace the same keys, except dicts, which are merged key by key (a
+    chapter's per-row curves, ``{"6.1": ...}``, keep the other rows').
+    ``run`` (this command: its id, argv, seeds, machine, wall time) replaces
+    its own entry in ``"runs"``; runs that no row refers to any more are dropped.
+    The top-level quick / x64 / seeds / wall_seconds / complete / environment are the run's.
+    """
+    clash = _RESERVED & set(payload)
+    if clash:
+        raise ValueError(f"payload keys {sorted(clash)} are reserved for the results file itself")
+    out = dict(previous or {})
+    by_id = {r["id"]: r for r in out.get("rows", [])}
+    by_id.update({r["id"]: r for r in rows})
+    out["rows"] = sorted(by_id.values(), key=lambda r: row_sort_key(r["id"]))
+    for k, v in payload.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    used = {r.get("run") for r in out["rows"]} | {run["id"]}
+    runs = [r for r in out.get("runs", []) if r.get("id") in used and r.get("id") != run["id"]]
+    out["runs"] = runs + [run]
+    out.update(chapter=run["chapter"], quick=run["quick"], x64=run.get("x64", False), seeds=run["seeds"],
+               wall_seconds=run["wall_seconds"], complete=run["complete"], environment=run["environment"])
+    return out
+
+
+def environment():
+    """The machine and library versions, recorded in every results file."""
+    import jax
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def seeds(args):
+    """The integer seeds of the runs of one row."""
+    return [args.seed + k for k in range(args.seeds)]
+
+
+def _run_entry(args, complete):
+    return {"id": args.run_id, "chapter": args.chapter, "argv": args.argv, "quick": args.quick,
+            "x64": bool(args.x64), "seeds": seeds(args), "wall_seconds": time.time() - args.started,
+            "complete": complete, "environment": environment()}
+
+
+SHORTENED = "SHORTENED (--quick: a small subset, few epochs)"
+
+
+def record(args, rows, *, complete=False, **payload):
+    """Merge finished ``rows`` (and their ``payload``) into ``OUT/results.json``
+    at once, atomically, under a lock: a run cut off after hours keeps every
+    row it finished. Each row of this run is stamped with ``quick``, its
+    ``seeds`` (the run's, unless the row names its own), ``finished`` (kept
+    from its first recording) and ``run``; a --quick row's note starts with
+    SHORTENED unless it says so. Rows of earlier runs are merged as they are."""
+    finished = now()
+    for r in rows:  # in place: a row recorded twice (here, then by finish) keeps its first stamp
+        if r.get("run", args.run_id) != args.run_id:
+            continue  # a row of an earlier run, shown again (--resume skipped it): kept as it was
+        r.update(quick=args.quick, x64=bool(args.x64), run=args.run_id)
+        r.setdefault("seeds", seeds(args))
+        r.setdefault("finished", finished)
+        if args.quick and "SHORTENED" not in r.get("note", ""):
+            r["note"] = SHORTENED + ("; " + r["note"] if r.get("note") else "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):
+        remove_stale_temporaries(out, RESULTS)  # under the lock no other writer is half-way
+        merged = merge_results(read_results(out), rows, payload, _run_entry(args, complete))
+        write_json(out / RESULTS, merged)
+    return merged
+
+
+def record_divergence(args, run_id, diverged_at):
+    """Mark in ``results.json`` (``"diverged"``: run id -> the epoch at which
+    each of its nets stopped being finite, -1 for none) a run of which some net diverged."""
+    diverged_at = np.asarray(diverged_at)
+    if np.any(diverged_at >= 0):
+        record(args, [], diverged={run_id: diverged_at.tolist()})
+
+
+def recorded_rows(args):
+    """Every row now in ``OUT/results.json`` (this run's and earlier runs')."""
+    results = read_results(args.out)
+    return [] if results is None else results["rows"]
+
+
+def recorded_row(args, row_id, **settings):
+    """Row ``row_id`` as a run into ``--out`` recorded it, when its quick and
+    x64 flags and every one of ``settings`` (seeds, epochs, ...) are this
+    command's; else None."""
+    for r in recorded_rows(args):
+        if (r["id"] == row_id and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
+                and all(r.get(k) == v for k, v in settings.items())):
+            return r
+    return None
