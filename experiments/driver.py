@@ -629,7 +629,7 @@ def main_entry(main, argv=None):
     file, missing MNIST) prints its message without a Python traceback and
     gives a non-zero status; Ctrl-C stops at once and says what is saved and
     how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``."""
-    from nndl_jax import train
+    from nndl_jax.checkpoint import CheckpointError
     prog = Path(sys.argv[0]).stem if argv is None else "nndl-jax"
     _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None)
     with _stop_at_once_with_a_note():
@@ -643,7 +643,7 @@ def main_entry(main, argv=None):
                 return e.code or 0
             print(e.code, file=sys.stderr, flush=True)
             return 1
-        except train.CheckpointError as e:
+        except CheckpointError as e:
             print(checkpoint_refusal(e), file=sys.stderr, flush=True)
             return 1
         except (store.ResultsError, data.MNISTError) as e:

@@ -8,6 +8,9 @@ shape, e.g. freshly initialized params). The files know nothing of training:
 ``train.fit`` saves its whole ``TrainState`` through them, and
 ``network3.Network.save`` the params of a network.
 
+JAX is imported only when a tree is saved or loaded, so the error classes
+here can be caught by code that must not start JAX (a command's ``--help``).
+
 ``Checkpoint(path, meta)`` is where ``fit`` keeps a run: ``meta`` says what run
 it is (the caller's facts plus ``fit``'s own: η, λ, epochs, shapes, data
 fingerprints, rules). A file of another run is refused with a
@@ -20,7 +23,6 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from nndl_jax import files
@@ -39,12 +41,14 @@ def _leaf_name(i):
 
 
 def _path_text(path):
+    import jax
     return jax.tree_util.keystr(path)
 
 
 def save_tree(path, tree, meta=None, *, fmt=TREE_FORMAT, parents=True):
     """Save the leaves of ``tree`` (arrays or scalars) and the JSON-able ``meta``
     to ``path`` atomically (``files.atomic_write``)."""
+    import jax
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     arrays = {_leaf_name(i): np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
     header = {"format": fmt, "meta": meta if meta is not None else {},
@@ -85,6 +89,7 @@ def load_tree(path, like, *, fmt=TREE_FORMAT, check_shapes=True):
     ``like`` (and with its leaves' dtypes). With ``check_shapes`` every leaf
     must have the shape of ``like``'s; otherwise only their number must match
     (for trees whose leaves grow, such as a run's history)."""
+    import jax
     header, leaves = read_tree(path, fmt=fmt)
     like_leaves, treedef = jax.tree_util.tree_flatten(like)
     if len(leaves) != len(like_leaves):

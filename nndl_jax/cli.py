@@ -136,12 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_experiment(module: str, function: str, argv: list[str], from_command_line: bool) -> int:
+def _run_experiment(module: str, function: str, argv: list[str]) -> int:
     """``module.function(argv)`` through ``experiments.driver.main_entry``: its refusals
     become one message and Ctrl-C says what is saved. JAX starts here, not before."""
-    if from_command_line and module == "experiments.chap6":  # one CPU device per core: K conv nets side by side
-        from nndl_jax import devices
-        devices.use_cpu_devices_unless_started()
     try:
         main = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as e:
@@ -150,25 +147,8 @@ def _run_experiment(module: str, function: str, argv: list[str], from_command_li
         print(f"nndl-jax run: no chapter {module.split('.')[-1]!r}; the chapters are "
               f"{' '.join(_experiment_names())} (or their numbers)", file=sys.stderr)
         return 2
-    try:
-        from experiments.driver import main_entry
-    except ImportError:  # before the experiments' driver exists
-        main_entry = _plain_entry
+    from experiments.driver import main_entry
     return main_entry(main, argv)
-
-
-def _plain_entry(main, argv) -> int:
-    """What ``experiments.driver.main_entry`` does, reduced to the MNIST refusal."""
-    try:
-        result = main(argv)
-    except mnist_data.MNISTError as e:
-        print(f"nndl-jax: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("nndl-jax: interrupted (rows already finished are saved in --out; --resume continues "
-              "the others from their last finished epoch)", file=sys.stderr)
-        return 130
-    return result if isinstance(result, int) else 0
 
 
 def _own_command(args) -> int:
@@ -184,14 +164,13 @@ def _own_command(args) -> int:
 
 
 def main(argv=None) -> int:
-    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     experiment = _experiment_commands().get(argv[0]) if argv else None
     if experiment is not None:
-        return _run_experiment(*experiment, argv[1:], from_command_line)
+        return _run_experiment(*experiment, argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        return _run_experiment(_chapter_module(args.chapter), "main", args.args, from_command_line)
+        return _run_experiment(_chapter_module(args.chapter), "main", args.args)
     return _own_command(args)
 
 
