@@ -88,6 +88,7 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
     p.add_argument("--devices", type=positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: "
                         + ("one per core" if devices_per_core else "JAX's own, one") + ")")
+    add_process_arguments(p)
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
@@ -100,6 +101,7 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
     problem = store.out_problem(args.out, args.quick, chapter)
     if problem:
         p.error(problem)
+    start_processes(args, prog=chapter)
     use_devices(args.devices, per_core=devices_per_core, prog=chapter)
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
@@ -109,10 +111,52 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
     args.started = time.time()
     args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    probe_checkpoint_folder(args)
-    check_unfinished(args)
+    if is_main_process():  # the other processes of a multi-process run follow process 0's decisions
+        probe_checkpoint_folder(args)
+        check_unfinished(args)
     _SESSION["runs"].append(args)
     return args
+
+
+def add_process_arguments(p):
+    """One run over several processes or hosts (``nndl_jax.distributed``): opt-in;
+    also read from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID."""
+    from nndl_jax import distributed
+    g = p.add_argument_group("one run over several processes or hosts (jax.distributed; all-or-nothing: "
+                             "if one process fails, all stop, and --resume continues)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="process 0's address, the same for every process")
+    g.add_argument("--num-processes", type=positive_int, default=None, metavar="N", help="how many processes")
+    g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process: 0 .. N-1")
+    g.add_argument("--coordinator-timeout", type=positive_int, default=distributed.DEFAULT_TIMEOUT,
+                   metavar="SECONDS", help="how long to wait for the other processes, and for a silent one "
+                                           "(default %(default)s)")
+    g.add_argument("--cluster", action="store_true",
+                   help="let JAX detect the processes of a cluster it knows (Slurm, TPU pods, Open MPI)")
+
+
+def start_processes(args, prog="nndl-jax"):
+    """Join the run's other processes (before JAX starts) when asked to; the
+    processes other than 0 then print nothing and write nothing (process 0 does)."""
+    from nndl_jax import distributed
+    try:
+        if not (args.cluster or distributed.wanted(args.coordinator, args.num_processes, args.process_id)):
+            return
+        index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                              timeout=args.coordinator_timeout, auto=args.cluster)
+    except distributed.DistributedError as e:
+        raise Refusal(f"{prog}: {e}") from None
+    if index != 0:  # stdout, its file descriptor too (the collectives' libraries print there)
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def is_main_process():
+    """Whether this process prints and writes: process 0 of a multi-process run, or the only one."""
+    from nndl_jax import distributed
+    return distributed.is_main() if "jax" in sys.modules else True
 
 
 def positive_int(text):
@@ -323,6 +367,8 @@ def claim(args, job_id, rows):
     are recorded (``remove_checkpoints``) or the process ends, so a second
     command on the same rows is told who trains them."""
     folder = checkpoint_dir(args, job_id)
+    if not is_main_process():  # process 0 holds the lock and writes the checkpoints
+        return folder
     pid = live_owner(folder)
     if pid is not None:
         raise Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
@@ -428,7 +474,10 @@ def check_unfinished(args):
 def remove_checkpoints(args, job_id):
     """Remove the checkpoints of job ``job_id`` and of its sub-runs
     (``<id>@...``), with any temporary file an interrupted write left there,
-    then every folder this leaves empty up to the cache's checkpoints folder."""
+    then every folder this leaves empty up to the cache's checkpoints folder
+    (process 0's work in a multi-process run)."""
+    if not is_main_process():
+        return
     root = checkpoint_root(args)
     for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
         if not folder.is_dir():

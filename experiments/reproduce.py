@@ -56,6 +56,7 @@ def parse_args(argv=None):
     again.add_argument("--restart", action="store_true", help="discard unfinished checkpoints")
     p.add_argument("--devices", type=driver.positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: one per core for chapter 6)")
+    driver.add_process_arguments(p)
     args = p.parse_args(argv)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else FULL_OUT
@@ -65,6 +66,7 @@ def parse_args(argv=None):
         if problem:
             p.error(problem)
     # before any chapter runs JAX: the count asked for, else one per core when chapter 6 runs
+    driver.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
     driver.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
     given = list(sys.argv[1:] if argv is None else argv)
     driver.set_resume_command("nndl-jax reproduce " + shlex.join(

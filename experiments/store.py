@@ -40,7 +40,12 @@ class ResultsError(ValueError):
 def atomic_write(path, write, mode="wb"):
     """Write ``path`` by ``write(f)`` on a temporary file beside it, then a rename
     (folders created): every experiments file (results, REPORT.md, README's
-    table, figures) goes through the project's one writer, ``files.atomic_write``."""
+    table, figures) goes through the project's one writer, ``files.atomic_write``.
+    In a run over several processes only process 0 writes (the others return)."""
+    if "jax" in sys.modules:
+        from nndl_jax import distributed
+        if not distributed.is_main():
+            return Path(path)
     return files.atomic_write(path, write, mode, parents=True)
 
 

@@ -78,6 +78,8 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout
     this process waits for the others to arrive and how long a dead peer goes
     unnoticed (JAX's default is 300 s). Returns ``(process_id, num_processes)``;
     ``(0, 1)`` when no multi-process run is asked for."""
+    if _STARTED:  # a second call (reproduce, then each chapter) joins nothing new
+        return _STARTED[0]
     coordinator, num_processes, process_id = settings(coordinator, num_processes, process_id)
     if coordinator is None and not auto and (num_processes or 1) == 1:
         return 0, 1
@@ -101,7 +103,11 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout
                                "Start every process with the same --coordinator and --num-processes, "
                                "each with its own --process-id; process 0 must be able to listen on the "
                                "coordinator's port") from None
-    return jax.process_index(), jax.process_count()
+    _STARTED.append((jax.process_index(), jax.process_count()))
+    return _STARTED[0]
+
+
+_STARTED = []
 
 
 def is_main():

@@ -194,3 +194,43 @@ def test_settings_come_from_the_arguments_or_the_environment():
             distributed.settings(environ=bad)
     with pytest.raises(distributed.DistributedError, match="needs all three"):
         distributed.initialize("127.0.0.1:1", None, None)
+
+
+def run_chapter(module, argv, n, out, ndev, timeout=600):
+    """``python -m experiments.<module> ARGV`` as ``n`` processes of ``ndev`` CPU devices each."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", NNDL_JAX_COMPILATION_CACHE="0",
+               XDG_CACHE_HOME=str(Path(out).parent / f"cache-{Path(out).name}"))
+    env.pop("XLA_FLAGS", None)
+    procs = []
+    for i in range(n):
+        multi = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
+                 "--coordinator-timeout", "30"] if n > 1 else []
+        procs.append(subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *argv, "--devices", str(ndev),
+                                       "--out", str(out), *multi], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = finish(procs, limit=timeout)
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    return results, json.loads((Path(out) / "results.json").read_text())
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("chap1", ["--quick", "--only", "1.1", "--seeds", "8"]),                 # a chapter-1 row of K = 8 nets
+    ("chap6", ["--quick", "--only", "6.2", "--seeds", "3"]),                  # a chapter-6 conv row, K = 3
+])
+def test_a_chapter_row_over_two_processes_equals_one_process_of_two_devices(tmp_path, module, argv, mnist_dir):
+    """The experiment modules' --coordinator/--num-processes/--process-id: 2 processes x 1 device
+    record the same rows (every measured value and curve, exactly) as 1 process x 2 devices; only
+    process 0 prints the table and writes."""
+    argv = argv + ["--data-dir", str(mnist_dir)]
+    one, single = run_chapter(module, argv, 1, tmp_path / "one", 2)
+    two, multi = run_chapter(module, argv, 2, tmp_path / "two", 1)
+    assert "measured" in two[0][1] and two[1][1] == ""            # process 1 prints nothing
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("finished", "run", "seconds")}  # noqa: E731
+                          for r in rows]
+    assert strip(multi["rows"]) == strip(single["rows"])
+    assert len(multi["environment"]["devices"]) == 2
+    for key in set(single) - {"rows", "runs", "environment"}:
+        if "seconds" not in key:   # wall times and per-row timings differ, of course
+            assert multi[key] == single[key], key
