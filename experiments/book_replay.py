@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
-from nndl_jax import book_random, costs, layers, train
+from nndl_jax import book_random, costs, layers, mnist_loader, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset
 
@@ -141,7 +141,7 @@ def prepare(args):
 
 def book_sets(splits):
     """The three sets with the pickle's pixels (byte/256)."""
-    return [Dataset(book_random.book_pixels(d.x), d.y) for d in splits]
+    return list(mnist_loader.with_book_pixels(splits))
 
 
 def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label, on_epoch=None):
