@@ -193,6 +193,37 @@ def test_two_epochs_on_1000_images_equal_the_books_update_rule_in_numpy_step_for
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_the_books_chapter3_session_through_network2_gives_the_books_first_epochs(mnist_dir):
+    """The book's session with fig/overfitting.py's seed and λ 5 (its
+    ``regularized_full.json``), through the façade, for the first 2 epochs:
+    its four monitored curves are the replay's (experiments.book_replay:
+    ``train.fit`` with ``book_random``'s draws and orders; accuracies equal,
+    costs to 1e-12 relative), and, where the book's curve is at hand, the
+    book's (accuracies equal, costs to book_replay.COST_RTOL relative)."""
+    from experiments import book_replay, report
+    epochs = 2
+    with x64():
+        training_data, _, test_data = mnist_loader.load_data_wrapper(mnist_dir, book_pixels=True)
+        net = network2.Network(SIZES, cost=network2.CrossEntropyCost, book_seed=SEED)
+        net.large_weight_initializer()
+        curves = net.SGD(training_data, epochs, 10, 0.5, lmbda=5.0, evaluation_data=test_data,
+                         monitor_evaluation_cost=True, monitor_evaluation_accuracy=True,
+                         monitor_training_cost=True, monitor_training_accuracy=True)
+        training, _, test = mnist_loader.load_arrays(mnist_dir, book_pixels=True)
+        replayed, _, _ = book_replay.replay_fit(
+            book_random.network2_weights(SEED, SIZES, large=True), training,
+            {"evaluation": (test.x, test.y), "training": (training.x, training.y)}, epochs, 0.5, 5.0,
+            book_random.book_orders(SEED, len(training.y), epochs), sizes=SIZES, label="test")
+    for name, curve in zip(book_replay.MONITORS, curves):
+        assert len(curve) == epochs
+        np.testing.assert_allclose(curve, replayed[name], rtol=1e-12 if name.endswith("cost") else 0, atol=0)
+    book = report.book_curve("regularized_full")
+    if book is not None:
+        for curve, book_curve in zip(curves, book):
+            np.testing.assert_allclose(curve, book_curve[:epochs], rtol=book_replay.COST_RTOL
+                                       if isinstance(book_curve[0], float) else 0, atol=0)
+
+
 # --- the shuffle stream across SGD calls ---------------------------------------------------------
 
 def toy_pairs(n, seed=0):
