@@ -38,6 +38,9 @@ pickle's values. (The pickle itself is not at hand here; the replays confirm
 it: with byte/256 the replay of fig/overfitting.py's λ = 5 run equals the
 book's test accuracy after the first epoch, 9,212; with byte/255 it gives 9,196.)
 
+Used by the façades' ``book_seed`` (``network.Network(sizes, book_seed=S)``,
+``network2.Network(sizes, cost, book_seed=S)``: a ``BookStreams`` each, or one
+shared) and by the chapter-3 replays (``experiments/book_replay.py``).
 NumPy and the standard library only (this module sits beside ``data`` in the
 import order). Params come back in the core layout: a list of
 ``{"w": [n_in, n_out], "b": [n_out]}`` float64 NumPy arrays.
