@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import report, store
-from nndl_jax import book_random, costs, layers, train
+from nndl_jax import book_random, costs, layers, mnist_loader, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset
 
@@ -141,7 +141,7 @@ def prepare(args):
 
 def book_sets(splits):
     """The three sets with the pickle's pixels (byte/256)."""
-    return [Dataset(book_random.book_pixels(d.x), d.y) for d in splits]
+    return list(mnist_loader.with_book_pixels(splits))
 
 
 def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label, on_epoch=None):
@@ -264,13 +264,13 @@ def replay_weight_init(args, splits, spec):
     then ``large_weight_initializer`` and 30 more epochs on the same list."""
     seed, sizes = args.book_seed, [784, spec["hidden"], 10]
     training, validation, _ = book_sets(splits)
-    rng, order = book_random.numpy_stream(seed), list(range(len(training.y)))
-    shuffles = book_random.python_stream(seed)
+    streams, order = book_random.BookStreams(seed), list(range(len(training.y)))
     book = report.book_curve(spec["curve"])
     acc, matches = {}, {}
     for init in ("default", "large"):  # the constructor's draw, then large_weight_initializer's
-        params = (book_random.default_weights if init == "default" else book_random.large_weights)(rng, sizes)
-        orders = book_random.epoch_orders(shuffles, order, spec["epochs"])
+        draw = book_random.default_weights if init == "default" else book_random.large_weights
+        params = draw(streams.numpy, sizes)
+        orders = book_random.epoch_orders(streams.python, order, spec["epochs"])
         h, _, _ = replay_fit(params, training, {"evaluation": (validation.x, validation.y)}, spec["epochs"],
                              spec["eta"], spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book {init}")
         acc[init] = h["evaluation_accuracy"]
@@ -295,13 +295,12 @@ def replay_multiple_eta(args, splits, spec):
     weights from the continuing stream, all shuffling one list: training cost."""
     seed, sizes = args.book_seed, [784, 30, 10]
     training, _, _ = book_sets(splits)
-    rng, order = book_random.numpy_stream(seed), list(range(len(training.y)))
-    shuffles = book_random.python_stream(seed)
+    streams, order = book_random.BookStreams(seed), list(range(len(training.y)))
     book = report.book_curve(spec["curve"])
     rows = []
     for i, eta in enumerate(spec["etas"]):
-        params = book_random.default_weights(rng, sizes)
-        orders = book_random.epoch_orders(shuffles, order, spec["epochs"])
+        params = book_random.default_weights(streams.numpy, sizes)
+        orders = book_random.epoch_orders(streams.python, order, spec["epochs"])
         h, _, _ = replay_fit(params, training, {"training": (training.x, training.y)}, spec["epochs"], eta,
                              spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book η {eta}")
         cost = h["training_cost"]
@@ -325,13 +324,13 @@ def replay_more_data(args, splits, spec):
     list, the shuffle stream continuing; validation accuracy at the end."""
     seed, sizes = args.book_seed, [784, 30, 10]
     training, validation, _ = book_sets(splits)
-    rng, shuffles = book_random.numpy_stream(seed), book_random.python_stream(seed)
-    book_random.default_weights(rng, sizes)  # the constructor's draw, replaced before any training
+    streams = book_random.BookStreams(seed)
+    book_random.default_weights(streams.numpy, sizes)  # the constructor's draw, replaced before any training
     accuracies = []
     for size in spec["sizes"]:
         epochs, lmbda = spec["examples"] // size, size * 0.0001  # the book's lmbda = size*0.0001
-        params = book_random.large_weights(rng, sizes)
-        orders = book_random.epoch_orders(shuffles, list(range(size)), epochs)
+        params = book_random.large_weights(streams.numpy, sizes)
+        orders = book_random.epoch_orders(streams.python, list(range(size)), epochs)
         sub = Dataset(training.x[:size], training.y[:size])
         _, final, trainer = replay_fit(params, sub, {}, epochs, spec["eta"], lmbda, orders, sizes=sizes,
                                        label=f"{spec['id']}@book {size}")

@@ -38,6 +38,9 @@ pickle's values. (The pickle itself is not at hand here; the replays confirm
 it: with byte/256 the replay of fig/overfitting.py's λ = 5 run equals the
 book's test accuracy after the first epoch, 9,212; with byte/255 it gives 9,196.)
 
+Used by the façades' ``book_seed`` (``network.Network(sizes, book_seed=S)``,
+``network2.Network(sizes, cost, book_seed=S)``: a ``BookStreams`` each, or one
+shared) and by the chapter-3 replays (``experiments/book_replay.py``).
 NumPy and the standard library only (this module sits beside ``data`` in the
 import order). Params come back in the core layout: a list of
 ``{"w": [n_in, n_out], "b": [n_out]}`` float64 NumPy arrays.
@@ -103,6 +106,23 @@ def python_stream(seed):
     return random.Random(int(seed))
 
 
+class BookStreams:
+    """The book's two module-level generators after ``random.seed(seed);
+    np.random.seed(seed)``: ``numpy`` (a ``RandomState``: the initial weights)
+    and ``python`` (a ``random.Random``: the shuffles). Every network of a
+    book script draws from the same two, so networks that share one
+    ``BookStreams`` continue each other's streams as the script's do
+    (multiple_eta.py builds three nets after one seeding)."""
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+        self.numpy = numpy_stream(self.seed)
+        self.python = python_stream(self.seed)
+
+    def __repr__(self):
+        return f"BookStreams(seed={self.seed})"
+
+
 def shuffle_py27(items, rng):
     """Shuffle the list ``items`` in place as Python 2.7's ``random.shuffle``
     does with the generator ``rng``: Fisher–Yates from the end, the swap
@@ -113,21 +133,40 @@ def shuffle_py27(items, rng):
         items[i], items[j] = items[j], items[i]
 
 
-def epoch_orders(rng, order, epochs):
-    """The training orders of ``epochs`` epochs of network2's ``SGD``:
-    ``[epochs, n]`` int32 indices into the training set.
+def epoch_order_stream(rng, order):
+    """network2's per-epoch ``random.shuffle(training_data)``, one epoch at a
+    time: ``orders(e)`` → epoch e's order (int32 [n] indices into the
+    training set), for e = 0, 1, 2, … as ``train.fit(orders=)`` asks.
 
     ``order`` is the list as the epochs find it (``list(range(n))`` for a
-    fresh ``training_data``); each epoch shuffles it in place with
-    ``shuffle_py27`` (so epoch e permutes epoch e − 1's order) and records it.
+    fresh ``training_data``); each new epoch shuffles it in place once more
+    with ``shuffle_py27`` (so epoch e permutes epoch e − 1's order). An epoch
+    is shuffled when first asked for, so a run stopped early (early stopping)
+    leaves ``rng`` and ``order`` where the book's stopped loop leaves its
+    ``random`` module and list.
+    """
+    made = []
+
+    def orders(e):
+        while len(made) <= e:
+            shuffle_py27(order, rng)
+            made.append(np.array(order, np.int32))
+        return made[e]
+    return orders
+
+
+def epoch_orders(rng, order, epochs):
+    """The training orders of ``epochs`` epochs of network2's ``SGD``:
+    ``[epochs, n]`` int32 indices into the training set (``epoch_order_stream``'s
+    first ``epochs``).
+
     ``rng`` and ``order`` are left where the book's ``random`` module and list
     would be, so a script that trains again on the same list (weight_initialization.py,
     multiple_eta.py) continues by calling this again with both.
     """
-    out = np.empty((int(epochs), len(order)), np.int32)
+    orders, out = epoch_order_stream(rng, order), np.empty((int(epochs), len(order)), np.int32)
     for e in range(int(epochs)):
-        shuffle_py27(order, rng)
-        out[e] = order
+        out[e] = orders(e)
     return out
 
 

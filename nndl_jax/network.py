@@ -22,14 +22,36 @@ entropy), and every ``SGD`` call shuffles with a fresh seed. Both seeds are
 recorded, so any run can be replayed bit for bit: ``net.seed`` (pass it as
 ``Network(sizes, seed=net.seed)``) and ``net.last_sgd_seed`` (pass it as
 ``net.SGD(..., seed=net.last_sgd_seed)``).
+
+The book's own random streams, to replay a seeded run of the book's code
+exactly: ``Network(sizes, book_seed=S)`` draws the initial weights as the
+book's code draws them after ``np.random.seed(S)`` (NumPy's legacy
+``RandomState``: every layer's biases, then every layer's weights), and its
+``SGD`` shuffles as the book's ``random.shuffle(training_data)`` does after
+``random.seed(S)`` (Python 2.7's shuffle over ``random.Random(S)``, see
+``book_random``), the stream continuing across epochs and across ``SGD``
+calls. As the book's, the list ``training_data`` is shuffled in place: after
+``SGD`` it is in the last epoch's order, and the next ``SGD`` on it starts
+from there (data given as arrays or a ``zip`` starts from its own order each
+call). ``book_seed`` may also be a ``book_random.BookStreams``, shared by
+several networks, as a book script's networks share its two global
+generators. ``seed=`` and ``SGD(seed=)`` (JAX's keys) do not apply then.
+The streams alone give the book's draws and orders; the book's *numbers*
+need its arithmetic too: make the network under ``jax.enable_x64(True)``
+(params, and so all training, in float64; otherwise float32) and train on
+the book's pixels, byte/256 (``mnist_loader.load_data_wrapper(book_pixels=True)``).
+The mini-batch gradient is still summed in another order than the book's
+per-example loop, so the weights agree with the book's to rounding (3e-15
+after 200 steps on 1,000 images; ``tests/test_book_facades.py``).
 """
+import contextlib
 import operator
 import secrets
 
 import jax
 import numpy as np
 
-from nndl_jax import costs, layers, train
+from nndl_jax import book_random, costs, layers, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import as_arrays
 
@@ -44,6 +66,29 @@ def book_to_params(weights, biases):
 def params_to_book(params):
     """Core params → the book's (weights [n_out, n_in], biases [n_out, 1])."""
     return ([np.asarray(p["w"]).T for p in params], [np.asarray(p["b"]).reshape(-1, 1) for p in params])
+
+
+BOOK_DRAWS = {layers.large_weight_init: book_random.large_weights,
+              layers.default_weight_init: book_random.default_weights}
+"""The book's NumPy draw of each of its initializers (``book_seed`` networks)."""
+
+
+def book_streams_of(book_seed):
+    """``Network``'s ``book_seed``: None, a seed (fresh ``book_random.BookStreams``,
+    as after ``random.seed(S); np.random.seed(S)``) or streams to share."""
+    if book_seed is None or isinstance(book_seed, book_random.BookStreams):
+        return book_seed
+    return book_random.BookStreams(train.check_seed(book_seed))
+
+
+def book_params(rng, sizes, init):
+    """The book's NumPy draw of ``init``'s weights from ``rng`` (``BOOK_DRAWS``),
+    as core params in JAX's default float dtype (float64 under ``jax.enable_x64``)."""
+    if init not in BOOK_DRAWS:
+        raise ValueError(f"a network with book_seed draws the book's initializers only "
+                         f"(layers.large_weight_init, layers.default_weight_init), got {init!r}")
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
+    return [{k: jax.numpy.asarray(v, dtype) for k, v in layer.items()} for layer in BOOK_DRAWS[init](rng, sizes)]
 
 
 def fresh_seed():
@@ -116,6 +161,9 @@ class Network:
     ``sizes``: neurons per layer, e.g. [784, 30, 10]. ``seed``: the seed of
     the initial weights and biases; None (the default) draws a fresh one
     (``fresh_seed``), kept as ``self.seed`` so the network can be rebuilt.
+    ``book_seed``: draw and shuffle with the book's streams instead (see the
+    module docstring): a seed S, or a ``book_random.BookStreams`` to share;
+    kept as ``self.book_streams`` (None otherwise; ``self.seed`` is None then).
     ``activation``, ``cost`` and ``init`` let network2 reuse this class.
     """
 
@@ -123,15 +171,22 @@ class Network:
     activation = staticmethod(sigmoid)
     initializer = staticmethod(layers.large_weight_init)
 
-    def __init__(self, sizes, *, seed=None):
+    def __init__(self, sizes, *, seed=None, book_seed=None):
         self.sizes = sizes_of(sizes)
         self.num_layers = len(self.sizes)
-        self.seed = fresh_seed() if seed is None else train.check_seed(seed)
+        if seed is not None and book_seed is not None:
+            raise ValueError("give seed (JAX's keys) or book_seed (the book's NumPy and Python "
+                             "random streams), not both")
+        self.book_streams = book_streams_of(book_seed)
+        if self.book_streams is None:
+            self.seed = fresh_seed() if seed is None else train.check_seed(seed)
+            self._init_key = jax.random.split(jax.random.key(self.seed))[0]
+        else:
+            self.seed = self._init_key = None
         self.last_sgd_seed = None
-        self._init_key = jax.random.split(jax.random.key(self.seed))[0]
         self.net = layers.mlp_net(self.sizes, self.activation, init=self.initializer)
         self._init, self._apply = self.net.init, self.net.apply
-        self.params = train.init_params(self.net, self._init_key, (self.sizes[0],))
+        self.params = self._drawn_params(self.initializer, self._init_key)
 
     # --- the book's attributes -------------------------------------------------
     @property
@@ -169,7 +224,9 @@ class Network:
         book's ``Epoch j: correct / n`` when ``test_data`` is given.
 
         ``seed`` fixes the shuffling; None (the default) draws a fresh seed for
-        this call, recorded as ``self.last_sgd_seed`` (pass it back to replay)."""
+        this call, recorded as ``self.last_sgd_seed`` (pass it back to replay).
+        A network made with ``book_seed`` shuffles the list in place with the
+        book's stream instead (module docstring)."""
         training = self._data(training_data)
         test = self._data(test_data) if test_data is not None else None
         _check_hyper(epochs, mini_batch_size, eta)
@@ -181,10 +238,12 @@ class Network:
             else:
                 print(f"Epoch {e} complete", flush=True)
 
-        params, _, _ = train.fit(self._trainer(mini_batch_size, shuffle), train.stack([self.params]),
-                                 training, epochs, key=self._sgd_key(seed), eta=eta,
-                                 evaluation={"evaluation": test} if test is not None else None,
-                                 on_epoch=report)
+        key = self._sgd_key(seed)
+        with self._book_shuffles(training_data, len(training.y), shuffle) as orders:
+            params, _, _ = train.fit(self._trainer(mini_batch_size, shuffle), train.stack([self.params]),
+                                     training, epochs, key=key, eta=eta,
+                                     evaluation={"evaluation": test} if test is not None else None,
+                                     on_epoch=report, orders=orders)
         self.params = train.unstack(params)[0]
 
     def evaluate(self, test_data):
@@ -248,11 +307,45 @@ class Network:
         return train.trainer_for(self.net, self._core_cost, int(mini_batch_size),
                                  shuffle=bool(shuffle), **kw)
 
+    def _drawn_params(self, init, key):
+        """Fresh params from ``init``: drawn from ``key`` by JAX, or, for a
+        network with ``book_seed``, the book's NumPy draw from its stream."""
+        if self.book_streams is None:
+            return train.init_params(self.net, key, (self.sizes[0],))
+        return book_params(self.book_streams.numpy, self.sizes, init)
+
     def _sgd_key(self, seed):
         """The key of one SGD call: from ``seed``, or from a fresh seed; either
-        way recorded as ``self.last_sgd_seed``."""
+        way recorded as ``self.last_sgd_seed``. A network with ``book_seed``
+        shuffles with the book's stream (``_book_shuffles``): no seed, and a
+        key that nothing draws from (these networks have no dropout)."""
+        if self.book_streams is not None:
+            if seed is not None:
+                raise ValueError("this network shuffles with the book's stream (it was made with "
+                                 "book_seed); SGD's seed= is for JAX's keys: leave it out")
+            self.last_sgd_seed = None
+            return jax.random.key(0)
         self.last_sgd_seed = fresh_seed() if seed is None else train.check_seed(seed)
         return jax.random.key(self.last_sgd_seed)
+
+    @contextlib.contextmanager
+    def _book_shuffles(self, training_data, n, shuffle):
+        """``train.fit``'s ``orders`` for one SGD call: None (JAX's keys shuffle)
+        unless the network has ``book_seed``. Then epoch e's order is the
+        book's ``random.shuffle(training_data)`` of the order epoch e − 1 left
+        (``book_random.epoch_order_stream`` over the shared Python stream),
+        and on leaving, a list ``training_data`` is put in the last epoch's
+        order in place, as the book's SGD leaves it."""
+        if self.book_streams is None or not shuffle:
+            yield None
+            return
+        in_place = isinstance(training_data, list) and len(training_data) == n
+        items, order = (list(training_data) if in_place else None), list(range(n))
+        try:
+            yield book_random.epoch_order_stream(self.book_streams.python, order)
+        finally:
+            if in_place:
+                training_data[:] = [items[i] for i in order]
 
 
 def _check_hyper(epochs, mini_batch_size, eta):

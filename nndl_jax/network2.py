@@ -32,6 +32,26 @@ and ``jax.grad`` differentiates it (see ``Network``).
 As network.py, every new network is a fresh random network and every ``SGD``
 call shuffles with a fresh seed; both are recorded (``net.seed``,
 ``net.last_sgd_seed``) so a run replays exactly with ``seed=``.
+
+The book's own streams, as network.py's ``book_seed`` (see there: float64
+under ``jax.enable_x64(True)`` and byte/256 pixels for the book's numbers):
+``Network(sizes, cost, book_seed=S)`` draws ``default_weight_initializer``'s
+weights from ``np.random.seed(S)``'s stream, and ``large_weight_initializer()``
+and ``default_weight_initializer()`` draw again from the same stream, as the
+book's do; ``SGD`` shuffles the list in place with the book's Python-2.7
+shuffle over ``random.Random(S)``, continuing across epochs and calls. The
+book's chapter-3 session with its figure scripts' seed::
+
+    >>> jax.config.update("jax_enable_x64", True)
+    >>> training_data, validation_data, test_data = mnist_loader.load_data_wrapper(book_pixels=True)
+    >>> net = network2.Network([784, 30, 10], cost=network2.CrossEntropyCost, book_seed=12345678)
+    >>> net.large_weight_initializer()
+    >>> net.SGD(training_data, 30, 10, 0.5, lmbda=5.0, evaluation_data=test_data,
+    ...         monitor_evaluation_accuracy=True)
+
+gives the book's ``fig/regularized_full.json``: test accuracy equal in 29 of
+30 epochs (epoch 27: 9,621 against the book's 9,620; the mini-batch sum's
+order), peak 96.49 % and final 95.61 % as the book's (measured, 30 s on the CPU).
 """
 import json
 import sys
@@ -176,18 +196,21 @@ class Network(network.Network):
     ``CrossEntropyCost`` (default), ``LogLikelihoodCost`` or a cost class of
     your own with ``fn(a, y)`` written in ``jax.numpy`` (see ``core_cost``),
     as a class or an instance; ``seed``: the seed of the initial weights (None:
-    a fresh one, kept as ``self.seed``); ``activation`` of the hidden layers
-    (a JAX function). Weights start from ``default_weight_initializer``
-    (N(0, 1/n_in)). ``self.cost`` is the cost as given, as in the book.
+    a fresh one, kept as ``self.seed``); ``book_seed``: the book's random
+    streams instead (a seed S or a shared ``book_random.BookStreams``; see the
+    module docstring); ``activation`` of the hidden layers (a JAX function).
+    Weights start from ``default_weight_initializer`` (N(0, 1/n_in)).
+    ``self.cost`` is the cost as given, as in the book.
     """
 
-    def __init__(self, sizes, cost=CrossEntropyCost, *, seed=None, activation=activations.sigmoid):
+    def __init__(self, sizes, cost=CrossEntropyCost, *, seed=None, activation=activations.sigmoid,
+                 book_seed=None):
         sizes = network.sizes_of(sizes)
         core_cost(cost, sizes[-1])  # a clear error for a cost that cannot train, before anything else
         self.activation = activation
         self.initializer = layers.default_weight_init
         self.regularization = "l2"
-        super().__init__(sizes, seed=seed)
+        super().__init__(sizes, seed=seed, book_seed=book_seed)
         self.cost = cost
         self._draws = 0
 
@@ -196,12 +219,13 @@ class Network(network.Network):
         """Fresh weights and biases from ``init``: each call draws anew, as
         the book's (which draws from NumPy's global generator). The k-th
         redraw uses ``fold_in(init key, k)``, so a network rebuilt with the
-        same ``seed`` and the same calls has the same weights."""
+        same ``seed`` and the same calls has the same weights; a network with
+        ``book_seed`` draws from the book's stream, continuing it."""
         self._draws += 1
         self.net = layers.mlp_net(self.sizes, self.activation, init=init)
         self._init, self._apply = self.net.init, self.net.apply
-        self.params = train.init_params(self.net, jax.random.fold_in(self._init_key, self._draws),
-                                        (self.sizes[0],))
+        key = None if self.book_streams is not None else jax.random.fold_in(self._init_key, self._draws)
+        self.params = self._drawn_params(init, key)
 
     def default_weight_initializer(self):
         """Fresh weights N(0, 1/n_in) (standard deviation 1/√n_in) and biases
@@ -229,7 +253,9 @@ class Network(network.Network):
         w → w + v); ``schedule_n``: halve η after n epochs with no new best
         evaluation accuracy and stop once η is 1/128 of its start;
         ``shuffle=False`` keeps dataset order; ``seed`` fixes the shuffling
-        (None: a fresh seed, recorded as ``self.last_sgd_seed``).
+        (None: a fresh seed, recorded as ``self.last_sgd_seed``). A network
+        made with ``book_seed`` shuffles the list in place with the book's
+        stream instead (module docstring).
         """
         network._check_hyper(epochs, mini_batch_size, eta)
         if regularization not in ("l2", "l1"):
@@ -268,9 +294,11 @@ class Network(network.Network):
 
         trainer = self._trainer(mini_batch_size, shuffle, penalty=regularization,
                                 momentum=float(momentum))
-        params, _, history = train.fit(
-            trainer, train.stack([self.params]), training, epochs, key=self._sgd_key(seed),
-            eta=eta, lmbda=lmbda, evaluation=sets, rules=rules, on_epoch=report)
+        key = self._sgd_key(seed)
+        with self._book_shuffles(training_data, n, shuffle) as orders:
+            params, _, history = train.fit(
+                trainer, train.stack([self.params]), training, epochs, key=key,
+                eta=eta, lmbda=lmbda, evaluation=sets, rules=rules, on_epoch=report, orders=orders)
         self.params = train.unstack(params)[0]
         self.stopped_at = int(history.stopped_at[0])
         self.eta_history = [float(v[0]) for v in history.eta]
