@@ -618,6 +618,11 @@ def jobs(args, splits):
     return out
 
 
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, None)
+
+
 def run(args):
     splits = load_mnist(args.data_dir)
     rows = []
