@@ -42,6 +42,7 @@ class Unit:
     seconds: float      # expected wall time
     recorded: bool      # seconds from a recorded run (else an estimate)
     order: int          # its place in the book (the tie-break)
+    composes: tuple = ()  # one seed of a job: the job's own rows, made once every seed is recorded
 
     @property
     def key(self):
@@ -141,7 +142,7 @@ def chapter_units(chapter, args, all_jobs, jobs, results, start=0):
                 seconds = QUICK_SECONDS if quick else each.get(s, mean)
                 units.append(Unit(chapter, f"{job.id}@{s}", (f"{job.id}@{s}",),
                                   ESTIMATE_SECONDS if seconds is None else seconds, seconds is not None and not quick,
-                                  start + len(units)))
+                                  start + len(units), tuple(job.rows)))
             continue
         if job.id in timed:
             seconds, timed_nets = timed[job.id]
@@ -220,9 +221,10 @@ def part_record(parts, i, chapter):
     """What a part records in its run entry: which part, the plan's
     fingerprint, and every unit the plan gives this chapter with its rows (so
     ``nndl-jax merge`` can say which rows are missing) and its part."""
+    mine = [(k, u) for k, p in enumerate(parts, 1) for u in p if u.chapter == chapter]
     return {"part": f"{i}/{len(parts)}", "plan": digest(parts),
-            "planned": {u.job: {"rows": list(u.rows), "part": k}
-                        for k, p in enumerate(parts, 1) for u in p if u.chapter == chapter}}
+            "planned": {u.job: {"rows": list(u.rows), "part": k} for k, u in mine},
+            "composed": {u.job.split("@")[0]: list(u.composes) for _, u in mine if u.composes}}
 
 
 def share(parts, i, chapter):
