@@ -270,23 +270,36 @@ def code_version(root=REPO):
 
 # --- the book's wall time for several N ------------------------------------------------------
 
-def book_table(ns, quick=False):
+def book_table(ns, quick=False, seeds=(None, 1)):
     """Markdown lines: the whole book's expected wall time with --part I/N
-    for each N in ``ns``, the jobs that bound it, from the recorded seconds."""
+    for each N in ``ns`` (one column per ``--seeds`` in ``seeds``, None: each
+    chapter's default), the longest part's jobs, from the recorded seconds."""
     from experiments import driver, reproduce
     from experiments.report import duration
-    argss = {f"chap{c}": driver.chapter_args(f"chap{c}", ["--quick"] * quick) for c in reproduce.CHAPTERS}
-    planned = {c: driver.planned_jobs_of(c) for c in argss}
-    lines = ["| N | expected wall time | longest part's jobs |", "|---|---|---|"]
+
+    def plan_for(n, k):
+        argv = ["--quick"] * quick + (["--seeds", str(k)] if k is not None else [])
+        chapters = {f"chap{c}": driver.chapter_args(f"chap{c}", argv) for c in reproduce.CHAPTERS}
+        return book_plan(chapters, {c: driver.planned_jobs_of(c) for c in chapters}, n)
+
+    def jobs_text(part, shown=3):
+        top = sorted(part, key=lambda u: (-u.seconds, u.order))
+        more = len(top) - shown
+        return ", ".join(f"{u.chapter} {u.job} ({duration(u.seconds)})" for u in top[:shown]) + (
+            f" and {more} shorter" if more > 0 else "")
+
+    names = ["default seeds" if k is None else f"--seeds {k}" for k in seeds]
+    lines = ["| N | " + " | ".join(f"wall time, {name}" for name in names) + f" | longest part ({names[0]}) |",
+             "|---|" + "---|" * (len(seeds) + 1)]
     for n in ns:
-        parts = book_plan(argss, planned, n)
-        longest = max(parts, key=expected_seconds)
-        lines.append(f"| {n} | {duration(expected_seconds(longest))} | "
-                     + ", ".join(f"{u.chapter} {u.job} ({duration(u.seconds)})" for u in longest) + " |")
-    units = [u for p in book_plan(argss, planned, 1) for u in p]
-    top = sorted(units, key=lambda u: (-u.seconds, u.order))[:8]
-    lines += ["", "Longest jobs: " + ", ".join(f"{u.chapter} {u.job} {duration(u.seconds)}"
-                                                + ("" if u.recorded else " (estimate)") for u in top)]
+        plans = [plan_for(n, k) for k in seeds]
+        walls = [duration(max(expected_seconds(p) for p in plan)) for plan in plans]
+        lines.append(f"| {n} | " + " | ".join(walls) + f" | {jobs_text(max(plans[0], key=expected_seconds))} |")
+    for k, name in zip(seeds, names):
+        units = [u for p in plan_for(1, k) for u in p]
+        top = sorted(units, key=lambda u: (-u.seconds, u.order))[:8]
+        lines += ["", f"Longest jobs ({name}): " + ", ".join(
+            f"{u.chapter} {u.job} {duration(u.seconds)}" + ("" if u.recorded else " (estimate)") for u in top)]
     return lines
 
 
