@@ -232,3 +232,19 @@ def test_settings_argv_drops_only_what_selects_rows_or_places():
             "--resume", "--data-dir=d", "--epochs", "3"]
     assert merge.settings_argv(argv) == ["--quick", "--seeds", "2", "--epochs", "3"]
 
+
+
+def test_the_whole_books_plan_gives_every_chapters_jobs_once_and_is_bounded_by_its_longest_job():
+    """nndl-jax reproduce --part plans the book at once: every job of every chapter in one part;
+    with more parts than long jobs the expected wall time is the longest job's."""
+    from experiments import reproduce
+    args = argparse.Namespace(out=Path("unused"), quick=False, resume=False, restart=False, seeds=None,
+                              data_dir=None, devices=None, part=None, only=list(reproduce.CHAPTERS))
+    one, many = reproduce.book_plan(args, 1), reproduce.book_plan(args, 64)
+    keys = [u.key for p in many for u in p]
+    assert sorted(keys) == sorted(u.key for u in one[0]) and len(set(keys)) == len(keys)
+    assert {u.chapter for u in one[0]} == {f"chap{c}" for c in reproduce.CHAPTERS}
+    assert "chap6:6.11@12345682" in keys and "chap6:6.11" not in keys   # the ensemble net by net
+    longest = max(u.seconds for u in one[0])
+    assert max(parts.expected_seconds(p) for p in many) == longest
+    assert parts.expected_seconds(one[0]) > 2 * longest   # so parts do shorten the book
