@@ -168,9 +168,8 @@ def use_devices(n, *, per_core=False, prog="nndl-jax"):
     got = len(jax.devices("cpu"))
     if n is not None and got != n:
         print(f"{prog}: --devices {n} cannot apply: JAX already runs with {got} CPU devices in this "
-              "process (the count is fixed once JAX has run anything); run the command in a fresh "
-              "process to use {n}. The results do not depend on it.".replace("{n}", str(n)),
-              file=sys.stderr, flush=True)
+              f"process (the count is fixed once JAX has run anything); run the command in a fresh "
+              f"process to use {n}. The results do not depend on it.", file=sys.stderr, flush=True)
     return got
 
 
@@ -262,10 +261,15 @@ def run_jobs(args, jobs):
                   f"{kept[0].get('finished', '?')}); --resume skips it", flush=True)
             rows += kept
             continue
+        if args.resume:
+            _note_other_groupings(args, job)
         _CURRENT["job"] = job
         t0 = time.time()
         try:
             out = job.run(args)
+        except BaseException:
+            _drop_unsaved(args, job.id)  # a job stopped before its first checkpoint leaves no folder
+            raise
         finally:
             _CURRENT["job"] = None
         done, payload = out if isinstance(out, tuple) else (out, {})
@@ -281,6 +285,18 @@ def run_jobs(args, jobs):
         remove_checkpoints(args, job.id)
         rows += done
     return rows
+
+
+def _note_other_groupings(args, job):
+    """Under --resume: say so when rows of ``job`` are also saved in a checkpoint
+    of another grouping (another --only or --nets), which this job does not continue."""
+    mine = {job.id} | {j for j in saved_checkpoints(args) if j.startswith(job.id + "@")}
+    for other, rows in saved_checkpoints(args).items():
+        shared = sorted(set(rows) & set(job.rows))
+        if other not in mine and shared:
+            print(f"\n{job.id}: note: {', '.join(shared)} also saved as part of {other} (rows {', '.join(rows)}), "
+                  f"which this command does not continue: run the command that made it with --resume to "
+                  "continue that, or --restart to discard it", flush=True)
 
 
 def recorded_job(args, job):
@@ -502,6 +518,14 @@ def remove_checkpoints(args, job_id):
         with contextlib.suppress(OSError):
             folder.rmdir()
     remove_empty_folders(root, data.cache_dir())
+
+
+def _drop_unsaved(args, job_id):
+    """Remove the checkpoint folders of ``job_id`` (and its sub-runs) that hold no saved state."""
+    root = checkpoint_root(args)
+    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
+        if folder.is_dir() and not (folder / CHECKPOINT_FILE).exists():
+            remove_checkpoints(args, folder.name)
 
 
 def remove_empty_folders(folder, stop):

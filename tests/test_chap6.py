@@ -115,6 +115,8 @@ def check_parameter_counts(rows):
 
 def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_path, mnist_dir,
                                                                              monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     """Rows are merged into results.json as they finish; a run that dies in its
     second row keeps the first, and the rows of an earlier run survive."""
     earlier = {"chapter": "chap6", "quick": True, "curves": {"6.4": "earlier curves"},
@@ -137,6 +139,7 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_
     assert results["rows"][1] == earlier["rows"][0]
     assert set(results["curves"]) == {"6.1", "6.4"} and results["curves"]["6.4"] == "earlier curves"
     assert not (tmp_path / "results.partial.json").exists()
+    assert not (cache / "nndl-jax" / "checkpoints").exists()    # 6.3 had saved nothing: no folder left
 
 
 def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir,

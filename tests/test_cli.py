@@ -161,3 +161,14 @@ def test_ctrl_c_stops_at_once_and_says_what_is_saved_and_how_to_resume(tmp_path,
     assert "stopped (Ctrl-C)" in err and "the unfinished row's last finished epoch is saved in" in err
     assert "resume with: python -m experiments.chap6 --quick --only 6.1 --epochs 100000" in err
     assert err.rstrip().endswith("--resume") and "Traceback" not in err
+
+
+def test_reproduce_hands_devices_and_resume_to_every_chapter(tmp_path):
+    """`nndl-jax reproduce --devices N --resume` sets the device count before any
+    chapter runs JAX (in this test process JAX already runs, so it only says so)
+    and gives every chapter the same options."""
+    from experiments import driver, reproduce
+    args = reproduce.parse_args(["--quick", "--only", "4", "--devices", "1", "--resume", "--out", str(tmp_path)])
+    argv = reproduce.chapter_argv(args, "4")
+    assert argv[argv.index("--devices") + 1] == "1" and "--resume" in argv and "--quick" in argv
+    assert driver.resume_command() == f"nndl-jax reproduce --quick --only 4 --devices 1 --out {tmp_path} --resume"

@@ -144,7 +144,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time as _time  # noqa: E402
 
-from experiments import chap1, chap4, chap5, driver  # noqa: E402
+from experiments import chap1, chap4, chap5, driver, report  # noqa: E402
 
 
 @pytest.fixture
@@ -299,3 +299,15 @@ def test_a_refused_checkpoint_of_a_real_row_ends_without_a_traceback(tmp_path, c
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--restart" in err
     assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--restart"]) == 0
+
+
+def test_resume_says_when_a_row_is_saved_in_a_checkpoint_it_does_not_continue(tmp_path, cache, capsys):
+    """Issue 24 item 5, in general: a job whose rows are also saved under another
+    grouping (here "5.1+5.2" while 5.1 runs alone) says why it does not continue it."""
+    args = _args(tmp_path / "out", "--resume")
+    _plant_checkpoint(args, "5.1+5.2", ["5.1", "5.2"])
+    job = driver.Job("5.1", ["5.1"], lambda a: [report.row("5.1", "depth", None, 1.0)])
+    driver.run_jobs(args, [job])
+    out = capsys.readouterr().out
+    assert "5.1: note: 5.1 also saved as part of 5.1+5.2 (rows 5.1, 5.2), which this command does not continue" \
+        in out
