@@ -17,6 +17,9 @@ settings, run it (its checkpoints live in the user cache, locked by the
 running process), record its rows the moment they are finished, remove its
 checkpoints. ``--resume`` therefore means the same everywhere, in
 ``nndl-jax reproduce`` too: continue unfinished rows, skip finished ones.
+``--part I/N`` keeps the jobs that ``experiments.parts`` plans for part I
+(before anything else: the same plan in every process); ``--plan N`` prints
+that plan and exits.
 """
 import argparse
 import contextlib
