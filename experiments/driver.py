@@ -329,6 +329,9 @@ def finish(args, rows, **payload):
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
     print(f"wrote {Path(args.out) / store.RESULTS}" + (f" ({kept} rows of earlier runs kept)" if kept else ""))
+    if getattr(args, "part_record", None):
+        print(f"part {args.part_record['part']} (plan {args.part_record['plan']}) done: gather the parts' "
+              "--out folders and combine them with `nndl-jax merge DIR... --out DIR`")
     return out
 
 
