@@ -12,6 +12,11 @@ settings, seeds, wall times, machines and the figures. ``OUT`` is
 ``reproduced/`` (the results the README quotes) or, with ``--quick``,
 ``results/reproduce-quick/`` (quick and full results never share a folder).
 
+``--part I/N`` runs part I of the whole book planned over N parts
+(``experiments.parts``: every chapter's jobs, longest first onto the
+least-loaded part); ``--plan N`` prints that plan and exits. Combine the
+parts' folders with ``nndl-jax merge`` (``experiments.merge``).
+
 ``report`` writes REPORT.md again from the results already in ``OUT``
 (nothing is trained); with ``--readme`` it also rewrites the README's results
 table, the block between the two ``results:`` marker comments, from the full
@@ -116,6 +121,14 @@ def main(argv=None):
     """Run the chapters, write REPORT.md; exit status 1 when a chapter failed
     (the others still run, and the report shows what they finished)."""
     args = parse_args(argv)
+    try:
+        return run_chapters(args)
+    finally:
+        driver.set_book_plan(None, ())   # a later command in this process plans its own
+
+
+def run_chapters(args):
+    """Each chapter asked for, in this process, then REPORT.md; the exit status."""
     t0, failed = time.time(), []
     for i, c in enumerate(args.only):
         print(f"\n=== chapter {c} ({i + 1} of {len(args.only)}; {time.time() - t0:.0f} s so far): "
