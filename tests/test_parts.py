@@ -133,20 +133,14 @@ def run_bounded(cmd, timeout, env=None):
     return subprocess.CompletedProcess(cmd, 0, stdout)
 
 
-def test_two_parts_as_two_processes_merge_to_one_process_run(mnist_dir, tmp_path):
-    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
-               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
-    chapter = [sys.executable, "-m", "experiments.chap1", "--quick", "--seeds", "2", "--only", "1.1", "1.5", "1.8"]
-    procs = [subprocess.Popen(chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for i in (1, 2)]
+def run_parts(commands, env, timeout=300):
+    """Run ``commands`` side by side, each bounded by ``timeout``; killed by pid on failure."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for cmd in commands]
     try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
     except subprocess.TimeoutExpired:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("a part ran past 300 s")
+        pytest.fail(f"a part ran past {timeout} s")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -154,6 +148,31 @@ def test_two_parts_as_two_processes_merge_to_one_process_run(mnist_dir, tmp_path
                 p.wait()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
+    return logs
+
+
+def test_reproduce_parts_of_the_book_merge_to_one_reproduce_run(mnist_dir, tmp_path):
+    """nndl-jax reproduce --part 1/2 and 2/2 (chapters 1 and 4 --quick, planned together) as two
+    processes, merged: every row of both chapters, measured as one reproduce run measures it."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    book = [sys.executable, "-m", "nndl_jax.cli", "reproduce", "--quick", "--only", "1", "4", "--seeds", "2"]
+    run_parts([book + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    run_bounded(book + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
+                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+    for chapter in ("chap1", "chap4"):
+        merged = store.read_results(tmp_path / "merged" / chapter)
+        one = store.read_results(tmp_path / "one" / chapter)
+        assert {r["id"]: r["measured"] for r in merged["rows"]} == {r["id"]: r["measured"] for r in one["rows"]}
+        assert {run["part"]["plan"] for run in merged["runs"]} == {merged["runs"][0]["part"]["plan"]}
+
+
+def test_two_parts_as_two_processes_merge_to_one_process_run(mnist_dir, tmp_path):
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    chapter = [sys.executable, "-m", "experiments.chap1", "--quick", "--seeds", "2", "--only", "1.1", "1.5", "1.8"]
+    run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
     run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
     run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
                  "--out", str(tmp_path / "merged")], timeout=120, env=env)
@@ -257,20 +276,7 @@ def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mn
     env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
                NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
     chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "--devices", "1"]
-    procs = [subprocess.Popen(chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for i in (1, 2)]
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        pytest.fail("a part ran past 300 s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
     merged_out = tmp_path / "merged"
     said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"),
                         str(tmp_path / "part2"), "--out", str(merged_out)], timeout=120, env=env).stdout
