@@ -291,3 +291,19 @@ def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mn
     for key in ("measured", "test_predictions"):
         assert {r["id"]: r.get(key) for r in merged["rows"]} == {r["id"]: r.get(key) for r in one["rows"]}
     assert merged["curves"] == one["curves"]
+
+
+def test_a_late_part_merges_into_the_merged_folder_as_one_more_part(tmp_path):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0}, part=dict(PLAN, part="1/3"))
+    p2 = write_part(tmp_path / "p2", {"b": 2.0}, part=dict(PLAN, part="2/3"))
+    merge.merge([p1], tmp_path / "out")
+    lines = merge.merge([p2], tmp_path / "out")
+    assert [r["id"] for r in store.read_results(tmp_path / "out" / "chapX")["rows"]] == ["a", "b"]
+    assert any("part 3/3" in line for line in lines) and not any("part 2/3" in line for line in lines)
+
+
+def test_merge_refuses_a_folder_without_results(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert merge.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert "holds no results.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
