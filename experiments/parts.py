@@ -251,7 +251,7 @@ def job_in_share(args, job):
         return job.run(argparse.Namespace(**{**vars(a), "nets": nets}))
 
     # its own rows skip themselves under --resume (the job records each seed as its row)
-    return replace(job, id=f"{job.id}@" + "-".join(map(str, mine)), rows=[], run=run)
+    return replace(job, id=f"{job.id}@" + "-".join(map(str, mine)), rows=[], run=run, seeds=mine, seeds_apart=False)
 
 
 # --- the code a part ran ---------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_a_job_whose_seeds_train_apart_is_planned_and_run_seed_by_seed():
         ("6.11@5", 10.0, ("6.11", "6.12")), ("6.11@6", 15.0, ("6.11", "6.12")),
         ("6.11@7", 12.5, ("6.11", "6.12"))]   # 7: no row of its own, the mean of the others
     mine = parts.job_in_share(argparse.Namespace(share={"6.11@7", "6.11@5"}), job)
-    assert mine.id == "6.11@5-7" and mine.rows == []
+    assert mine.id == "6.11@5-7" and mine.rows == [] and mine.seeds == [5, 7]
     mine.run(argparse.Namespace(nets=None))
     assert ran == [[0, 2]]
     assert parts.job_in_share(argparse.Namespace(share={"1.5"}), job) is None
