@@ -252,7 +252,9 @@ def jobs(args, data):
     """The rows asked for as the driver's jobs: the SGD groups, the darkness
     baseline, then (after the network rows' table is printed) the SVM."""
     epochs = QUICK["epochs"] if args.quick else args.epochs
-    svm_size = min(QUICK["svm_train_size"] if args.quick else args.svm_train_size, len(data.training.y))
+    svm_size = QUICK["svm_train_size"] if args.quick else args.svm_train_size
+    if data is not None:
+        svm_size = min(svm_size, len(data.training.y))
     out = [driver.Job(group_id(g), [r["id"] for r in g], lambda a, g=g: sgd_rows(a, g, data, epochs),
                       settings={"epochs": epochs}) for g in sgd_groups(args)]
     if driver.wanted(args, "1.5"):
@@ -260,6 +262,11 @@ def jobs(args, data):
     if driver.wanted(args, "1.6"):
         out.append(driver.Job("1.6", ["1.6"], lambda a: svm_row(a, data, svm_size), settings={"n_train": svm_size}))
     return out
+
+
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, None)
 
 
 def sgd_rows(args, group, data, epochs):

@@ -623,6 +623,11 @@ def jobs(args, splits):
     return out
 
 
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, None)
+
+
 def run(args):
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams

@@ -268,6 +268,11 @@ def jobs(args, figures):
     return out
 
 
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, {})
+
+
 def run(args):
     figures = {}
     rows = driver.run_jobs(args, jobs(args, figures))

@@ -325,6 +325,11 @@ def jobs(args, splits, run):
     return out
 
 
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, None, settings(args, None))
+
+
 def run(args):
     need_data = any(driver.wanted(args, r["id"]) for r in ROWS if r["id"] != "5.10")
     splits = load_mnist(args.data_dir) if need_data else None

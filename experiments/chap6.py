@@ -176,13 +176,14 @@ def jobs(args, sets):
     for r in ROWS:
         if not (driver.wanted(args, base_id(r["id"])) or driver.wanted(args, r["id"])) or r["id"] == "6.12":
             continue
-        n_train = len(training.y) * (5 if r["expanded"] else 1)
+        n_train = None if training is None else len(training.y) * (5 if r["expanded"] else 1)
         same = {"epochs": epochs_for(args, r), "train_size": n_train}
         if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
             out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, jax.random.key(a.seed))))
         elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble
             out.append(driver.Job("6.11", ["6.11", "6.12"], lambda a, r=r: ensemble_rows(
-                a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args)))
+                a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args),
+                seeds_apart=True))
         else:
             out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_row(a, r, data_for(r), validation, test),
                                   settings=same))
@@ -204,6 +205,11 @@ def trained_row(args, r, train_set, validation, test):
         _filters(args, r["id"], net_layers, out["params"])
     return [row], {"curves": {r["id"]: {"validation_accuracy": out["validation_accuracy"],
                                         "test_accuracy": out["test_accuracy"]}}}
+
+
+def planned_jobs(args):
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    return jobs(args, (None, None, None))
 
 
 def run(args):
@@ -447,12 +453,11 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
 
 
 def main(argv=None):
+    # quick: one net per row unless --seeds is given (the dropout rows still train 5)
     args = driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
-                             devices_per_core=True)
+                             devices_per_core=True, quick_seeds=QUICK["seeds"])
     if args.train_size is not None and args.train_size < MB:
         raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
-    if args.quick and "--seeds" not in args.argv:
-        args.seeds = QUICK["seeds"]  # quick: one net per row (the dropout rows still train 5)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

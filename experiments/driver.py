@@ -17,12 +17,16 @@ settings, run it (its checkpoints live in the user cache, locked by the
 running process), record its rows the moment they are finished, remove its
 checkpoints. ``--resume`` therefore means the same everywhere, in
 ``nndl-jax reproduce`` too: continue unfinished rows, skip finished ones.
+``--part I/N`` keeps the jobs that ``experiments.parts`` plans for part I
+(before anything else: the same plan in every process); ``--plan N`` prints
+that plan and exits.
 """
 import argparse
 import contextlib
 import datetime
 import glob
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import report, store
+from experiments import parts, report, store
 from nndl_jax import data
 
 _RUNS = itertools.count(1)  # tells apart runs of one process (tests, nndl-jax reproduce)
@@ -49,10 +53,15 @@ class Refusal(SystemExit):
 
 # --- the command line ----------------------------------------------------------------------
 
-def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add_arguments=None,
-               devices_per_core=False):
+def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
+               add_arguments=None, devices_per_core=False):
     """The command line every chapter takes; ``row_ids`` are the ids ``--only``
-    accepts; ``add_arguments(parser)`` adds a chapter's own options.
+    accepts; ``add_arguments(parser)`` adds a chapter's own options;
+    ``quick_seeds``: the runs per row of --quick unless --seeds is given.
+
+    ``--plan N`` prints how ``--part I/N`` would share the chapter's jobs
+    (``experiments.parts``) and exits, training nothing and starting no JAX
+    device; ``--part I/N`` keeps this part's jobs (``args.share``).
 
     Before anything trains: an unknown row id, a bad number, an ``--out`` that
     cannot take this run's results (not writable, an unusable results.json,
@@ -89,15 +98,38 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
                    help="CPU devices for JAX, set before JAX starts (default: "
                         + ("one per core" if devices_per_core else "JAX's own, one") + ")")
     add_process_arguments(p)
+    p.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
+                   help="run part I of N: the jobs (rows trained together; the ensemble's nets one by one) "
+                        "shared out over N parts by their recorded time, longest first, so the parts finish "
+                        "close together; the same in every process. Give each part its own --out and "
+                        "combine them with `nndl-jax merge`")
+    p.add_argument("--plan", type=positive_int, default=None, metavar="N",
+                   help="print which jobs each of N parts would run and its expected time, then exit")
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if quick_seeds is not None and args.quick and not any(a.split("=")[0] == "--seeds" for a in given):
+        args.seeds = quick_seeds
     if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
         p.error(f"--seed {args.seed} with --seeds {args.seeds}: seeds must lie in 0 .. 2**32 - 1")
     unknown = [r for r in args.only or () if r not in row_ids]
     if unknown:
         p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
                 f"the {chapter} rows are: {' '.join(row_ids)}")
+    args.chapter = chapter
+    if _LISTING["on"]:
+        raise _Parsed(args)
+    if args.plan is not None:
+        print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
+                              what=f"{chapter} --plan {args.plan}"))
+        raise SystemExit(0)
+    args.share, args.part_record = None, None
+    if args.part is not None:
+        i, n = args.part
+        plan = _BOOK_PLAN.get(chapter) or parts.chapter_plan(chapter, args, planned_jobs_of(chapter), n)
+        args.share, args.part_record = parts.share(plan, i, chapter), parts.part_record(plan, i, chapter)
+    args.code = parts.code_version()
     problem = store.out_problem(args.out, args.quick, chapter)
     if problem:
         p.error(problem)
@@ -106,11 +138,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, add
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
-    args.chapter = chapter
     args.row_ids = list(row_ids)
     args.started = time.time()
     args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = given
     if is_main_process():  # the other processes of a multi-process run follow process 0's decisions
         probe_checkpoint_folder(args)
         check_unfinished(args)
@@ -194,6 +225,42 @@ def seeds(args):
     return store.seeds(args)
 
 
+class _Parsed(Exception):
+    """Carries a chapter's parsed command line out of its ``main`` (``chapter_args``)."""
+
+
+_LISTING = {"on": False}
+_BOOK_PLAN = {}   # chapter -> the plan of ``nndl-jax reproduce --part``, set for its chapters
+
+
+def chapter_args(chapter, argv):
+    """The command line ``argv`` of chapter ``chapter`` parsed as its ``main``
+    parses it, with nothing checked on disk, trained or started: for planning."""
+    module = importlib.import_module(f"experiments.{chapter}")
+    _LISTING["on"] = True
+    try:
+        module.main(list(argv))
+    except _Parsed as e:
+        return e.args[0]
+    finally:
+        _LISTING["on"] = False
+    raise RuntimeError(f"experiments.{chapter}.main did not parse its arguments with driver.parse_args")
+
+
+def planned_jobs_of(chapter):
+    """Chapter ``chapter``'s ``planned_jobs(args)``: its jobs asked for, listed
+    without data (their ``run`` is never called)."""
+    return importlib.import_module(f"experiments.{chapter}").planned_jobs
+
+
+def set_book_plan(plan, chapters):
+    """``nndl-jax reproduce --part``: the chapters' shares come from one plan of
+    the whole book (None: each chapter plans its own jobs)."""
+    _BOOK_PLAN.clear()
+    if plan is not None:
+        _BOOK_PLAN.update({c: plan for c in chapters})
+
+
 def wanted(args, row_id):
     """Whether the row ``row_id`` was asked for (``--only``)."""
     return args.only is None or row_id in args.only
@@ -211,25 +278,30 @@ class Job:
     results file's chapter payload; ``settings``: what, beside the seeds and
     the quick / x64 flags, a recorded row must match to be skipped by
     ``--resume`` (recorded in each row); ``seeds``: the rows' seeds (default:
-    the command's)."""
+    the command's); ``seeds_apart``: each seed is trained and recorded on its
+    own (row ``<id>@<seed>``), so ``--part`` may share out the seeds, handed
+    to ``run`` as ``args.nets`` (indices into ``seeds``)."""
 
     id: str
     rows: list
     run: Callable
     settings: dict = field(default_factory=dict)
     seeds: list = None
+    seeds_apart: bool = False
 
 
 _CURRENT = {"job": None}
 
 
 def run_jobs(args, jobs):
-    """Run ``jobs`` in order, each: skipped under ``--resume`` when every row of
-    it is recorded in ``--out`` with the same settings; else run, its rows
-    recorded at once, its checkpoints removed. Returns the rows of this run
-    (the recorded rows of skipped jobs included, so the table shows them)."""
+    """Run ``jobs`` in order, each: left to other parts when ``--part`` gives
+    it (or some of its seeds) to them; skipped under ``--resume`` when every
+    row of it is recorded in ``--out`` with the same settings; else run, its
+    rows recorded at once (with ``seconds``, the job's time, unless a row
+    times itself), its checkpoints removed. Returns the rows of this run (the
+    recorded rows of skipped jobs included, so the table shows them)."""
     rows = []
-    for job in jobs:
+    for job in filter(None, (parts.job_in_share(args, j) for j in jobs)):
         kept = recorded_job(args, job) if args.resume else None
         if kept is not None:
             print(f"\n{job.id}: already in {Path(args.out) / store.RESULTS} (finished "
@@ -239,6 +311,7 @@ def run_jobs(args, jobs):
         if args.resume:
             _note_other_groupings(args, job)
         _CURRENT["job"] = job
+        t0 = time.time()
         try:
             out = job.run(args)
         except BaseException:
@@ -250,6 +323,8 @@ def run_jobs(args, jobs):
         for r in done:
             for k, v in job.settings.items():
                 r.setdefault(k, v)
+            if r.get("run", args.run_id) == args.run_id:
+                r.setdefault("seconds", time.time() - t0)
             if job.seeds is not None:
                 r.setdefault("seeds", list(job.seeds))
         store.record(args, done, **payload)
@@ -298,6 +373,9 @@ def finish(args, rows, **payload):
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
     print(f"wrote {Path(args.out) / store.RESULTS}" + (f" ({kept} rows of earlier runs kept)" if kept else ""))
+    if getattr(args, "part_record", None):
+        print(f"part {args.part_record['part']} (plan {args.part_record['plan']}) done: gather the parts' "
+              "--out folders and combine them with `nndl-jax merge DIR... --out DIR`")
     return out
 
 
@@ -425,6 +503,9 @@ def saved_checkpoints(args):
 
 def _asked_for(args, job_id):
     """"1.1+1.2" (a group of rows), "3.12@..." (a sub-run), "6.8a" (--only 6.8)."""
+    share = getattr(args, "share", None)
+    if share is not None and not any(job_id.split("@")[0] == s.split("@")[0] for s in share):
+        return False   # another part's job
     return any(wanted(args, part) or wanted(args, part.rstrip("ab"))
                for part in (p.split("@")[0] for p in job_id.split("+")))
 

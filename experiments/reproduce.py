@@ -1,7 +1,7 @@
 """The whole book in one command, and its report.
 
     nndl-jax reproduce [--quick] [--only 1 3 ...] [--resume | --restart] [--out DIR]
-                       [--seeds N] [--data-dir D]
+                       [--seeds N] [--data-dir D] [--part I/N | --plan N]
     nndl-jax report [--out DIR] [--readme]
 
 ``reproduce`` runs chapters 1, 3, 4, 5 and 6, one after another in this
@@ -11,6 +11,11 @@ Markdown page with every row, the book's number beside the measured one, the
 settings, seeds, wall times, machines and the figures. ``OUT`` is
 ``reproduced/`` (the results the README quotes) or, with ``--quick``,
 ``results/reproduce-quick/`` (quick and full results never share a folder).
+
+``--part I/N`` runs part I of the whole book planned over N parts
+(``experiments.parts``: every chapter's jobs, longest first onto the
+least-loaded part); ``--plan N`` prints that plan and exits. Combine the
+parts' folders with ``nndl-jax merge`` (``experiments.merge``).
 
 ``report`` writes REPORT.md again from the results already in ``OUT``
 (nothing is trained); with ``--readme`` it also rewrites the README's results
@@ -26,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from experiments import book_seeds, driver, report, store
+from experiments import book_seeds, driver, parts, report, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -57,10 +62,29 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=driver.positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: one per core for chapter 6)")
     driver.add_process_arguments(p)
+    farm = p.add_mutually_exclusive_group()
+    farm.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
+                      help="run part I of N of the whole book: every chapter's jobs (the ensemble's nets one "
+                           "by one) shared out by their recorded time, longest first onto the least-loaded "
+                           "part, the same in every process; give each part its own --out, then "
+                           "`nndl-jax merge`")
+    farm.add_argument("--plan", type=driver.positive_int, default=None, metavar="N",
+                      help="print which jobs each of N parts would run and its expected time, then exit")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else FULL_OUT
     args.only = [c for c in CHAPTERS if c in args.only]
+    if args.plan is not None:
+        print(parts.plan_text(book_plan(args, args.plan), what=f"nndl-jax reproduce --plan {args.plan}"))
+        raise SystemExit(0)
+    driver.set_book_plan(None, ())
+    if args.part is not None:
+        (i, n), plan = args.part, book_plan(args, args.part[1])
+        driver.set_book_plan(plan, [f"chap{c}" for c in args.only])
+        idle = [c for c in args.only if not parts.share(plan, i, f"chap{c}")]
+        if idle:
+            print(f"part {i}/{n} holds no job of chapter{'s' * (len(idle) > 1)} {' '.join(idle)}", flush=True)
+        args.only = [c for c in args.only if c not in idle]
     for c in args.only:  # fail before hours of chapter 1 if chapter 6's folder cannot take its results
         problem = store.out_problem(args.out / f"chap{c}", args.quick, f"chap{c}")
         if problem:
@@ -74,6 +98,12 @@ def parse_args(argv=None):
     return args
 
 
+def book_plan(args, n):
+    """The plan of every chapter asked for over ``n`` parts (``experiments.parts``)."""
+    chapters = {f"chap{c}": driver.chapter_args(f"chap{c}", chapter_argv(args, c)) for c in args.only}
+    return parts.book_plan(chapters, {c: driver.planned_jobs_of(c) for c in chapters}, n)
+
+
 def chapter_argv(args, chapter):
     """The command line ``reproduce`` hands to chapter ``chapter``'s main."""
     argv = ["--out", str(args.out / f"chap{chapter}")]
@@ -84,6 +114,8 @@ def chapter_argv(args, chapter):
         argv += ["--data-dir", str(args.data_dir)]
     if args.devices is not None:
         argv += ["--devices", str(args.devices)]
+    if getattr(args, "part", None) is not None:
+        argv += ["--part", "/".join(map(str, args.part))]
     return argv
 
 
@@ -91,6 +123,14 @@ def main(argv=None):
     """Run the chapters, write REPORT.md; exit status 1 when a chapter failed
     (the others still run, and the report shows what they finished)."""
     args = parse_args(argv)
+    try:
+        return run_chapters(args)
+    finally:
+        driver.set_book_plan(None, ())   # a later command in this process plans its own
+
+
+def run_chapters(args):
+    """Each chapter asked for, in this process, then REPORT.md; the exit status."""
     t0, failed = time.time(), []
     for i, c in enumerate(args.only):
         print(f"\n=== chapter {c} ({i + 1} of {len(args.only)}; {time.time() - t0:.0f} s so far): "

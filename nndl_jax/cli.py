@@ -7,6 +7,7 @@
     nndl-jax reproduce [--quick] [--only 1 3] [--resume] [--out DIR]
                                                 every chapter, then one report (reproduced/REPORT.md)
     nndl-jax report [--out DIR] [--readme]      the report (and the README's results table) again
+    nndl-jax merge DIR... --out DIR             parts made with --part I/N combined into one result
 
 Subcommands are argparse subparsers: add one with a ``_add_<name>`` function
 registered in `_COMMANDS`. The experiment commands (chapN, run, reproduce,
@@ -98,7 +99,8 @@ def _experiment_names() -> list[str]:
 def _experiment_commands() -> dict[str, tuple[str, str]]:
     """Commands whose module parses its own arguments: name -> (module, function)."""
     commands = {name: (f"experiments.{name}", "main") for name in _experiment_names()}
-    commands.update(reproduce=("experiments.reproduce", "main"), report=("experiments.reproduce", "report_main"))
+    commands.update(reproduce=("experiments.reproduce", "main"), report=("experiments.reproduce", "report_main"),
+                    merge=("experiments.merge", "main"))
     return commands
 
 
@@ -121,6 +123,9 @@ def _add_run(sub):
     sub.add_parser("report", add_help=False,
                    help="the report of results already written, training nothing: report --out results "
                         "for your own runs; --readme: also the README's results table (nndl-jax report --help)")
+    sub.add_parser("merge", add_help=False,
+                   help="combine the folders of parts run with --part I/N into one results.json per chapter "
+                        "and one REPORT.md (nndl-jax merge --help)")
 
 
 _COMMANDS = [_add_data, _add_expand, _add_run]

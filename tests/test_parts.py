@@ -1,0 +1,309 @@
+"""--part I/N, --plan N and nndl-jax merge: the book's work spread over machines.
+
+The planner (experiments.parts) is tested on units made by hand; the whole
+path (two parts of chapter 1 --quick as two processes, merged) against one
+process training the same rows and seeds; merge's refusals on results files
+written by hand."""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import driver, merge, parts, store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def units(seconds):
+    return [parts.Unit("chapX", f"j{k}", (f"r{k}",), s, True, k) for k, s in enumerate(seconds)]
+
+
+SECONDS = [7.0, 3.0, 3.0, 11.0, 5.0, 5.0, 2.0, 13.0, 1.0, 8.0, 8.0, 4.0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_plan_gives_every_unit_to_exactly_one_part(n):
+    plan = parts.plan(units(SECONDS), n)
+    assert len(plan) == n
+    keys = [u.key for p in plan for u in p]
+    assert sorted(keys) == sorted(u.key for u in units(SECONDS))
+
+
+def test_plan_is_deterministic_whatever_the_order_units_come_in():
+    given = units(SECONDS)
+    first = parts.plan(given, 4)
+    assert parts.plan(list(reversed(given)), 4) == first
+    assert parts.plan(given[5:] + given[:5], 4) == first
+    assert parts.digest(first) == parts.digest(parts.plan(list(reversed(given)), 4))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_plan_is_balanced_longest_first(n):
+    """LPT's bound: the longest part exceeds the shortest by at most the longest unit,
+    and the longest part is within 4/3 of the perfect share or the longest unit."""
+    plan = parts.plan(units(SECONDS), n)
+    loads = [parts.expected_seconds(p) for p in plan]
+    assert max(loads) - min(loads) <= max(SECONDS)
+    assert max(loads) <= max(4 / 3 * sum(SECONDS) / n, max(SECONDS)) + 1e-9
+
+
+def test_plan_puts_the_longest_units_on_separate_parts_first():
+    plan = parts.plan(units([10.0, 9.0, 1.0, 1.0]), 2)
+    assert [[u.job for u in p] for p in plan] == [["j0", "j3"], ["j1", "j2"]]   # 10+1, 9+1: a tie goes to part 1
+
+
+def test_more_parts_than_units_leaves_parts_empty_and_each_unit_alone():
+    plan = parts.plan(units([3.0, 1.0, 2.0]), 5)
+    assert [len(p) for p in plan] == [1, 1, 1, 0, 0]
+    assert [p[0].job for p in plan[:3]] == ["j0", "j2", "j1"]   # longest first
+
+
+def test_part_argument_is_checked():
+    assert parts.part_arg("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "1/0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parts.part_arg(bad)
+
+
+def test_job_seconds_from_recorded_rows_and_their_runs_wall_time():
+    jobs = [driver.Job("a+b", ["a", "b"], None), driver.Job("c", ["c"], None), driver.Job("d", ["d"], None),
+            driver.Job("e", ["e"], None)]
+    results = {"rows": [{"id": "a", "run": "R", "seeds": [1, 2, 3]}, {"id": "b", "run": "R", "seeds": [1, 2, 3]},
+                        {"id": "c", "run": "R", "seconds": 40.0, "seeds": [1]},
+                        {"id": "d", "run": "R", "seeds": [1, 2, 3]}],
+               "runs": [{"id": "R", "wall_seconds": 100.0}]}
+    timed = parts.job_seconds(jobs, results)
+    assert timed == {"c": (40.0, 1), "a+b": (30.0, 3), "d": (30.0, 3)}   # 100 - 40 shared by two jobs
+    args = argparse.Namespace(quick=False, seed=1, seeds=3)
+    got = {u.job: u.seconds for u in parts.chapter_units("chapX", args, jobs, jobs, results)}
+    assert got == {"a+b": 30.0, "c": 120.0, "d": 30.0, "e": parts.ESTIMATE_SECONDS}   # c: 1 net timed, 3 planned
+
+
+def test_a_job_whose_seeds_train_apart_is_planned_and_run_seed_by_seed():
+    ran = []
+    job = driver.Job("6.11", ["6.11", "6.12"], lambda a: ran.append(a.nets) or [], seeds=[5, 6, 7],
+                     seeds_apart=True)
+    results = {"rows": [{"id": "6.11@5", "seconds": 10.0, "trained_with": [5]},
+                        {"id": "6.11@6", "seconds": 30.0, "trained_with": [6, 7]}]}
+    args = argparse.Namespace(quick=False, seed=5, seeds=1)
+    got = parts.chapter_units("chap6", args, [job], [job], results)
+    assert [(u.job, u.seconds, u.composes) for u in got] == [
+        ("6.11@5", 10.0, ("6.11", "6.12")), ("6.11@6", 15.0, ("6.11", "6.12")),
+        ("6.11@7", 12.5, ("6.11", "6.12"))]   # 7: no row of its own, the mean of the others
+    mine = parts.job_in_share(argparse.Namespace(share={"6.11@7", "6.11@5"}), job)
+    assert mine.id == "6.11@5-7" and mine.rows == [] and mine.seeds == [5, 7]
+    mine.run(argparse.Namespace(nets=None))
+    assert ran == [[0, 2]]
+    assert parts.job_in_share(argparse.Namespace(share={"1.5"}), job) is None
+    assert parts.job_in_share(argparse.Namespace(share=None), job) is job
+
+
+def test_plan_prints_without_training_and_is_the_same_in_every_process(tmp_path):
+    """--plan N: the same text from two processes, no --out folder made, no JAX device started."""
+    out = tmp_path / "never"
+    cmd = [sys.executable, "-c",
+           "import sys, jax; from experiments import driver, chap6\n"
+           "code = driver.main_entry(chap6.main, sys.argv[1:])\n"
+           "assert not jax._src.xla_bridge.backends_are_initialized(), 'JAX started a backend'\n"
+           "sys.exit(code)", "--plan", "3", "--out", str(out)]
+    texts = [run_bounded(cmd, timeout=120).stdout for _ in range(2)]
+    assert texts[0] == texts[1]
+    assert "part 1/3" in texts[0] and "part 3/3" in texts[0] and "6.11@12345682" in texts[0]
+    assert not out.exists()
+
+
+# --- two parts as two processes, merged, equal one process ----------------------------------
+
+def run_bounded(cmd, timeout, env=None):
+    """Run ``cmd`` to the end within ``timeout`` seconds; on a timeout or a
+    failure its process group is killed by pid and the test fails with its output."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} ran past {timeout} s:\n{stdout[-3000:]}")
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-3000:]}"
+    return subprocess.CompletedProcess(cmd, 0, stdout)
+
+
+def run_parts(commands, env, timeout=300):
+    """Run ``commands`` side by side, each bounded by ``timeout``; killed by pid on failure."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for cmd in commands]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a part ran past {timeout} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return logs
+
+
+def test_reproduce_parts_of_the_book_merge_to_one_reproduce_run(mnist_dir, tmp_path):
+    """nndl-jax reproduce --part 1/2 and 2/2 (chapters 1 and 4 --quick, planned together) as two
+    processes, merged: every row of both chapters, measured as one reproduce run measures it."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    book = [sys.executable, "-m", "nndl_jax.cli", "reproduce", "--quick", "--only", "1", "4", "--seeds", "2"]
+    run_parts([book + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    run_bounded(book + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
+                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+    for chapter in ("chap1", "chap4"):
+        merged = store.read_results(tmp_path / "merged" / chapter)
+        one = store.read_results(tmp_path / "one" / chapter)
+        assert {r["id"]: r["measured"] for r in merged["rows"]} == {r["id"]: r["measured"] for r in one["rows"]}
+        assert {run["part"]["plan"] for run in merged["runs"]} == {merged["runs"][0]["part"]["plan"]}
+
+
+def test_two_parts_as_two_processes_merge_to_one_process_run(mnist_dir, tmp_path):
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    chapter = [sys.executable, "-m", "experiments.chap1", "--quick", "--seeds", "2", "--only", "1.1", "1.5", "1.8"]
+    run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
+                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+
+    part_rows = [{r["id"] for r in store.read_results(tmp_path / f"part{i}")["rows"]} for i in (1, 2)]
+    assert part_rows[0] and part_rows[1] and not part_rows[0] & part_rows[1]   # each part did some, none twice
+    merged = store.read_results(tmp_path / "merged" / "chap1")
+    one = store.read_results(tmp_path / "one")
+    assert {r["id"]: r["measured"] for r in merged["rows"]} == {r["id"]: r["measured"] for r in one["rows"]}
+    assert sorted(r["id"] for r in merged["rows"]) == ["1.1", "1.5", "1.8"]
+    assert {run["part"]["part"] for run in merged["runs"]} == {"1/2", "2/2"}
+    assert (tmp_path / "merged" / "REPORT.md").is_file()
+
+
+# --- merge's refusals -----------------------------------------------------------------------
+
+def write_part(folder, rows, *, argv=("--quick",), commit="abc", part=None, quick=True, seeds=(1, 2)):
+    run = {"id": f"run {folder.name}", "chapter": "chapX", "argv": list(argv) + ["--out", str(folder)],
+           "quick": quick, "x64": False, "seeds": list(seeds), "wall_seconds": 1.0, "complete": True,
+           "environment": {}, "code": {"version": "0.1.0", "commit": commit}}
+    if part is not None:
+        run["part"] = part
+    results = {"chapter": "chapX", "quick": quick, "x64": False, "seeds": list(seeds), "wall_seconds": 1.0,
+               "complete": True, "environment": {}, "runs": [run],
+               "rows": [{"id": r, "experiment": r, "unit": "%", "book": None, "measured": v, "quick": quick,
+                         "run": run["id"]} for r, v in rows.items()]}
+    store.write_json(folder / store.RESULTS, results)
+    return folder
+
+
+PLAN = {"plan": "p1", "planned": {"a": {"rows": ["a"], "part": 1}, "b": {"rows": ["b"], "part": 2},
+                                  "c": {"rows": ["c"], "part": 3}}, "composed": {}}
+
+
+def test_merge_keeps_every_row_and_names_the_missing_part(tmp_path):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0}, part=dict(PLAN, part="1/3"))
+    p2 = write_part(tmp_path / "p2", {"b": 2.0}, part=dict(PLAN, part="2/3"))
+    lines = merge.merge([p1, p2], tmp_path / "out")
+    merged = store.read_results(tmp_path / "out" / "chapX")
+    assert {r["id"]: r["measured"] for r in merged["rows"]} == {"a": 1.0, "b": 2.0}
+    assert any("rows missing from part 3/3 (not among the folders given): c" in line for line in lines)
+
+
+@pytest.mark.parametrize("other, what", [
+    (dict(argv=("--quick", "--seeds", "3")), "command"),
+    (dict(argv=(), quick=False), "quick"),
+    (dict(commit="def"), "commit"),
+    (dict(part=dict(PLAN, part="2/3", plan="p2")), "plan"),
+])
+def test_merge_refuses_parts_made_with_other_settings_code_or_plans(tmp_path, other, what):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0}, part=dict(PLAN, part="1/3"))
+    p2 = write_part(tmp_path / "p2", {"b": 2.0}, **{"part": dict(PLAN, part="2/3"), **other})
+    with pytest.raises(merge.MergeError, match=what):
+        merge.merge([p1, p2], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_a_row_with_other_values_in_two_parts(tmp_path, capsys):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0, "b": 2.0})
+    p2 = write_part(tmp_path / "p2", {"b": 2.5})
+    assert merge.main([str(p1), str(p2), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "row b:" in err and "measured" in err and "nothing was written" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_accepts_the_same_row_twice_when_its_values_agree(tmp_path):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0})
+    p2 = write_part(tmp_path / "p2", {"a": 1.0, "b": 2.0})
+    merge.merge([p1, p2], tmp_path / "out")
+    assert [r["id"] for r in store.read_results(tmp_path / "out" / "chapX")["rows"]] == ["a", "b"]
+
+
+def test_settings_argv_drops_only_what_selects_rows_or_places():
+    argv = ["--quick", "--only", "6.1", "6.2", "--part", "1/2", "--out", "x", "--seeds", "2", "--nets", "0", "1",
+            "--resume", "--data-dir=d", "--epochs", "3"]
+    assert merge.settings_argv(argv) == ["--quick", "--seeds", "2", "--epochs", "3"]
+
+
+
+def test_the_whole_books_plan_gives_every_chapters_jobs_once_and_is_bounded_by_its_longest_job():
+    """nndl-jax reproduce --part plans the book at once: every job of every chapter in one part;
+    with more parts than long jobs the expected wall time is the longest job's."""
+    from experiments import reproduce
+    args = argparse.Namespace(out=Path("unused"), quick=False, resume=False, restart=False, seeds=None,
+                              data_dir=None, devices=None, part=None, only=list(reproduce.CHAPTERS))
+    one, many = reproduce.book_plan(args, 1), reproduce.book_plan(args, 64)
+    keys = [u.key for p in many for u in p]
+    assert sorted(keys) == sorted(u.key for u in one[0]) and len(set(keys)) == len(keys)
+    assert {u.chapter for u in one[0]} == {f"chap{c}" for c in reproduce.CHAPTERS}
+    assert "chap6:6.11@12345682" in keys and "chap6:6.11" not in keys   # the ensemble net by net
+    longest = max(u.seconds for u in one[0])
+    assert max(parts.expected_seconds(p) for p in many) == longest
+    assert parts.expected_seconds(one[0]) > 2 * longest   # so parts do shorten the book
+
+
+def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mnist_dir, tmp_path):
+    """Chapter 6's ensemble net by net: parts 1/2 and 2/2 train 3 and 2 of its 5 nets as two
+    processes; merged, then 6.11 and 6.12 composed by the command merge prints (training
+    nothing), the rows, each net's test predictions and curves equal one process training all 5."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "--devices", "1"]
+    run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    merged_out = tmp_path / "merged"
+    said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"),
+                        str(tmp_path / "part2"), "--out", str(merged_out)], timeout=120, env=env).stdout
+    assert "rows 6.11, 6.12 are composed from the nets 6.11@<seed>" in said
+    composed = run_bounded(chapter + ["--out", str(merged_out / "chap6"), "--resume"], timeout=300, env=env).stdout
+    assert "--resume skips them" in composed and "epoch 1/1" not in composed   # nothing trained
+    run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+
+    merged, one = store.read_results(merged_out / "chap6"), store.read_results(tmp_path / "one")
+    ids = ["6.11", *(f"6.11@{12345678 + k}" for k in range(5)), "6.12"]
+    assert sorted(r["id"] for r in merged["rows"]) == sorted(r["id"] for r in one["rows"]) == sorted(ids)
+    for key in ("measured", "test_predictions"):
+        assert {r["id"]: r.get(key) for r in merged["rows"]} == {r["id"]: r.get(key) for r in one["rows"]}
+    assert merged["curves"] == one["curves"]
+
+
+def test_a_late_part_merges_into_the_merged_folder_as_one_more_part(tmp_path):
+    p1 = write_part(tmp_path / "p1", {"a": 1.0}, part=dict(PLAN, part="1/3"))
+    p2 = write_part(tmp_path / "p2", {"b": 2.0}, part=dict(PLAN, part="2/3"))
+    merge.merge([p1], tmp_path / "out")
+    lines = merge.merge([p2], tmp_path / "out")
+    assert [r["id"] for r in store.read_results(tmp_path / "out" / "chapX")["rows"]] == ["a", "b"]
+    assert any("part 3/3" in line for line in lines) and not any("part 2/3" in line for line in lines)
+
+
+def test_merge_refuses_a_folder_without_results(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert merge.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert "holds no results.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
