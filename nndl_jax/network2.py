@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nndl_jax import activations, costs, files, layers, network, train
+from nndl_jax.data import is_pair_of_sets
 from nndl_jax.network import book_to_params, params_to_book
 
 # --- the book's miscellaneous functions (NumPy, as in the book) -------------------
@@ -371,7 +372,7 @@ class Network(network.Network):
 def _one_hot_labels(data):
     """For the book's list of (x, y) pairs: whether its labels are one-hot
     vectors. None for arrays (the flag is the book's, for the book's layout)."""
-    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[1], "shape"):
+    if is_pair_of_sets(data):
         return None
     try:
         return np.size(data[0][1]) > 1

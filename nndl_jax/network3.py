@@ -61,6 +61,7 @@ import numpy as np
 from nndl_jax import activations, costs, devices, layers, network, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
 from nndl_jax.checkpoint import TreeFileError, load_tree, read_tree, save_tree
+from nndl_jax.data import is_pair_of_sets
 
 ReLU = relu
 
@@ -235,9 +236,7 @@ def load_data_shared(filename=None):
 def size(data):
     """The number of examples in ``data`` (the book's ``size``): an ``(x, y)``
     pair of arrays, as ``load_data_shared`` returns, or a list of pairs."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
-        return int(data[0].shape[0])
-    return len(data)
+    return len(data[0]) if is_pair_of_sets(data) else len(data)
 
 
 # --- K networks at once ---------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Hardening (issue 24): bad inputs refused with a clear message, and the faults
+that earlier tests let through (each test here says which line of the issue it
+covers). Small synthetic data only: no MNIST needed."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nndl_jax import network, network2, network3
+from nndl_jax.data import as_arrays, check_finite, is_pair_of_sets
+
+
+def _xy(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784), dtype=np.float32), (np.arange(n) * 7 + 3) % 10
+
+
+# --- as_arrays: any array-like (x, y) pair (issue item 9) -------------------------------
+
+def _pair_layouts(n):
+    x, y = _xy(n)
+    return {
+        "array_and_list": (x, y.tolist()),
+        "both_lists": (x.tolist(), y.tolist()),
+        "list_of_rows_and_array": (list(x), y),
+        "tuples": (tuple(map(tuple, x.tolist())), tuple(y.tolist())),
+        "columns_as_lists": (x[:, :, None].tolist(), y.tolist()),
+        "jax_and_list": (jnp.asarray(x), y.tolist()),
+        "one_hot_lists": (x, np.eye(10)[y].tolist()),
+        "list_not_tuple": [x, y.tolist()],
+    }
+
+
+@pytest.mark.parametrize("n", [2, 5])  # 2: as long as the pair itself
+@pytest.mark.parametrize("layout", list(_pair_layouts(2)))
+def test_as_arrays_reads_any_array_like_pair(layout, n):
+    x, y = _xy(n)
+    got = as_arrays(_pair_layouts(n)[layout])
+    assert got.x.dtype == np.float32 and got.y.dtype == np.int32
+    np.testing.assert_array_equal(got.x, x)
+    np.testing.assert_array_equal(got.y, y)
+    assert is_pair_of_sets(_pair_layouts(n)[layout])
+
+
+@pytest.mark.parametrize("examples", [
+    lambda x, y: [(x[i][:, None], int(y[i])) for i in range(2)],               # the book's test list
+    lambda x, y: [(x[i][:, None], np.eye(10)[y[i]][:, None]) for i in range(2)],  # its training list
+    lambda x, y: [[x[i].tolist(), int(y[i])] for i in range(2)],               # lists, not tuples
+    lambda x, y: [(x[i], np.eye(10)[y[i]]) for i in range(2)],                 # flat one-hot vectors
+])
+def test_two_book_examples_stay_a_list_of_pairs(examples):
+    x, y = _xy(2)
+    given = examples(x, y)
+    assert not is_pair_of_sets(given)
+    got = as_arrays(given)
+    np.testing.assert_array_equal(got.x, x)
+    np.testing.assert_array_equal(got.y, y)
+
+
+@pytest.mark.parametrize("empty", [([], []), (np.zeros((0, 784)), []), ((), ()), [], zip()])
+def test_an_empty_pair_says_there_are_no_examples(empty):
+    with pytest.raises(ValueError, match=r"empty data \(no examples\)"):
+        as_arrays(empty)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((_xy()[0], 3), r"y is a single value; give x as \[n, 784\] images and y as \[n\] labels"),
+    (([[0.0] * 784, [0.0] * 783, [0.0] * 784], [1, 2, 3]), r"x cannot be read as one array .*equal-length rows"),
+    ((_xy()[0], _xy()[1].tolist()[:-1]), "6 images but 5 labels"),
+    (None, "expected a Dataset, an .x, y. pair of arrays or the book's list of .x, y. pairs; got NoneType"),
+])
+def test_a_pair_that_cannot_be_read_says_what_to_pass(bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        as_arrays(bad)
+
+
+def test_the_facades_read_a_pair_holding_lists():
+    x, y = _xy(20)
+    net = network.Network([784, 5, 10], seed=0)
+    assert net.evaluate((x, y.tolist())) == net.evaluate((x, y))
+    net2 = network2.Network([784, 5, 10], seed=0)
+    assert net2.accuracy((x.tolist(), y.tolist())) == net2.accuracy((x, y))   # convert=False: integers
+    assert net2.total_cost((x, np.eye(10)[y].tolist()), 0.0) == net2.total_cost((x, np.eye(10)[y]), 0.0)
+    assert network3.size((x.tolist(), y.tolist())) == 20 == network3.size((x, y))
+    assert network3.size([(x[i][:, None], int(y[i])) for i in range(2)]) == 2
+
+
+# --- as_arrays: labels and pixels that must be refused ------------------------------------
+
+def _labels_in(layout, labels):
+    """``labels`` [n, 10] (rows of 0s and 1s) in one of the book's layouts, beside images."""
+    x = np.zeros((len(labels), 784), np.float32)
+    return {"rows": (x, labels), "columns": (x, labels[:, :, None]),
+            "book_list": [(xi[:, None], li[:, None]) for xi, li in zip(x, labels)]}[layout]
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns", "book_list"])
+@pytest.mark.parametrize("row", [[0, 1, 0, 0, 0, 0, 0, 1, 0, 0], [0] * 10, [1] * 10])
+def test_label_rows_of_0s_and_1s_that_are_not_one_hot_are_refused(layout, row):
+    """Issue 24, faults list: two 1s in a row, or none, is not a one-hot label."""
+    labels = np.eye(10)[[3, 4, 5]]
+    labels[1] = row
+    with pytest.raises(ValueError, match=r"not one-hot rows \(each row: one 1, the rest 0\)"):
+        as_arrays(_labels_in(layout, labels))
+    labels[1] = np.eye(10)[7]  # the same data made right is read
+    np.testing.assert_array_equal(as_arrays(_labels_in(layout, labels)).y, [3, 7, 5])
+
+
+@pytest.mark.parametrize("y, message", [
+    ([0, 1, np.nan, 3], "labels of dtype float64 are not integers"),
+    ([0, 1, np.inf, 3], "labels of dtype float64 are not integers"),
+    ([0, 1, -np.inf, 3], "labels of dtype float64 are not integers"),
+    ([0, 1, 2.5, 3], "labels of dtype float64 are not integers"),
+    ([0, 1, 2 + 1e-9, 3], "labels of dtype float64 are not integers"),
+    ([0, -1, 2, 3], r"labels range over \[-1, 3\], expected \[0, 10\): 1 label out of range, first at example 1"),
+    ([0.0, -1.0, 2.0, 3.0], r"labels range over \[-1.0, 3.0\], expected \[0, 10\)"),
+    (["0", "1", "2", "3"], "labels of dtype <U1 are not integers"),
+    ([[0], [1], [2], [3]], r"labels of shape \(4, 1\), a column; pass integer labels as \[n\]"),
+])
+def test_labels_that_are_not_digits_are_refused(y, message):
+    with pytest.raises(ValueError, match=message):
+        as_arrays((np.zeros((4, 784), np.float32), np.array(y)))
+
+
+def test_whole_float_labels_are_read_as_integers():
+    got = as_arrays((np.zeros((3, 784), np.float32), np.array([0.0, 9.0, 4.0])))
+    np.testing.assert_array_equal(got.y, [0, 9, 4])
+    assert got.y.dtype == np.int32
+
+
+@pytest.mark.parametrize("label", [2 ** 31, 2 ** 40, 2.0 ** 33])
+def test_labels_beyond_int32_are_refused_without_a_class_count(label):
+    """With ``n_classes=None`` any label ≥ 0 is taken, but not one that would wrap around in int32."""
+    with pytest.raises(ValueError, match=r"labels range over .*int32 labels"):
+        as_arrays((np.zeros((2, 784), np.float32), np.array([0, label])), n_classes=None)
+
+
+def test_book_list_labels_of_several_shapes_are_refused_not_broadcast():
+    x = np.zeros((784, 1), np.float32)
+    one_hot = np.eye(10)[3][:, None]
+    with pytest.raises(ValueError, match=r"labels of several shapes"):
+        as_arrays([(x, one_hot), (x, np.ones((1, 1))), (x, one_hot)])
+
+
+@pytest.mark.parametrize("layout", ["rows", "float64_rows", "columns", "book_list"])
+def test_data_whose_only_non_finite_value_is_minus_inf_is_refused(layout):
+    """Issue 24, faults list: −inf alone (no NaN, no +inf) is refused, saying where."""
+    x, y = _xy(6)
+    x[4, 100] = -np.inf
+    given = {"rows": (x, y), "float64_rows": (x.astype(np.float64), y), "columns": (x[:, :, None], y),
+             "book_list": [(xi[:, None], int(yi)) for xi, yi in zip(x, y)]}[layout]
+    with pytest.raises(ValueError, match=r"1 value not finite \(0 NaN, 1 inf\) in 1 example, first at example 4"):
+        as_arrays(given)
+    with pytest.raises(ValueError, match="first at example 4, pixel 100"):
+        check_finite(x)
+
+
+@pytest.mark.parametrize("given, message", [
+    ((np.zeros((3, 785)), [0, 1, 2]), "x is 785 wide, expected 784"),
+    ((np.zeros((3, 783, 1)), [0, 1, 2]), "x is 783 wide, expected 784"),
+    ([(np.zeros((785, 1)), 0)] * 3, "x is 785 wide, expected 784"),
+    ([(np.zeros(785), 0)] * 3, "x is 785 wide, expected 784"),
+    ((np.zeros((3, 28, 28)), [0, 1, 2]), r"x has shape \(3, 28, 28\); expected \[n, 784\] or \[n, 784, 1\]"),
+    ((np.zeros((3, 1, 784)), [0, 1, 2]), r"x has shape \(3, 1, 784\)"),
+    ([(np.zeros((28, 28)), 0)] * 3, r"x has shape \(3, 28, 28\)"),
+    ((np.zeros(784), [0]), r"x has shape \(784,\)"),
+])
+def test_images_of_the_wrong_width_are_refused_in_every_layout(given, message):
+    with pytest.raises(ValueError, match=message):
+        as_arrays(given)
