@@ -428,9 +428,15 @@ def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
 
 # --- the checks every run makes -----------------------------------------------------
 
+def _whole(n):
+    """Whether ``n`` is a whole number (an int, or a float without a fraction; not a bool, NaN or inf)."""
+    return (not isinstance(n, bool) and isinstance(n, (int, np.integer, float, np.floating))
+            and bool(np.isfinite(n)) and n == int(n))
+
+
 def positive_int(n, name):
     """``n`` as an int, refusing anything that is not a whole number ≥ 1 (True, 1.5, "3")."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating)) or n != int(n) or n < 1:
+    if not _whole(n) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return int(n)
 
@@ -438,8 +444,7 @@ def positive_int(n, name):
 def check_hyperparameters(eta, lmbda, epochs):
     """The one check of the values every run takes: η > 0 and finite, λ ≥ 0 and
     finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
-    if (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer, float, np.floating))
-            or epochs != int(epochs) or epochs < 0):
+    if not _whole(epochs) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     eta = np.asarray(eta, np.float64)
     if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):

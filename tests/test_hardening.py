@@ -2,11 +2,12 @@
 that earlier tests let through (each test here says which line of the issue it
 covers). Small synthetic data only: no MNIST needed."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import network, network2, network3
+from nndl_jax import activations, costs, layers, network, network2, network3, train
 from nndl_jax.data import as_arrays, check_finite, is_pair_of_sets
 
 
@@ -168,3 +169,106 @@ def test_data_whose_only_non_finite_value_is_minus_inf_is_refused(layout):
 def test_images_of_the_wrong_width_are_refused_in_every_layout(given, message):
     with pytest.raises(ValueError, match=message):
         as_arrays(given)
+
+
+# --- seeds outside [0, 2**32) are refused (issue item 7) -----------------------------------
+
+BAD_SEEDS = [2 ** 32, 2 ** 40, 2 ** 64, -1, np.uint64(2 ** 32), True, 1.0, "3", None]
+SEED_MESSAGE = r"a seed must be a whole number from 0 to 4294967295 \(2\*\*32 - 1\), got"
+
+
+def _net3(seed):
+    return network3.Network([network3.FullyConnectedLayer(784, 5), network3.SoftmaxLayer(5, 10)], 10, seed=seed)
+
+
+FACADES = {"network": lambda seed: network.Network([784, 5, 10], seed=seed),
+           "network2": lambda seed: network2.Network([784, 5, 10], seed=seed),
+           "network3": _net3}
+
+
+@pytest.mark.parametrize("facade", list(FACADES))
+@pytest.mark.parametrize("seed", [s for s in BAD_SEEDS if s is not None], ids=repr)
+def test_a_network_refuses_a_seed_it_cannot_use_in_full(facade, seed):
+    with pytest.raises(ValueError, match=SEED_MESSAGE):
+        FACADES[facade](seed)
+
+
+def _sgd(net, seed):
+    x, y = _xy(20)
+    if isinstance(net, network3.Network):
+        return net.SGD((x, y), 1, 10, 0.1, (x, y), (x, y), seed=seed)
+    return net.SGD((x, y), 1, 10, 0.1, seed=seed)
+
+
+@pytest.mark.parametrize("facade", list(FACADES))
+@pytest.mark.parametrize("seed", [2 ** 32, 2 ** 40, -1], ids=repr)
+def test_sgd_refuses_a_seed_it_cannot_use_in_full_and_trains_nothing(facade, seed, capsys):
+    net = FACADES[facade](0)
+    before = jax.tree_util.tree_map(np.asarray, net.params)
+    with pytest.raises(ValueError, match=SEED_MESSAGE):
+        _sgd(net, seed)
+    assert "Epoch" not in capsys.readouterr().out
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.asarray, net.params))
+
+
+@pytest.mark.parametrize("seeds", [[2 ** 32], [0, 2 ** 32], [2 ** 40], [-1]], ids=repr)
+def test_seed_keys_and_train_many_refuse_seeds_outside_32_bits(seeds):
+    with pytest.raises(ValueError, match=SEED_MESSAGE):
+        train.seed_keys(seeds)
+    x, y = _xy(20)
+    with pytest.raises(ValueError, match=SEED_MESSAGE):
+        network3.train_many([network3.SoftmaxLayer(784, 10)], 10, (x, y), 1, 0.1, (x, y), (x, y), seeds=seeds)
+
+
+@pytest.mark.parametrize("facade", list(FACADES))
+def test_seeds_0_and_2_to_the_32_minus_1_both_work_and_differ(facade, capsys):
+    first, last = FACADES[facade](0), FACADES[facade](2 ** 32 - 1)
+    assert first.seed == 0 and last.seed == 2 ** 32 - 1
+    assert not np.array_equal(np.asarray(first.params[0]["w"]), np.asarray(last.params[0]["w"]))
+    _sgd(last, 2 ** 32 - 1)
+    assert last.last_sgd_seed == 2 ** 32 - 1
+    init_keys, train_keys = train.seed_keys([0, 2 ** 32 - 1])
+    assert not np.array_equal(jax.random.key_data(init_keys[0]), jax.random.key_data(init_keys[1]))
+
+
+# --- network2.load of a folder (issue item 10) ----------------------------------------------
+
+def test_network2_load_of_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(network2.NetworkFileError, match=r"is a folder; give the network file saved in it"):
+        network2.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        network2.load(tmp_path / "missing.json")
+
+
+# --- fit's epochs: a whole number, not True, not 1.5 (issue 24, faults list) ---------------
+
+def _tiny_fit(epochs):
+    net = layers.mlp_net([4, 3, 2], activations.sigmoid)
+    trainer = train.trainer_for(net, costs.quadratic, 2)
+    params, keys = train.from_seeds(net.init, (4,), [0])
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    return train.fit(trainer, params, (x, np.arange(6) % 2), epochs, key=keys, eta=0.5)
+
+
+@pytest.mark.parametrize("epochs", [True, False, 1.5, -1, float("nan"), float("inf"), "2", None, np.float64(0.5)],
+                         ids=repr)
+def test_fit_refuses_epochs_that_are_not_a_whole_number(epochs):
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer, got"):
+        _tiny_fit(epochs)
+
+
+@pytest.mark.parametrize("epochs, done", [(0, 0), (2, 2), (np.int64(2), 2), (2.0, 2)], ids=repr)
+def test_fit_takes_whole_numbers_of_epochs(epochs, done):
+    assert len(_tiny_fit(epochs).history.eta) == done
+
+
+@pytest.mark.parametrize("facade", list(FACADES))
+@pytest.mark.parametrize("epochs", [True, 1.5], ids=repr)
+def test_sgd_refuses_epochs_that_are_not_a_whole_number(facade, epochs):
+    x, y = _xy(20)
+    net = FACADES[facade](0)
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        if facade == "network3":
+            net.SGD((x, y), epochs, 10, 0.1, (x, y), (x, y))
+        else:
+            net.SGD((x, y), epochs, 10, 0.1)
