@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import activations, costs, layers, network, network2, network3, train
-from nndl_jax.data import as_arrays, check_finite, is_pair_of_sets
+from nndl_jax import activations, costs, expand_mnist, layers, network, network2, network3, train
+from nndl_jax.data import MNISTError, as_arrays, check_finite, is_pair_of_sets
 
 
 def _xy(n=6, seed=0):
@@ -272,3 +272,58 @@ def test_sgd_refuses_epochs_that_are_not_a_whole_number(facade, epochs):
             net.SGD((x, y), epochs, 10, 0.1, (x, y), (x, y))
         else:
             net.SGD((x, y), epochs, 10, 0.1)
+
+
+# --- the expanded set: a file made with another seed is refused (issue 24, faults list) -----
+
+def _expanded_file(path, seed, n=10, x=None, y=None):
+    rng = np.random.default_rng(abs(seed))
+    x = rng.integers(0, 256, (n, 784), dtype=np.uint8) if x is None else x
+    y = (np.arange(n) % 10).astype(np.uint8) if y is None else y
+    np.savez_compressed(path, x=x, y=y, seed=np.int64(seed))
+    return x, y
+
+
+@pytest.mark.parametrize("saved_seed", [1, 2 ** 32, -1])
+def test_an_expanded_file_made_with_another_seed_is_refused(tmp_path, saved_seed):
+    path = expand_mnist.expanded_path(0, tmp_path)
+    _expanded_file(path, saved_seed)
+    before = path.read_bytes()
+    with pytest.raises(MNISTError, match=rf"made with seed {saved_seed}, not seed 0; delete it to rebuild"):
+        expand_mnist.load_expanded(seed=0, out_dir=tmp_path)
+    with pytest.raises(MNISTError, match=rf"made with seed {saved_seed}, not seed 0"):
+        expand_mnist.read_expanded(path, 0, n=10)   # even where its size is the one asked for
+    assert path.read_bytes() == before                 # refused, not replaced
+
+
+def test_an_expanded_file_of_the_right_seed_and_size_is_read(tmp_path):
+    path = tmp_path / "e.npz"
+    x, y = _expanded_file(path, 3)
+    got = expand_mnist.read_expanded(path, 3, n=10)
+    np.testing.assert_array_equal(got.x, x.astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(got.y, y)
+    assert got.x.dtype == np.float32 and got.y.dtype == np.int32
+
+
+@pytest.mark.parametrize("damage, message", [
+    (dict(y=np.full(10, 12, np.uint8)), r"labels of dtype uint8 over \[12, 12\] are not digits"),
+    (dict(y=np.zeros(10, np.float32)), "labels of dtype float32"),
+    (dict(x=np.full((10, 784), np.nan, np.float32)), r"pixels of dtype float32 are not all numbers in \[0, 1\]"),
+    (dict(x=np.full((10, 784), 3.0, np.float32)), r"not all numbers in \[0, 1\]"),
+    (dict(x=np.zeros((10, 783), np.uint8)), r"holds x \(10, 783\)"),
+])
+def test_a_damaged_expanded_file_is_refused(tmp_path, damage, message):
+    path = tmp_path / "e.npz"
+    _expanded_file(path, 0, **damage)
+    with pytest.raises(MNISTError, match=message):
+        expand_mnist.read_expanded(path, 0, n=10)
+
+
+@pytest.mark.parametrize("content", [b"junk" * 100, "truncated"])
+def test_an_unreadable_expanded_file_is_refused_without_numpys_pickle_hint(tmp_path, content):
+    path = tmp_path / "e.npz"
+    _expanded_file(path, 0)
+    path.write_bytes(path.read_bytes()[:200] if content == "truncated" else content)
+    with pytest.raises(MNISTError, match="cannot read the expanded set .*delete it to rebuild") as e:
+        expand_mnist.read_expanded(path, 0, n=10)
+    assert "allow_pickle" not in str(e.value)
