@@ -107,7 +107,7 @@ class FullyConnectedLayer(_Layer):
     def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
         self.activation_fn = activations.check(activation_fn)
-        self.p_dropout = float(p_dropout)
+        self.p_dropout = _probability(p_dropout)
 
     def _arguments(self):
         return {"type": "FullyConnectedLayer", "n_in": self.n_in, "n_out": self.n_out,
@@ -127,9 +127,9 @@ class ConvPoolLayer(_Layer):
     input maps, h, w)``. w ~ N(0, 1/n_out) with n_out = maps·fh·fw/prod(poolsize)."""
 
     def __init__(self, filter_shape, image_shape, poolsize=(2, 2), activation_fn=sigmoid):
-        self.filter_shape = tuple(int(s) for s in filter_shape)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.poolsize = tuple(int(s) for s in poolsize)
+        self.filter_shape = layers.sizes_of(filter_shape, "filter_shape")
+        self.image_shape = layers.sizes_of(image_shape, "image_shape")
+        self.poolsize = layers.sizes_of(poolsize, "poolsize")
         self.activation_fn = activations.check(activation_fn)
         layers.conv_pool(self.filter_shape, self.image_shape, self.poolsize, activation_fn)  # checks the shapes
 
@@ -158,7 +158,7 @@ class SoftmaxLayer(_Layer):
 
     def __init__(self, n_in, n_out, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
-        self.p_dropout = float(p_dropout)
+        self.p_dropout = _probability(p_dropout)
 
     def _arguments(self):
         return {"type": "SoftmaxLayer", "n_in": self.n_in, "n_out": self.n_out,
@@ -185,9 +185,15 @@ def layer_from_spec(spec):
 
 
 def _positive(n, name):
-    if int(n) != n or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
+    return train.positive_int(n, name)
+
+
+def _probability(p, name="p_dropout"):
+    """``p`` as a float in [0, 1): a dropout rate (the fraction of inputs dropped)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1) (the fraction of a layer's inputs "
+                         f"dropped in training), got {p!r}")
+    return float(p)
 
 
 def build(net_layers):

@@ -327,3 +327,68 @@ def test_an_unreadable_expanded_file_is_refused_without_numpys_pickle_hint(tmp_p
     with pytest.raises(MNISTError, match="cannot read the expanded set .*delete it to rebuild") as e:
         expand_mnist.read_expanded(path, 0, n=10)
     assert "allow_pickle" not in str(e.value)
+
+
+# --- dropout with p != 0.5 (issue 24, faults list: with p = 0.5, p and 1 - p coincide) ------
+
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_dropout_drops_a_fraction_p_and_keeps_the_rest_unscaled(p):
+    x = jnp.full((400, 500), 3.0)
+    out = np.asarray(layers.dropout(x, p, jax.random.key(1)))
+    dropped = np.mean(out == 0)
+    # 200,000 Bernoulli draws: standard error sqrt(p(1-p)/n) < 0.0012; 5 of them
+    assert abs(dropped - p) < 0.006, dropped
+    assert set(np.unique(out)) == {0.0, 3.0}     # kept units are not rescaled (the book's dropout)
+
+
+@pytest.mark.parametrize("kind", ["fully_connected", "softmax"])
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_a_dropout_layer_trains_on_a_fraction_1_minus_p_and_scales_by_1_minus_p_in_evaluation(kind, p):
+    """With w all ones and b = 0, z is the number of inputs kept (training) and (1 − p)·n_in (evaluation)."""
+    n_in = 1000
+    init, apply = layers.LAYER_KINDS[kind](1, **({"activation": activations.linear} if kind != "softmax" else {}),
+                                           p_dropout=p)
+    params = {"w": jnp.ones((n_in, 1)), "b": jnp.zeros(1)}
+    x = jnp.ones((200, n_in))
+    evaluated = np.asarray(apply(params, x))
+    np.testing.assert_allclose(evaluated, (1 - p) * n_in, rtol=1e-6)
+    kept = np.asarray(apply(params, x, train=True, key=jax.random.key(2)))
+    # 200,000 draws in all: the mean kept per row is (1-p)·n_in within 5 standard errors (< 0.6 %)
+    assert abs(kept.mean() / n_in - (1 - p)) < 0.006, kept.mean()
+    assert np.all(kept == np.round(kept)) and kept.std() > 0   # whole counts that vary from row to row
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, float("nan"), float("inf")], ids=repr)
+@pytest.mark.parametrize("layer", ["FullyConnectedLayer", "SoftmaxLayer"])
+def test_network3_layers_refuse_p_dropout_outside_0_to_1_when_made(layer, p):
+    with pytest.raises(ValueError, match=r"p_dropout must be a probability in \[0, 1\)"):
+        getattr(network3, layer)(100, 10, p_dropout=p)
+    with pytest.raises(ValueError, match=r"p_dropout must be in \[0, 1\)"):
+        layers.dense(10, p_dropout=p)
+
+
+# --- conv-pool: a non-square filter (issue 24, faults list) ------------------------------
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("filter_hw, image_hw, pool", [((5, 3), (28, 28), (2, 2)), ((3, 5), (28, 28), (2, 2)),
+                                                       ((5, 3), (20, 28), (2, 3)), ((1, 4), (9, 12), (3, 1))])
+def test_conv_pool_output_shape_promised_by_init_is_apply_s_for_non_square_filters(layout, filter_hw, image_hw,
+                                                                                    pool):
+    (fh, fw), (h, w) = filter_hw, image_hw
+    init, apply = layers.conv_pool((4, 2, fh, fw), (7, 2, h, w), pool, activations.relu, layout=layout)
+    out_shape, params = init(jax.random.key(0), (2 * h * w,))
+    want = (4, (h - fh + 1) // pool[0], (w - fw + 1) // pool[1])
+    assert tuple(out_shape) == want
+    assert params["w"].shape == (4, 2, fh, fw)
+    y = jax.eval_shape(lambda p, x: apply(p, x), params, jax.ShapeDtypeStruct((3, 2 * h * w), jnp.float32))
+    assert y.shape == (3,) + want
+    layer = network3.ConvPoolLayer((4, 2, fh, fw), (7, 2, h, w), pool)
+    assert layer.n_out_values == int(np.prod(want))
+
+
+def test_a_network3_net_with_a_non_square_filter_trains_and_predicts():
+    x, y = _xy(20)
+    net = network3.Network([network3.ConvPoolLayer((3, 1, 5, 3), (10, 1, 28, 28)),
+                            network3.FullyConnectedLayer(3 * 12 * 13, 8), network3.SoftmaxLayer(8, 10)], 10, seed=0)
+    net.SGD((x, y), 1, 10, 0.1, (x, y), (x, y), seed=0)
+    assert net.layers[0].w.shape == (3, 1, 5, 3) and net.predict(x).shape == (20,)
