@@ -382,6 +382,21 @@ def _one_hot_labels(data):
 
 # --- loading ------------------------------------------------------------------------
 
+def _numbers(nested, what):
+    """The nested JSON lists ``nested`` as a float64 array; refusing ragged
+    lists and anything that is not a number (strings, booleans, null)."""
+    def check(v):
+        if isinstance(v, list):
+            for item in v:
+                check(item)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise NetworkFileError(f"{what} hold {json.dumps(v)}, not a number")
+    check(nested)
+    try:
+        return np.asarray(nested, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise NetworkFileError(f"{what} are ragged (rows of several lengths)") from None
+
 class NetworkFileError(ValueError):
     """A network file that cannot be loaded (missing, not JSON, wrong content)."""
 
@@ -408,11 +423,11 @@ def load(filename):
     missing = [k for k in ("sizes", "weights", "biases", "cost") if k not in data]
     if missing:
         raise NetworkFileError(f"{path}: missing keys {missing}")
-    if data["cost"] not in COSTS:
+    if not isinstance(data["cost"], str) or data["cost"] not in COSTS:
         raise NetworkFileError(f"{path}: unknown cost {data['cost']!r}; expected one of {sorted(COSTS)}")
     sizes = data["sizes"]
     if (not isinstance(sizes, list) or len(sizes) < 2
-            or not all(isinstance(s, int) and s >= 1 for s in sizes)):
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)):
         raise NetworkFileError(f"{path}: sizes must be a list of at least two positive integers, got {sizes!r}")
     weights, biases = data["weights"], data["biases"]
     if not isinstance(weights, list) or not isinstance(biases, list) \
@@ -420,16 +435,17 @@ def load(filename):
         raise NetworkFileError(f"{path}: expected {len(sizes) - 1} weight and bias arrays for sizes {sizes}")
     ws, bs = [], []
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        try:
-            w = np.asarray(weights[l], dtype=np.float64)
-            b = np.asarray(biases[l], dtype=np.float64)
-        except (ValueError, TypeError):
-            raise NetworkFileError(f"{path}: layer {l} holds ragged or non-numeric arrays") from None
+        w, b = (_numbers(v, f"{path}: layer {l} {name}") for v, name in ((weights[l], "weights"),
+                                                                             (biases[l], "biases")))
         if w.shape != (n_out, n_in) or b.shape != (n_out, 1):
             raise NetworkFileError(f"{path}: layer {l} has weights {w.shape} and biases {b.shape}; "
                                    f"sizes {sizes} need ({n_out}, {n_in}) and ({n_out}, 1)")
-        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-            raise NetworkFileError(f"{path}: layer {l} holds non-finite numbers")
+        for name, v in (("weights", w), ("biases", b)):
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, refused here
+                finite = np.all(np.isfinite(v.astype(np.float32)))
+            if not finite:
+                raise NetworkFileError(f"{path}: layer {l} {name} hold numbers that are not finite "
+                                       "(NaN, Infinity, or beyond float32's range)")
         ws.append(w)
         bs.append(b)
     net = Network(sizes, cost=COSTS[data["cost"]])

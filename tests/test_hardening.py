@@ -2,6 +2,8 @@
 that earlier tests let through (each test here says which line of the issue it
 covers). Small synthetic data only: no MNIST needed."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -392,3 +394,60 @@ def test_a_network3_net_with_a_non_square_filter_trains_and_predicts():
                             network3.FullyConnectedLayer(3 * 12 * 13, 8), network3.SoftmaxLayer(8, 10)], 10, seed=0)
     net.SGD((x, y), 1, 10, 0.1, (x, y), (x, y), seed=0)
     assert net.layers[0].w.shape == (3, 1, 5, 3) and net.predict(x).shape == (20,)
+
+
+# --- network2's JSON files: NaN, Infinity and other damage refused (issue 24, faults list) --
+
+def _saved_net2(tmp_path):
+    net = network2.Network([3, 4, 2], seed=0)
+    path = tmp_path / "net.json"
+    net.save(path)
+    return net, path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e39"])
+@pytest.mark.parametrize("where", [("weights", 0), ("weights", 1), ("biases", 0), ("biases", 1)])
+def test_a_network2_file_holding_nan_or_infinity_is_refused(tmp_path, where, value):
+    _, path, data = _saved_net2(tmp_path)
+    key, layer = where
+    data[key][layer][-1][-1] = "HOLE"
+    path.write_text(json.dumps(data).replace('"HOLE"', value))   # as json.dump(allow_nan=True) writes them
+    with pytest.raises(network2.NetworkFileError,
+                       match=rf"layer {layer} {key} hold numbers that are not finite \(NaN, Infinity, or beyond"):
+        network2.load(path)
+
+
+def test_a_network2_file_round_trips_exactly(tmp_path):
+    net, path, _ = _saved_net2(tmp_path)
+    loaded = network2.load(path)
+    for a, b in zip(net.weights + net.biases, loaded.weights + loaded.biases):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("biases"), r"missing keys \['biases'\]"),
+    (lambda d: d.update(cost=["CrossEntropyCost"]), r"unknown cost \['CrossEntropyCost'\]"),
+    (lambda d: d.update(cost="HingeCost"), "unknown cost 'HingeCost'"),
+    (lambda d: d.update(sizes=[3, True, 2]), "sizes must be a list of at least two positive integers"),
+    (lambda d: d.update(sizes=[3, 4.0, 2]), "sizes must be a list of at least two positive integers"),
+    (lambda d: d["weights"][0].__setitem__(1, d["weights"][0][1][:-1]), "layer 0 weights are ragged"),
+    (lambda d: d["weights"][1][0].__setitem__(0, "0.5"), r'layer 1 weights hold "0.5", not a number'),
+    (lambda d: d["biases"][0][0].__setitem__(0, None), "layer 0 biases hold null, not a number"),
+    (lambda d: d["biases"][0][0].__setitem__(0, True), "layer 0 biases hold true, not a number"),
+    (lambda d: d["weights"].pop(), "expected 2 weight and bias arrays"),
+    (lambda d: d["biases"].__setitem__(1, [0.0, 0.0]), r"layer 1 has weights \(2, 4\) and biases \(2,\)"),
+])
+def test_a_damaged_network2_file_is_refused_saying_what_is_wrong(tmp_path, edit, message):
+    _, path, data = _saved_net2(tmp_path)
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(network2.NetworkFileError, match=message):
+        network2.load(path)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"sizes": [3, 2]', ""])
+def test_a_network2_file_that_is_not_a_json_object_is_refused(tmp_path, text):
+    path = tmp_path / "net.json"
+    path.write_text(text)
+    with pytest.raises(network2.NetworkFileError, match=str(path)):
+        network2.load(path)
