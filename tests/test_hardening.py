@@ -451,3 +451,33 @@ def test_a_network2_file_that_is_not_a_json_object_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(network2.NetworkFileError, match=str(path)):
         network2.load(path)
+
+
+# --- network3's iteration numbers over several epochs (issue 24, faults list) -------------
+
+def test_network3_prints_iteration_numbers_counted_across_epochs(capsys):
+    """1,100 mini-batches of 2 per epoch (batches ≠ mini-batch size), 3 epochs: the book
+    prints "Training mini-batch number N" at every N = epoch·1100 + i that is a multiple of 1000."""
+    x, y = _xy(2201)   # the last, odd example is left out, as the book's num_training_batches does
+    net = network3.Network([network3.SoftmaxLayer(784, 10)], 2, seed=0)
+    net.SGD((x, y), 3, 2, 0.01, (x[:10], y[:10]), (x[:10], y[:10]), seed=0)
+    jax.effects_barrier()
+    lines = capsys.readouterr().out.splitlines()
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("Training mini-batch number")]
+    assert numbers == [0, 1000, 2000, 3000]
+    assert net.history["num_training_batches"] == 1100
+    best = max(range(3), key=lambda e: (net.history["validation_accuracy"][e], e))
+    assert net.history["best_iteration"] == 1100 * (best + 1) - 1
+
+
+def test_the_core_counts_iterations_across_epochs_for_on_iteration():
+    """5 mini-batches of 4 per epoch, a callback every 3 iterations, 3 epochs: 0, 3, ..., 12 in order."""
+    seen = []
+    net = layers.mlp_net([4, 2], activations.sigmoid)
+    trainer = train.Trainer(net.apply, costs.quadratic, 4, on_iteration=lambda i: seen.append(int(i)),
+                            iteration_every=3)
+    params, keys = train.from_seeds(net.init, (4,), [0])
+    x = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    train.fit(trainer, params, (x, np.arange(20) % 2), 3, key=keys, eta=0.5)
+    jax.effects_barrier()
+    assert seen == [0, 3, 6, 9, 12]
