@@ -471,13 +471,13 @@ def test_network3_prints_iteration_numbers_counted_across_epochs(capsys):
 
 
 def test_the_core_counts_iterations_across_epochs_for_on_iteration():
-    """5 mini-batches of 4 per epoch, a callback every 3 iterations, 3 epochs: 0, 3, ..., 12 in order."""
+    """7 mini-batches of 4 per epoch, a callback every 3 iterations, 3 epochs: 0, 3, ..., 18 in order."""
     seen = []
     net = layers.mlp_net([4, 2], activations.sigmoid)
     trainer = train.Trainer(net.apply, costs.quadratic, 4, on_iteration=lambda i: seen.append(int(i)),
                             iteration_every=3)
     params, keys = train.from_seeds(net.init, (4,), [0])
-    x = np.random.default_rng(0).random((20, 4), dtype=np.float32)
-    train.fit(trainer, params, (x, np.arange(20) % 2), 3, key=keys, eta=0.5)
+    x = np.random.default_rng(0).random((28, 4), dtype=np.float32)
+    train.fit(trainer, params, (x, np.arange(28) % 2), 3, key=keys, eta=0.5)
     jax.effects_barrier()
-    assert seen == [0, 3, 6, 9, 12]
+    assert seen == [0, 3, 6, 9, 12, 15, 18]
