@@ -3,13 +3,16 @@ that earlier tests let through (each test here says which line of the issue it
 covers). Small synthetic data only: no MNIST needed."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import activations, costs, expand_mnist, layers, network, network2, network3, train
+from nndl_jax import activations, checkpoint, costs, expand_mnist, files, layers, network, network2, network3, train
 from nndl_jax.data import MNISTError, as_arrays, check_finite, is_pair_of_sets
 
 
@@ -481,3 +484,115 @@ def test_the_core_counts_iterations_across_epochs_for_on_iteration():
     train.fit(trainer, params, (x, np.arange(28) % 2), 3, key=keys, eta=0.5)
     jax.effects_barrier()
     assert seen == [0, 3, 6, 9, 12, 15, 18]
+
+
+# --- files.atomic_write and remove_stale_parts --------------------------------------------
+
+class _Interrupted(BaseException):
+    """Stands for KeyboardInterrupt / SystemExit in the middle of a write."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, OSError, _Interrupted])
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_write_that_raises_leaves_the_old_file_intact_and_no_part(tmp_path, error, existing):
+    path = tmp_path / "results.json"
+    if existing:
+        path.write_text("old content")
+
+    def write(f):
+        f.write(b"half of the new")
+        f.flush()
+        raise error("boom")
+
+    with pytest.raises(error, match="boom"):
+        files.atomic_write(path, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["results.json"] if existing else [])
+    if existing:
+        assert path.read_text() == "old content"
+
+
+def test_a_write_over_a_folder_fails_and_leaves_no_part(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError):
+        files.atomic_write(tmp_path / "out", lambda f: f.write(b"x"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())
+
+
+def test_a_write_into_a_missing_folder_names_it_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"the folder {tmp_path / 'missing'} does not exist"):
+        files.atomic_write(tmp_path / "missing" / "f.json", lambda f: f.write(b"x"))
+    assert not any(tmp_path.iterdir())
+    files.atomic_write(tmp_path / "made" / "f.json", lambda f: f.write(b"x"), parents=True)
+    assert (tmp_path / "made" / "f.json").read_bytes() == b"x"
+
+
+def test_a_bad_mode_leaves_no_part_and_no_open_file(tmp_path):
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError):
+        files.atomic_write(tmp_path / "f", lambda f: None, mode="wz")
+    assert not any(tmp_path.iterdir()) and len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_atomic_write_text_writes_utf8_whatever_the_locale(tmp_path):
+    path = tmp_path / "settings.txt"
+    code = f"from nndl_jax import files; files.atomic_write_text({str(path)!r}, '\\u03b7 = 0.5, \\u03bb = 5.0')"
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.getcwd())
+    assert path.read_bytes() == "η = 0.5, λ = 5.0".encode()
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def live_pid():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+def test_remove_stale_parts_keeps_a_live_writers_part_and_removes_a_dead_ones(tmp_path, live_pid):
+    dead = _dead_pid()
+    parts = {who: tmp_path / f".state.npz.{pid}.0badcafe.part"
+             for who, pid in (("live", live_pid), ("dead", dead), ("me", os.getpid()))}
+    for p in parts.values():
+        p.write_bytes(b"partial")
+    assert files.stale_parts(tmp_path, "state.npz") == [parts["dead"]]
+    assert files.remove_stale_parts(tmp_path, "state.npz") == 1
+    assert not parts["dead"].exists() and parts["live"].exists() and parts["me"].exists()
+
+
+def test_remove_stale_parts_of_one_file_leaves_other_files_parts(tmp_path):
+    dead = _dead_pid()
+    mine = tmp_path / f".state.npz.{dead}.0badcafe.part"
+    others = [tmp_path / f".state.npz.old.{dead}.0badcafe.part",    # the parts of "state.npz.old"
+              tmp_path / ".state.npz.k3j_x8a.part",                 # a temporary file without a pid
+              tmp_path / f".results.json.{dead}.0badcafe.part"]
+    for p in [mine] + others:
+        p.write_bytes(b"partial")
+    assert files.remove_stale_parts(tmp_path, "state.npz") == 1
+    assert not mine.exists() and all(p.exists() for p in others)
+    assert files.remove_stale_parts(tmp_path) == 2                 # every dead writer's part, not the pid-less one
+    assert others[1].exists()
+
+
+def test_remove_stale_parts_matches_names_literally(tmp_path):
+    dead = _dead_pid()
+    part = tmp_path / f".row[1.1].npz.{dead}.0badcafe.part"
+    part.write_bytes(b"partial")
+    assert files.remove_stale_parts(tmp_path, "row[1.1].npz") == 1 and not part.exists()
+
+
+def test_a_checkpoint_removes_its_stale_parts_only(tmp_path):
+    dead = _dead_pid()
+    saved = tmp_path / "state.npz"
+    checkpoint.save_tree(saved, {"a": np.zeros(2)}, fmt=checkpoint.CHECKPOINT_FORMAT)
+    stale, other = tmp_path / f".state.npz.{dead}.0badcafe.part", tmp_path / f".other.npz.{dead}.0badcafe.part"
+    stale.write_bytes(b"x")
+    other.write_bytes(b"x")
+    checkpoint.Checkpoint(saved).remove()
+    assert not saved.exists() and not stale.exists() and other.exists()
