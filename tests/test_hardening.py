@@ -596,3 +596,88 @@ def test_a_checkpoint_removes_its_stale_parts_only(tmp_path):
     other.write_bytes(b"x")
     checkpoint.Checkpoint(saved).remove()
     assert not saved.exists() and not stale.exists() and other.exists()
+
+
+# --- checkpoint.save_tree / load_tree: wrong skeletons and lying headers -------------------
+
+def _tree():
+    return {"params": [{"w": np.arange(6.0).reshape(2, 3), "b": np.zeros(3, np.float32)}], "epoch": np.int64(4)}
+
+
+def test_a_tree_round_trips_with_its_dtypes(tmp_path):
+    path = checkpoint.save_tree(tmp_path / "t.npz", _tree(), {"run": "r"})
+    tree, meta = checkpoint.load_tree(path, _tree())
+    jax.tree_util.tree_map(np.testing.assert_array_equal, tree, _tree())
+    assert tree["params"][0]["b"].dtype == np.float32 and meta == {"run": "r"}
+
+
+@pytest.mark.parametrize("skeleton, message", [
+    ({"params": [{"v": np.zeros((2, 3)), "b": np.zeros(3)}], "epoch": 0}, r"holds \['params'\]\[0\]\['w'\] where "
+                                                                         r"\['params'\]\[0\]\['v'\] was expected"),
+    ([[np.zeros((2, 3)), np.zeros(3)], 0], "saved from another structure"),     # same leaves, shapes, order
+    ({"params": [{"w": np.zeros((3, 2)), "b": np.zeros(3)}], "epoch": 0}, r"holds shape \(2, 3\), expected \(3, 2\)"),
+    ({"params": [{"w": np.zeros((2, 3))}], "epoch": 0}, "holds 3 arrays, expected 2"),
+])
+def test_load_tree_refuses_a_skeleton_of_another_structure_or_shape(tmp_path, skeleton, message):
+    path = checkpoint.save_tree(tmp_path / "t.npz", _tree())
+    with pytest.raises(checkpoint.TreeFileError, match=message):
+        checkpoint.load_tree(path, skeleton)
+
+
+def test_load_tree_without_shape_checks_still_refuses_another_structure(tmp_path):
+    path = checkpoint.save_tree(tmp_path / "t.npz", {"metrics": {"a": np.zeros((3, 2))}, "eta": np.zeros((3, 2))})
+    grown, _ = checkpoint.load_tree(path, {"metrics": {"a": np.zeros((0, 2))}, "eta": np.zeros((0, 2))},
+                                    check_shapes=False)
+    assert grown["metrics"]["a"].shape == (3, 2)
+    with pytest.raises(checkpoint.TreeFileError, match="saved from another structure"):
+        checkpoint.load_tree(path, {"metrics": {"b": np.zeros((0, 2))}, "eta": np.zeros((0, 2))}, check_shapes=False)
+
+
+def _lying_file(path, header, arrays):
+    np.savez(path, header=np.array(json.dumps(header)), **arrays)
+    return path
+
+
+GOOD_HEADER = {"format": checkpoint.TREE_FORMAT, "meta": {}, "leaves": [["['a']", [2], "float64"]]}
+
+
+@pytest.mark.parametrize("header, arrays, message", [
+    (GOOD_HEADER | {"leaves": [["['a']", [5], "float64"]]}, {"leaf_0": np.zeros(2)},
+     r"its header says \['a'\] is float64 \(5,\), the file holds float64 \(2,\)"),
+    (GOOD_HEADER | {"leaves": [["['a']", [2], "int32"]]}, {"leaf_0": np.zeros(2)}, "header says .* is int32"),
+    (GOOD_HEADER, {"leaf_0": np.zeros(2), "leaf_1": np.zeros(3)}, "its header lists 1 arrays, the file holds 2"),
+    (GOOD_HEADER | {"leaves": GOOD_HEADER["leaves"] * 2}, {"leaf_0": np.zeros(2)}, "header lists 2 arrays, the file"),
+    (GOOD_HEADER, {"leaf_7": np.zeros(2)}, "header lists 1 arrays"),
+    ([GOOD_HEADER], {"leaf_0": np.zeros(2)}, "unreadable .*format"),
+    ({k: v for k, v in GOOD_HEADER.items() if k != "meta"}, {"leaf_0": np.zeros(2)}, "no 'meta' dict"),
+    (GOOD_HEADER | {"meta": [1]}, {"leaf_0": np.zeros(2)}, "no 'meta' dict"),
+    (GOOD_HEADER | {"leaves": 1}, {"leaf_0": np.zeros(2)}, r"'leaves' are not a list of \[path, shape, dtype\]"),
+    (GOOD_HEADER | {"leaves": [["['a']", ["2"], "float64"]]}, {"leaf_0": np.zeros(2)}, "'leaves' are not a list"),
+    (GOOD_HEADER | {"leaves": [["['a']", [2]]]}, {"leaf_0": np.zeros(2)}, "'leaves' are not a list"),
+])
+def test_a_tree_file_whose_header_lies_about_its_leaves_is_refused(tmp_path, header, arrays, message):
+    path = _lying_file(tmp_path / "t.npz", header, arrays)
+    before = path.read_bytes()
+    with pytest.raises(checkpoint.TreeFileError, match=message):
+        checkpoint.load_tree(path, {"a": np.zeros(2)})
+    assert path.read_bytes() == before
+
+
+def test_a_checkpoint_whose_header_lies_is_refused_as_unreadable_and_kept(tmp_path):
+    header = GOOD_HEADER | {"format": checkpoint.CHECKPOINT_FORMAT, "leaves": [["['a']", [5], "float64"]],
+                            "meta": {"identity": {"run": 1}, "epochs_done": 3}}
+    path = _lying_file(tmp_path / "state.npz", header, {"leaf_0": np.zeros(2)})
+    saved = checkpoint.Checkpoint(path, {"run": 1})
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable checkpoint .*header says") as e:
+        saved.epochs_done()
+    assert e.value.path == path and e.value.differences == [] and path.is_file()
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_truncated_tree_file_is_refused(tmp_path, cut):
+    path = checkpoint.save_tree(tmp_path / "t.npz", _tree())
+    content = path.read_bytes()
+    path.write_bytes(content[:int(len(content) * cut)])
+    with pytest.raises(checkpoint.TreeFileError, match="unreadable") as e:
+        checkpoint.load_tree(path, _tree())
+    assert "allow_pickle" not in str(e.value)
