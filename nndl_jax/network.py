@@ -160,6 +160,8 @@ class Network:
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
                              f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
+        if len(x) == 0:  # an empty batch: nothing to compute (the layers' reshapes need an example)
+            return np.zeros((0, self.sizes[-1]), self._dtype)
         out = np.asarray(self._core_cost.output(self._apply(self.params, x)))
         return out.T if column else (out[0] if a.ndim == 1 else out)
 

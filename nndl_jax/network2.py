@@ -43,15 +43,11 @@ import numpy as np
 
 from nndl_jax import activations, costs, files, layers, network, train
 from nndl_jax.data import is_pair_of_sets
+from nndl_jax.mnist_loader import vectorized_result  # noqa: F401 (the book's network2 has it too)
 from nndl_jax.network import book_to_params, params_to_book
 
 # --- the book's miscellaneous functions (NumPy, as in the book) -------------------
 
-def vectorized_result(j):
-    """A (10, 1) unit vector with 1.0 in position ``j``: the desired output for digit j."""
-    e = np.zeros((10, 1))
-    e[j] = 1.0
-    return e
 
 
 def sigmoid(z):
@@ -237,8 +233,8 @@ class Network(network.Network):
             raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
         train.check_lmbda(lmbda)
         for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
-            if int(v) != v or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+            if v != 0:  # 0 (or False, the book's default spelled otherwise): off
+                train.positive_int(v, name)
         if early_stopping_n and schedule_n:
             raise ValueError("choose early_stopping_n or schedule_n, not both")
         training = self._data(training_data)
@@ -318,8 +314,7 @@ class Network(network.Network):
         ``self.regularization == "l1"``, the L1 rule w → w − (ηλ/n)·sign(w) − ...)."""
         network._check_hyper(1, 1, eta)
         train.check_lmbda(lmbda)
-        if int(n) != n or n < 1:
-            raise ValueError(f"n (the size of the training set) must be a positive integer, got {n!r}")
+        n = train.positive_int(n, "n (the size of the training set)")
         batch = self._data(mini_batch)
         trainer = self._trainer(len(batch.y), False, penalty=self.regularization, momentum=0.0)
         params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1, key=jax.random.key(0),

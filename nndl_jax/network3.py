@@ -392,7 +392,7 @@ class Network:
         The data (any layout ``data.as_arrays`` reads) must be as wide as the
         first layer's input and have labels below the softmax's ``n_out``.
         """
-        if int(mini_batch_size) != self.mini_batch_size:
+        if _positive(mini_batch_size, "mini_batch_size") != self.mini_batch_size:
             raise ValueError(f"the network was built for mini-batches of {self.mini_batch_size}, "
                              f"SGD was given {mini_batch_size}")
         training, validation, test = (self._data(d, name) for d, name in (
@@ -439,7 +439,9 @@ class Network:
                                "epochs, mini_batch_size, eta, validation_data, test_data) first, as in the book")
         mb = self.mini_batch_size
         num_test_batches = len(self._test_x) // mb
-        if int(i) != i or not 0 <= i < num_test_batches:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"test_mb_predictions takes the index of a test mini-batch (an int), got {i!r}")
+        if not 0 <= i < num_test_batches:
             raise IndexError(f"test mini-batch {i!r} out of range: the test data holds {num_test_batches} "
                              f"mini-batches of {mb}")
         return self.predict(self._test_x[int(i) * mb:(int(i) + 1) * mb])
@@ -449,6 +451,8 @@ class Network:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.layers[0].n_in_values:
             raise ValueError(f"predict expects [n, {self.layers[0].n_in_values}] inputs, got {x.shape}")
+        if len(x) == 0:
+            return np.zeros(0, np.int32)
         return np.asarray(predictions(self.layers, train.stack([self.params]), x)[0])
 
     def accuracy(self, data):

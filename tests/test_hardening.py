@@ -12,7 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import activations, checkpoint, costs, expand_mnist, files, layers, network, network2, network3, train
+from nndl_jax import (
+    activations,
+    checkpoint,
+    costs,
+    expand_mnist,
+    files,
+    layers,
+    mnist_loader,
+    network,
+    network2,
+    network3,
+    train,
+)
 from nndl_jax.data import MNISTError, as_arrays, check_finite, is_pair_of_sets
 
 
@@ -681,3 +693,112 @@ def test_a_truncated_tree_file_is_refused(tmp_path, cut):
     with pytest.raises(checkpoint.TreeFileError, match="unreadable") as e:
         checkpoint.load_tree(path, _tree())
     assert "allow_pickle" not in str(e.value)
+
+
+# --- the façades on bad shapes and arguments ----------------------------------------------
+
+@pytest.mark.parametrize("a", [np.zeros((785, 1)), np.zeros((2, 784, 1)), np.zeros((28, 28)), np.zeros((784, 2)),
+                               np.zeros(783)], ids=lambda a: str(a.shape))
+def test_feedforward_refuses_inputs_of_the_wrong_shape(a):
+    net = network.Network([784, 5, 10], seed=0)
+    with pytest.raises(ValueError, match=r"feedforward expects a \(784, 1\) column or an \[n, 784\] batch, got shape"):
+        net.feedforward(a)
+
+
+def test_feedforward_keeps_the_layout_it_was_given():
+    net = network.Network([784, 5, 10], seed=0)
+    x = _xy(3)[0]
+    batch = net.feedforward(x)
+    assert batch.shape == (3, 10)
+    np.testing.assert_allclose(net.feedforward(x[0][:, None]), batch[0][:, None], rtol=1e-6)
+    np.testing.assert_allclose(net.feedforward(x[0]), batch[0], rtol=1e-6)
+    np.testing.assert_allclose(net.feedforward(x[:1]), batch[:1], rtol=1e-6)
+    assert net.feedforward(np.zeros((0, 784))).shape == (0, 10)     # an empty batch gives an empty batch
+
+
+@pytest.mark.parametrize("facade", ["network", "network2"])
+@pytest.mark.parametrize("bad, message", [
+    ((np.zeros((3, 785)), [0, 1, 2]), "785 wide, expected 784"),
+    ((np.zeros((3, 784)), [0, 1, 10]), r"labels range over \[0, 10\], expected \[0, 10\)"),
+    (([], []), "no examples"),
+    ((np.full((3, 784), np.nan), [0, 1, 2]), "not finite"),
+])
+def test_evaluate_and_accuracy_refuse_bad_data(facade, bad, message):
+    net = FACADES[facade](0)
+    with pytest.raises(ValueError, match=message):
+        net.evaluate(bad) if facade == "network" else net.accuracy(bad)
+
+
+def test_network3_predict_refuses_bad_shapes_and_takes_an_empty_batch():
+    net = _net3(0)
+    with pytest.raises(ValueError, match=r"predict expects \[n, 784\] inputs, got \(2, 784, 1\)"):
+        net.predict(np.zeros((2, 784, 1)))
+    assert net.predict(np.zeros((0, 784))).shape == (0,)
+
+
+@pytest.mark.parametrize("i, error", [(True, TypeError), (1.0, TypeError), ("1", TypeError), (-1, IndexError),
+                                      (2, IndexError)], ids=repr)
+def test_test_mb_predictions_takes_only_an_index_in_range(i, error, capsys):
+    net = _net3(0)
+    x, y = _xy(20)
+    net.SGD((x, y), 1, 10, 0.1, (x, y), (x, y), seed=0)
+    with pytest.raises(error, match="test mini-batch|an int"):
+        net.test_mb_predictions(i)
+    assert net.test_mb_predictions(np.int64(1)).shape == (10,)
+
+
+@pytest.mark.parametrize("mb", [True, None, 10.5, 0, "10"], ids=repr)
+def test_network3_sgd_refuses_a_mini_batch_size_that_is_not_a_positive_integer(mb):
+    x, y = _xy(20)
+    with pytest.raises(ValueError, match="mini_batch_size must be a positive integer"):
+        _net3(0).SGD((x, y), 1, mb, 0.1, (x, y), (x, y))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(early_stopping_n=True), "early_stopping_n must be a positive integer, got True"),
+    (dict(early_stopping_n=float("nan")), "early_stopping_n must be a positive integer, got nan"),
+    (dict(early_stopping_n=None), "early_stopping_n must be a positive integer, got None"),
+    (dict(early_stopping_n=-2), "early_stopping_n must be a positive integer"),
+    (dict(schedule_n=1.5), "schedule_n must be a positive integer"),
+    (dict(momentum=float("nan")), r"momentum must be in \[0, 1\)"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+])
+def test_network2_sgd_refuses_bad_settings_clearly(kwargs, message):
+    x, y = _xy(20)
+    net = network2.Network([784, 5, 10], seed=0)
+    with pytest.raises(ValueError, match=message):
+        net.SGD((x, y), 1, 10, 0.1, evaluation_data=(x, y), **kwargs)
+
+
+@pytest.mark.parametrize("n", [True, float("nan"), 0, 2.5, None], ids=repr)
+def test_network2_update_mini_batch_refuses_a_training_set_size_that_is_not_a_positive_integer(n):
+    x, y = _xy(4)
+    with pytest.raises(ValueError, match=r"n \(the size of the training set\) must be a positive integer"):
+        network2.Network([784, 5, 10], seed=0).update_mini_batch((x, y), 0.1, 0.1, n)
+
+
+@pytest.mark.parametrize("module", [mnist_loader, network2])
+@pytest.mark.parametrize("j", [-1, 10, 1.5, True, "3", None], ids=repr)
+def test_vectorized_result_takes_only_a_digit(module, j):
+    with pytest.raises(ValueError, match="vectorized_result takes a digit 0-9"):
+        module.vectorized_result(j)
+    assert module.vectorized_result(np.int64(9))[9, 0] == 1.0
+
+
+@pytest.mark.parametrize("bad", [dict(filter_shape=(4, 1, 5.5, 5)), dict(image_shape=(10, 1, 28.5, 28)),
+                                 dict(poolsize=(2, True)), dict(filter_shape=(4, 1, float("nan"), 5)),
+                                 dict(filter_shape=5)], ids=repr)
+def test_conv_pool_sizes_must_be_whole_numbers(bad):
+    args = dict(filter_shape=(4, 1, 5, 5), image_shape=(10, 1, 28, 28), poolsize=(2, 2)) | bad
+    with pytest.raises(ValueError, match="must (hold whole numbers|be a tuple of sizes)"):
+        network3.ConvPoolLayer(**args)
+    with pytest.raises(ValueError, match="must (hold whole numbers|be a tuple of sizes)"):
+        layers.conv_pool(**args)
+
+
+@pytest.mark.parametrize("n", [True, float("nan"), 2.5, 0, None], ids=repr)
+def test_network3_layer_sizes_must_be_positive_integers(n):
+    with pytest.raises(ValueError, match="n_in must be a positive integer"):
+        network3.FullyConnectedLayer(n, 10)
+    with pytest.raises(ValueError, match="n_out must be a positive integer"):
+        network3.SoftmaxLayer(10, n)
