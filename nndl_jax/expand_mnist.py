@@ -39,8 +39,16 @@ __all__ = ["DEFAULT_SEED", "expanded_path", "expand_training_data", "load_expand
 DEFAULT_SEED = 0
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int ≥ 0 (the shuffle's seed: NumPy's ``default_rng`` uses all its bits)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"the expansion's seed must be a whole number >= 0, got {seed!r}")
+    return int(seed)
+
+
 def expanded_path(seed: int = DEFAULT_SEED, out_dir=None) -> Path:
     """Where the expanded set for ``seed`` lives: ``out_dir`` or ``<cache>/expanded``."""
+    seed = check_seed(seed)
     folder = Path(out_dir) if out_dir is not None else cache_dir() / "expanded"
     return folder / f"mnist_expanded_seed{seed}.npz"
 
@@ -53,6 +61,7 @@ def expand_training_data(data_dir=None, seed: int = DEFAULT_SEED, out_dir=None,
     (``$XDG_CACHE_HOME/nndl-jax/expanded``), never the data folder, which may
     be read-only. An existing file is replaced only by a complete new one.
     """
+    seed = check_seed(seed)
     training = load_mnist(data_dir).training
     pixels = np.rint(training.x * 255.0).astype(np.uint8)
     if not np.array_equal(pixels.astype(np.float32) / np.float32(255.0), training.x):
@@ -164,7 +173,7 @@ def make_book_pickle(path, data_dir=None, seed: int = DEFAULT_SEED, *, verbose: 
     ``path`` in the book's layout (`write_book_pickle`). As the book's, an
     existing file is left alone. ``seed`` fixes the shuffle (the book's
     ``random.shuffle`` was unseeded)."""
-    path = Path(path)
+    path, seed = Path(path), check_seed(seed)
     if verbose:
         print("Expanding the MNIST training set")
     if path.exists():

@@ -325,13 +325,18 @@ class Network(network.Network):
         """Save to ``filename`` in the book's JSON format, atomically: a temporary
         file beside it, then a rename, so an existing file is never half-written
         (``files.atomic_write``). The cost is saved by its class name, as
-        the book's; ``load`` knows the book's three."""
+        the book's; ``load`` knows the book's three. A network whose weights
+        or biases are not all finite (training diverged) is not saved: ``load``
+        would refuse the file (ValueError; nothing is written)."""
         weights, biases = params_to_book(self.params)
+        if not all(np.all(np.isfinite(a)) for a in weights + biases):
+            raise ValueError(f"not saving {filename}: the network's weights or biases are not all finite "
+                             "(NaN or inf: did training diverge?), and a network file holds finite numbers")
         data = {"sizes": self.sizes,
                 "weights": [w.astype(float).tolist() for w in weights],
                 "biases": [b.astype(float).tolist() for b in biases],
                 "cost": cost_class(self.cost).__name__}
-        files.atomic_write(filename, lambda f: json.dump(data, f), mode="w")
+        files.atomic_write(filename, lambda f: json.dump(data, f, allow_nan=False), mode="w")
 
     # --- plumbing ----------------------------------------------------------------------
     def _data(self, data, one_hot=None):

@@ -25,7 +25,7 @@ from nndl_jax import (
     network3,
     train,
 )
-from nndl_jax.data import MNISTError, as_arrays, check_finite, is_pair_of_sets
+from nndl_jax.data import MNISTError, as_arrays, check_finite, expand, is_pair_of_sets
 
 
 def _xy(n=6, seed=0):
@@ -802,3 +802,42 @@ def test_network3_layer_sizes_must_be_positive_integers(n):
         network3.FullyConnectedLayer(n, 10)
     with pytest.raises(ValueError, match="n_out must be a positive integer"):
         network3.SoftmaxLayer(10, n)
+
+
+def test_network2_save_of_a_diverged_network_writes_nothing_and_keeps_the_old_file(tmp_path):
+    net, path, _ = _saved_net2(tmp_path)
+    before = path.read_bytes()
+    net.params = [dict(p, w=p["w"] * np.nan) if i == 1 else p for i, p in enumerate(net.params)]
+    with pytest.raises(ValueError, match="not saving .*net.json: the network's weights or biases are not all finite"):
+        net.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["net.json"]
+    with pytest.raises(ValueError, match="not all finite"):
+        net.save(tmp_path / "new.json")
+    assert not (tmp_path / "new.json").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0", None], ids=repr)
+def test_the_expansion_refuses_a_seed_that_is_not_a_whole_number(seed, tmp_path):
+    with pytest.raises(ValueError, match="the expansion's seed must be a whole number >= 0"):
+        expand_mnist.expanded_path(seed, tmp_path)
+    with pytest.raises(ValueError, match="the expansion's seed must be a whole number >= 0"):
+        expand_mnist.load_expanded(seed=seed, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_expansions_of_two_seeds_live_in_two_files(tmp_path):
+    assert expand_mnist.expanded_path(0, tmp_path) != expand_mnist.expanded_path(2 ** 32, tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(3, 785), (3, 28, 27), (3, 784, 2), (784,)])
+def test_expand_refuses_uint8_images_that_are_not_784_pixels(shape):
+    with pytest.raises(ValueError, match=r"expand: uint8 images of shape .*expected \[n, 784\]"):
+        expand(np.zeros(shape, np.uint8), np.zeros(shape[0], int))
+
+
+def test_expand_of_uint8_and_float_images_agree():
+    x, y = _xy(4)
+    pixels = np.rint(x * 255).astype(np.uint8)
+    a, b = expand(pixels, y, seed=3), expand(pixels.astype(np.float32) / np.float32(255), y, seed=3)
+    np.testing.assert_array_equal(a.x.astype(np.float32) / np.float32(255), b.x)
+    np.testing.assert_array_equal(a.y, b.y)
