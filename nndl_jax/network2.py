@@ -336,7 +336,7 @@ class Network(network.Network):
                 "weights": [w.astype(float).tolist() for w in weights],
                 "biases": [b.astype(float).tolist() for b in biases],
                 "cost": cost_class(self.cost).__name__}
-        files.atomic_write(filename, lambda f: json.dump(data, f, allow_nan=False), mode="w")
+        files.atomic_write(filename, lambda f: json.dump(data, f), mode="w")
 
     # --- plumbing ----------------------------------------------------------------------
     def _data(self, data, one_hot=None):
