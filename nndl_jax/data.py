@@ -538,10 +538,9 @@ def _labels(y: np.ndarray, n_classes: int | None, what: str) -> np.ndarray:
     if y.size and (y.min() < 0 or y.max() >= limit):
         bad = np.flatnonzero((y < 0) | (y >= limit))
         raise ValueError(f"{what}: labels range over [{y.min()}, {y.max()}], "
-                         f"expected [0, {n_classes if n_classes is not None else 'n'})"
-                         f"{'' if n_classes is not None else ' (int32 labels: n at most 2**31)'}: "
+                         f"expected [0, {n_classes if n_classes is not None else 'n'}): "
                          f"{_count(len(bad), 'label')} out of range, first at example {bad[0]}"
-                         f"{_more(bad)}.")
+                         f"{_more(bad)}." + (" Labels are int32: each below 2**31." if y.max() >= LABEL_LIMIT else ""))
     return y.astype(np.int32)
 
 
