@@ -841,3 +841,25 @@ def test_expand_of_uint8_and_float_images_agree():
     a, b = expand(pixels, y, seed=3), expand(pixels.astype(np.float32) / np.float32(255), y, seed=3)
     np.testing.assert_array_equal(a.x.astype(np.float32) / np.float32(255), b.x)
     np.testing.assert_array_equal(a.y, b.y)
+
+
+# --- mnist_loader: every set, image and label is the array loader's ------------------------
+
+def test_load_data_wrapper_and_load_data_give_every_set_exactly(mnist_dir, mnist):
+    wrapped = mnist_loader.load_data_wrapper(data_dir=mnist_dir)
+    plain = mnist_loader.load_data(data_dir=mnist_dir)
+    for name, want, pairs, (x, y) in zip(("training", "validation", "test"), mnist, wrapped, plain):
+        got = as_arrays(pairs)
+        np.testing.assert_array_equal(got.x, want.x, err_msg=name)
+        np.testing.assert_array_equal(got.y, want.y, err_msg=name)
+        np.testing.assert_array_equal(x, want.x, err_msg=name)
+        np.testing.assert_array_equal(y, want.y, err_msg=name)
+        assert y.dtype == np.int64 and x.dtype == np.float32
+        first_x, first_y = pairs[0]
+        assert first_x.shape == (784, 1)
+        if name == "training":   # one-hot float64 columns, as the book's vectorized_result
+            assert first_y.shape == (10, 1) and first_y.dtype == np.float64
+            np.testing.assert_array_equal(np.stack([p[1] for p in pairs[:100]]),
+                                          np.stack([mnist_loader.vectorized_result(int(d)) for d in want.y[:100]]))
+        else:                    # plain ints
+            assert all(type(p[1]) is int for p in pairs[:100])
