@@ -863,3 +863,46 @@ def test_load_data_wrapper_and_load_data_give_every_set_exactly(mnist_dir, mnist
                                           np.stack([mnist_loader.vectorized_result(int(d)) for d in want.y[:100]]))
         else:                    # plain ints
             assert all(type(p[1]) is int for p in pairs[:100])
+
+
+def _dropout_net3(seed=0):
+    net = network3.Network([network3.FullyConnectedLayer(784, 6, activations.linear, p_dropout=0.2),
+                            network3.SoftmaxLayer(6, 10, p_dropout=0.3)], 10, seed=seed)
+    rng = np.random.default_rng(seed)
+    net.params[1] = {"w": jnp.asarray(rng.normal(size=(6, 10)), jnp.float32),
+                     "b": jnp.asarray(rng.normal(size=10), jnp.float32)}    # the softmax layer starts at zero
+    net._sync()
+    return net
+
+
+def test_network3_evaluates_dropout_layers_scaled_by_their_own_1_minus_p():
+    """network3's FullyConnectedLayer(p = 0.2) and SoftmaxLayer(p = 0.3): z = 0.7·(0.8·x·w1 + b1)·w2 + b2."""
+    net = _dropout_net3()
+    x = _xy(5)[0].astype(np.float64)
+    (w1, b1), (w2, b2) = ([np.asarray(v, np.float64) for v in layer.params] for layer in net.layers)
+    want = 0.7 * ((0.8 * x @ w1 + b1) @ w2) + b2
+    got = np.asarray(net.net.apply(net.params, jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(net.predict(x), np.argmax(want, axis=1))
+
+
+def test_network3_save_and_load_keep_each_layers_dropout_rate(tmp_path):
+    net = _dropout_net3()
+    net.save(tmp_path / "net.npz")
+    loaded = network3.load(tmp_path / "net.npz", seed=1)
+    assert [getattr(layer, "p_dropout", None) for layer in loaded.layers] == [0.2, 0.3]
+    x = _xy(5)[0]
+    np.testing.assert_array_equal(np.asarray(loaded.net.apply(loaded.params, x)),
+                                  np.asarray(net.net.apply(net.params, x)))
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        files.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        os.umask(0o077)
+        files.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
