@@ -201,7 +201,12 @@ class Checkpoint:
         """How many epochs the saved state holds (0 when there is no file)."""
         if not self.exists():
             return 0
-        return int(self._header()[0]["meta"].get("epochs_done", 0))
+        done = self._header()[0]["meta"].get("epochs_done", 0)
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise CheckpointError(f"{self.path}: unreadable checkpoint (its header says {done!r} epochs are done); "
+                                  "it is left as it is: move it away to start this run afresh "
+                                  "(--restart in the experiments)", self.path)
+        return done
 
     def check(self, identity):
         """Refuse (``CheckpointError``) a saved run whose identity is not ``identity``."""

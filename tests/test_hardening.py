@@ -906,3 +906,13 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("done", ["3", -1, 2.5, None, True])
+def test_a_checkpoint_whose_header_gives_no_count_of_epochs_is_refused(tmp_path, done):
+    path = tmp_path / "state.npz"
+    checkpoint.save_tree(path, {"a": np.zeros(2)}, {"identity": {}, "epochs_done": done},
+                         fmt=checkpoint.CHECKPOINT_FORMAT)
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable checkpoint .*epochs are done") as e:
+        checkpoint.Checkpoint(path).epochs_done()
+    assert e.value.differences == [] and path.is_file()
