@@ -556,8 +556,10 @@ def load(path, *, seed=None):
     spec, _ = _read(path)
     try:
         net_layers = [layer_from_spec(s) for s in spec["layers"]]
+        mini_batch_size = _positive(spec["mini_batch_size"], "mini_batch_size")
+        build(net_layers)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad architecture in the file ({e})") from e
-    net = Network(net_layers, spec["mini_batch_size"], seed=seed)
+    net = Network(net_layers, mini_batch_size, seed=seed)
     net.load_params(path)
     return net

@@ -916,3 +916,40 @@ def test_a_checkpoint_whose_header_gives_no_count_of_epochs_is_refused(tmp_path,
     with pytest.raises(checkpoint.CheckpointError, match="unreadable checkpoint .*epochs are done") as e:
         checkpoint.Checkpoint(path).epochs_done()
     assert e.value.differences == [] and path.is_file()
+
+
+def _saved_net3_with(tmp_path, edit):
+    net = _dropout_net3()
+    spec = net.spec()
+    edit(spec)
+    path = tmp_path / "net.npz"
+    checkpoint.save_tree(path, jax.device_get(net.params), {"spec": spec}, fmt=network3.FORMAT)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["layers"][0].update(p_dropout=1.5), r"p_dropout must be a probability in \[0, 1\)"),
+    (lambda s: s["layers"][1].update(p_dropout=-0.5), r"p_dropout must be a probability in \[0, 1\)"),
+    (lambda s: s["layers"][0].update(activation_fn="swish"), "swish"),
+    (lambda s: s["layers"][0].update(n_out=7), "layer 0 gives 7 values but layer 1 expects 6"),
+    (lambda s: s["layers"][0].update(n_in=True), "n_in must be a positive integer"),
+    (lambda s: s.update(mini_batch_size="10"), "mini_batch_size must be a positive integer"),
+    (lambda s: s["layers"][1].update(type="MaxoutLayer"), "unknown layer type 'MaxoutLayer'"),
+    (lambda s: s["layers"].pop(), "the last layer must be a SoftmaxLayer"),
+])
+def test_a_network3_file_with_a_bad_architecture_is_refused_naming_it(tmp_path, edit, message):
+    path = _saved_net3_with(tmp_path, edit)
+    with pytest.raises(ValueError, match=rf"{path}: bad architecture in the file \(.*{message}"):
+        network3.load(path)
+
+
+def test_a_network3_file_with_params_of_another_shape_is_refused(tmp_path):
+    net = _dropout_net3()
+    params = jax.device_get(net.params)
+    params[0]["w"] = params[0]["w"][:, :5]
+    path = tmp_path / "net.npz"
+    checkpoint.save_tree(path, params, {"spec": net.spec()}, fmt=network3.FORMAT)
+    with pytest.raises(ValueError, match=r"\[0\]\['w'\] holds shape \(784, 5\), expected \(784, 6\)"):
+        network3.load(path)
+    with pytest.raises(ValueError, match="holds shape"):
+        net.load_params(path)
