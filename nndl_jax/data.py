@@ -747,7 +747,7 @@ def expand(x, y, *, seed: int = 0, shuffle: bool = True) -> Dataset:
     otherwise it is float32 as in `as_arrays`.
     """
     x = np.asarray(x)
-    if x.dtype == np.uint8 and (x.ndim not in (2, 3) or x[0].size != N_PIXELS):
+    if x.dtype == np.uint8 and (x.ndim not in (2, 3) or np.prod(x.shape[1:]) != N_PIXELS):
         raise ValueError(f"expand: uint8 images of shape {x.shape}; expected [n, {N_PIXELS}] "
                          f"(or [n, {IMAGE_SIZE}, {IMAGE_SIZE}]).")
     if x.dtype == np.uint8:

@@ -835,6 +835,11 @@ def test_expand_refuses_uint8_images_that_are_not_784_pixels(shape):
         expand(np.zeros(shape, np.uint8), np.zeros(shape[0], int))
 
 
+def test_expand_of_no_uint8_images_says_there_are_no_examples():
+    with pytest.raises(ValueError, match=r"no examples"):
+        expand(np.zeros((0, 784), np.uint8), np.zeros(0, int))
+
+
 def test_expand_of_uint8_and_float_images_agree():
     x, y = _xy(4)
     pixels = np.rint(x * 255).astype(np.uint8)
