@@ -958,3 +958,24 @@ def test_a_network3_file_with_params_of_another_shape_is_refused(tmp_path):
         network3.load(path)
     with pytest.raises(ValueError, match="holds shape"):
         net.load_params(path)
+
+
+# --- names that files record: activations and costs round-trip ---------------------------
+
+@pytest.mark.parametrize("fn", [activations.sigmoid, activations.tanh, activations.relu, activations.linear])
+def test_a_network3_file_names_each_activation_and_loads_it_back(tmp_path, fn):
+    assert activations.by_name(activations.name_of(fn)) is fn
+    net = network3.Network([network3.FullyConnectedLayer(784, 4, fn), network3.SoftmaxLayer(4, 10)], 10, seed=0)
+    net.save(tmp_path / "net.npz")
+    assert network3.load(tmp_path / "net.npz").layers[0].activation_fn is fn
+
+
+@pytest.mark.parametrize("cost", [network2.QuadraticCost, network2.CrossEntropyCost, network2.LogLikelihoodCost])
+def test_a_network2_file_names_each_cost_and_loads_it_back(tmp_path, cost):
+    net = network2.Network([3, 4, 2], cost=cost, seed=0)
+    net.save(tmp_path / "net.json")
+    loaded = network2.load(tmp_path / "net.json")
+    assert loaded.cost is cost
+    x = np.random.default_rng(0).random((5, 3), dtype=np.float32)
+    np.testing.assert_allclose(loaded.total_cost((x, np.arange(5) % 2), 0.0, convert=True),
+                               net.total_cost((x, np.arange(5) % 2), 0.0, convert=True), rtol=1e-6)
