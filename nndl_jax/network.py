@@ -140,7 +140,7 @@ class Network:
 
     @weights.setter
     def weights(self, weights):
-        self.params = book_to_params(weights, self.biases)
+        self.params = book_to_params(self._book_arrays(weights, "weights"), self.biases)
 
     @property
     def biases(self):
@@ -148,7 +148,18 @@ class Network:
 
     @biases.setter
     def biases(self, biases):
-        self.params = book_to_params(self.weights, biases)
+        self.params = book_to_params(self.weights, self._book_arrays(biases, "biases"))
+
+    def _book_arrays(self, arrays, name):
+        """``arrays`` given for the book's ``weights`` ([n_out, n_in]) or
+        ``biases`` ([n_out, 1], or [n_out]), checked against ``self.sizes``."""
+        arrays = [np.asarray(a) for a in arrays]
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        wanted = [((n_out, n_in),) if name == "weights" else ((n_out, 1), (n_out,)) for n_in, n_out in pairs]
+        if len(arrays) != len(pairs) or any(a.shape not in w for a, w in zip(arrays, wanted)):
+            raise ValueError(f"{name} for sizes {self.sizes} must be {len(pairs)} arrays of shapes "
+                             f"{[w[0] for w in wanted]}; got {[a.shape for a in arrays]}")
+        return arrays
 
     # --- the book's methods ------------------------------------------------------
     def feedforward(self, a):

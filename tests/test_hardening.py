@@ -979,3 +979,31 @@ def test_a_network2_file_names_each_cost_and_loads_it_back(tmp_path, cost):
     x = np.random.default_rng(0).random((5, 3), dtype=np.float32)
     np.testing.assert_allclose(loaded.total_cost((x, np.arange(5) % 2), 0.0, convert=True),
                                net.total_cost((x, np.arange(5) % 2), 0.0, convert=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("facade", ["network", "network2"])
+@pytest.mark.parametrize("attribute, value", [
+    ("weights", [np.zeros((3, 5)), np.zeros((2, 3))]),
+    ("weights", [np.zeros((4, 3)), np.zeros((3, 2))]),          # transposed: the core's layout, not the book's
+    ("weights", [np.zeros((3, 4))]),                              # a layer short
+    ("biases", [np.zeros((4, 1)), np.zeros((2, 1))]),
+    ("biases", [np.zeros((3, 1)), np.zeros((2, 1)), np.zeros((1, 1))]),
+])
+def test_the_books_weights_and_biases_must_fit_the_sizes(facade, attribute, value):
+    net = (network.Network if facade == "network" else network2.Network)([4, 3, 2], seed=0)
+    before = jax.tree_util.tree_map(np.asarray, net.params)
+    with pytest.raises(ValueError, match=rf"{attribute} for sizes \[4, 3, 2\] must be 2 arrays of shapes"):
+        setattr(net, attribute, value)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.asarray, net.params))
+
+
+def test_the_books_weights_and_biases_can_be_set_in_its_layout():
+    net = network.Network([4, 3, 2], seed=0)
+    w = [np.full((3, 4), 0.5), np.full((2, 3), -1.0)]
+    net.weights = w
+    net.biases = [np.ones(3), np.zeros((2, 1))]                   # flat biases are taken too
+    np.testing.assert_array_equal(net.weights[1], w[1])
+    np.testing.assert_array_equal(net.biases[0], np.ones((3, 1)))
+    z1 = 0.5 * 4 * 1.0 + 1.0                                      # every hidden z for x = 1
+    want = -3 / (1 + np.exp(-z1))
+    np.testing.assert_allclose(net.feedforward(np.ones(4)), np.full(2, 1 / (1 + np.exp(-want))), rtol=1e-5)
