@@ -1007,3 +1007,12 @@ def test_the_books_weights_and_biases_can_be_set_in_its_layout():
     z1 = 0.5 * 4 * 1.0 + 1.0                                      # every hidden z for x = 1
     want = -3 / (1 + np.exp(-z1))
     np.testing.assert_allclose(net.feedforward(np.ones(4)), np.full(2, 1 / (1 + np.exp(-want))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 2 ** 31 - 1, 2 ** 31 + 5, 2 ** 32 - 1])
+def test_every_accepted_seed_gives_the_same_keys_with_and_without_64_bit_mode(seed):
+    keys = [jax.random.key_data(k) for k in train.seed_keys([seed])]
+    with jax.enable_x64(True):
+        keys64 = [jax.random.key_data(k) for k in train.seed_keys([seed])]
+    for a, b in zip(keys, keys64):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
