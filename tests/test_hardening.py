@@ -1,6 +1,6 @@
 """Hardening (issue 24): bad inputs refused with a clear message, and the faults
 that earlier tests let through (each test here says which line of the issue it
-covers). Small synthetic data only: no MNIST needed."""
+covers). Small synthetic data, except the mnist_loader test (real MNIST)."""
 
 import json
 import os
@@ -1016,3 +1016,14 @@ def test_every_accepted_seed_gives_the_same_keys_with_and_without_64_bit_mode(se
         keys64 = [jax.random.key_data(k) for k in train.seed_keys([seed])]
     for a, b in zip(keys, keys64):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_two_book_examples_are_read_as_examples_even_when_images_and_labels_have_one_shape():
+    """A net with as many inputs as classes: each example's image and one-hot label are both (2, 1)."""
+    x = np.array([[0.25, 0.5], [0.75, 1.0]], np.float32)
+    one_hot = np.eye(2)[[1, 0]]
+    examples = [(x[i][:, None], one_hot[i][:, None]) for i in range(2)]   # as zip makes them: tuples
+    assert not is_pair_of_sets(examples)
+    got = as_arrays(examples, n_inputs=2, n_classes=2)
+    np.testing.assert_array_equal(got.x, x)
+    np.testing.assert_array_equal(got.y, [1, 0])
