@@ -359,9 +359,46 @@ def set_eta(opt_state, eta):
     return opt_state._replace(hyperparams=hyper)
 
 
-def _device_data(data, dtype):
+def _device_data(data, dtype, what="the training data"):
+    """``(x, y)`` on the device, after the checks a wrong set would otherwise pass
+    silently (out-of-range indices clamp in JAX; one NaN makes every weight NaN):
+    as many labels as examples, finite inputs, integer labels ≥ 0 in [n] or
+    float targets in [n, n_out]. (``check_labels`` checks them against n_out.)"""
     x, y = data
-    return jnp.asarray(x, dtype), jnp.asarray(y)
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y)
+    if x.ndim < 2 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}: x {tuple(x.shape)} and y {tuple(y.shape)} must hold one example per row "
+                         "each (as many labels as images; see data.as_arrays)")
+    if not bool(jnp.isfinite(x).all()):
+        raise ValueError(f"{what}: x holds values that are not finite (NaN or inf); see data.check_finite")
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.ndim != 1:
+            raise ValueError(f"{what}: integer labels must be [n]; got shape {tuple(y.shape)}")
+        if y.size and int(y.min()) < 0:
+            raise ValueError(f"{what}: labels must be >= 0; the smallest is {int(y.min())}")
+    elif y.ndim != 2 or not bool(jnp.isfinite(y).all()):
+        raise ValueError(f"{what}: y must be integer labels [n] or finite float targets [n, n_out]; "
+                         f"got {y.dtype} {tuple(y.shape)}")
+    return x, y
+
+
+def check_labels(apply, params, run):
+    """Refuse labels beyond the network's outputs (``jax.nn.one_hot`` would make
+    them all-zero targets) and targets of another width, for every set of ``run``."""
+    one = jax.tree_util.tree_map(lambda a: a[0], params)
+    sets = {"the training data": (run.x, run.y)} | {f"evaluation set {k!r}": d for k, d in run.sets.items()}
+    for what, (x, _) in sets.items():
+        try:
+            n_out = jax.eval_shape(lambda p, x: apply(p, x), one,
+                                   jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)).shape[-1]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: examples of shape {tuple(x.shape[1:])} do not fit the network's "
+                             f"input ({str(e).splitlines()[0]})") from None
+    for what, (_, y) in sets.items():
+        integer = jnp.issubdtype(y.dtype, jnp.integer)
+        if (integer and y.size and int(y.max()) >= n_out) or (not integer and y.shape[-1] != n_out):
+            raise ValueError(f"{what}: labels must lie in [0, {n_out}) (the network's {n_out} outputs); "
+                             + (f"the largest is {int(y.max())}" if integer else f"targets are {y.shape[-1]} wide"))
 
 
 # --- stopping rules and schedules: small functions beside fit ---------------------
@@ -581,7 +618,7 @@ def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluat
     layout = devices.layout_for(k)
     lmbda = np.broadcast_to(lmbda, (k,))
     c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
-    sets = {name: _device_data(d, dtype) for name, d in (evaluation or {}).items()}
+    sets = {name: _device_data(d, dtype, f"evaluation set {name!r}") for name, d in (evaluation or {}).items()}
     names = metric_names(sets)
     rules = tuple(rules)
     for rule in rules:
@@ -753,6 +790,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     """
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
                       evaluation=evaluation, rules=rules)
+    check_labels(trainer.apply, params, run)
     state = initial_state(trainer, params, key, eta, run)
     events, resumed_epochs = [], 0
     if checkpoint is not None:

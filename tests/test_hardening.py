@@ -1027,3 +1027,44 @@ def test_two_book_examples_are_read_as_examples_even_when_images_and_labels_have
     got = as_arrays(examples, n_inputs=2, n_classes=2)
     np.testing.assert_array_equal(got.x, x)
     np.testing.assert_array_equal(got.y, [1, 0])
+
+
+# --- fit itself refuses data that would train silently wrong ------------------------------
+
+def _fit_on(data=None, evaluation=None):
+    net = layers.mlp_net([4, 3, 2], activations.sigmoid)
+    trainer = train.trainer_for(net, costs.quadratic, 2)
+    params, keys = train.from_seeds(net.init, (4,), [0])
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    return train.fit(trainer, params, data or (x, np.arange(6) % 2), 1, key=keys, eta=0.5, evaluation=evaluation)
+
+
+_X4 = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("data, message", [
+    ((_X4, np.array([0, 1, 5, 0, 1, 0])), r"the training data: labels must lie in \[0, 2\) .*the largest is 5"),
+    ((_X4, np.array([0, 1, -1, 0, 1, 0])), "the training data: labels must be >= 0; the smallest is -1"),
+    ((_X4, np.arange(5) % 2), r"x \(6, 4\) and y \(5,\) must hold one example per row"),   # JAX would clamp y[5]
+    ((np.where(_X4 > 0.9, np.nan, _X4), np.arange(6) % 2), "x holds values that are not finite"),
+    ((np.where(_X4 > 0.9, -np.inf, _X4), np.arange(6) % 2), "x holds values that are not finite"),
+    ((_X4, (np.arange(6) % 2).astype(np.float32)), r"integer labels \[n\] or finite float targets \[n, n_out\]"),
+    ((_X4, np.eye(3, dtype=np.float32)[np.arange(6) % 3]), r"labels must lie in \[0, 2\) .*targets are 3 wide"),
+    ((np.zeros((6, 5), np.float32), np.arange(6) % 2), r"examples of shape \(5,\) do not fit the network's input"),
+])
+def test_fit_refuses_training_data_that_would_train_silently_wrong(data, message):
+    with pytest.raises(ValueError, match=message):
+        _fit_on(data)
+
+
+@pytest.mark.parametrize("evaluation, message", [
+    ({"validation": (_X4, np.full(6, 2))}, r"evaluation set 'validation': labels must lie in \[0, 2\)"),
+    ({"test": (_X4, np.arange(5) % 2)}, r"evaluation set 'test': x \(6, 4\) and y \(5,\)"),
+])
+def test_fit_refuses_evaluation_sets_that_would_be_scored_silently_wrong(evaluation, message):
+    with pytest.raises(ValueError, match=message):
+        _fit_on(evaluation=evaluation)
+
+
+def test_fit_takes_one_hot_float_targets():
+    assert len(_fit_on((_X4, np.eye(2, dtype=np.float32)[np.arange(6) % 2])).history.eta) == 1
