@@ -385,12 +385,12 @@ def _device_data(data, dtype, what="the training data"):
 def check_labels(apply, params, run):
     """Refuse labels beyond the network's outputs (``jax.nn.one_hot`` would make
     them all-zero targets) and targets of another width, for every set of ``run``."""
-    one = jax.tree_util.tree_map(lambda a: a[0], params)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    one = (treedef, tuple((a.shape[1:], str(a.dtype)) for a in leaves))
     sets = {"the training data": (run.x, run.y)} | {f"evaluation set {k!r}": d for k, d in run.sets.items()}
     for what, (x, _) in sets.items():
         try:
-            n_out = jax.eval_shape(lambda p, x: apply(p, x), one,
-                                   jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)).shape[-1]
+            n_out = _output_width(apply, one, x.shape[1:], str(x.dtype))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what}: examples of shape {tuple(x.shape[1:])} do not fit the network's "
                              f"input ({str(e).splitlines()[0]})") from None
@@ -399,6 +399,15 @@ def check_labels(apply, params, run):
         if (integer and y.size and int(y.max()) >= n_out) or (not integer and y.shape[-1] != n_out):
             raise ValueError(f"{what}: labels must lie in [0, {n_out}) (the network's {n_out} outputs); "
                              + (f"the largest is {int(y.max())}" if integer else f"targets are {y.shape[-1]} wide"))
+
+
+@functools.lru_cache(maxsize=64)
+def _output_width(apply, params_spec, example_shape, dtype):
+    """The number of outputs ``apply`` gives for one example (traced once per
+    network, params shapes and example shape; nothing is computed)."""
+    treedef, leaves = params_spec
+    one = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    return jax.eval_shape(lambda p, x: apply(p, x), one, jax.ShapeDtypeStruct((1,) + example_shape, dtype)).shape[-1]
 
 
 # --- stopping rules and schedules: small functions beside fit ---------------------
