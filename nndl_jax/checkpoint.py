@@ -62,7 +62,9 @@ def save_tree(path, tree, meta=None, *, fmt=TREE_FORMAT, parents=True):
 def read_tree(path, *, fmt=TREE_FORMAT):
     """``(header, leaves)`` of a tree file: the header dict and the list of
     leaves (NumPy arrays, in the saved order). Any unreadable, truncated or
-    foreign file raises ``TreeFileError`` (the file is left untouched)."""
+    foreign file raises ``TreeFileError`` (the file is left untouched), and so
+    does a file whose header does not describe its arrays (their number,
+    shapes and dtypes)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -71,9 +73,14 @@ def read_tree(path, *, fmt=TREE_FORMAT):
                 raise ValueError(f"written by an older nndl-jax, in the format {older!r}" if older
                                  else "no header: not a file nndl-jax wrote")
             header = json.loads(str(f[HEADER]))
-            if header.get("format") != fmt:
-                raise ValueError(f"format {header.get('format')!r}, expected {fmt!r}")
-            leaves = [f[_leaf_name(i)] for i in range(len(header["leaves"]))]
+            if not isinstance(header, dict) or header.get("format") != fmt:
+                found = header.get("format") if isinstance(header, dict) else header
+                raise ValueError(f"format {found!r}, expected {fmt!r}")
+            _check_header(header)
+            n = len(header["leaves"])
+            if sorted(f.files) != sorted([HEADER] + [_leaf_name(i) for i in range(n)]):
+                raise ValueError(f"its header lists {n} arrays, the file holds {len(f.files) - 1}")
+            leaves = [f[_leaf_name(i)] for i in range(n)]
     except FileNotFoundError:
         raise
     except IsADirectoryError:
@@ -81,21 +88,44 @@ def read_tree(path, *, fmt=TREE_FORMAT):
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as e:
         reason = "not a .npz file" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
         raise TreeFileError(f"{path}: unreadable ({reason})") from None
+    for (name, shape, dtype), leaf in zip(header["leaves"], leaves):
+        if list(leaf.shape) != shape or str(leaf.dtype) != dtype:
+            raise TreeFileError(f"{path}: unreadable (its header says {name or 'the tree'} is {dtype} {tuple(shape)}, "
+                                f"the file holds {leaf.dtype} {leaf.shape})")
     return header, leaves
+
+
+def _check_header(header):
+    """Raise ValueError unless ``header`` has a dict ``meta`` and a list of
+    ``[path, shape, dtype]`` ``leaves``, as ``save_tree`` writes them."""
+    if not isinstance(header.get("meta"), dict):
+        raise ValueError("its header has no 'meta' dict")
+    leaves = header.get("leaves")
+    if not isinstance(leaves, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str)
+            and isinstance(e[1], list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in e[1]) for e in leaves):
+        raise ValueError("its header's 'leaves' are not a list of [path, shape, dtype]")
 
 
 def load_tree(path, like, *, fmt=TREE_FORMAT, check_shapes=True):
     """``(tree, meta)``: the leaves of the file at ``path`` in the structure of
-    ``like`` (and with its leaves' dtypes). With ``check_shapes`` every leaf
-    must have the shape of ``like``'s; otherwise only their number must match
-    (for trees whose leaves grow, such as a run's history)."""
+    ``like`` (and with its leaves' dtypes). Each leaf must sit at the same path
+    in both trees (a file saved from another structure is refused, even one
+    with leaves of the same shapes). With ``check_shapes`` every leaf must
+    have the shape of ``like``'s; otherwise only their number must match (for
+    trees whose leaves grow, such as a run's history)."""
     import jax
     header, leaves = read_tree(path, fmt=fmt)
     like_leaves, treedef = jax.tree_util.tree_flatten(like)
     if len(leaves) != len(like_leaves):
         raise TreeFileError(f"{path}: holds {len(leaves)} arrays, expected {len(like_leaves)}")
+    like_names = [_path_text(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
     out = []
-    for (name, _, _), leaf, ref in zip(header["leaves"], leaves, like_leaves):
+    for (name, _, _), like_name, leaf, ref in zip(header["leaves"], like_names, leaves, like_leaves):
+        if name != like_name:
+            raise TreeFileError(f"{path}: holds {name or 'the tree'} where {like_name or 'the tree'} was expected "
+                                "(saved from another structure)")
         ref_shape = np.shape(ref)
         if check_shapes and leaf.shape != ref_shape:
             raise TreeFileError(f"{path}: {name or 'the tree'} holds shape {leaf.shape}, expected {ref_shape}")
@@ -176,7 +206,12 @@ class Checkpoint:
         """How many epochs the saved state holds (0 when there is no file)."""
         if not self.exists():
             return 0
-        return int(self._header()[0]["meta"].get("epochs_done", 0))
+        done = self._header()[0]["meta"].get("epochs_done", 0)
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise CheckpointError(f"{self.path}: unreadable checkpoint (its header says {done!r} epochs are done); "
+                                  "it is left as it is: move it away to start this run afresh "
+                                  "(--restart in the experiments)", self.path)
+        return done
 
     def check(self, identity):
         """Refuse (``CheckpointError``) a saved run whose identity is not ``identity``."""

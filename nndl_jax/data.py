@@ -70,6 +70,7 @@ __all__ = [
     "download_mnist",
     "load_mnist",
     "as_arrays",
+    "is_pair_of_sets",
     "check_finite",
     "expand",
 ]
@@ -545,25 +546,36 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool | None 
 def _labels(y: np.ndarray, n_classes: int | None, what: str) -> np.ndarray:
     if y.ndim == 3 and y.shape[2] == 1:
         y = y[:, :, 0]
+    if y.ndim == 2 and y.shape[1] == 1 and n_classes != 1:
+        raise ValueError(f"{what}: labels of shape {y.shape}, a column; pass integer labels as "
+                         f"[n] (y.ravel()) or one-hot rows as [n, {n_classes or 'k'}].")
     if y.ndim == 2:  # one-hot
         if n_classes is not None and y.shape[1] != n_classes:
             raise ValueError(f"{what}: one-hot labels are {y.shape[1]} wide, expected {n_classes}.")
         if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
-            raise ValueError(f"{what}: 2-D labels of shape {y.shape} are not one-hot rows.")
+            raise ValueError(f"{what}: 2-D labels of shape {y.shape} are not one-hot rows "
+                             "(each row: one 1, the rest 0).")
         return np.argmax(y, axis=1).astype(np.int32)
     if y.ndim != 1:
         raise ValueError(f"{what}: labels of shape {y.shape}; expected [n] integer labels "
                          "or [n, 10] / [n, 10, 1] one-hot.")
     if not np.issubdtype(y.dtype, np.integer):
-        if y.dtype.kind not in "fb" or not np.all(np.mod(y, 1) == 0):
-            raise ValueError(f"{what}: labels of dtype {y.dtype} are not integers.")
-    if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
-        bad = np.flatnonzero((y < 0) | (y >= n_classes if n_classes is not None else False))
+        whole = y.dtype.kind == "b" or (y.dtype.kind == "f" and np.all(np.isfinite(y))
+                                        and np.all(y == np.floor(y)))
+        if not whole:
+            raise ValueError(f"{what}: labels of dtype {y.dtype} are not integers (each label a "
+                             "whole number: the digit).")
+    limit = n_classes if n_classes is not None else LABEL_LIMIT
+    if y.size and (y.min() < 0 or y.max() >= limit):
+        bad = np.flatnonzero((y < 0) | (y >= limit))
         raise ValueError(f"{what}: labels range over [{y.min()}, {y.max()}], "
                          f"expected [0, {n_classes if n_classes is not None else 'n'}): "
                          f"{_count(len(bad), 'label')} out of range, first at example {bad[0]}"
-                         f"{_more(bad)}.")
+                         f"{_more(bad)}." + (" Labels are int32: each below 2**31." if y.max() >= LABEL_LIMIT else ""))
     return y.astype(np.int32)
+
+
+LABEL_LIMIT = 2 ** 31  # labels are int32: a larger one would wrap around
 
 
 def _count(n: int, noun: str) -> str:
@@ -611,10 +623,15 @@ def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype")
 
 
-def _stacked(arrays):
+def _stacked(arrays, what: str = "arrays"):
     """``np.stack`` of same-shaped arrays, written into one preallocated array
     (about 3x faster than ``np.stack`` for the book's 50,000 (784, 1) images);
-    floating inputs land directly in float32, the dtype ``as_arrays`` returns."""
+    floating inputs land directly in float32, the dtype ``as_arrays`` returns.
+    Arrays of several shapes are refused (never broadcast into each other)."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"{what} of several shapes {sorted(shapes)[:3]}; every example needs "
+                         "the same shape.")
     dtype = np.result_type(*{a.dtype for a in arrays})
     if np.issubdtype(dtype, np.floating):
         dtype = np.float32
@@ -625,46 +642,86 @@ def _stacked(arrays):
     return out
 
 
+def _is_example(item) -> bool:
+    """Whether ``item`` is one of the book's ``(x, y)`` examples (an image and
+    its label) rather than a whole set of images: a pair whose two parts differ
+    in shape, or a tuple whose first part is an array (as ``zip`` makes them)."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        return False
+    if isinstance(item, tuple) and _is_array(item[0]):
+        return True
+    try:
+        return np.shape(item[0]) != np.shape(item[1])
+    except ValueError:  # ragged parts: an image and a label, not a set of equal images
+        return True
+
+
+def _as_array(a, what: str) -> np.ndarray:
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        raise ValueError(f"{what} cannot be read as one array ({e}); give equal-length rows, "
+                         "e.g. a NumPy array [n, 784].") from None
+
+
+def is_pair_of_sets(data) -> bool:
+    """Whether ``as_arrays`` reads ``data`` as an ``(x, y)`` pair of sets
+    (``x`` all the images, ``y`` all the labels: arrays, lists or any
+    array-like) rather than as the book's list of ``(x, y)`` examples (two, say)."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and (all(map(_is_array, data)) or not _is_example(data[0])))
+
+
 def as_arrays(data, *, n_inputs: int | None = N_PIXELS, n_classes: int | None = 10) -> Dataset:
     """Convert any of the book's data layouts to a `Dataset` (x float32, y int32).
 
     Accepts
-      * a `Dataset`, or an ``(x, y)`` pair of arrays: ``x`` ``[n, 784]`` or
+      * a `Dataset`, or an ``(x, y)`` pair of arrays (or of anything NumPy
+        reads as one: nested lists, JAX arrays): ``x`` ``[n, 784]`` or
         ``[n, 784, 1]`` (uint8 pixels are divided by 255); ``y`` integer labels
         ``[n]`` or one-hot ``[n, 10]`` / ``[n, 10, 1]``;
       * the book's list (or zip) of ``(x, y)`` pairs, ``x`` of shape
         ``(784, 1)``, ``y`` a one-hot ``(10, 1)`` vector or an int.
+    A pair of two items is read as ``(x, y)`` sets unless its first item is
+    itself an example (an image and a label of another shape, or a tuple
+    holding an array, as ``zip`` makes them): then it is a list of two examples.
     ``n_inputs`` / ``n_classes`` are the expected widths (None: any).
-    Raises ValueError on bad shapes, on pixels that are not finite numbers
+    Raises ValueError on empty data, bad shapes, on pixels that are not finite numbers
     (`check_finite`) and on labels that are not integers in
     ``[0, n_classes)``. Pixel values are not range-checked otherwise.
     """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data)):
-        x, y = np.asarray(data[0]), np.asarray(data[1])
+    if is_pair_of_sets(data):
+        x, y = _as_array(data[0], "(x, y): x"), _as_array(data[1], "(x, y): y")
         what = "(x, y) arrays"
     else:
-        pairs = list(data)
+        try:
+            pairs = list(data)
+        except TypeError:
+            raise TypeError(f"expected a Dataset, an (x, y) pair of arrays or the book's list of (x, y) "
+                            f"pairs; got {type(data).__name__}.") from None
         what = "list of (x, y) pairs"
         if not pairs:
-            raise ValueError(f"{what}: empty data.")
+            raise ValueError(f"{what}: empty data (no examples).")
         try:
             xs, ys = zip(*pairs)
         except (TypeError, ValueError):
             raise ValueError(f"{what}: each item must be an (x, y) pair; "
                              f"got {type(pairs[0]).__name__}.") from None
-        xs = [np.asarray(a) for a in xs]
-        shapes = {a.shape for a in xs}
-        if len(shapes) != 1:
-            raise ValueError(f"{what}: images of several shapes {sorted(shapes)[:3]}.")
-        x = _stacked(xs)
-        y = _stacked([np.asarray(b) for b in ys]) if _is_array(ys[0]) and np.ndim(ys[0]) else np.asarray(ys)
+        x = _stacked([np.asarray(a) for a in xs], f"{what}: images")
+        if _is_array(ys[0]) and np.ndim(ys[0]):
+            y = _stacked([np.asarray(b) for b in ys], f"{what}: labels")
+        else:
+            y = _as_array(ys, f"{what}: labels")
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{what}: {'x' if x.ndim == 0 else 'y'} is a single value; give x as [n, "
+                         f"{n_inputs or 'd'}] images and y as [n] labels.")
+    if len(x) == 0:
+        raise ValueError(f"{what}: empty data (no examples).")
     if x.ndim == 3 and x.shape[2] == 1:
         x = x[:, :, 0]
     if x.ndim != 2:
         raise ValueError(f"{what}: x has shape {x.shape}; expected [n, {n_inputs or 'd'}] "
                          f"or [n, {n_inputs or 'd'}, 1].")
-    if len(x) == 0:
-        raise ValueError(f"{what}: empty data (no examples).")
     if n_inputs is not None and x.shape[1] != n_inputs:
         raise ValueError(f"{what}: x is {x.shape[1]} wide, expected {n_inputs} "
                          "(MNIST images as rows of 28*28 pixels).")
@@ -721,6 +778,9 @@ def expand(x, y, *, seed: int = 0, shuffle: bool = True) -> Dataset:
     otherwise it is float32 as in `as_arrays`.
     """
     x = np.asarray(x)
+    if x.dtype == np.uint8 and (x.ndim not in (2, 3) or np.prod(x.shape[1:]) != N_PIXELS):
+        raise ValueError(f"expand: uint8 images of shape {x.shape}; expected [n, {N_PIXELS}] "
+                         f"(or [n, {IMAGE_SIZE}, {IMAGE_SIZE}]).")
     if x.dtype == np.uint8:
         data = as_arrays((np.zeros((len(x), N_PIXELS), np.float32), y))
         images = x.reshape(len(x), IMAGE_SIZE, IMAGE_SIZE)

@@ -24,24 +24,31 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from nndl_jax import files
 from nndl_jax.data import N_PIXELS, N_SHIFTS, N_TRAIN, Dataset, MNISTError, cache_dir, expand, load_mnist
 
-__all__ = ["DEFAULT_SEED", "expanded_path", "expand_training_data", "load_expanded",
+__all__ = ["DEFAULT_SEED", "expanded_path", "expand_training_data", "load_expanded", "read_expanded",
            "make_book_pickle", "write_book_pickle", "main"]
 
 DEFAULT_SEED = 0
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int ≥ 0 (the shuffle's seed: NumPy's ``default_rng`` uses all its bits)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"the expansion's seed must be a whole number >= 0, got {seed!r}")
+    return int(seed)
+
+
 def expanded_path(seed: int = DEFAULT_SEED, out_dir=None) -> Path:
     """Where the expanded set for ``seed`` lives: ``out_dir`` or ``<cache>/expanded``."""
+    seed = check_seed(seed)
     folder = Path(out_dir) if out_dir is not None else cache_dir() / "expanded"
     return folder / f"mnist_expanded_seed{seed}.npz"
 
@@ -54,6 +61,7 @@ def expand_training_data(data_dir=None, seed: int = DEFAULT_SEED, out_dir=None,
     (``$XDG_CACHE_HOME/nndl-jax/expanded``), never the data folder, which may
     be read-only. An existing file is replaced only by a complete new one.
     """
+    seed = check_seed(seed)
     training = load_mnist(data_dir).training
     pixels = np.rint(training.x * 255.0).astype(np.uint8)
     if not np.array_equal(pixels.astype(np.float32) / np.float32(255.0), training.x):
@@ -63,17 +71,8 @@ def expand_training_data(data_dir=None, seed: int = DEFAULT_SEED, out_dir=None,
     start = time.perf_counter()
     expanded = expand(pixels, training.y, seed=seed)
     path = expanded_path(seed, out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, x=expanded.x, y=expanded.y.astype(np.uint8),
-                                seed=np.int64(seed))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.atomic_write(path, lambda f: np.savez_compressed(f, x=expanded.x, y=expanded.y.astype(np.uint8),
+                                                           seed=np.int64(seed)), parents=True)
     if verbose:
         print(f"Saved {len(expanded.y)} images to {path} in {time.perf_counter() - start:.1f} s")
     return path
@@ -84,18 +83,38 @@ def load_expanded(data_dir=None, seed: int = DEFAULT_SEED, out_dir=None) -> Data
     path = expanded_path(seed, out_dir)
     if not path.is_file():
         expand_training_data(data_dir, seed, out_dir)
+    return read_expanded(path, seed)
+
+
+def read_expanded(path, seed: int, n: int = N_SHIFTS * N_TRAIN) -> Dataset:
+    """The expanded set saved in ``path``, after checking that it is the one
+    asked for: made with ``seed`` (checked first, before the images are
+    read), ``n`` images of 784 pixels, labels that are digits. Anything else
+    is an `MNISTError` that names the file and says to delete it."""
+    path = Path(path)
     try:
-        with np.load(path) as f:
-            x, y, stored_seed = f["x"], f["y"], int(f["seed"])
-    except Exception as e:
-        raise MNISTError(f"{path}: cannot read the expanded set ({e}); delete it to rebuild.") from e
-    n = N_SHIFTS * N_TRAIN
-    if x.shape != (n, N_PIXELS) or y.shape != (n,) or stored_seed != seed:
-        raise MNISTError(f"{path}: holds x {x.shape}, y {y.shape}, seed {stored_seed}; expected "
-                         f"({n}, {N_PIXELS}), ({n},), seed {seed}. Delete it to rebuild.")
+        with np.load(path, allow_pickle=False) as f:
+            stored_seed = np.asarray(f["seed"])
+            if stored_seed.shape != () or stored_seed.dtype.kind not in "iu" or int(stored_seed) != seed:
+                raise MNISTError(f"{path}: made with seed {stored_seed.tolist()}, not seed {seed}; "
+                                 "delete it to rebuild (or ask for its seed).")
+            x, y = f["x"], f["y"]
+    except MNISTError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to read means a bad file
+        reason = "not a .npz file" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise MNISTError(f"{path}: cannot read the expanded set ({reason}); delete it to rebuild.") from None
+    if x.shape != (n, N_PIXELS) or y.shape != (n,):
+        raise MNISTError(f"{path}: holds x {x.shape}, y {y.shape}; expected ({n}, {N_PIXELS}), ({n},). "
+                         "Delete it to rebuild.")
+    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise MNISTError(f"{path}: labels of dtype {y.dtype} over [{y.min()}, {y.max()}] are not digits 0-9. "
+                         "Delete it to rebuild.")
     if x.dtype == np.uint8:
         x = x.astype(np.float32)
         x /= np.float32(255.0)
+    elif x.dtype.kind != "f" or not (np.all(np.isfinite(x)) and x.min() >= 0 and x.max() <= 1):
+        raise MNISTError(f"{path}: pixels of dtype {x.dtype} are not all numbers in [0, 1]. Delete it to rebuild.")
     return Dataset(x.astype(np.float32, copy=False), y.astype(np.int32))
 
 
@@ -140,22 +159,12 @@ def write_book_pickle(path, training, validation, test, *, compresslevel: int = 
     images, labels = training
     validation, test = ((np.asarray(x, np.float32), np.asarray(y, np.int64)) for x, y in (validation, test))
     content = ([list(np.asarray(images, np.float32)), [int(v) for v in labels]], validation, test)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as f:
+
+    def write(raw):
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as f:
             _BookPickler(f, protocol=2).dump(content)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return files.atomic_write(path, write)
 
 
 def make_book_pickle(path, data_dir=None, seed: int = DEFAULT_SEED, *, verbose: bool = True) -> Path:
@@ -164,7 +173,7 @@ def make_book_pickle(path, data_dir=None, seed: int = DEFAULT_SEED, *, verbose: 
     ``path`` in the book's layout (`write_book_pickle`). As the book's, an
     existing file is left alone. ``seed`` fixes the shuffle (the book's
     ``random.shuffle`` was unseeded)."""
-    path = Path(path)
+    path, seed = Path(path), check_seed(seed)
     if verbose:
         print("Expanding the MNIST training set")
     if path.exists():

@@ -11,6 +11,7 @@ Standard library only (layer 1: everything else may import it).
 """
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def part_path(path):
 
 def atomic_write(path, write, mode="wb", *, parents=False):
     """Write ``path`` by calling ``write(f)`` on a temporary file beside it, then
-    renaming it into place. The file gets the usual mode (0666 less the umask).
+    renaming it into place. The file gets the usual mode (0666 less the umask);
+    a text ``mode`` writes UTF-8, whatever the locale.
 
     ``parents``: create missing folders first; otherwise a missing folder is a
     ``FileNotFoundError`` that names it. Returns ``path``.
@@ -40,7 +42,12 @@ def atomic_write(path, write, mode="wb", *, parents=False):
     tmp = part_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode) as f:
+        try:
+            f = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             write(f)
         os.replace(tmp, path)
     finally:
@@ -55,13 +62,19 @@ def atomic_write_text(path, text, *, parents=True):
 
 
 def stale_parts(folder, name=None):
-    """The temporary files that interrupted writes left in ``folder`` (of the
-    file ``name`` only, when given) by processes that are no longer running."""
+    """The temporary files that interrupted ``atomic_write`` calls left in
+    ``folder`` (of the file ``name`` only, when given) by processes that are no
+    longer running. Files named otherwise (another tool's, or a temporary file
+    without a pid) are never listed: nothing tells whether their writer lives."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = f".{name}.*{PART_SUFFIX}" if name else f".*{PART_SUFFIX}"
-    return [p for p in folder.glob(pattern) if not _writer_alive(p)]
+    out = []
+    for p in folder.glob(f".*{PART_SUFFIX}"):
+        parsed = _parse_part(p.name)
+        if parsed is not None and (name is None or parsed[0] == name) and not _pid_alive(parsed[1]):
+            out.append(p)
+    return out
 
 
 def remove_stale_parts(folder, name=None):
@@ -74,12 +87,17 @@ def remove_stale_parts(folder, name=None):
     return removed
 
 
-def _writer_alive(part):
-    """Whether the process that is writing ``part`` (its pid is in the name) still runs."""
-    try:
-        pid = int(part.name[: -len(PART_SUFFIX)].split(".")[-2])
-    except (ValueError, IndexError):
-        return False
+_PART = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<token>[0-9a-f]+)" + re.escape(PART_SUFFIX))
+
+
+def _parse_part(part_name):
+    """``(target name, pid)`` of a temporary file named by ``part_path``, else None."""
+    m = _PART.fullmatch(part_name)
+    return (m["name"], int(m["pid"])) if m else None
+
+
+def _pid_alive(pid):
+    """Whether the process ``pid`` (a writer named in a part's name) still runs."""
     if pid == os.getpid():
         return True
     try:
@@ -88,4 +106,6 @@ def _writer_alive(part):
         return False
     except PermissionError:  # someone else's live process
         return True
+    except (OverflowError, ValueError):  # not a pid this system can have
+        return False
     return True

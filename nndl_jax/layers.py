@@ -28,6 +28,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nndl_jax.activations import linear, sigmoid
 
@@ -389,6 +390,20 @@ def _max_pool_first_bwd(poolsize, layout, res, dy):
 max_pool_first.defvjp(_max_pool_first_fwd, _max_pool_first_bwd)
 
 
+def sizes_of(values, name):
+    """``values`` (a shape) as a tuple of ints, refusing any that is not a
+    whole number (5.5 is an error, not 5; so are True, NaN and "5")."""
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of sizes, got {values!r}") from None
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(v) or v != int(v):
+            raise ValueError(f"{name} must hold whole numbers, got {values!r}")
+    return tuple(int(v) for v in values)
+
+
 def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *, layout="auto"):
     """network3's ConvPoolLayer: a = act(maxpool(x ⋆ w) + b).
 
@@ -411,9 +426,9 @@ def conv_pool(filter_shape, image_shape, poolsize=(2, 2), activation=sigmoid, *,
     book's, "NHWC", or "auto": see ``conv_layout``); the params, input and
     output keep the book's layout either way, with transposes at the edges.
     """
-    filter_shape = tuple(int(s) for s in filter_shape)
-    image_shape = tuple(int(s) for s in image_shape)
-    poolsize = tuple(int(s) for s in poolsize)
+    filter_shape = sizes_of(filter_shape, "filter_shape")
+    image_shape = sizes_of(image_shape, "image_shape")
+    poolsize = sizes_of(poolsize, "poolsize")
     if len(filter_shape) != 4 or min(filter_shape) < 1:
         raise ValueError(f"filter_shape must be 4 positive sizes (k, c, fh, fw), got {filter_shape}")
     if len(image_shape) != 4 or min(image_shape[1:]) < 1:

@@ -66,7 +66,11 @@ def load_data_wrapper(data_dir=None, *, book_pixels=False):
 
 
 def vectorized_result(j):
-    """A (10, 1) unit vector with 1.0 in position ``j`` (float64, as in the book)."""
+    """A (10, 1) unit vector with 1.0 in position ``j`` (float64, as in the book):
+    the desired output for digit ``j``. ``j`` must be a digit 0-9 (the book's
+    would take -1 for 9 and True for 1)."""
+    if isinstance(j, (bool, np.bool_)) or not isinstance(j, (int, np.integer)) or not 0 <= j < 10:
+        raise ValueError(f"vectorized_result takes a digit 0-9, got {j!r}")
     e = np.zeros((10, 1))
     e[j] = 1.0
     return e

@@ -195,7 +195,7 @@ class Network:
 
     @weights.setter
     def weights(self, weights):
-        self.params = book_to_params(weights, self.biases)
+        self.params = book_to_params(self._book_arrays(weights, "weights"), self.biases)
 
     @property
     def biases(self):
@@ -203,7 +203,18 @@ class Network:
 
     @biases.setter
     def biases(self, biases):
-        self.params = book_to_params(self.weights, biases)
+        self.params = book_to_params(self.weights, self._book_arrays(biases, "biases"))
+
+    def _book_arrays(self, arrays, name):
+        """``arrays`` given for the book's ``weights`` ([n_out, n_in]) or
+        ``biases`` ([n_out, 1], or [n_out]), checked against ``self.sizes``."""
+        arrays = [np.asarray(a) for a in arrays]
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        wanted = [((n_out, n_in),) if name == "weights" else ((n_out, 1), (n_out,)) for n_in, n_out in pairs]
+        if len(arrays) != len(pairs) or any(a.shape not in w for a, w in zip(arrays, wanted)):
+            raise ValueError(f"{name} for sizes {self.sizes} must be {len(pairs)} arrays of shapes "
+                             f"{[w[0] for w in wanted]}; got {[a.shape for a in arrays]}")
+        return arrays
 
     # --- the book's methods ------------------------------------------------------
     def feedforward(self, a):
@@ -215,6 +226,8 @@ class Network:
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"feedforward expects a ({self.sizes[0]}, 1) column or an "
                              f"[n, {self.sizes[0]}] batch, got shape {a.shape}")
+        if len(x) == 0:  # an empty batch: nothing to compute (the layers' reshapes need an example)
+            return np.zeros((0, self.sizes[-1]), self._dtype)
         out = np.asarray(self._core_cost.output(self._apply(self.params, x)))
         return out.T if column else (out[0] if a.ndim == 1 else out)
 

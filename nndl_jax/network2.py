@@ -62,15 +62,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nndl_jax import activations, costs, files, layers, network, train
+from nndl_jax.data import is_pair_of_sets
+from nndl_jax.mnist_loader import vectorized_result  # noqa: F401 (the book's network2 has it too)
 from nndl_jax.network import book_to_params, params_to_book
 
 # --- the book's miscellaneous functions (NumPy, as in the book) -------------------
 
-def vectorized_result(j):
-    """A (10, 1) unit vector with 1.0 in position ``j``: the desired output for digit j."""
-    e = np.zeros((10, 1))
-    e[j] = 1.0
-    return e
 
 
 def sigmoid(z):
@@ -262,8 +259,8 @@ class Network(network.Network):
             raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
         train.check_lmbda(lmbda)
         for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
-            if int(v) != v or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+            if v != 0:  # 0 (or False, the book's default spelled otherwise): off
+                train.positive_int(v, name)
         if early_stopping_n and schedule_n:
             raise ValueError("choose early_stopping_n or schedule_n, not both")
         training = self._data(training_data)
@@ -345,8 +342,7 @@ class Network(network.Network):
         ``self.regularization == "l1"``, the L1 rule w → w − (ηλ/n)·sign(w) − ...)."""
         network._check_hyper(1, 1, eta)
         train.check_lmbda(lmbda)
-        if int(n) != n or n < 1:
-            raise ValueError(f"n (the size of the training set) must be a positive integer, got {n!r}")
+        n = train.positive_int(n, "n (the size of the training set)")
         batch = self._data(mini_batch)
         trainer = self._trainer(len(batch.y), False, penalty=self.regularization, momentum=0.0)
         params, _, _ = train.fit(trainer, train.stack([self.params]), batch, 1, key=jax.random.key(0),
@@ -357,8 +353,13 @@ class Network(network.Network):
         """Save to ``filename`` in the book's JSON format, atomically: a temporary
         file beside it, then a rename, so an existing file is never half-written
         (``files.atomic_write``). The cost is saved by its class name, as
-        the book's; ``load`` knows the book's three."""
+        the book's; ``load`` knows the book's three. A network whose weights
+        or biases are not all finite (training diverged) is not saved: ``load``
+        would refuse the file (ValueError; nothing is written)."""
         weights, biases = params_to_book(self.params)
+        if not all(np.all(np.isfinite(a)) for a in weights + biases):
+            raise ValueError(f"not saving {filename}: the network's weights or biases are not all finite "
+                             "(NaN or inf: did training diverge?), and a network file holds finite numbers")
         data = {"sizes": self.sizes,
                 "weights": [w.astype(float).tolist() for w in weights],
                 "biases": [b.astype(float).tolist() for b in biases],
@@ -399,7 +400,7 @@ class Network(network.Network):
 def _one_hot_labels(data):
     """For the book's list of (x, y) pairs: whether its labels are one-hot
     vectors. None for arrays (the flag is the book's, for the book's layout)."""
-    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[1], "shape"):
+    if is_pair_of_sets(data):
         return None
     try:
         return np.size(data[0][1]) > 1
@@ -408,6 +409,21 @@ def _one_hot_labels(data):
 
 
 # --- loading ------------------------------------------------------------------------
+
+def _numbers(nested, what):
+    """The nested JSON lists ``nested`` as a float64 array; refusing ragged
+    lists and anything that is not a number (strings, booleans, null)."""
+    def check(v):
+        if isinstance(v, list):
+            for item in v:
+                check(item)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise NetworkFileError(f"{what} hold {json.dumps(v)}, not a number")
+    check(nested)
+    try:
+        return np.asarray(nested, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise NetworkFileError(f"{what} are ragged (rows of several lengths)") from None
 
 class NetworkFileError(ValueError):
     """A network file that cannot be loaded (missing, not JSON, wrong content)."""
@@ -435,11 +451,11 @@ def load(filename):
     missing = [k for k in ("sizes", "weights", "biases", "cost") if k not in data]
     if missing:
         raise NetworkFileError(f"{path}: missing keys {missing}")
-    if data["cost"] not in COSTS:
+    if not isinstance(data["cost"], str) or data["cost"] not in COSTS:
         raise NetworkFileError(f"{path}: unknown cost {data['cost']!r}; expected one of {sorted(COSTS)}")
     sizes = data["sizes"]
     if (not isinstance(sizes, list) or len(sizes) < 2
-            or not all(isinstance(s, int) and s >= 1 for s in sizes)):
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)):
         raise NetworkFileError(f"{path}: sizes must be a list of at least two positive integers, got {sizes!r}")
     weights, biases = data["weights"], data["biases"]
     if not isinstance(weights, list) or not isinstance(biases, list) \
@@ -447,16 +463,17 @@ def load(filename):
         raise NetworkFileError(f"{path}: expected {len(sizes) - 1} weight and bias arrays for sizes {sizes}")
     ws, bs = [], []
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        try:
-            w = np.asarray(weights[l], dtype=np.float64)
-            b = np.asarray(biases[l], dtype=np.float64)
-        except (ValueError, TypeError):
-            raise NetworkFileError(f"{path}: layer {l} holds ragged or non-numeric arrays") from None
+        w, b = (_numbers(v, f"{path}: layer {l} {name}") for v, name in ((weights[l], "weights"),
+                                                                             (biases[l], "biases")))
         if w.shape != (n_out, n_in) or b.shape != (n_out, 1):
             raise NetworkFileError(f"{path}: layer {l} has weights {w.shape} and biases {b.shape}; "
                                    f"sizes {sizes} need ({n_out}, {n_in}) and ({n_out}, 1)")
-        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-            raise NetworkFileError(f"{path}: layer {l} holds non-finite numbers")
+        for name, v in (("weights", w), ("biases", b)):
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, refused here
+                finite = np.all(np.isfinite(v.astype(np.float32)))
+            if not finite:
+                raise NetworkFileError(f"{path}: layer {l} {name} hold numbers that are not finite "
+                                       "(NaN, Infinity, or beyond float32's range)")
         ws.append(w)
         bs.append(b)
     net = Network(sizes, cost=COSTS[data["cost"]])

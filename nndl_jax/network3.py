@@ -61,6 +61,7 @@ import numpy as np
 from nndl_jax import activations, costs, devices, layers, network, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
 from nndl_jax.checkpoint import TreeFileError, load_tree, read_tree, save_tree
+from nndl_jax.data import is_pair_of_sets
 
 ReLU = relu
 
@@ -106,7 +107,7 @@ class FullyConnectedLayer(_Layer):
     def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
         self.activation_fn = activations.check(activation_fn)
-        self.p_dropout = float(p_dropout)
+        self.p_dropout = _probability(p_dropout)
 
     def _arguments(self):
         return {"type": "FullyConnectedLayer", "n_in": self.n_in, "n_out": self.n_out,
@@ -126,9 +127,9 @@ class ConvPoolLayer(_Layer):
     input maps, h, w)``. w ~ N(0, 1/n_out) with n_out = maps·fh·fw/prod(poolsize)."""
 
     def __init__(self, filter_shape, image_shape, poolsize=(2, 2), activation_fn=sigmoid):
-        self.filter_shape = tuple(int(s) for s in filter_shape)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.poolsize = tuple(int(s) for s in poolsize)
+        self.filter_shape = layers.sizes_of(filter_shape, "filter_shape")
+        self.image_shape = layers.sizes_of(image_shape, "image_shape")
+        self.poolsize = layers.sizes_of(poolsize, "poolsize")
         self.activation_fn = activations.check(activation_fn)
         layers.conv_pool(self.filter_shape, self.image_shape, self.poolsize, activation_fn)  # checks the shapes
 
@@ -157,7 +158,7 @@ class SoftmaxLayer(_Layer):
 
     def __init__(self, n_in, n_out, p_dropout=0.0):
         self.n_in, self.n_out = _positive(n_in, "n_in"), _positive(n_out, "n_out")
-        self.p_dropout = float(p_dropout)
+        self.p_dropout = _probability(p_dropout)
 
     def _arguments(self):
         return {"type": "SoftmaxLayer", "n_in": self.n_in, "n_out": self.n_out,
@@ -184,9 +185,15 @@ def layer_from_spec(spec):
 
 
 def _positive(n, name):
-    if int(n) != n or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
+    return train.positive_int(n, name)
+
+
+def _probability(p, name="p_dropout"):
+    """``p`` as a float in [0, 1): a dropout rate (the fraction of inputs dropped)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1) (the fraction of a layer's inputs "
+                         f"dropped in training), got {p!r}")
+    return float(p)
 
 
 def build(net_layers):
@@ -235,9 +242,7 @@ def load_data_shared(filename=None):
 def size(data):
     """The number of examples in ``data`` (the book's ``size``): an ``(x, y)``
     pair of arrays, as ``load_data_shared`` returns, or a list of pairs."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
-        return int(data[0].shape[0])
-    return len(data)
+    return len(data[0]) if is_pair_of_sets(data) else len(data)
 
 
 # --- K networks at once ---------------------------------------------------------------
@@ -387,7 +392,7 @@ class Network:
         The data (any layout ``data.as_arrays`` reads) must be as wide as the
         first layer's input and have labels below the softmax's ``n_out``.
         """
-        if int(mini_batch_size) != self.mini_batch_size:
+        if _positive(mini_batch_size, "mini_batch_size") != self.mini_batch_size:
             raise ValueError(f"the network was built for mini-batches of {self.mini_batch_size}, "
                              f"SGD was given {mini_batch_size}")
         training, validation, test = (self._data(d, name) for d, name in (
@@ -434,7 +439,9 @@ class Network:
                                "epochs, mini_batch_size, eta, validation_data, test_data) first, as in the book")
         mb = self.mini_batch_size
         num_test_batches = len(self._test_x) // mb
-        if int(i) != i or not 0 <= i < num_test_batches:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"test_mb_predictions takes the index of a test mini-batch (an int), got {i!r}")
+        if not 0 <= i < num_test_batches:
             raise IndexError(f"test mini-batch {i!r} out of range: the test data holds {num_test_batches} "
                              f"mini-batches of {mb}")
         return self.predict(self._test_x[int(i) * mb:(int(i) + 1) * mb])
@@ -444,6 +451,8 @@ class Network:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.layers[0].n_in_values:
             raise ValueError(f"predict expects [n, {self.layers[0].n_in_values}] inputs, got {x.shape}")
+        if len(x) == 0:
+            return np.zeros(0, np.int32)
         return np.asarray(predictions(self.layers, train.stack([self.params]), x)[0])
 
     def accuracy(self, data):
@@ -547,8 +556,10 @@ def load(path, *, seed=None):
     spec, _ = _read(path)
     try:
         net_layers = [layer_from_spec(s) for s in spec["layers"]]
+        mini_batch_size = _positive(spec["mini_batch_size"], "mini_batch_size")
+        build(net_layers)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad architecture in the file ({e})") from e
-    net = Network(net_layers, spec["mini_batch_size"], seed=seed)
+    net = Network(net_layers, mini_batch_size, seed=seed)
     net.load_params(path)
     return net

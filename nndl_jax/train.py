@@ -359,12 +359,56 @@ def set_eta(opt_state, eta):
     return opt_state._replace(hyperparams=hyper)
 
 
-def _device_data(data, dtype, layout=None):
-    """``(x, y)`` on the device (x in the params' dtype); with a ``layout``, on
-    every device of it (replicated over the processes of a multi-process run)."""
+def _device_data(data, dtype, layout=None, what="the training data"):
+    """``(x, y)`` on the device, after the checks a wrong set would otherwise pass
+    silently (out-of-range indices clamp in JAX; one NaN makes every weight NaN):
+    as many labels as examples, finite inputs, integer labels ≥ 0 in [n] or
+    float targets in [n, n_out]. (``check_labels`` checks them against n_out.) With a
+    ``layout``, on every device of it (replicated over the processes of a multi-process run)."""
     x, y = data
     x, y = jnp.asarray(x, dtype), jnp.asarray(y)
+    if x.ndim < 2 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}: x {tuple(x.shape)} and y {tuple(y.shape)} must hold one example per row "
+                         "each (as many labels as images; see data.as_arrays)")
+    if not bool(jnp.isfinite(x).all()):
+        raise ValueError(f"{what}: x holds values that are not finite (NaN or inf); see data.check_finite")
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.ndim != 1:
+            raise ValueError(f"{what}: integer labels must be [n]; got shape {tuple(y.shape)}")
+        if y.size and int(y.min()) < 0:
+            raise ValueError(f"{what}: labels must be >= 0; the smallest is {int(y.min())}")
+    elif y.ndim != 2 or not bool(jnp.isfinite(y).all()):
+        raise ValueError(f"{what}: y must be integer labels [n] or finite float targets [n, n_out]; "
+                         f"got {y.dtype} {tuple(y.shape)}")
     return (x, y) if layout is None else (layout.replicate(x), layout.replicate(y))
+
+
+def check_labels(apply, params, run):
+    """Refuse labels beyond the network's outputs (``jax.nn.one_hot`` would make
+    them all-zero targets) and targets of another width, for every set of ``run``."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    one = (treedef, tuple((a.shape[1:], str(a.dtype)) for a in leaves))
+    sets = {"the training data": (run.x, run.y)} | {f"evaluation set {k!r}": d for k, d in run.sets.items()}
+    for what, (x, _) in sets.items():
+        try:
+            n_out = _output_width(apply, one, x.shape[1:], str(x.dtype))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: examples of shape {tuple(x.shape[1:])} do not fit the network's "
+                             f"input ({str(e).splitlines()[0]})") from None
+    for what, (_, y) in sets.items():
+        integer = jnp.issubdtype(y.dtype, jnp.integer)
+        if (integer and y.size and int(y.max()) >= n_out) or (not integer and y.shape[-1] != n_out):
+            raise ValueError(f"{what}: labels must lie in [0, {n_out}) (the network's {n_out} outputs); "
+                             + (f"the largest is {int(y.max())}" if integer else f"targets are {y.shape[-1]} wide"))
+
+
+@functools.lru_cache(maxsize=64)
+def _output_width(apply, params_spec, example_shape, dtype):
+    """The number of outputs ``apply`` gives for one example (traced once per
+    network, params shapes and example shape; nothing is computed)."""
+    treedef, leaves = params_spec
+    one = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    return jax.eval_shape(lambda p, x: apply(p, x), one, jax.ShapeDtypeStruct((1,) + example_shape, dtype)).shape[-1]
 
 
 # --- stopping rules and schedules: small functions beside fit ---------------------
@@ -431,9 +475,15 @@ def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
 
 # --- the checks every run makes -----------------------------------------------------
 
+def _whole(n):
+    """Whether ``n`` is a whole number (an int, or a float without a fraction; not a bool, NaN or inf)."""
+    return (not isinstance(n, bool) and isinstance(n, (int, np.integer, float, np.floating))
+            and bool(np.isfinite(n)) and n == int(n))
+
+
 def positive_int(n, name):
     """``n`` as an int, refusing anything that is not a whole number ≥ 1 (True, 1.5, "3")."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating)) or n != int(n) or n < 1:
+    if not _whole(n) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return int(n)
 
@@ -441,8 +491,7 @@ def positive_int(n, name):
 def check_hyperparameters(eta, lmbda, epochs):
     """The one check of the values every run takes: η > 0 and finite, λ ≥ 0 and
     finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
-    if (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer, float, np.floating))
-            or epochs != int(epochs) or epochs < 0):
+    if not _whole(epochs) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     eta = np.asarray(eta, np.float64)
     if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):
@@ -579,7 +628,7 @@ def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluat
         raise ValueError("the training data is empty")
     lmbda = np.broadcast_to(lmbda, (k,))
     c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
-    sets = {name: _device_data(d, dtype, layout) for name, d in (evaluation or {}).items()}
+    sets = {name: _device_data(d, dtype, layout, f"evaluation set {name!r}") for name, d in (evaluation or {}).items()}
     names = metric_names(sets)
     rules = tuple(rules)
     for rule in rules:
@@ -766,6 +815,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     """
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
                       evaluation=evaluation, rules=rules)
+    check_labels(trainer.apply, params, run)
     state = initial_state(trainer, params, key, eta, run)
     events, resumed_epochs = [], 0
     if checkpoint is not None:
