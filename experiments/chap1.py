@@ -198,14 +198,14 @@ def train_group(args, rows, seeds, training, test, epochs):
     Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct).
     """
     sizes = rows[0]["sizes"]
-    init, apply = layers.mlp(sizes, sigmoid, init=layers.large_weight_init)
+    net = layers.mlp_net(sizes, sigmoid, init=layers.large_weight_init)
     init_keys, train_keys = train.seed_keys(seeds)
     k = len(seeds)
     init_keys, train_keys = (jnp.concatenate([init_keys] * len(rows)),
                              jnp.concatenate([train_keys] * len(rows)))
-    params = train.init_many(init, init_keys, (sizes[0],))
+    params = train.init_many(net.init, init_keys, (sizes[0],))
     eta = np.repeat([r["eta"] for r in rows], k)  # train.fit casts to the params' dtype
-    trainer = train.trainer_for(apply, costs.quadratic, MINI_BATCH_SIZE)
+    trainer = train.trainer_for(net, costs.quadratic, MINI_BATCH_SIZE)
     n_test = len(test.y)
     arch = "[" + ",".join(map(str, sizes)) + "]"
 

@@ -35,7 +35,6 @@ code does.
 multiple_eta.py; 3.14: more_data.py) with the book's own random streams from
 seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
 """
-import functools
 import hashlib
 import json
 
@@ -175,13 +174,12 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     seeds = driver.seeds(args)
     configs = spec["configs"]
     init_keys, train_keys = train.seed_keys(seeds)
-    params = [train.init_many(layers.mlp(spec["sizes"], sigmoid, init=layers.INITIALIZERS[c["init"]])[0],
+    params = [train.init_many(layers.mlp_net(spec["sizes"], sigmoid, init=layers.INITIALIZERS[c["init"]]).init,
                               init_keys, (spec["sizes"][0],)) for c in configs]
     params = jax.tree_util.tree_map(lambda *p: jnp.concatenate(p), *params)
     per_net = lambda name: np.repeat([c[name] for c in configs], len(seeds))  # noqa: E731
-    _, apply = _net(tuple(spec["sizes"]))
-    trainer = train.trainer_for(apply, costs.cross_entropy, 10, penalty=spec.get("penalty", "l2"),
-                                momentum=spec.get("momentum", 0.0))
+    trainer = train.trainer_for(layers.mlp_net(spec["sizes"], sigmoid), costs.cross_entropy, 10,
+                                penalty=spec.get("penalty", "l2"), momentum=spec.get("momentum", 0.0))
     sets = {name: data for name, data in (("evaluation", evaluation), ("training", training))
             if any(m.startswith(name) for m in monitor) or (name == "evaluation" and data is not None
                                                             and (early_stopping_n or schedule_n))}
@@ -212,12 +210,6 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     return arrays, hist.stopped_at.reshape(shape), seeds
 
 
-@functools.cache
-def _net(sizes):
-    """One (init, apply) per architecture, so rows of the same shapes share a compiled trainer."""
-    return layers.mlp(sizes, sigmoid)
-
-
 def pct(correct, n):
     return 100.0 * np.asarray(correct, float) / n
 
@@ -238,8 +230,7 @@ def train_neuron(cost, starts, etas, epochs, seed):
     Returns its output and cost at epochs 0..epochs, each [epochs + 1, starts]."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 with --x64
     x, y = jnp.ones((1, 1), dtype), jnp.zeros((1, 1), dtype)
-    _, apply = layers.mlp([1, 1], sigmoid)
-    trainer = train.trainer_for(apply, cost, 1)
+    trainer = train.trainer_for(layers.mlp_net([1, 1], sigmoid), cost, 1)
     params = [{"w": jnp.asarray([[[w]] for w, _ in starts], dtype),
                "b": jnp.asarray([[b] for _, b in starts], dtype)}]
     no_penalty = jnp.zeros(len(starts), dtype)

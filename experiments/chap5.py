@@ -109,16 +109,17 @@ def widest_range(ws=None):
 # --- the experiments -------------------------------------------------------------
 
 def _net(sizes):
-    return layers.mlp(sizes, sigmoid, init=layers.default_weight_init)
+    """The chapter's sigmoid network of ``sizes`` as a ``layers.Net`` (its compiled programs are shared)."""
+    return layers.mlp_net(sizes, sigmoid, init=layers.default_weight_init)
 
 
 def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     """Train K = --seeds networks of shape ``sizes`` as one program; per-epoch
     validation accuracy [epochs, K]."""
-    init, apply = _net(sizes)
+    net = _net(sizes)
     init_keys, train_keys = train.seed_keys(driver.seeds(args))
-    params = train.init_many(init, init_keys, (sizes[0],))
-    trainer = train.trainer_for(apply, costs.cross_entropy, MINI_BATCH, penalty="l2")
+    params = train.init_many(net.init, init_keys, (sizes[0],))
+    trainer = train.trainer_for(net, costs.cross_entropy, MINI_BATCH, penalty="l2")
     tr, va = splits.training, splits.validation
     n_val = len(va.y) if not args.quick else min(len(va.y), 1000)
     ckpt = driver.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
@@ -136,12 +137,12 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     batch gradient descent (one mini-batch of all n images) for ``epochs``
     epochs; ||∂C/∂b^l|| at init and after every epoch: [epochs + 1, K, hidden]."""
     sizes = [784] + [30] * hidden + [10]
-    init, apply = _net(sizes)
+    net = _net(sizes)
     init_keys, train_keys = train.seed_keys(driver.seeds(args))
-    params = train.init_many(init, init_keys, (784,))
-    norms_k = jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))
+    params = train.init_many(net.init, init_keys, (784,))
+    norms_k = jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=net.apply)))
     # Full batch: the order inside the one mini-batch does not change the step.
-    trainer = train.trainer_for(apply, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
+    trainer = train.trainer_for(net, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
     show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
                            show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
@@ -157,19 +158,19 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
 
 def norms_at_init(x, y, hidden, seeds):
     """||∂C/∂b^l|| at initialization of [784, 30×hidden, 10] for each seed: [K, hidden]."""
-    init, apply = _net([784] + [30] * hidden + [10])
+    net = _net([784] + [30] * hidden + [10])
     init_keys, _ = train.seed_keys(seeds)
-    params = train.init_many(init, init_keys, (784,))
-    return np.asarray(jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=apply)))(params))
+    params = train.init_many(net.init, init_keys, (784,))
+    return np.asarray(jax.jit(jax.vmap(lambda p: bias_gradient_norms(p, x, y, apply=net.apply)))(params))
 
 
 def initial_gradient(args, x, y, neurons=6):
     """∂C/∂b of the first ``neurons`` neurons of each hidden layer of
     [784,30,30,10] at init, for each seed: [K, 2, neurons]."""
-    init, apply = _net(ROW["5.9"]["sizes"])
+    net = _net(ROW["5.9"]["sizes"])
     init_keys, _ = train.seed_keys(driver.seeds(args))
-    params = train.init_many(init, init_keys, (784,))
-    grads = jax.jit(jax.vmap(lambda p: bias_gradients(p, x, y, apply=apply)))(params)
+    params = train.init_many(net.init, init_keys, (784,))
+    grads = jax.jit(jax.vmap(lambda p: bias_gradients(p, x, y, apply=net.apply)))(params)
     return np.stack([np.asarray(g)[:, :neurons] for g in grads], axis=1)
 
 

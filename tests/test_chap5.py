@@ -33,7 +33,8 @@ def test_gradient_norms_at_init_match_the_book_and_vanish(first_1000):
 
 def test_bias_gradient_norm_is_the_mean_of_per_example_gradients(first_1000):
     x, y = first_1000[0][:20], first_1000[1][:20]
-    init, apply = chap5._net([784, 30, 30, 10])
+    net = chap5._net([784, 30, 30, 10])
+    init, apply = net.init, net.apply
     params = init(jax.random.key(3), (784,))[1]
     one = lambda p, xi, yi: train.example_costs(p, xi[None], yi[None], apply=apply,  # noqa: E731
                                                  cost=costs.cross_entropy)[0]
