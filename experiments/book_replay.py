@@ -69,14 +69,15 @@ What the replays show (seed 12345678, float64 on the CPU):
 """
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import report, store
-from nndl_jax import book_random, costs, layers, mnist_loader, train
-from nndl_jax.activations import sigmoid
+from nndl_jax import book_random, mnist_loader
 from nndl_jax.data import Dataset
+
+# JAX starts only when a replay computes: prepare, replay_fit and replay_more_data
+# import it (and the parts of nndl_jax built on it), so chapter 3's `--help` answers
+# without it.
 
 COST_RTOL = 1e-4
 """A replayed cost equals the book's when within this relative difference."""
@@ -132,6 +133,8 @@ def add_arguments(parser):
 def prepare(args):
     """After ``driver.parse_args``: a replay computes in float64 (before any array is made)."""
     if getattr(args, "book_seed", None) is not None:
+        import jax
+
         args.x64 = True
         jax.config.update("jax_enable_x64", True)
     return args
@@ -150,6 +153,12 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
     10); returns the History's arrays ``{name: [epochs]}``, the final params
     (stacked, K = 1) and the trainer. ``on_epoch(e, record)`` is called after
     each epoch too."""
+    import jax
+    import jax.numpy as jnp
+
+    from nndl_jax import costs, layers, train
+    from nndl_jax.activations import sigmoid
+
     if not jax.config.jax_enable_x64:
         raise RuntimeError("a book replay computes in float64: enable jax_enable_x64 first "
                            "(python -m experiments.chap3 --book-seed S does)")
@@ -322,6 +331,8 @@ def replay_more_data(args, splits, spec):
     """fig/more_data.py: one net re-drawn with ``large_weight_initializer``
     before each size; each size trains on a fresh slice of the unshuffled
     list, the shuffle stream continuing; validation accuracy at the end."""
+    import jax.numpy as jnp
+
     seed, sizes = args.book_seed, [784, 30, 10]
     training, validation, _ = book_sets(splits)
     streams = book_random.BookStreams(seed)

@@ -30,13 +30,13 @@ import os
 import threading
 import time
 
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import driver, report, store
-from nndl_jax import costs, layers, train
-from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset, load_mnist
+
+# JAX starts only when a network trains: train_group imports it (and the parts of
+# nndl_jax built on it), so `--help` and the row table answer without it.
 
 # The book's rows (BOOK-RESULTS.md, chapter 1). "measure": which number of the
 # per-epoch curve the book quotes: its peak, or the final epoch.
@@ -197,6 +197,11 @@ def train_group(args, rows, seeds, training, test, epochs):
 
     Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct).
     """
+    import jax.numpy as jnp
+
+    from nndl_jax import costs, layers, train
+    from nndl_jax.activations import sigmoid
+
     sizes = rows[0]["sizes"]
     net = layers.mlp_net(sizes, sigmoid, init=layers.large_weight_init)
     init_keys, train_keys = train.seed_keys(seeds)

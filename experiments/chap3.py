@@ -38,14 +38,14 @@ seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
 import hashlib
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import book_replay, driver, report, store
-from nndl_jax import costs, layers, train
-from nndl_jax.activations import sigmoid
 from nndl_jax.data import Dataset, load_mnist
+
+# JAX starts only when a row trains: train_configs, _net, train_neuron and run_neuron
+# import it (and the parts of nndl_jax built on it), so `--help` and the row table
+# answer without it.
 
 # The book's rows. n_train None: all 50,000 training images. eval: the set the
 # book measured on. configs: settings trained side by side (× seeds) in one program.
@@ -171,6 +171,12 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     History's arrays reshaped to [epochs, configs, seeds] (and with
     ``final_eval``, "final_accuracy" [configs, seeds]: the number correct on
     it after the last epoch), the stop epochs [configs, seeds] and the seeds."""
+    import jax
+    import jax.numpy as jnp
+
+    from nndl_jax import costs, layers, train
+    from nndl_jax.activations import sigmoid
+
     seeds = driver.seeds(args)
     configs = spec["configs"]
     init_keys, train_keys = train.seed_keys(seeds)
@@ -228,6 +234,12 @@ def train_neuron(cost, starts, etas, epochs, seed):
     """One sigmoid neuron per start ``(w, b)``, stacked, trained on the single
     example x = 1, y = 0 for ``epochs`` one-step epochs with ``cost``.
     Returns its output and cost at epochs 0..epochs, each [epochs + 1, starts]."""
+    import jax
+    import jax.numpy as jnp
+
+    from nndl_jax import layers, train
+    from nndl_jax.activations import sigmoid
+
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 with --x64
     x, y = jnp.ones((1, 1), dtype), jnp.zeros((1, 1), dtype)
     trainer = train.trainer_for(layers.mlp_net([1, 1], sigmoid), cost, 1)
@@ -251,6 +263,8 @@ def run_neuron(args, splits, spec):
     gradient step per epoch from the book's starting weight and bias, the
     quadratic cost beside the cross-entropy (each with the book's η). The
     starts of one cost train together as K stacked one-neuron networks."""
+    from nndl_jax import costs
+
     del splits  # no MNIST here
     epochs = spec["epochs"]  # 300 steps of one neuron: the same in --quick
     rows, letters = [], iter("abcdefgh")

@@ -32,12 +32,13 @@ K stacked nets in one program.
 """
 import time
 
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import driver, report
-from nndl_jax import costs, layers, train
-from nndl_jax.activations import sigmoid
+
+# JAX starts only when a row computes: the functions below import jax.numpy (and the
+# parts of nndl_jax built on it) where they use it, so `--help` and the row table
+# answer without it.
 
 STEP_WEIGHT = 1000.0          # the chapter's "large" weight
 GRID = 10_001                 # the fine grid of x in [0, 1] for the average deviation
@@ -66,11 +67,15 @@ QUICK_SGD = dict(epochs=5, n_train=200)
 
 def f(x):
     """The chapter's wiggly target, eq. (113)."""
+    import jax.numpy as jnp
+
     return 0.2 + 0.4 * x ** 2 + 0.3 * x * jnp.sin(15 * x) + 0.05 * jnp.cos(50 * x)
 
 
 def inverse_sigmoid(a):
     """σ⁻¹(a) = ln(a / (1 − a)), for a in (0, 1)."""
+    import jax.numpy as jnp
+
     return jnp.log(a) - jnp.log1p(-a)
 
 
@@ -84,6 +89,8 @@ def bump_params(heights, edges, w=STEP_WEIGHT):
     Σ_j h_j (σ(w(x − s_j)) − σ(w(x − s_{j+1}))): bump j is the pair of step
     neurons 2j (at s_j, output weight +h_j) and 2j+1 (at s_{j+1}, −h_j).
     The output bias is 0. The layout is ``layers.mlp``'s ([{"w","b"}, ...])."""
+    import jax.numpy as jnp
+
     heights = jnp.asarray(heights, jnp.float32)
     edges = jnp.asarray(edges, jnp.float32)
     if edges.ndim != 1 or heights.shape != (edges.shape[0] - 1,):
@@ -98,6 +105,8 @@ def bump_params(heights, edges, w=STEP_WEIGHT):
 
 def grid(n=GRID):
     """The fine grid of x in [0, 1], as a batch [n, 1]."""
+    import jax.numpy as jnp
+
     return jnp.linspace(0.0, 1.0, n, dtype=jnp.float32)[:, None]
 
 
@@ -106,6 +115,8 @@ def bump_heights(edges, rule="midpoint"):
     "midpoint": σ⁻¹(f(m_j)) at the midpoint (the chapter's recipe);
     "median": the median of σ⁻¹∘f over the bump (on the fine grid), the
     constant closest to σ⁻¹∘f in average absolute deviation."""
+    import jax.numpy as jnp
+
     edges = jnp.asarray(edges, jnp.float32)
     if rule == "midpoint":
         return inverse_sigmoid(f((edges[:-1] + edges[1:]) / 2))
@@ -121,6 +132,11 @@ def bump_heights(edges, rule="midpoint"):
 def universality_net(n_bumps, w=STEP_WEIGHT, heights="midpoint"):
     """The chapter's construction with N equal bumps on [0, 1] and heights from
     ``bump_heights``. Returns (params, apply)."""
+    import jax.numpy as jnp
+
+    from nndl_jax import layers
+    from nndl_jax.activations import sigmoid
+
     if int(n_bumps) < 1:
         raise ValueError(f"need at least one bump, got {n_bumps}")
     edges = jnp.linspace(0.0, 1.0, int(n_bumps) + 1)
@@ -131,6 +147,10 @@ def universality_net(n_bumps, w=STEP_WEIGHT, heights="midpoint"):
 def average_deviations(params, apply, x=None):
     """(mean |σ(Σ) − f|, mean |Σ − σ⁻¹∘f|) over the grid: the output's and the
     weighted sum's average deviation."""
+    import jax.numpy as jnp
+
+    from nndl_jax.activations import sigmoid
+
     x = grid() if x is None else x
     z = apply(params, x)
     return (float(jnp.mean(jnp.abs(sigmoid(z) - f(x)))),
@@ -143,6 +163,11 @@ def learned(args, hidden, eta, mini_batch_size, epochs, n_train):
     """K = --seeds nets [1, hidden, 1] trained by SGD on the quadratic cost with
     targets f(x) at n_train uniform points; returns (average deviation [K],
     the nets' outputs on the grid [K, GRID])."""
+    import jax.numpy as jnp
+
+    from nndl_jax import costs, layers, train
+    from nndl_jax.activations import sigmoid
+
     init, apply = layers.mlp([1, hidden, 1], sigmoid, init=layers.default_weight_init)
     init_keys, train_keys = train.seed_keys(driver.seeds(args))
     params = train.init_many(init, init_keys, (1,))
@@ -201,6 +226,10 @@ def _plot_error(args, errors, gd_dev):
 
 def step_row(args):
     """4.1: how far the step neuron's activation is from a true step, off s ± 0.01."""
+    import jax.numpy as jnp
+
+    from nndl_jax.activations import sigmoid
+
     hp = ROW["4.1"]["settings"]
     x = grid()
     w, b = step_neuron(hp["s"], hp["w"])
@@ -217,6 +246,8 @@ def bumps_for(args):
 
 def bump_rows(args, figures):
     """4.2, 4.2w, 4.2m: the construction's average deviations for each number of bumps."""
+    from nndl_jax.activations import sigmoid
+
     errors, curves = {}, {}
     for n in bumps_for(args):
         params, apply = universality_net(n)

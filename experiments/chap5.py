@@ -19,14 +19,14 @@ function of the params, after every epoch (``on_epoch``'s ``record["params"]``).
 import math
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import driver, report, store
-from nndl_jax import costs, layers, train
-from nndl_jax.activations import sigmoid
 from nndl_jax.data import load_mnist
+
+# JAX starts only when a row computes: the functions that train or take gradients
+# import it (and the parts of nndl_jax built on it), so `--help` and the row table
+# answer without it.
 
 # network2's defaults and the chapter's settings.
 ETA, LMBDA, MINI_BATCH, EPOCHS = 0.1, 5.0, 10, 30
@@ -59,18 +59,32 @@ NORM_ROWS = {2: "5.5", 3: "5.6", 4: "5.7"}
 
 # --- the measurements ----------------------------------------------------------
 
-def bias_gradient_norms(params, x, y, *, apply, cost=costs.cross_entropy):
+def bias_gradient_norms(params, x, y, *, apply, cost=None):
     """||∂C/∂b^l|| for each hidden layer l, with ∂C/∂b = (1/n) Σ_x ∂C_x/∂b over
-    the n examples (the book's get_average_gradient). The L2 penalty touches
-    only weights, so it is left out. Returns [num_hidden_layers]."""
-    grads = jax.grad(lambda p: jnp.mean(train.example_costs(p, x, y, apply=apply, cost=cost)))(params)
+    the n examples (the book's get_average_gradient) and ``cost`` (None: the
+    cross-entropy). The L2 penalty touches only weights, so it is left out.
+    Returns [num_hidden_layers]."""
+    import jax.numpy as jnp
+
+    grads = _average_cost_gradient(params, x, y, apply, cost)
     return jnp.stack([jnp.linalg.norm(g["b"]) for g in grads[:-1]])
 
 
-def bias_gradients(params, x, y, *, apply, cost=costs.cross_entropy):
-    """The averaged ∂C/∂b of every hidden layer (a list of vectors)."""
-    grads = jax.grad(lambda p: jnp.mean(train.example_costs(p, x, y, apply=apply, cost=cost)))(params)
-    return [g["b"] for g in grads[:-1]]
+def bias_gradients(params, x, y, *, apply, cost=None):
+    """The averaged ∂C/∂b of every hidden layer (a list of vectors); ``cost``
+    None: the cross-entropy."""
+    return [g["b"] for g in _average_cost_gradient(params, x, y, apply, cost)[:-1]]
+
+
+def _average_cost_gradient(params, x, y, apply, cost):
+    """∂C/∂params with C the mean of ``cost`` (None: the cross-entropy) over the examples."""
+    import jax
+    import jax.numpy as jnp
+
+    from nndl_jax import costs, train
+
+    cost = costs.cross_entropy if cost is None else cost
+    return jax.grad(lambda p: jnp.mean(train.example_costs(p, x, y, apply=apply, cost=cost)))(params)
 
 
 def sigmoid_prime_max(num=200_001):
@@ -110,12 +124,17 @@ def widest_range(ws=None):
 
 def _net(sizes):
     """The chapter's sigmoid network of ``sizes`` as a ``layers.Net`` (its compiled programs are shared)."""
+    from nndl_jax import layers
+    from nndl_jax.activations import sigmoid
+
     return layers.mlp_net(sizes, sigmoid, init=layers.default_weight_init)
 
 
 def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     """Train K = --seeds networks of shape ``sizes`` as one program; per-epoch
     validation accuracy [epochs, K]."""
+    from nndl_jax import costs, train
+
     net = _net(sizes)
     init_keys, train_keys = train.seed_keys(driver.seeds(args))
     params = train.init_many(net.init, init_keys, (sizes[0],))
@@ -136,6 +155,10 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     """The book's training_speed experiment: K nets [784, 30×hidden, 10],
     batch gradient descent (one mini-batch of all n images) for ``epochs``
     epochs; ||∂C/∂b^l|| at init and after every epoch: [epochs + 1, K, hidden]."""
+    import jax
+
+    from nndl_jax import costs, train
+
     sizes = [784] + [30] * hidden + [10]
     net = _net(sizes)
     init_keys, train_keys = train.seed_keys(driver.seeds(args))
@@ -158,6 +181,10 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
 
 def norms_at_init(x, y, hidden, seeds):
     """||∂C/∂b^l|| at initialization of [784, 30×hidden, 10] for each seed: [K, hidden]."""
+    import jax
+
+    from nndl_jax import train
+
     net = _net([784] + [30] * hidden + [10])
     init_keys, _ = train.seed_keys(seeds)
     params = train.init_many(net.init, init_keys, (784,))
@@ -167,6 +194,10 @@ def norms_at_init(x, y, hidden, seeds):
 def initial_gradient(args, x, y, neurons=6):
     """∂C/∂b of the first ``neurons`` neurons of each hidden layer of
     [784,30,30,10] at init, for each seed: [K, 2, neurons]."""
+    import jax
+
+    from nndl_jax import train
+
     net = _net(ROW["5.9"]["sizes"])
     init_keys, _ = train.seed_keys(driver.seeds(args))
     params = train.init_many(net.init, init_keys, (784,))
@@ -309,6 +340,8 @@ def jobs(args, splits, run):
     out = [driver.Job(r, [r], lambda a, r=r: depth_row(a, splits, r, run),
                       settings={"epochs": run["epochs"]}) for r in DEPTH_ROWS if driver.wanted(args, r)]
     if splits is not None:
+        import jax.numpy as jnp
+
         x = jnp.asarray(splits.training.x[:GRADIENT_IMAGES])
         y = jnp.asarray(splits.training.y[:GRADIENT_IMAGES])
     for hidden, row_id in NORM_ROWS.items():

@@ -38,12 +38,14 @@ shortened run is never passed off as the book's setting.
 """
 import time
 
-import jax
 import numpy as np
 
 from experiments import driver, report, store
-from nndl_jax import data, network3, train
-from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
+from nndl_jax import data
+
+# JAX starts only when a row computes: the table names each row's architecture, and
+# the functions that build, train or count nets import network3 (and JAX), so
+# `--help` and the row table answer without it.
 
 MB = 10
 
@@ -98,6 +100,9 @@ ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r["id"]), r["id"]
 
 def architecture(arch, activation, n, mb=MB):
     """The book's conv.py networks as network3 layers."""
+    from nndl_jax import network3
+    from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
+
     act = network3.activations.by_name(activation)
     conv1 = ConvPoolLayer((20, 1, 5, 5), (mb, 1, 28, 28), (2, 2), act)
     conv2 = ConvPoolLayer((40, 20, 5, 5), (mb, 20, 12, 12), (2, 2), act)
@@ -179,7 +184,7 @@ def jobs(args, sets):
         n_train = None if training is None else len(training.y) * (5 if r["expanded"] else 1)
         same = {"epochs": epochs_for(args, r), "train_size": n_train}
         if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
-            out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, jax.random.key(a.seed))))
+            out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, a.seed)))
         elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble
             out.append(driver.Job("6.11", ["6.11", "6.12"], lambda a, r=r: ensemble_rows(
                 a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args),
@@ -223,6 +228,8 @@ def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, e
     """Train the nets of ``seeds`` for row ``r`` (checkpointed as ``run_id``),
     printing a line per epoch (after the first, an estimate of the time left):
     ``network3.train_many``'s dict."""
+    from nndl_jax import network3
+
     print(f"\n{run_id}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
           f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
     ckpt = driver.row_checkpoint(args, run_id, {
@@ -270,6 +277,8 @@ def ensemble_rows(args, r11, train_set, validation, test):
     plurality vote of the first five, from the recorded predictions, so nets
     trained in other sittings vote alike). The seeds decide the nets: a net
     trained alone or beside others is the same net."""
+    from nndl_jax import network3
+
     r12, epochs = ROW["6.12"], epochs_for(args, r11)
     net_layers = architecture(r11["arch"], r11["activation"], r11["n"])
     seeds = ensemble_seeds(args)
@@ -348,16 +357,23 @@ def composed_ensemble_rows(args, r11, r12, nets, test, note):
 def layer_parameter_counts(net_layers, key):
     """The number of parameters (weights and biases) in each layer of a
     network3 net, counted from the leaves of its initialized params."""
+    import jax
+
+    from nndl_jax import network3
+
     init = network3.build(net_layers).init
     _, params = init(key, (784,))
     return [sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(p)) for p in params]
 
 
-def parameter_count_rows(r, key):
+def parameter_count_rows(r, seed):
     """Row 6.13: the book's arithmetic (a conv layer of 20 5×5 feature maps
     against a fully connected layer of 30 neurons on the 784 pixels), counted
-    from initialized params, then the total of every chapter-6 net (rows
-    whose nets differ only in activation, η, λ or data share one line)."""
+    from params initialized from ``seed``, then the total of every chapter-6 net
+    (rows whose nets differ only in activation, η, λ or data share one line)."""
+    import jax
+
+    key = jax.random.key(seed)
     conv = layer_parameter_counts(architecture("conv_only", r["activation"], 0), key)[0]
     fc = layer_parameter_counts(architecture("shallow", r["activation"], r["n"]), key)[0]
     book = r["book"]
@@ -388,6 +404,8 @@ def predictions_record(predictions):
 
 def recorded_vote(row):
     """The plurality vote of the nets whose predictions row 6.12 recorded."""
+    from nndl_jax import train
+
     preds = np.array([[int(c) for c in p] for p in row["test_predictions"]])
     return np.asarray(train.plurality_vote(preds, 10))
 
@@ -419,6 +437,8 @@ def _filters(args, row_id, net_layers, params, net=0):
     net_full_layer_0.png / _1.png; dark = positive weight, as in the book.
     One file per row, so rows run by several processes into one folder keep
     their own figures."""
+    from nndl_jax.network3 import ConvPoolLayer
+
     convs = [i for i, layer in enumerate(net_layers) if isinstance(layer, ConvPoolLayer)]
     for j, i in enumerate(convs[:2]):
         w = np.asarray(params[i]["w"][net])             # [k, c, 5, 5]

@@ -11,6 +11,12 @@ A chapter module is a table of the book's rows at the top, then ``jobs(args)``
     if __name__ == "__main__":
         raise SystemExit(driver.main_entry(main))
 
+A chapter module's top (docstring, row table, ``add_arguments``, ``main``)
+imports no JAX: it imports JAX and the parts of ``nndl_jax`` built on it
+(``train``, ``layers``, ``costs``, ``activations``, ``network3``) inside the
+functions that compute, so ``--help`` answers without starting JAX
+(tests/test_cli.py checks every chapter).
+
 ``run_jobs`` does the same for every job of every chapter: skip it under
 ``--resume`` when all its rows are already recorded in ``--out`` with the same
 settings, run it (its checkpoints live in the user cache, locked by the

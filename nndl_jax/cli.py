@@ -18,7 +18,9 @@ run through ``experiments.driver.main_entry``, which turns refusals into one
 message and handles Ctrl-C.
 
 Nothing here imports JAX: ``nndl-jax --help``, ``nndl-jax data`` and
-``nndl-jax expand`` answer at once; JAX starts when an experiment runs. A
+``nndl-jax expand`` answer at once, and so does every experiment command's
+``--help`` (the chapter modules import JAX inside the functions that
+compute); JAX starts when an experiment runs. A
 refusal of the commands defined here (MNIST missing or bad, a folder that
 cannot be written, a bad value) is one line on stderr and exit status 1,
 never a Python traceback.

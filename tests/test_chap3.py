@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import chap3
+from nndl_jax import train
 
 
 def neuron_reference(cost, w, b, eta, epochs):
@@ -103,7 +104,7 @@ def test_x64_trains_and_reports_in_float64(tmp_path, mnist_dir, monkeypatch, x64
     NumPy float64 to 1e-10, which float32 arithmetic could not (its 300 steps
     agree to about 1e-6)."""
     trained = []
-    real_fit = chap3.train.fit
+    real_fit = train.fit
 
     def fit_and_record_dtypes(*args, **kwargs):
         params, opt_state, history = real_fit(*args, **kwargs)
@@ -111,7 +112,7 @@ def test_x64_trains_and_reports_in_float64(tmp_path, mnist_dir, monkeypatch, x64
                         if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)})
         return params, opt_state, history
 
-    monkeypatch.setattr(chap3.train, "fit", fit_and_record_dtypes)
+    monkeypatch.setattr(train, "fit", fit_and_record_dtypes)
     # standard promotion, as a run from the shell has: train.evaluate compares argmax (int64
     # under x64) with int32 labels, which strict promotion refuses (an integer mix only)
     with jax.numpy_dtype_promotion("standard"):

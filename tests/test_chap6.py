@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import chap6, driver
-from nndl_jax import data
+from nndl_jax import data, network3
 
 
 def test_rows_table_matches_the_book():
@@ -123,7 +123,7 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_
                "rows": [{"id": "6.4", "experiment": "an earlier run", "book": 99.06, "unit": "%",
                          "measured": 12.5, "quick": True, "run": "earlier"}]}
     (tmp_path / "results.json").write_text(json.dumps(earlier))
-    real, calls = chap6.network3.train_many, []
+    real, calls = network3.train_many, []
 
     def dies_on_the_second_row(*args, **kwargs):
         calls.append(1)
@@ -131,7 +131,7 @@ def test_a_run_cut_off_keeps_its_finished_rows_and_the_rows_of_earlier_runs(tmp_
             raise KeyboardInterrupt("cut off")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(chap6.network3, "train_many", dies_on_the_second_row)
+    monkeypatch.setattr(network3, "train_many", dies_on_the_second_row)
     with pytest.raises(KeyboardInterrupt):
         chap6.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--only", "6.1", "6.3"])
     results = json.loads((tmp_path / "results.json").read_text())

@@ -56,12 +56,26 @@ def _fresh_interpreter(argv, env=None, offline=False):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["expand", "--help"], ["run", "--help"],
-                                  ["reproduce", "--help"], ["report", "--help"]])
+                                  ["reproduce", "--help"], ["report", "--help"],
+                                  *([f"chap{n}", "--help"] for n in (1, 3, 4, 5, 6)),
+                                  ["run", "chap3", "--help"], ["run", "6", "--help"]])
 def test_help_answers_without_starting_jax(argv):
     done = _fresh_interpreter(argv)
     assert done.returncode == 0, done.stderr
     assert "usage: " in done.stdout
     assert done.stderr.strip().splitlines()[-1] == "jax imported: False"
+
+
+@pytest.mark.parametrize("chapter", ["chap1", "chap3", "chap4", "chap5", "chap6"])
+def test_chapter_module_help_answers_without_starting_jax(chapter):
+    """`python -m experiments.chapN --help` imports no part of JAX (``-X importtime``
+    lists every module the interpreter imports, on stderr)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"experiments.{chapter}", "--help"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "usage: " in done.stdout, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "numpy" in imported  # the listing works
+    assert not [m for m in imported if m == "jax" or m.startswith("jax.")]
 
 
 def test_top_level_help_lists_every_command_and_how_to_start():
