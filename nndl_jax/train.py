@@ -838,13 +838,29 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
             if jax.process_index() == 0:
                 checkpoint.save(saved, identity, int(state.epoch))
         if on_epoch is not None:
-            on_epoch(e, record | {"params": run.layout.gathered(state.params)})
+            on_epoch(e, EpochRecord(record, partial(run.layout.gathered, state.params)))
     all_events += events   # a resumed run that had nothing left to do
     history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
                       seconds=list(state.seconds), resumed_epochs=resumed_epochs,
                       stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
                       events=all_events)
     return Fitted(run.layout.gathered(state.params), run.layout.gathered(state.opt_state), history)
+
+
+class EpochRecord(dict):
+    """An epoch's record for ``on_epoch``: its values, and ``record["params"]``
+    made only when a callback asks for it (over several processes that means
+    gathering every net's params from all of them: no cost when unused)."""
+
+    def __init__(self, values, params):
+        super().__init__(values)
+        self._params = params
+
+    def __missing__(self, key):
+        if key != "params":
+            raise KeyError(key)
+        self["params"] = self._params()
+        return self["params"]
 
 
 def _finite(tree):
