@@ -253,6 +253,15 @@ def wall_text(runs, rows=()):
     return f"{_duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def measured_text(res):
+    """How a chapter's rows were measured: their seeds, the wall time of the runs
+    that made them (with the earlier sittings of resumed rows) and the machines."""
+    runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in res["rows"])]
+    machines = sorted({machine(run.get("environment")) for run in runs})
+    return (f"Measured: seeds {_seeds_text(rows_seeds(res['rows'], res))}, {wall_text(runs, res['rows'])} on "
+            f"{'; '.join(machines)}.")
+
+
 def _runs_text(results):
     lines = []
     for run in results.get("runs", []):
@@ -288,7 +297,8 @@ def report_page(out):
         lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
                      f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | {machine(res.get('environment'))} |")
     for name, res in results.items():
-        lines += ["", f"## {name}", "", "Runs:", ""] + _runs_text(res) + ["", report.markdown_table(
+        lines += ["", f"## {name}", "", measured_text(res), "", "Runs:", ""] + _runs_text(res) + [
+            "", report.markdown_table(
             book_seeds.report_rows(name, res["rows"], results))]
         if isinstance(res.get("settings"), dict):
             lines += ["", "Settings: `" + ", ".join(f"{k}={v}" for k, v in res["settings"].items()) + "`"]
@@ -311,8 +321,9 @@ def write_report(out):
 def readme_block(root=None):
     """The README's generated results block (markers included): every full
     (not --quick) row with a book number from ``root/chapN/results.json``
-    (a row run at shortened settings says so), and one line per chapter on how
-    it was measured. Deterministic: the same files give the same text."""
+    (a row run at shortened settings says so) and each chapter's seeds; how the
+    rows were measured (machines, wall times, sittings) is REPORT.md's
+    (``measured_text``). Deterministic: the same files give the same text."""
     root = report.REPO / FULL_OUT if root is None else Path(root)
     lines = [BEGIN, ""]
     results = chapter_results(root)
@@ -323,13 +334,10 @@ def readme_block(root=None):
             continue
         rows = [dict(r, experiment=r["experiment"] + " (SHORTENED: not the book's setting, see the report)")
                 if "SHORTENED" in r.get("note", "") else r for r in rows]
-        runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in rows)]
-        machines = sorted({machine(run.get("environment")) for run in runs})
         lines += [f"**{name}** ({len(rows)} of its {len(res['rows'])} rows, those with a book number; "
-                  f"every row in [reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
-                  f"seeds {_seeds_text(rows_seeds(rows, res))}, "
-                  f"{wall_text(runs, rows)} on "
-                  f"{'; '.join(machines)}.", "", report.markdown_table(rows, notes=False), ""]
+                  f"every row, with the commands, machines and times that made it, in "
+                  f"[reproduced/REPORT.md](reproduced/REPORT.md#{name})): "
+                  f"seeds {_seeds_text(rows_seeds(rows, res))}.", "", report.markdown_table(rows, notes=False), ""]
     if len(lines) == 2:
         lines += ["(No full results under reproduced/ yet.)", ""]
     return "\n".join(lines + [END])

@@ -208,19 +208,21 @@ def test_readme_block_holds_full_rows_with_a_book_number_and_is_rewritten_betwee
     assert readme.read_text() == "no markers"
 
 
-def test_readme_wall_time_adds_the_earlier_sittings_of_resumed_rows(tmp_path):
-    """A row resumed over sittings carries earlier_seconds; the chapter's line adds
-    them to its runs' wall time and says so, and counts untimed restored epochs."""
+def test_report_wall_time_adds_the_earlier_sittings_of_resumed_rows(tmp_path):
+    """A row resumed over sittings carries earlier_seconds; the chapter's line in
+    REPORT.md adds them to its runs' wall time and says so, and counts untimed
+    restored epochs. (The README, for the book's readers, names none of this.)"""
     args = _args(tmp_path / "chap6", chapter="chap6")
     driver.finish(args, [report.row("6.7", "expanded", 99.37, 99.41, earlier_seconds=7200.0, untimed_epochs=0),
                          report.row("6.8a", "fc 300", 99.46, 99.40, earlier_seconds=3600.0, untimed_epochs=5)])
     res = json.loads((tmp_path / "chap6" / "results.json").read_text())
     wall = res["wall_seconds"] + 10800
-    line = next(ln for ln in reproduce.readme_block(tmp_path).splitlines() if ln.startswith("**chap6**"))
+    line = next(ln for ln in reproduce.report_page(tmp_path).splitlines() if ln.startswith("Measured:"))
+    assert "sittings" not in reproduce.readme_block(tmp_path)
     assert f"{reproduce._duration(wall)} wall (with the earlier sittings of 2 resumed rows; 5 epochs restored " \
            "from checkpoints that predate epoch timing are not counted) on" in line
     driver.finish(args, [report.row("6.7", "expanded", 99.37, 99.41), report.row("6.8a", "fc 300", 99.46, 99.4)])
-    line = next(ln for ln in reproduce.readme_block(tmp_path).splitlines() if ln.startswith("**chap6**"))
+    line = next(ln for ln in reproduce.report_page(tmp_path).splitlines() if ln.startswith("Measured:"))
     assert "resumed" not in line
 
 
