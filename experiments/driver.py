@@ -90,12 +90,7 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                    help="run only these rows: " + " ".join(row_ids))
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="skip rows already recorded in --out with the same settings, and continue "
-                            "unfinished rows from their last checkpoint")
-    again.add_argument("--restart", action="store_true",
-                       help="discard this command's unfinished checkpoints and train its rows afresh")
+    add_again_arguments(p)
     p.add_argument("--x64", action="store_true",
                    help="compute in float64 throughout (data, params, training), as the book's NumPy "
                         "code does; the default is float32. A seed draws other initial weights in "
@@ -153,6 +148,16 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         check_unfinished(args)
     _SESSION["runs"].append(args)
     return args
+
+
+def add_again_arguments(p):
+    """``--resume`` / ``--restart``, the same in every chapter and in ``reproduce``."""
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="skip rows already recorded in --out with the same settings, and continue "
+                            "unfinished rows from their last checkpoint")
+    again.add_argument("--restart", action="store_true",
+                       help="discard this command's unfinished checkpoints and train its rows afresh")
 
 
 def add_process_arguments(p):

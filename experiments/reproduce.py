@@ -54,11 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=None, help="runs per row (default: each chapter's)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="skip rows already recorded with the same settings and continue every "
-                            "unfinished row from its last checkpoint")
-    again.add_argument("--restart", action="store_true", help="discard unfinished checkpoints")
+    driver.add_again_arguments(p)
     p.add_argument("--devices", type=driver.positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: one per core for chapter 6)")
     driver.add_process_arguments(p)

@@ -151,16 +151,22 @@ def run_parts(commands, env, timeout=300):
     return logs
 
 
+def two_parts_one_run_and_merge(command, mnist_dir, tmp_path):
+    """``command --part 1/2`` and ``2/2`` as two processes into part1/ and part2/, the whole
+    command into one/, and `nndl-jax merge` of the parts into merged/."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    run_parts([command + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
+                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+
+
 def test_reproduce_parts_of_the_book_merge_to_one_reproduce_run(mnist_dir, tmp_path):
     """nndl-jax reproduce --part 1/2 and 2/2 (chapters 1 and 4 --quick, planned together) as two
     processes, merged: every row of both chapters, measured as one reproduce run measures it."""
-    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
-               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
-    book = [sys.executable, "-m", "nndl_jax.cli", "reproduce", "--quick", "--only", "1", "4", "--seeds", "2"]
-    run_parts([book + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
-    run_bounded(book + ["--out", str(tmp_path / "one")], timeout=300, env=env)
-    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
-                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+    two_parts_one_run_and_merge([sys.executable, "-m", "nndl_jax.cli", "reproduce", "--quick", "--only", "1", "4",
+                                 "--seeds", "2"], mnist_dir, tmp_path)
     for chapter in ("chap1", "chap4"):
         merged = store.read_results(tmp_path / "merged" / chapter)
         one = store.read_results(tmp_path / "one" / chapter)
@@ -169,13 +175,8 @@ def test_reproduce_parts_of_the_book_merge_to_one_reproduce_run(mnist_dir, tmp_p
 
 
 def test_two_parts_as_two_processes_merge_to_one_process_run(mnist_dir, tmp_path):
-    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
-               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
-    chapter = [sys.executable, "-m", "experiments.chap1", "--quick", "--seeds", "2", "--only", "1.1", "1.5", "1.8"]
-    run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
-    run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
-    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
-                 "--out", str(tmp_path / "merged")], timeout=120, env=env)
+    two_parts_one_run_and_merge([sys.executable, "-m", "experiments.chap1", "--quick", "--seeds", "2", "--only",
+                                 "1.1", "1.5", "1.8"], mnist_dir, tmp_path)
 
     part_rows = [{r["id"] for r in store.read_results(tmp_path / f"part{i}")["rows"]} for i in (1, 2)]
     assert part_rows[0] and part_rows[1] and not part_rows[0] & part_rows[1]   # each part did some, none twice
