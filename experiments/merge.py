@@ -23,7 +23,6 @@ from the ensemble's nets) come with the command that writes them.
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -215,7 +214,7 @@ def copy_figures(chapter, folders, target):
                 twice.append(p.name)
                 continue
             seen.add(p.name)
-            shutil.copyfile(p, Path(target) / p.name)
+            store.atomic_write(Path(target) / p.name, lambda f, p=p: f.write(p.read_bytes()))
     if not twice:
         return []
     return [f"{chapter}: figures drawn by more than one part from its own rows (the first kept): "
