@@ -25,23 +25,27 @@ class MonitoringError(ValueError):
 
 
 def monitoring_figure(monitoring, *, evaluation_size=None, training_size=None, title=None):
-    """A Figure of ``monitoring``, the 4-tuple network2's SGD returns.
+    """A Figure of a session's monitoring: network2's SGD's 4-tuple, or network3's ``net.history``.
 
     ``monitoring``: ``(evaluation_cost, evaluation_accuracy, training_cost,
-    training_accuracy)``, each a list with one number per epoch, or empty when
-    not monitored (a dict with those names works too). The accuracies are
-    counts of correct images, as SGD returns them; give ``evaluation_size`` /
-    ``training_size`` (the number of images) to draw them in percent instead.
+    training_accuracy)`` as network2's SGD returns it, each a list with one
+    number per epoch, or empty when not monitored (a dict with those names
+    works too). Its accuracies are counts of correct images; give
+    ``evaluation_size`` / ``training_size`` (the number of images) to draw them
+    in percent instead. Or the ``history`` dict a network3 net keeps after
+    SGD: its validation and test accuracies (fractions) are drawn in percent.
 
     One panel for the costs and one for the accuracies (a panel only when
     something in it was monitored); the x axis is the epoch from 0, as the book
     prints it. Raises ``MonitoringError`` (a ValueError) for input that is not
     such lists, lists of different lengths, or nothing monitored at all.
     """
-    series = monitored_series(monitoring)
-    sizes = {"evaluation": _size(evaluation_size, "evaluation_size"),
-             "training": _size(training_size, "training_size")}
-    _check_counts(series, sizes)
+    if isinstance(monitoring, dict) and "validation_accuracy" in monitoring:
+        series, units = network3_series(monitoring), {"accuracy": " (%)"}
+    else:
+        series = monitored_series(monitoring)
+        units = {"cost": "", "accuracy": _in_percent(series, {"evaluation": _size(evaluation_size, "evaluation_size"),
+                                                              "training": _size(training_size, "training_size")})}
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -49,18 +53,30 @@ def monitoring_figure(monitoring, *, evaluation_size=None, training_size=None, t
     panels = [kind for kind in ("cost", "accuracy") if any(name.endswith(kind) for name in series)]
     fig = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
     for ax, kind in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _draw_panel(ax, kind, series, sizes)
+        _draw_panel(ax, kind, {n: v for n, v in series.items() if n.endswith(kind)}, units[kind])
     if title:
         fig.suptitle(title)
     return fig
 
 
-def monitored_series(monitoring):
+def network3_series(history):
+    """``{"validation_accuracy": [%], "test_accuracy": [%]}`` from a network3 net's
+    ``history`` (fractions per epoch), checked as network2's lists are."""
+    names = ("validation_accuracy", "test_accuracy")
+    series = monitored_series({name: history.get(name, []) for name in names}, names)
+    bad = [v for values in series.values() for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise MonitoringError(f"network3's history holds accuracies as fractions in [0, 1]; got {bad[0]!r}")
+    return {name: [100.0 * v for v in values] for name, values in series.items()}
+
+
+def monitored_series(monitoring, names=MONITORED):
     """``{name: [float, ...]}`` of the monitored (non-empty) lists, in the book's
-    order, checked: four lists of numbers, the non-empty ones of one length."""
-    lists = _four_lists(monitoring)
+    order, checked: lists of numbers (network2's four: ``names``), the non-empty
+    ones of one length."""
+    lists = _lists(monitoring, names)
     series = {}
-    for name, values in zip(MONITORED, lists):
+    for name, values in zip(names, lists):
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
             raise MonitoringError(f"{name} must be a list of numbers, one per epoch; got {type(values).__name__}")
         if len(values) == 0:
@@ -80,13 +96,13 @@ def monitored_series(monitoring):
     return series
 
 
-def _four_lists(monitoring):
-    """The four lists, from SGD's tuple or a dict keyed by their names."""
+def _lists(monitoring, names):
+    """The lists in the order of ``names``, from SGD's tuple or a dict keyed by their names."""
     if isinstance(monitoring, dict):
-        unknown = sorted(set(monitoring) - set(MONITORED))
+        unknown = sorted(set(monitoring) - set(names))
         if unknown:
-            raise MonitoringError(f"unknown names {unknown}; the monitored lists are named {list(MONITORED)}")
-        return [monitoring.get(name, []) for name in MONITORED]
+            raise MonitoringError(f"unknown names {unknown}; the monitored lists are named {list(names)}")
+        return [monitoring.get(name, []) for name in names]
     if isinstance(monitoring, (str, bytes)) or not hasattr(monitoring, "__len__") or len(monitoring) != 4:
         got = f"{len(monitoring)} items" if hasattr(monitoring, "__len__") else type(monitoring).__name__
         raise MonitoringError("monitoring_figure takes the four lists network2's SGD returns, "
@@ -108,32 +124,32 @@ def _size(n, name):
     return int(n)
 
 
-def _check_counts(series, sizes):
-    """Accuracies are counts in [0, size] when a size is given (else any count >= 0),
-    and both or neither in percent, so one axis never mixes counts and percents."""
+def _in_percent(series, sizes):
+    """Turn network2's accuracy counts into percent where the sizes are given, in
+    place; the accuracy axis' unit. Counts must lie in [0, size] (else any count
+    >= 0), and both accuracies or neither go to percent, so one axis never mixes
+    counts and percents."""
     accuracies = [data for data in ("evaluation", "training") if f"{data}_accuracy" in series]
     if len(accuracies) == 2 and (sizes["evaluation"] is None) != (sizes["training"] is None):
         raise MonitoringError("both accuracies were monitored: give evaluation_size and training_size "
                               "(percent), or neither (counts of correct images)")
-    for data in ("evaluation", "training"):
-        values = series.get(f"{data}_accuracy", [])
-        bad = [v for v in values if not math.isfinite(v) or v < 0 or (sizes[data] and v > sizes[data])]
+    for data in accuracies:
+        values, size = series[f"{data}_accuracy"], sizes[data]
+        bad = [v for v in values if not math.isfinite(v) or v < 0 or (size and v > size)]
         if bad:
-            within = f" out of {data}_size={sizes[data]}" if sizes[data] else ""
+            within = f" out of {data}_size={size}" if size else ""
             raise MonitoringError(f"{data}_accuracy must count correct images{within}; got {bad[0]!r}")
+        if size:
+            series[f"{data}_accuracy"] = [100.0 * v / size for v in values]
+    percent = any(sizes[data] for data in accuracies)
+    return " (%)" if percent else " (images correct)"
 
 
-def _draw_panel(ax, kind, series, sizes):
-    """One panel: every monitored ``*_<kind>`` line against the epoch from 0."""
-    percent = kind == "accuracy" and any(sizes[name.split("_")[0]] for name in series if name.endswith(kind))
+def _draw_panel(ax, kind, series, unit):
+    """One panel: each ``<data>_<kind>`` line of ``series`` against the epoch from 0."""
     for name, values in series.items():
-        data, what = name.split("_")
-        if what != kind:
-            continue
-        size = sizes[data]
-        ys = [100.0 * v / size for v in values] if (percent and size) else values
-        ax.plot(range(len(ys)), ys, marker="." if len(ys) < 40 else None, label=f"{data} data")
-    unit = " (%)" if percent else (" (images correct)" if kind == "accuracy" else "")
+        ax.plot(range(len(values)), values, marker="." if len(values) < 40 else None,
+                label=f"{name.split('_')[0]} data")
     ax.set_xlabel("epoch (numbered from 0, as the book prints it)")
     ax.set_ylabel(f"{kind}{unit}")
     ax.set_title(f"{kind.capitalize()} per epoch")

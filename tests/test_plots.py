@@ -46,6 +46,21 @@ def test_a_dict_and_numpy_scalars_are_accepted():
     assert lines(fig.axes[0]) == {"training data": ([0, 1], [0.5, 0.25])}
 
 
+def test_network3s_history_is_drawn_in_percent():
+    history = {"seed": 7, "num_training_batches": 5000, "validation_accuracy": [0.9577, 0.9716],
+               "test_accuracy": [0.9541, 0.9699], "best_validation_accuracy": 0.9716}
+    (ax,) = monitoring_figure(history).axes
+    assert ax.get_ylabel() == "accuracy (%)"
+    drawn = lines(ax)
+    assert list(drawn) == ["validation data", "test data"] and drawn["test data"][0] == [0, 1]
+    np.testing.assert_allclose(drawn["validation data"][1], [95.77, 97.16])
+    np.testing.assert_allclose(drawn["test data"][1], [95.41, 96.99])
+    with pytest.raises(MonitoringError, match=r"fractions in \[0, 1\]; got 95.77"):
+        monitoring_figure({"validation_accuracy": [95.77], "test_accuracy": [95.41]})
+    with pytest.raises(MonitoringError, match=r"lengths differ \(validation_accuracy 2, test_accuracy 1\)"):
+        monitoring_figure({"validation_accuracy": [0.9, 0.95], "test_accuracy": [0.9]})
+
+
 def test_the_figure_saves_as_png(tmp_path):
     monitoring_figure(HISTORY).savefig(tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
