@@ -150,6 +150,8 @@ def _draw_panel(ax, kind, series, unit):
     for name, values in series.items():
         ax.plot(range(len(values)), values, marker="." if len(values) < 40 else None,
                 label=f"{name.split('_')[0]} data")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))           # epochs are whole numbers
     ax.set_xlabel("epoch (numbered from 0, as the book prints it)")
     ax.set_ylabel(f"{kind}{unit}")
     ax.set_title(f"{kind.capitalize()} per epoch")

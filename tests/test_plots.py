@@ -27,6 +27,7 @@ def test_costs_and_accuracies_are_drawn_against_the_epoch_from_0():
     assert lines(accuracy_ax) == {"evaluation data": ([0, 1, 2], [9100.0, 9300.0, 9350.0])}
     assert cost_ax.get_ylabel() == "cost" and accuracy_ax.get_ylabel() == "accuracy (images correct)"
     assert all("from 0" in ax.get_xlabel() for ax in fig.axes)
+    assert all(float(t).is_integer() for t in cost_ax.get_xticks())          # whole epochs only
     assert [t.get_text() for t in accuracy_ax.get_legend().get_texts()] == ["evaluation data"]
     assert fig.get_suptitle() == "one session"
 
