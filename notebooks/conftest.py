@@ -6,15 +6,16 @@ cell that raises. Nothing here is needed for `pytest tests/...`: this file is
 read only when notebooks/ is collected, so runs of the tests alone neither
 need nbmake nor run a notebook.
 
-For the notebooks' kernels (which inherit this process's environment):
+While a notebook runs, its kernel (which inherits this process's environment)
+gets, and the rest of the session keeps as it was:
 - NNDL_JAX_QUICK=1 unless set: the short form (fewer epochs, a subset, a few
   experiments), as CI runs them; NNDL_JAX_QUICK=0 runs the book's settings;
-- PYTHONPATH starts with this clone, as pytest's ``pythonpath = ["."]`` does
+- PYTHONPATH starting with this clone, as pytest's ``pythonpath = ["."]`` does
   for the tests, so the notebooks run the code next to them;
 - as for the tests, the user cache is left as it was: MNIST is read from
-  where the user keeps it (pinned in NNDL_JAX_DATA), XDG_CACHE_HOME and the
-  notebooks' results folder (NNDL_JAX_NOTEBOOK_RESULTS) point at a temporary
-  folder, removed at the end.
+  where the user keeps it (NNDL_JAX_DATA), XDG_CACHE_HOME and the notebooks'
+  results folder (NNDL_JAX_NOTEBOOK_RESULTS) are a temporary folder, removed
+  at the end.
 """
 import os
 import shutil
@@ -24,32 +25,50 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+_KERNEL_ENV = {}
 _TEMPORARY = []
 
 
 def pytest_configure(config):
-    """Turn nbmake's collection on (as ``--nbmake`` would) and prepare the kernels' environment."""
+    """Turn nbmake's collection on (as ``--nbmake`` would) and decide the kernels' environment."""
     if not config.pluginmanager.hasplugin("nbmake"):
         raise pytest.UsageError("the notebooks in notebooks/ run through the pytest plugin nbmake, which is not "
                                 "installed: pip install -e \".[test]\" (or pip install nbmake), or run "
                                 "`pytest tests` to leave the notebooks out.")
     config.option.nbmake = True
-    os.environ.setdefault("NNDL_JAX_QUICK", "1")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    _pin_mnist()
     scratch = Path(tempfile.mkdtemp(prefix="nndl-jax-notebooks-"))
     _TEMPORARY.append(scratch)
-    os.environ["XDG_CACHE_HOME"] = str(scratch / "cache")
-    os.environ["NNDL_JAX_NOTEBOOK_RESULTS"] = str(scratch / "results")
+    _KERNEL_ENV.update(
+        NNDL_JAX_QUICK=os.environ.get("NNDL_JAX_QUICK", "1"),
+        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        XDG_CACHE_HOME=str(scratch / "cache"),
+        NNDL_JAX_NOTEBOOK_RESULTS=str(scratch / "results"),
+        **_user_mnist())
 
 
-def _pin_mnist():
-    """NNDL_JAX_DATA = the user's MNIST folder when it holds the files (else the
-    notebooks download MNIST into the temporary cache, as a fresh Colab does)."""
+def _user_mnist():
+    """{"NNDL_JAX_DATA": folder} when the user's MNIST folder holds the files (else
+    nothing: the notebooks download MNIST into the temporary cache, as a fresh Colab does)."""
     from nndl_jax import data
     folder = data.resolve_data_dir()
     if all(data.find_idx(folder, key) for key in data.IDX_FILES):
-        os.environ[data.ENV_VAR] = str(folder)
+        return {data.ENV_VAR: str(folder)}
+    return {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """The kernels' environment while a notebook runs (nbmake starts its kernel here), then the old one back."""
+    before = {name: os.environ.get(name) for name in _KERNEL_ENV}
+    os.environ.update(_KERNEL_ENV)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def pytest_unconfigure(config):
