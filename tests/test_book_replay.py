@@ -155,3 +155,52 @@ def test_chap3_book_seed_records_a_replayed_row_in_float64(tmp_path, mnist_dir, 
     else:
         assert row["curves"]["evaluation_accuracy"] == book[1][:3]
         assert row["replay"]["evaluation_accuracy"]["equal"] == 3
+
+
+@pytest.mark.parametrize("seed, message", [("-1", "must lie in 0 .. 2**32 - 1"), (str(2 ** 32), "must lie in 0"),
+                                           ("abc", "'abc' is not a whole number"), ("1.5", "not a whole number")])
+def test_a_book_seed_outside_32_bits_or_not_a_number_is_refused_by_argparse_before_mnist_loads(
+        tmp_path, capsys, monkeypatch, seed, message):
+    from experiments import chap3
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST despite a bad --book-seed"))
+    with pytest.raises(SystemExit) as e:
+        chap3.main(["--quick", "--only", "3.7", "--book-seed", seed, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--book-seed" in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+class _Loaded(Exception):
+    pass
+
+
+def test_the_largest_book_seed_is_accepted_and_implies_float64(tmp_path, monkeypatch, x64_restored):
+    from experiments import chap3
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: (_ for _ in ()).throw(_Loaded()))
+    with pytest.raises(_Loaded):
+        chap3.main(["--quick", "--only", "3.7", "--book-seed", str(2 ** 32 - 1), "--out", str(tmp_path)])
+    assert jax.config.jax_enable_x64   # through the run's own --x64 setting
+
+
+def test_rows_that_are_not_replayed_are_refused_with_the_list_of_those_that_are(tmp_path, monkeypatch,
+                                                                               x64_restored):
+    from experiments import chap3, driver
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST for rows it cannot replay"))
+    with pytest.raises(driver.Refusal) as e:
+        chap3.main(["--quick", "--only", "3.7", "3.1", "3.8", "--book-seed", "1", "--out", str(tmp_path)])
+    message = str(e.value)
+    assert "3.1 3.8 are not replayed" in message and " ".join(book_replay.SEEDED_ROWS) in message
+    assert driver.main_entry(chap3.main, ["--quick", "--only", "3.1", "--book-seed", "1", "--out",
+                                          str(tmp_path)]) == 1
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_replays_are_jobs_of_the_row_driver_one_per_script_run():
+    """``--plan``/``--part`` and ``--resume`` see the replays as the driver's jobs, with their rows."""
+    import argparse
+    args = argparse.Namespace(book_seed=7, only=["3.7", "3.18", "3.10-100"], quick=False, chapter="chap3")
+    jobs = book_replay.jobs(args, None)
+    assert [(j.id, j.rows, j.seeds, j.settings) for j in jobs] == [
+        ("3.7@book", ["3.7@book"], [7], {"book_seed": 7}),
+        ("3.10-100@book", ["3.10-100@book"], [7], {"book_seed": 7}),
+        ("3.18@book", ["3.18a@book", "3.18b@book", "3.18c@book"], [7], {"book_seed": 7})]
