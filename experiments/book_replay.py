@@ -437,17 +437,18 @@ def jobs(args, splits):
         rows = replayed_rows(spec)
         if args.quick:
             spec = dict(spec, **{k: v for k, v in QUICK.items() if k in spec})
-        out.append(driver.Job(f"{spec['id']}@book", rows, lambda a, spec=spec, replay=replay: replay(a, splits, spec),
-                              settings={"book_seed": args.book_seed}, seeds=[args.book_seed]))
+        out.append(driver.Job(f"{spec['id']}@book", rows, lambda a, spec=spec, replay=replay: announced(
+            a, spec, lambda: replay(a, splits, spec)), settings={"book_seed": args.book_seed}, seeds=[args.book_seed]))
     return out
 
 
+def announced(args, spec, replay):
+    """``replay()``, after its header line (printed only by a job that runs)."""
+    print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
+          f"seed {args.book_seed}", flush=True)
+    return replay()
+
+
 def run(args, splits):
-    """Replay every seeded row asked for, job by job through the row driver; their rows."""
-    rows = []
-    for job in jobs(args, splits):
-        spec = next(spec for spec, _ in REPLAYS if f"{spec['id']}@book" == job.id)
-        print(f"\n== {job.id}: {spec.get('what', spec['curve'])} — the book's streams, "
-              f"seed {args.book_seed}", flush=True)
-        rows += driver.run_jobs(args, [job])
-    return rows
+    """Replay every seeded row asked for through the row driver; their rows."""
+    return driver.run_jobs(args, jobs(args, splits))

@@ -204,3 +204,13 @@ def test_replays_are_jobs_of_the_row_driver_one_per_script_run():
         ("3.7@book", ["3.7@book"], [7], {"book_seed": 7}),
         ("3.10-100@book", ["3.10-100@book"], [7], {"book_seed": 7}),
         ("3.18@book", ["3.18a@book", "3.18b@book", "3.18c@book"], [7], {"book_seed": 7})]
+
+
+def test_plan_and_part_share_out_the_replays_as_the_drivers_jobs(tmp_path, capsys):
+    """``--plan 2`` with --book-seed plans the replays (no training, no MNIST)."""
+    from experiments import chap3
+    with pytest.raises(SystemExit) as e:
+        chap3.main(["--book-seed", "7", "--only", "3.7", "3.18", "3.14", "--plan", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "3 jobs over 2 parts" in out
+    assert all(f"chap3 {j}@book" in out for j in ("3.7", "3.18", "3.14")) and "chap3 3.7 " not in out
