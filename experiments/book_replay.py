@@ -35,6 +35,15 @@ difference grows over the epochs: each replayed curve records how many epochs
 equal the book's (accuracies exactly, costs to ``COST_RTOL``) and where the
 first difference appears.
 
+Each script run is a job of the chapter's row driver (``jobs``: ``driver.Job``
+``<row>@book``, keyed by the seed), so a replay has what every row has: its
+training state saved after every epoch (``driver.row_checkpoint``; a script
+that trains several nets saves each as ``<row>@book@<which>``), ``--resume``
+(continue it, or skip it when recorded) and ``--restart``, ``--part`` / ``--plan``,
+the one progress printer (``driver.progress``), and its rows recorded by the
+driver. ``--book-seed`` implies ``--x64``: the run's own float64 setting, applied
+by ``driver.parse_args`` before any array is made.
+
 Rows are recorded as ``<row>@book`` (e.g. ``3.7@book``) beside the rows trained
 with JAX keys, with ``book_seed`` and, per curve, the match; ``reproduced/
 chap3-book-replay/`` holds them for seed 12345678 (``experiments/book_seeds.py``

@@ -33,7 +33,10 @@ code does.
 --book-seed S replays the rows whose book curves come from seeded scripts
 (3.4-3.7: fig/overfitting.py; 3.10, 3.10-100: weight_initialization.py; 3.18:
 multiple_eta.py; 3.14: more_data.py) with the book's own random streams from
-seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
+seed S, in float64 (--book-seed implies --x64), as rows ``<row>@book``
+(``experiments/book_replay.py``): jobs of the row driver like every other row
+(a checkpoint every epoch, --resume / --restart, --part, --plan). Only those
+rows are replayed: --only with another row and --book-seed is refused.
 """
 import hashlib
 import json
