@@ -77,6 +77,7 @@ What the replays show (seed 12345678, float64 on the CPU):
   third value (1.003 after epoch 1; book 0.925, this replay 1.108).
 """
 import argparse
+from functools import partial
 
 import numpy as np
 
@@ -446,16 +447,17 @@ def jobs(args, splits):
         rows = replayed_rows(spec)
         if args.quick:
             spec = dict(spec, **{k: v for k, v in QUICK.items() if k in spec})
-        out.append(driver.Job(f"{spec['id']}@book", rows, lambda a, spec=spec, replay=replay: announced(
-            a, spec, lambda: replay(a, splits, spec)), settings={"book_seed": args.book_seed}, seeds=[args.book_seed]))
+        out.append(driver.Job(f"{spec['id']}@book", rows, partial(run_replay, replay, spec, splits),
+                              settings={"book_seed": args.book_seed}, seeds=[args.book_seed]))
     return out
 
 
-def announced(args, spec, replay):
-    """``replay()``, after its header line (printed only by a job that runs)."""
+def run_replay(replay, spec, splits, args):
+    """One replay as its job runs it: a header line (printed only by a job that
+    runs, not one that another ``--part`` runs or ``--resume`` skips), then its rows."""
     print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
           f"seed {args.book_seed}", flush=True)
-    return replay()
+    return replay(args, splits, spec)
 
 
 def run(args, splits):
