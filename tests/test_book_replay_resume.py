@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,10 +113,13 @@ def test_a_replay_stopped_by_ctrl_c_resumes_to_the_uninterrupted_curve(tmp_path,
     assert stopped.finish() == 130, stopped.text()[-3000:]
     note = stopped.text()
     assert "stopped (Ctrl-C)" in note and "the unfinished row's last finished epoch is saved in" in note
-    assert "--resume" in note.rsplit("resume with:", 1)[1]
     assert not (tmp_path / "stopped" / "results.json").exists()   # nothing recorded half-way
+    checkpoints = tmp_path / "cache" / "nndl-jax" / "checkpoints"
+    assert [p.parent.name for p in checkpoints.rglob("state.npz")] == ["3.7@book"]
+    offered = shlex.split(note.split("resume with: ", 1)[1].splitlines()[0])
+    assert offered == ["python"] + replay_command(tmp_path / "stopped", "--resume")[1:]
 
-    resumed = commands(replay_command(tmp_path / "stopped", "--resume"))
+    resumed = commands([sys.executable, *offered[1:]])             # the command the note offers
     line = resumed.wait_for_line(r"\[3\.7@book\] resumed from ")
     done = int(re.search(r"(\d+) of 3 epochs done", line).group(1))
     assert resumed.finish() == 0, resumed.text()[-3000:]
@@ -127,5 +131,4 @@ def test_a_replay_stopped_by_ctrl_c_resumes_to_the_uninterrupted_curve(tmp_path,
     assert got["id"] == want["id"] == "3.7@book" and got["book_seed"] == int(SEED) and got["x64"] is True
     assert got["curves"] == want["curves"] and len(got["curves"]["evaluation_accuracy"]) == 3
     assert got["replay"] == want["replay"] and got["measured"] == want["measured"]
-    checkpoints = tmp_path / "cache" / "nndl-jax" / "checkpoints"
     assert not list(checkpoints.rglob("state.npz"))                 # removed once the row is recorded
