@@ -211,6 +211,9 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
     fitted = train.fit(trainer, stacked, (training.x, training.y), epochs, key=jax.random.key(0), eta=eta,
                        lmbda=lmbda, evaluation=evaluation, orders=lambda e: orders[e], on_epoch=each_epoch,
                        checkpoint=checkpoint)
+    if fitted.history.resumed_epochs == epochs:   # restored whole: no epoch ran to print its events
+        for event in fitted.history.events:
+            print(f"  [{label}] {driver.event_text(event)}", flush=True)
     arrays = {k: v[:, 0] for k, v in fitted.history.as_arrays().items() if v.ndim == 2}
     return arrays, fitted.params, trainer
 

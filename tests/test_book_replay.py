@@ -11,6 +11,8 @@ optax step against the book's running sum), so they agree to rounding:
 TOLERANCE, absolute, on weights and biases of order 1 after up to 200 steps
 (measured: 4.4e-16 after 1 to 3 single steps, 2.8e-14 after 200 steps).
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +216,42 @@ def test_plan_and_part_share_out_the_replays_as_the_drivers_jobs(tmp_path, capsy
     out = capsys.readouterr().out
     assert e.value.code == 0 and "3 jobs over 2 parts" in out
     assert all(f"chap3 {j}@book" in out for j in ("3.7", "3.18", "3.14")) and "chap3 3.7 " not in out
+
+
+def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupted_rows(tmp_path, mnist_dir,
+                                                                                       monkeypatch, capsys,
+                                                                                       x64_restored):
+    """fig/weight_initialization.py trains one net twice (default, then large
+    weights, the streams continuing): stopped after the first epoch of the
+    second run and resumed, the first run comes back whole from its checkpoint,
+    the second continues from its epoch 1, and the row is the uninterrupted one's."""
+    import json
+
+    from experiments import chap3, driver
+    argv = ["--quick", "--only", "3.10", "--book-seed", str(book_random.BOOK_SEED), "--data-dir", str(mnist_dir)]
+    progress = driver.progress
+
+    def stopping_in_the_second_run(label, epochs, show, **kw):
+        printer = progress(label, epochs, show, **kw)
+
+        def on_epoch(e, record):
+            printer(e, record)
+            if label.endswith("large"):
+                raise KeyboardInterrupt   # after the epoch's checkpoint, as Ctrl-C would
+        return on_epoch
+
+    with jax.numpy_dtype_promotion("standard"):
+        chap3.main(argv + ["--out", str(tmp_path / "whole")])
+        monkeypatch.setattr(driver, "progress", stopping_in_the_second_run)
+        with pytest.raises(KeyboardInterrupt):
+            chap3.main(argv + ["--out", str(tmp_path / "stopped")])
+        monkeypatch.setattr(driver, "progress", progress)
+        capsys.readouterr()
+        chap3.main(argv + ["--out", str(tmp_path / "stopped"), "--resume"])
+    out = capsys.readouterr().out
+    assert re.search(r"\[3\.10@book default\] resumed from .*3\.10@book@default.*: 3 of 3 epochs done", out)
+    assert re.search(r"\[3\.10@book large\] resumed from .*3\.10@book@large.*: 1 of 3 epochs done", out)
+    rows = [json.loads((tmp_path / f / "results.json").read_text())["rows"] for f in ("whole", "stopped")]
+    assert [r["id"] for r in rows[1]] == ["3.10@book"] and len(rows[1][0]["curves"]["large"]) == 3
+    for key in ("curves", "measured", "large_final", "replay"):
+        assert rows[0][0][key] == rows[1][0][key], key
