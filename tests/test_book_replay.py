@@ -255,3 +255,11 @@ def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupt
     assert [r["id"] for r in rows[1]] == ["3.10@book"] and len(rows[1][0]["curves"]["large"]) == 3
     for key in ("curves", "measured", "large_final", "replay"):
         assert rows[0][0][key] == rows[1][0][key], key
+
+
+def test_a_replays_checkpoint_of_another_book_seed_is_refused_naming_the_seed_to_pass():
+    from experiments import driver
+    from nndl_jax.checkpoint import CheckpointError
+    text = driver.checkpoint_refusal(CheckpointError("another run", "/c/3.7@book/state.npz",
+                                                     [("book_seed", 12345678, 7)]))
+    assert "book_seed: saved 12345678, this run 7 (pass --book-seed 12345678 to continue it)" in text
