@@ -35,6 +35,15 @@ difference grows over the epochs: each replayed curve records how many epochs
 equal the book's (accuracies exactly, costs to ``COST_RTOL``) and where the
 first difference appears.
 
+Each script run is a job of the chapter's row driver (``jobs``: ``driver.Job``
+``<row>@book``, keyed by the seed), so a replay has what every row has: its
+training state saved after every epoch (``driver.row_checkpoint``; a script
+that trains several nets saves each as ``<row>@book@<which>``), ``--resume``
+(continue it, or skip it when recorded) and ``--restart``, ``--part`` / ``--plan``,
+the one progress printer (``driver.progress``), and its rows recorded by the
+driver. ``--book-seed`` implies ``--x64``: the run's own float64 setting, applied
+by ``driver.parse_args`` before any array is made.
+
 Rows are recorded as ``<row>@book`` (e.g. ``3.7@book``) beside the rows trained
 with JAX keys, with ``book_seed`` and, per curve, the match; ``reproduced/
 chap3-book-replay/`` holds them for seed 12345678 (``experiments/book_seeds.py``
@@ -67,17 +76,17 @@ What the replays show (seed 12345678, float64 on the CPU):
   learning rate and the cost oscillates: the per-example NumPy loop gives a
   third value (1.003 after epoch 1; book 0.925, this replay 1.108).
 """
-import time
+import argparse
+from functools import partial
 
 import numpy as np
 
-from experiments import report, store
+from experiments import driver, report
 from nndl_jax import book_random, mnist_loader
 from nndl_jax.data import Dataset
 
-# JAX starts only when a replay computes: prepare, replay_fit and replay_more_data
-# import it (and the parts of nndl_jax built on it), so chapter 3's `--help` answers
-# without it.
+# JAX starts only when a replay computes: replay_fit and replay_more_data import it (and the
+# parts of nndl_jax built on it), so chapter 3's `--help` answers without it.
 
 COST_RTOL = 1e-4
 """A replayed cost equals the book's when within this relative difference."""
@@ -123,21 +132,46 @@ SEEDED_ROWS = [r["id"] for r in OVERFITTING] + [r["id"] for r in WEIGHT_INIT] + 
 
 # --- the command line ---------------------------------------------------------------------
 
+def book_seed_arg(text):
+    """An argparse type: the book's seeds are NumPy's and Python's, whole numbers in [0, 2**32)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (the book's: "
+                                         f"{book_random.BOOK_SEED})") from None
+    if not 0 <= seed < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{seed}: a seed must lie in 0 .. 2**32 - 1 (the book's: "
+                                         f"{book_random.BOOK_SEED})")
+    return seed
+
+
+class _AlsoX64(argparse.Action):
+    """``--book-seed S`` sets ``--x64`` too: a replay computes in float64, and
+    the run's own x64 setting (``driver.parse_args``) switches JAX to it before
+    any array is made; nothing else here touches JAX's configuration."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.x64 = True
+
+
 def add_arguments(parser):
-    parser.add_argument("--book-seed", type=int, default=None, metavar="S",
+    parser.add_argument("--book-seed", type=book_seed_arg, action=_AlsoX64, default=None, metavar="S",
                         help="replay the book's seeded figure scripts (rows " + " ".join(SEEDED_ROWS)
                              + ") with the book's random streams from seed S (the book's: "
-                             f"{book_random.BOOK_SEED}), in float64; recorded as <row>@book")
+                             f"{book_random.BOOK_SEED}), in float64 (implies --x64); recorded as <row>@book")
 
 
-def prepare(args):
-    """After ``driver.parse_args``: a replay computes in float64 (before any array is made)."""
-    if getattr(args, "book_seed", None) is not None:
-        import jax
-
-        args.x64 = True
-        jax.config.update("jax_enable_x64", True)
-    return args
+def check_rows(args):
+    """Before MNIST loads: with ``--book-seed``, every ``--only`` row must be
+    one that is replayed; else a ``driver.Refusal`` listing those that are."""
+    if getattr(args, "book_seed", None) is None:
+        return
+    other = [r for r in args.only or () if r not in SEEDED_ROWS]
+    if other:
+        raise driver.Refusal(f"{args.chapter}: --book-seed replays only the rows {' '.join(SEEDED_ROWS)}; "
+                             f"{' '.join(other)} {'is' if len(other) == 1 else 'are'} not replayed: drop "
+                             f"{'it' if len(other) == 1 else 'them'} from --only, or run without --book-seed")
 
 
 # --- one replayed run ----------------------------------------------------------------------
@@ -147,12 +181,15 @@ def book_sets(splits):
     return list(mnist_loader.with_book_pixels(splits))
 
 
-def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label, on_epoch=None):
+def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, sizes, label, on_epoch=None,
+               checkpoint=None):
     """Train one net from the book's ``params`` in the book's ``orders``
     ([epochs, n]) with network2's rule (cross-entropy, L2, mini-batches of
     10); returns the History's arrays ``{name: [epochs]}``, the final params
-    (stacked, K = 1) and the trainer. ``on_epoch(e, record)`` is called after
-    each epoch too."""
+    (stacked, K = 1) and the trainer. Progress goes through ``driver.progress``
+    (a tenth of the epochs apart); ``on_epoch(e, record)`` is called after each
+    epoch too; ``checkpoint`` (``driver.row_checkpoint``): saved after every
+    epoch, and continued from when it exists."""
     import jax
     import jax.numpy as jnp
 
@@ -164,19 +201,33 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
                            "(python -m experiments.chap3 --book-seed S does)")
     trainer = train.trainer_for(layers.mlp_net(sizes, sigmoid), costs.cross_entropy, 10, penalty="l2")
     stacked = train.stack([jax.tree_util.tree_map(jnp.asarray, params)])
-    t0, every = time.time(), max(1, epochs // 10)
+    progress = driver.progress(label, epochs, monitors_text, every=max(1, epochs // 10))
 
-    def show(e, record):
-        if (e + 1) % every == 0 or e + 1 == epochs:
-            shown = ", ".join(f"{k} {np.asarray(v)[0]:.6g}" for k, v in record.items() if k in MONITORS)
-            print(f"  [{label}] epoch {e + 1}/{epochs}: {shown} ({time.time() - t0:.0f} s)", flush=True)
+    def each_epoch(e, record):
+        progress(e, record)
         if on_epoch is not None:
             on_epoch(e, record)
 
     fitted = train.fit(trainer, stacked, (training.x, training.y), epochs, key=jax.random.key(0), eta=eta,
-                       lmbda=lmbda, evaluation=evaluation, orders=lambda e: orders[e], on_epoch=show)
+                       lmbda=lmbda, evaluation=evaluation, orders=lambda e: orders[e], on_epoch=each_epoch,
+                       checkpoint=checkpoint)
+    if fitted.history.resumed_epochs == epochs:   # restored whole: no epoch ran to print its events
+        for event in fitted.history.events:
+            print(f"  [{label}] {driver.event_text(event)}", flush=True)
     arrays = {k: v[:, 0] for k, v in fitted.history.as_arrays().items() if v.ndim == 2}
     return arrays, fitted.params, trainer
+
+
+def monitors_text(record):
+    """network2's monitors in an epoch's record, for the progress line."""
+    return ", ".join(f"{k} {np.asarray(record[k])[0]:.6g}" for k in MONITORS if k in record)
+
+
+def replay_checkpoint(args, run_id, **meta):
+    """The checkpoint of one replayed training run (``driver.row_checkpoint``):
+    ``run_id`` is the job's id, or ``<job id>@<which run>`` for the runs of a
+    script that trains several; ``meta`` says which run it is."""
+    return driver.row_checkpoint(args, run_id, dict(meta, run=run_id, book_seed=args.book_seed))
 
 
 def curve_match(measured, book, kind):
@@ -239,7 +290,8 @@ def replay_overfitting(args, splits, spec):
     params = book_random.network2_weights(seed, sizes, large=True)
     orders = book_random.book_orders(seed, n, spec["epochs"])
     h, _, _ = replay_fit(params, training, {"evaluation": (test.x, test.y), "training": (training.x, training.y)},
-                         spec["epochs"], 0.5, spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book")
+                         spec["epochs"], 0.5, spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book",
+                         checkpoint=replay_checkpoint(args, f"{spec['id']}@book", script="fig/overfitting.py"))
     curves = {k: h[k] for k in MONITORS}
     book = report.book_curve(spec["curve"])
     matches = None if book is None else {
@@ -281,7 +333,9 @@ def replay_weight_init(args, splits, spec):
         params = draw(streams.numpy, sizes)
         orders = book_random.epoch_orders(streams.python, order, spec["epochs"])
         h, _, _ = replay_fit(params, training, {"evaluation": (validation.x, validation.y)}, spec["epochs"],
-                             spec["eta"], spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book {init}")
+                             spec["eta"], spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book {init}",
+                             checkpoint=replay_checkpoint(args, f"{spec['id']}@book@{init}",
+                                                          script="fig/weight_initialization.py"))
         acc[init] = h["evaluation_accuracy"]
         if book is not None:
             matches[init] = curve_match(acc[init], book[f"{init}_weight_initialization"][1], "accuracy")
@@ -311,7 +365,9 @@ def replay_multiple_eta(args, splits, spec):
         params = book_random.default_weights(streams.numpy, sizes)
         orders = book_random.epoch_orders(streams.python, order, spec["epochs"])
         h, _, _ = replay_fit(params, training, {"training": (training.x, training.y)}, spec["epochs"], eta,
-                             spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book η {eta}")
+                             spec["lmbda"], orders, sizes=sizes, label=f"{spec['id']}@book η {eta}",
+                             checkpoint=replay_checkpoint(args, f"{spec['id']}@book@{eta:g}",
+                                                          script="fig/multiple_eta.py"))
         cost = h["training_cost"]
         match = None if book is None else curve_match(cost, book[i][2], "cost")
         note = (f"seed {seed} with the book's streams (fig/multiple_eta.py, run {i + 1} of 3), float64: "
@@ -344,7 +400,9 @@ def replay_more_data(args, splits, spec):
         orders = book_random.epoch_orders(streams.python, list(range(size)), epochs)
         sub = Dataset(training.x[:size], training.y[:size])
         _, final, trainer = replay_fit(params, sub, {}, epochs, spec["eta"], lmbda, orders, sizes=sizes,
-                                       label=f"{spec['id']}@book {size}")
+                                       label=f"{spec['id']}@book {size}",
+                                       checkpoint=replay_checkpoint(args, f"{spec['id']}@book@{size}",
+                                                                    script="fig/more_data.py"))
         correct, _ = trainer.evaluate(final, jnp.asarray(validation.x, jnp.float64), jnp.asarray(validation.y),
                                       jnp.asarray([lmbda]))
         accuracies.append(int(np.asarray(correct)[0]) / 100.0)
@@ -368,20 +426,43 @@ QUICK = dict(epochs=3, sizes=(100, 200), examples=600)
 """--quick: the first 3 epochs of each run (compared with the book's first 3);
 more_data on 100 and 200 images for 6 and 3 epochs (its numbers say nothing)."""
 
+REPLAYS = ([(spec, replay_overfitting) for spec in OVERFITTING] + [(spec, replay_weight_init) for spec in WEIGHT_INIT]
+           + [(MULTIPLE_ETA, replay_multiple_eta), (MORE_DATA, replay_more_data)])
+"""Each seeded script run and the function that replays it, in the book's order."""
 
-def run(args, splits, wanted):
-    """Replay every seeded row ``wanted(row_id)`` asks for; their rows."""
-    jobs = ([(spec, replay_overfitting) for spec in OVERFITTING] + [(spec, replay_weight_init) for spec in WEIGHT_INIT]
-            + [(MULTIPLE_ETA, replay_multiple_eta), (MORE_DATA, replay_more_data)])
-    rows = []
-    for spec, replay in jobs:
-        if wanted(spec["id"]):
-            if args.quick:
-                spec = dict(spec, **{k: v for k, v in QUICK.items() if k in spec})
-            print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
-                  f"seed {args.book_seed}", flush=True)
-            done = replay(args, splits, spec)
-            store.record(args, done)
-            rows.extend(done)
-    return rows
 
+def replayed_rows(spec):
+    """The table rows the replay of ``spec`` records."""
+    if spec is MULTIPLE_ETA:
+        return [f"{spec['id']}{'abc'[i]}@book" for i in range(len(spec["etas"]))]
+    return [f"{spec['id']}@book"]
+
+
+def jobs(args, splits):
+    """The replays asked for (``--only``, else all), as the row driver's jobs
+    (``driver.Job``: checkpoints, ``--resume``, ``--part``, rows recorded by
+    the driver): one per script run, ``<row>@book``, keyed by the seed."""
+    check_rows(args)
+    out = []
+    for spec, replay in REPLAYS:
+        if not driver.wanted(args, spec["id"]):
+            continue
+        rows = replayed_rows(spec)
+        if args.quick:
+            spec = dict(spec, **{k: v for k, v in QUICK.items() if k in spec})
+        out.append(driver.Job(f"{spec['id']}@book", rows, partial(run_replay, replay, spec, splits),
+                              settings={"book_seed": args.book_seed}, seeds=[args.book_seed]))
+    return out
+
+
+def run_replay(replay, spec, splits, args):
+    """One replay as its job runs it: a header line (printed only by a job that
+    runs, not one that another ``--part`` runs or ``--resume`` skips), then its rows."""
+    print(f"\n== {spec['id']}@book: {spec.get('what', spec['curve'])} — the book's streams, "
+          f"seed {args.book_seed}", flush=True)
+    return replay(args, splits, spec)
+
+
+def run(args, splits):
+    """Replay every seeded row asked for through the row driver; their rows."""
+    return driver.run_jobs(args, jobs(args, splits))

@@ -33,7 +33,10 @@ code does.
 --book-seed S replays the rows whose book curves come from seeded scripts
 (3.4-3.7: fig/overfitting.py; 3.10, 3.10-100: weight_initialization.py; 3.18:
 multiple_eta.py; 3.14: more_data.py) with the book's own random streams from
-seed S, in float64, as rows ``<row>@book`` (``experiments/book_replay.py``).
+seed S, in float64 (--book-seed implies --x64), as rows ``<row>@book``
+(``experiments/book_replay.py``): jobs of the row driver like every other row
+(a checkpoint every epoch, --resume / --restart, --part, --plan). Only those
+rows are replayed: --only with another row and --book-seed is refused.
 """
 import hashlib
 import json
@@ -629,14 +632,17 @@ def jobs(args, splits):
 
 
 def planned_jobs(args):
-    """The jobs asked for, listed without data (for ``--part`` and ``--plan``)."""
+    """The jobs asked for, listed without data (for ``--part`` and ``--plan``);
+    with ``--book-seed``, the replays'."""
+    if getattr(args, "book_seed", None) is not None:
+        return book_replay.jobs(args, None)
     return jobs(args, None)
 
 
 def run(args):
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
-        return book_replay.run(args, splits, lambda row_id: driver.wanted(args, row_id))
+        return book_replay.run(args, splits)
     rows = []
     for job in jobs(args, splits):
         spec = ROW[job.id.split("@")[0]]
@@ -651,8 +657,8 @@ def run(args):
 def main(argv=None):
     row_ids = [spec["id"] for spec in ROWS]
     row_ids += [i for spec in ROWS for i in spec.get("also", ()) if i not in row_ids]
-    args = book_replay.prepare(driver.parse_args("chap3", __doc__, argv, row_ids=row_ids,
-                                                 add_arguments=book_replay.add_arguments))
+    args = driver.parse_args("chap3", __doc__, argv, row_ids=row_ids, add_arguments=book_replay.add_arguments)
+    book_replay.check_rows(args)  # before MNIST loads
     return driver.finish(args, run(args))
 
 

@@ -713,7 +713,8 @@ def checkpoint_refusal(e):
 
 
 _OPTIONS = {"epochs": "--epochs", "train_size": "--train-size", "n_train": "--train-size", "seed": "--seed",
-            "devices": "--devices", "svm_train_size": "--svm-train-size", "x64": "--x64", "quick": "--quick"}
+            "devices": "--devices", "svm_train_size": "--svm-train-size", "x64": "--x64", "quick": "--quick",
+            "book_seed": "--book-seed"}
 
 
 def _short(value, limit=60):

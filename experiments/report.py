@@ -2,11 +2,20 @@
 beside the measured one), the table as text and as Markdown, the figures and
 the book's recorded curves.
 
+Also what REPORT.md (``experiments.reproduce``) takes from here: text from
+results files written as data (``markdown_text``, ``code_span``: a recorded
+command line cannot start a heading or a link), only regular files read
+(``unreadable``), and the wall time of runs (``wall_seconds``, ``wall_text``:
+runs side by side count once, the parts of one plan as their longest part).
+
 The results store (results.json) is ``experiments.store``; the command line,
 the row driver and the progress lines are ``experiments.driver``.
 """
+import datetime
 import json
 import os
+import re
+import stat
 import textwrap
 from pathlib import Path
 
@@ -61,8 +70,8 @@ def _fmt(x, unit):
     return f"{x:.2f}{unit}" if unit == "%" else f"{x:.4g}{unit}"
 
 
-def measured_text(r):
-    """(measured, best-of-k) of a row as text: "95.02% ± 0.08", "95.10% (3)".
+def measured_cells(r):
+    """(measured, best-of-k) of a row as the table's two cells: "95.02% ± 0.08", "95.10% (3)".
     A single number, and a row whose direction is "none", have no best-of-k;
     the best is taken from the runs by the row's direction."""
     m, u = r["measured"], r["unit"]
@@ -84,7 +93,7 @@ def format_table(rows):
             f"{'best-of-k':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        meas, best = measured_text(r)
+        meas, best = measured_cells(r)
         text = textwrap.wrap(r["experiment"], EXPERIMENT_WIDTH) or [""]
         lines.append(f"{r['id']:<{idw}} {text[0]:<{EXPERIMENT_WIDTH}} {_fmt(r['book'], r['unit']):>9} "
                      f"{meas:>22} {best:>10}")
@@ -97,15 +106,14 @@ def format_table(rows):
 
 def markdown_table(rows, *, notes=True):
     """The table as Markdown (GitHub's): id, experiment, book, measured mean ±
-    sd, best of k (runs), and the row's note."""
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    sd, best of k (runs), and the row's note; each cell is data (``markdown_text``)."""
     head = ["id", "experiment", "book", "measured (mean ± sd)", "best of k"] + (["note"] if notes else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        meas, best = measured_text(r)
+        meas, best = measured_cells(r)
         cells = [r["id"], r["experiment"], _fmt(r["book"], r["unit"]), meas, best] + (
             [r.get("note", "")] if notes else [])
-        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(markdown_text(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,3 +180,127 @@ def book_curve(name):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+# --- REPORT.md: text from results files as data, files read, wall times ---------------------
+
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def markdown_text(text):
+    """``text`` from a results file as plain Markdown text that shows as it is:
+    on one line (a line break could start a heading, a list or a table row),
+    with backslashes, ``<`` and ``>`` (HTML, autolinks), the ``]`` that would
+    close a link or image (``](``, ``][``) and ``|`` (a table cell) escaped. (A
+    reference definition ``[x]: url`` needs a line of its own: none is left.)"""
+    text = _LINE_BREAKS.sub(" ", str(text))
+    text = text.replace("\\", "\\\\").replace("<", "\\<").replace(">", "\\>").replace("|", "\\|")
+    return re.sub(r"\](?=[(\[])", r"\\]", text)
+
+
+def code_span(text):
+    """``text`` from a results file (a recorded command line) as one inline code
+    span: control characters shown escaped (a newline as ``\\n``), fenced by one
+    backtick more than the longest run it holds, so it can neither end early
+    nor start a heading, and Markdown inside it stays literal."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if text.startswith(("`", " ")) or text.endswith(("`", " ")) \
+        else f"{fence}{text}{fence}"
+
+
+def unreadable(path):
+    """Why ``path`` is not read, or None for a regular file (a link to one
+    counts): a results.json linked to /dev/zero, a FIFO or a folder would hang
+    or break the reader, so only regular files are opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None if stat.S_ISREG(mode) else "is not a regular file"
+
+
+def run_interval(run):
+    """(start, end) in seconds since the epoch of a recorded run, from the
+    start time its id begins with and its wall_seconds; None when the id does
+    not start with a time (results written before run ids did)."""
+    try:
+        start = datetime.datetime.fromisoformat(run["id"].split(" pid ")[0]).timestamp()
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return start, start + run.get("wall_seconds", 0)
+
+
+def wall_clock_seconds(runs):
+    """The wall time ``runs`` took together: the length of the union of their
+    intervals, so two runs side by side (one per core) count once; a run with
+    no start time adds its wall_seconds."""
+    intervals = [(run, run_interval(run)) for run in runs]
+    spans = sorted(span for _, span in intervals if span is not None)
+    total = sum(run.get("wall_seconds", 0) for run, span in intervals if span is None)
+    end = None
+    for a, b in spans:
+        if end is None or a > end:
+            total, end = total + b - a, b
+        elif b > end:
+            total, end = total + b - end, b
+    return total
+
+
+def plan_parts(runs):
+    """``runs`` split into (the runs of no part, {plan: {part "I/N": its runs}})
+    by the ``part`` entry that ``--part`` records in a run (``nndl-jax merge``
+    keeps every part's runs)."""
+    alone, plans = [], {}
+    for run in runs:
+        part = run.get("part")
+        if isinstance(part, dict) and part.get("part"):
+            plans.setdefault(part.get("plan"), {}).setdefault(str(part["part"]), []).append(run)
+        else:
+            alone.append(run)
+    return alone, plans
+
+
+def wall_seconds(runs):
+    """(wall, compute, parts) of ``runs``: the parts of one plan ran on machines
+    of their own, at once, so together they take their longest part's time (each
+    part's own sittings as their union); other runs take the union of their
+    intervals. ``compute``: every run's wall_seconds summed; ``parts``: how many
+    parts the runs came from (0: none)."""
+    alone, plans = plan_parts(runs)
+    wall = wall_clock_seconds(alone) + sum(max(map(wall_clock_seconds, parts.values())) for parts in plans.values())
+    compute = sum(run.get("wall_seconds", 0) for run in runs)
+    return wall, compute, sum(map(len, plans.values()))
+
+
+def wall_text(runs, rows=()):
+    """"3 h 2 min wall", with what it holds in brackets: for parts, that it is the
+    longest part, and the compute time of all of them; where runs ran side by
+    side (one per core), their summed time; where ``rows`` were resumed over
+    several sittings, the earlier sittings (``earlier_seconds``, added to both
+    times) and the restored epochs that no timing covers (``untimed_epochs``)."""
+    earlier = sum(r.get("earlier_seconds", 0) for r in rows)
+    wall, compute, parts = wall_seconds(runs)
+    wall, compute = wall + earlier, compute + earlier
+    if parts:
+        notes = [f"the longest of {parts} parts; {duration(compute)} of compute in all" if parts > 1
+                 else f"one part; {duration(compute)} of compute"]
+    else:
+        notes = [f"{duration(compute)} of runs, some side by side"] if compute - wall >= 1 else []
+    notes += list(filter(None, [resumed_text(rows)]))
+    return f"{duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def resumed_text(rows):
+    """What the wall time of a chapter's line holds beyond its runs: rows
+    resumed over several sittings add their earlier sittings' epochs
+    (``earlier_seconds``); epochs restored from a checkpoint older than the
+    epoch timing (``untimed_epochs``) are not in it. "" when no row was resumed."""
+    resumed = [r for r in rows if r.get("earlier_seconds") or r.get("untimed_epochs")]
+    if not resumed:
+        return ""
+    untimed = sum(r.get("untimed_epochs", 0) for r in resumed)
+    return (f"with the earlier sittings of {len(resumed)} resumed row{'s' * (len(resumed) > 1)}"
+            + (f"; {untimed} epochs restored from checkpoints that predate epoch timing are not counted"
+               if untimed else ""))

@@ -23,13 +23,13 @@ table, the block between the two ``results:`` marker comments, from the full
 (not --quick) rows of ``reproduced/chapN/results.json``.
 """
 import argparse
-import datetime
 import importlib
 import shlex
 import sys
 import time
 import traceback
 from pathlib import Path
+from urllib.parse import quote
 
 from experiments import book_seeds, driver, parts, report, store
 
@@ -173,6 +173,10 @@ def chapter_results(out, *, skip_bad=False):
     found = {}
     for path in sorted(Path(out).glob("chap*/results.json"), key=lambda p: store.row_sort_key(p.parent.name)):
         try:
+            problem = report.unreadable(path)   # a link to /dev/zero would never end
+            if problem:
+                raise store.ResultsError(f"{path} {problem}; it is left as it is: replace it with a results "
+                                         "file or move it away")
             found[path.parent.name] = store.read_results(path.parent)
         except store.ResultsError as e:
             if not skip_bad:
@@ -210,52 +214,13 @@ def _duration(seconds):
     return "—" if seconds is None else report.duration(seconds)
 
 
-def run_interval(run):
-    """(start, end) in seconds since the epoch of a recorded run, from the
-    start time its id begins with and its wall_seconds; None when the id does
-    not start with a time (results written before run ids did)."""
-    try:
-        start = datetime.datetime.fromisoformat(run["id"].split(" pid ")[0]).timestamp()
-    except (KeyError, ValueError):
-        return None
-    return start, start + run.get("wall_seconds", 0)
-
-
-def wall_clock_seconds(runs):
-    """The wall time ``runs`` took together: the length of the union of their
-    intervals, so two runs side by side (one per core) count once; a run with
-    no start time adds its wall_seconds."""
-    intervals = [(run, run_interval(run)) for run in runs]
-    spans = sorted(span for _, span in intervals if span is not None)
-    total = sum(run.get("wall_seconds", 0) for run, span in intervals if span is None)
-    end = None
-    for a, b in spans:
-        if end is None or a > end:
-            total, end = total + b - a, b
-        elif b > end:
-            total, end = total + b - end, b
-    return total
-
-
-def wall_text(runs, rows=()):
-    """"3 h 2 min wall", with what it holds in brackets: where runs ran side by
-    side (one per core), their summed time too; where ``rows`` were resumed over
-    several sittings, the earlier sittings (``earlier_seconds``, added to both
-    times) and the restored epochs that no timing covers (``untimed_epochs``)."""
-    earlier = sum(r.get("earlier_seconds", 0) for r in rows)
-    wall, summed = wall_clock_seconds(runs) + earlier, sum(r.get("wall_seconds", 0) for r in runs) + earlier
-    notes = [f"{_duration(summed)} of runs, some side by side"] if summed - wall >= 1 else []
-    notes += list(filter(None, [resumed_text(rows)]))
-    return f"{_duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
-
-
 def measured_text(res):
     """How a chapter's rows were measured: their seeds, the wall time of the runs
     that made them (with the earlier sittings of resumed rows) and the machines."""
     runs = [run for run in res.get("runs", []) if any(r.get("run") == run["id"] for r in res["rows"])]
-    machines = sorted({machine(run.get("environment")) for run in runs})
-    return (f"Measured: seeds {_seeds_text(rows_seeds(res['rows'], res))}, {wall_text(runs, res['rows'])} on "
-            f"{'; '.join(machines)}.")
+    machines = sorted({report.markdown_text(machine(run.get("environment"))) for run in runs})
+    return (f"Measured: seeds {_seeds_text(rows_seeds(res['rows'], res))}, {report.wall_text(runs, res['rows'])} "
+            f"on {'; '.join(machines)}.")
 
 
 def _runs_text(results):
@@ -266,10 +231,11 @@ def _runs_text(results):
             continue
         rows = ["every row"] if len(rows) == len(results["rows"]) else rows
         status = "" if run.get("complete") else " (cut off: the rows it finished)"
-        lines.append(f"- `python -m experiments.{results['chapter']} {' '.join(run.get('argv', []))}`"
-                     f"{status}: {', '.join(rows)}; seeds {_seeds_text(run.get('seeds'))}; "
+        command = f"python -m experiments.{results['chapter']} {shlex.join(map(str, run.get('argv', [])))}"
+        lines.append(f"- {report.code_span(command)}{status}: " + report.markdown_text(
+                     f"{', '.join(rows)}; seeds {_seeds_text(run.get('seeds'))}; "
                      f"{_duration(run.get('wall_seconds'))} wall; started {run['id'].split(' pid ')[0]}; "
-                     f"{machine(run.get('environment'))}")
+                     f"{machine(run.get('environment'))}"))
     return lines
 
 
@@ -289,19 +255,21 @@ def report_page(out):
     lines += ["| chapter | rows | kind | seeds | wall time | machine |", "|---|---|---|---|---|---|"]
     for name, res in results.items():
         kinds = {("quick" if r.get("quick", res.get("quick")) else "full") for r in res["rows"]}
-        wall = _duration(wall_clock_seconds(res.get("runs", [])))
-        lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
-                     f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | {machine(res.get('environment'))} |")
+        wall = _duration(report.wall_seconds(res.get("runs", []))[0])
+        lines.append(f"| [{report.markdown_text(name)}](#{quote(name)}) | {len(res['rows'])} | "
+                     f"{', '.join(sorted(kinds))} | "
+                     f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | "
+                     f"{report.markdown_text(machine(res.get('environment')))} |")
     for name, res in results.items():
-        lines += ["", f"## {name}", "", measured_text(res), "", "Runs:", ""] + _runs_text(res) + [
+        lines += ["", f"## {report.markdown_text(name)}", "", measured_text(res), "", "Runs:", ""] + _runs_text(res) + [
             "", report.markdown_table(
             book_seeds.report_rows(name, res["rows"], results))]
         if isinstance(res.get("settings"), dict):
-            lines += ["", "Settings: `" + ", ".join(f"{k}={v}" for k, v in res["settings"].items()) + "`"]
+            lines += ["", "Settings: " + report.code_span(", ".join(f"{k}={v}" for k, v in res["settings"].items()))]
         figures = sorted((Path(out) / name).glob("*.png"))
         if figures:
             lines += ["", "Figures (the book's recorded curves dashed, where the chapter draws them):", ""]
-            lines += [f"![{f.stem}]({name}/{f.name})" for f in figures]
+            lines += [f"![{report.markdown_text(f.stem)}]({quote(name)}/{quote(f.name)})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
@@ -339,20 +307,6 @@ def readme_block(root=None):
     return "\n".join(lines + [END])
 
 
-def resumed_text(rows):
-    """What the wall time of a chapter's line holds beyond its runs: rows
-    resumed over several sittings add their earlier sittings' epochs
-    (``earlier_seconds``); epochs restored from a checkpoint older than the
-    epoch timing (``untimed_epochs``) are not in it. "" when no row was resumed."""
-    resumed = [r for r in rows if r.get("earlier_seconds") or r.get("untimed_epochs")]
-    if not resumed:
-        return ""
-    untimed = sum(r.get("untimed_epochs", 0) for r in resumed)
-    return (f"with the earlier sittings of {len(resumed)} resumed row{'s' * (len(resumed) > 1)}"
-            + (f"; {untimed} epochs restored from checkpoints that predate epoch timing are not counted"
-               if untimed else ""))
-
-
 def update_readme(readme=README, root=None):
     """Rewrite the generated block of ``readme`` (between the markers) from
     ``root``; True when the file changed. A README without both markers, in
@@ -379,7 +333,12 @@ def report_main(argv=None):
     args = p.parse_args(argv)
     if not args.out.is_dir():
         p.error(f"--out {args.out} is not a folder: run `nndl-jax reproduce --out {args.out}` first")
-    print(f"wrote {write_report(args.out)}")
+    try:
+        print(f"wrote {write_report(args.out)}")
+    except OSError as e:   # read-only, full, or REPORT.md is not a file
+        print(f"nndl-jax report: cannot write {Path(args.out) / 'REPORT.md'} ({e.strerror or e}); nothing "
+              "was changed: give an --out you can write to", file=sys.stderr)
+        return 1
     if args.readme:
         try:
             changed = update_readme()

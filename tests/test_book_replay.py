@@ -11,6 +11,8 @@ optax step against the book's running sum), so they agree to rounding:
 TOLERANCE, absolute, on weights and biases of order 1 after up to 200 steps
 (measured: 4.4e-16 after 1 to 3 single steps, 2.8e-14 after 200 steps).
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,3 +157,109 @@ def test_chap3_book_seed_records_a_replayed_row_in_float64(tmp_path, mnist_dir, 
     else:
         assert row["curves"]["evaluation_accuracy"] == book[1][:3]
         assert row["replay"]["evaluation_accuracy"]["equal"] == 3
+
+
+@pytest.mark.parametrize("seed, message", [("-1", "must lie in 0 .. 2**32 - 1"), (str(2 ** 32), "must lie in 0"),
+                                           ("abc", "'abc' is not a whole number"), ("1.5", "not a whole number")])
+def test_a_book_seed_outside_32_bits_or_not_a_number_is_refused_by_argparse_before_mnist_loads(
+        tmp_path, capsys, monkeypatch, seed, message):
+    from experiments import chap3
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST despite a bad --book-seed"))
+    with pytest.raises(SystemExit) as e:
+        chap3.main(["--quick", "--only", "3.7", "--book-seed", seed, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--book-seed" in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+class _Loaded(Exception):
+    pass
+
+
+def test_the_largest_book_seed_is_accepted_and_implies_float64(tmp_path, monkeypatch, x64_restored):
+    from experiments import chap3
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: (_ for _ in ()).throw(_Loaded()))
+    with pytest.raises(_Loaded):
+        chap3.main(["--quick", "--only", "3.7", "--book-seed", str(2 ** 32 - 1), "--out", str(tmp_path)])
+    assert jax.config.jax_enable_x64   # through the run's own --x64 setting
+
+
+def test_rows_that_are_not_replayed_are_refused_with_the_list_of_those_that_are(tmp_path, monkeypatch,
+                                                                               x64_restored):
+    from experiments import chap3, driver
+    monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST for rows it cannot replay"))
+    with pytest.raises(driver.Refusal) as e:
+        chap3.main(["--quick", "--only", "3.7", "3.1", "3.8", "--book-seed", "1", "--out", str(tmp_path)])
+    message = str(e.value)
+    assert "3.1 3.8 are not replayed" in message and " ".join(book_replay.SEEDED_ROWS) in message
+    assert driver.main_entry(chap3.main, ["--quick", "--only", "3.1", "--book-seed", "1", "--out",
+                                          str(tmp_path)]) == 1
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_replays_are_jobs_of_the_row_driver_one_per_script_run():
+    """``--plan``/``--part`` and ``--resume`` see the replays as the driver's jobs, with their rows."""
+    import argparse
+    args = argparse.Namespace(book_seed=7, only=["3.7", "3.18", "3.10-100"], quick=False, chapter="chap3")
+    jobs = book_replay.jobs(args, None)
+    assert [(j.id, j.rows, j.seeds, j.settings) for j in jobs] == [
+        ("3.7@book", ["3.7@book"], [7], {"book_seed": 7}),
+        ("3.10-100@book", ["3.10-100@book"], [7], {"book_seed": 7}),
+        ("3.18@book", ["3.18a@book", "3.18b@book", "3.18c@book"], [7], {"book_seed": 7})]
+
+
+def test_plan_and_part_share_out_the_replays_as_the_drivers_jobs(tmp_path, capsys):
+    """``--plan 2`` with --book-seed plans the replays (no training, no MNIST)."""
+    from experiments import chap3
+    with pytest.raises(SystemExit) as e:
+        chap3.main(["--book-seed", "7", "--only", "3.7", "3.18", "3.14", "--plan", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "3 jobs over 2 parts" in out
+    assert all(f"chap3 {j}@book" in out for j in ("3.7", "3.18", "3.14")) and "chap3 3.7 " not in out
+
+
+def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupted_rows(tmp_path, mnist_dir,
+                                                                                       monkeypatch, capsys,
+                                                                                       x64_restored):
+    """fig/weight_initialization.py trains one net twice (default, then large
+    weights, the streams continuing): stopped after the first epoch of the
+    second run and resumed, the first run comes back whole from its checkpoint,
+    the second continues from its epoch 1, and the row is the uninterrupted one's."""
+    import json
+
+    from experiments import chap3, driver
+    argv = ["--quick", "--only", "3.10", "--book-seed", str(book_random.BOOK_SEED), "--data-dir", str(mnist_dir)]
+    progress = driver.progress
+
+    def stopping_in_the_second_run(label, epochs, show, **kw):
+        printer = progress(label, epochs, show, **kw)
+
+        def on_epoch(e, record):
+            printer(e, record)
+            if label.endswith("large"):
+                raise KeyboardInterrupt   # after the epoch's checkpoint, as Ctrl-C would
+        return on_epoch
+
+    with jax.numpy_dtype_promotion("standard"):
+        chap3.main(argv + ["--out", str(tmp_path / "whole")])
+        monkeypatch.setattr(driver, "progress", stopping_in_the_second_run)
+        with pytest.raises(KeyboardInterrupt):
+            chap3.main(argv + ["--out", str(tmp_path / "stopped")])
+        monkeypatch.setattr(driver, "progress", progress)
+        capsys.readouterr()
+        chap3.main(argv + ["--out", str(tmp_path / "stopped"), "--resume"])
+    out = capsys.readouterr().out
+    assert re.search(r"\[3\.10@book default\] resumed from .*3\.10@book@default.*: 3 of 3 epochs done", out)
+    assert re.search(r"\[3\.10@book large\] resumed from .*3\.10@book@large.*: 1 of 3 epochs done", out)
+    rows = [json.loads((tmp_path / f / "results.json").read_text())["rows"] for f in ("whole", "stopped")]
+    assert [r["id"] for r in rows[1]] == ["3.10@book"] and len(rows[1][0]["curves"]["large"]) == 3
+    for key in ("curves", "measured", "large_final", "replay"):
+        assert rows[0][0][key] == rows[1][0][key], key
+
+
+def test_a_replays_checkpoint_of_another_book_seed_is_refused_naming_the_seed_to_pass():
+    from experiments import driver
+    from nndl_jax.checkpoint import CheckpointError
+    text = driver.checkpoint_refusal(CheckpointError("another run", "/c/3.7@book/state.npz",
+                                                     [("book_seed", 12345678, 7)]))
+    assert "book_seed: saved 12345678, this run 7 (pass --book-seed 12345678 to continue it)" in text

@@ -219,7 +219,7 @@ def test_report_wall_time_adds_the_earlier_sittings_of_resumed_rows(tmp_path):
     wall = res["wall_seconds"] + 10800
     line = next(ln for ln in reproduce.report_page(tmp_path).splitlines() if ln.startswith("Measured:"))
     assert "sittings" not in reproduce.readme_block(tmp_path)
-    assert f"{reproduce._duration(wall)} wall (with the earlier sittings of 2 resumed rows; 5 epochs restored " \
+    assert f"{report.duration(wall)} wall (with the earlier sittings of 2 resumed rows; 5 epochs restored " \
            "from checkpoints that predate epoch timing are not counted) on" in line
     driver.finish(args, [report.row("6.7", "expanded", 99.37, 99.41), report.row("6.8a", "fc 300", 99.46, 99.4)])
     line = next(ln for ln in reproduce.report_page(tmp_path).splitlines() if ln.startswith("Measured:"))
@@ -233,12 +233,12 @@ def test_wall_time_counts_runs_side_by_side_once_and_says_what_they_summed_to():
     runs = [{"id": "2026-12-02T10:00:00+00:00 pid 1 #1", "wall_seconds": 3600.0},
             {"id": "2026-12-02T10:30:00+00:00 pid 2 #1", "wall_seconds": 3600.0},   # 10:30-11:30: overlaps
             {"id": "2026-12-02T12:00:00+00:00 pid 3 #1", "wall_seconds": 600.0}]
-    assert reproduce.wall_clock_seconds(runs) == 5400.0 + 600.0
-    assert reproduce.wall_clock_seconds(runs + [{"id": "run 4", "wall_seconds": 60.0}]) == 6060.0
-    assert reproduce.wall_text(runs) == "1 h 40 min wall (2 h 10 min of runs, some side by side)"
-    assert reproduce.wall_text(runs[2:]) == "10 min 0 s wall"
+    assert report.wall_clock_seconds(runs) == 5400.0 + 600.0
+    assert report.wall_clock_seconds(runs + [{"id": "run 4", "wall_seconds": 60.0}]) == 6060.0
+    assert report.wall_text(runs) == "1 h 40 min wall (2 h 10 min of runs, some side by side)"
+    assert report.wall_text(runs[2:]) == "10 min 0 s wall"
     rows = [{"id": "6.7", "earlier_seconds": 600.0}]
-    assert reproduce.wall_text(runs, rows) == ("1 h 50 min wall (2 h 20 min of runs, some side by side; "
+    assert report.wall_text(runs, rows) == ("1 h 50 min wall (2 h 20 min of runs, some side by side; "
                                                "with the earlier sittings of 1 resumed row)")
 
 
@@ -330,16 +330,16 @@ def test_best_of_k_follows_each_rows_direction():
     accuracy = report.row("1.1", "a", None, [95.0, 96.0])
     cost = report.row("3.18a", "c", None, [0.35, 0.34, 0.36], unit="", direction="lower")
     norm = report.row("5.5.1", "n", None, [0.1, 0.2], unit="")
-    assert accuracy["measured"]["best"] == 96.0 and report.measured_text(accuracy)[1] == "96.00% (2)"
-    assert cost["measured"]["best"] == 0.34 and report.measured_text(cost)[1] == "0.34 (3)"
-    assert norm["direction"] == "none" and norm["measured"]["best"] is None and report.measured_text(norm)[1] == ""
+    assert accuracy["measured"]["best"] == 96.0 and report.measured_cells(accuracy)[1] == "96.00% (2)"
+    assert cost["measured"]["best"] == 0.34 and report.measured_cells(cost)[1] == "0.34 (3)"
+    assert norm["direction"] == "none" and norm["measured"]["best"] is None and report.measured_cells(norm)[1] == ""
     # the recorded rows: 3.18's training costs take their lowest run, chapter 5's norms none
     chap3 = {r["id"]: r for r in store.read_results(REPO / "reproduced" / "chap3")["rows"]}
     chap5 = {r["id"]: r for r in store.read_results(REPO / "reproduced" / "chap5")["rows"]}
     for rid in ("3.18a", "3.18b", "3.18c"):
         runs = chap3[rid]["measured"]["runs"]
-        assert report.measured_text(chap3[rid])[1] == f"{report._fmt(min(runs), '')} ({len(runs)})"
-    assert report.measured_text(chap5["5.5.1"])[1] == "" and report.measured_text(chap5["5.1"])[1].endswith("(3)")
+        assert report.measured_cells(chap3[rid])[1] == f"{report._fmt(min(runs), '')} ({len(runs)})"
+    assert report.measured_cells(chap5["5.5.1"])[1] == "" and report.measured_cells(chap5["5.1"])[1].endswith("(3)")
 
 
 def test_table_sizes_ids_and_wraps_text_at_word_boundaries():
@@ -397,3 +397,125 @@ def test_seeds_outside_32_bits_are_refused_before_training(tmp_path, capsys, see
     with pytest.raises(SystemExit) as e:
         _args(tmp_path, "--seed", seed)
     assert e.value.code == 2 and "seeds must lie in 0 .. 2**32 - 1" in capsys.readouterr().err
+
+
+# --- REPORT.md: data from results files, files read, parts' wall time (issues 31 and 33) ---------
+
+def _report_folder(tmp_path, rows, **run_changes):
+    """``tmp_path/chap1/results.json`` as a run writes it, its run entry then changed by ``run_changes``."""
+    driver.finish(_args(tmp_path / "chap1", chapter="chap1"), rows)
+    res = _results(tmp_path / "chap1")
+    res["runs"][0].update(run_changes)
+    (tmp_path / "chap1" / "results.json").write_text(json.dumps(res))
+    return res
+
+
+def _outside_code_spans(page):
+    """The page less its inline code spans (where Markdown stays literal)."""
+    return re.sub(r"(`+)(?:(?!\1).)+?\1", "", page)
+
+
+def test_report_writes_text_from_results_files_as_data(tmp_path):
+    """A newline in a recorded command line must not start a heading, `<` and `>`
+    must not make HTML, and link syntax must not make a link or an image."""
+    hostile = "x\n# owned <img src=x onerror=alert(1)> [click](http://evil.example) ![i](http://evil.example/i.png)"
+    _report_folder(tmp_path, [report.row("1.1", hostile, 95.0, 95.0, note="a ` tick and\r\n## also")],
+                   argv=["--out", hostile, "`"], environment={"platform": "<b>\n# box"})
+    page = reproduce.report_page(tmp_path)
+    headings = [ln for ln in page.splitlines() if ln.lstrip().startswith("#")]
+    assert headings == ["# Neural Networks and Deep Learning in JAX: the book beside the measured", "## chap1"]
+    text = _outside_code_spans(page)
+    assert not re.search(r"(?<!\\)<", text) and not re.search(r"(?<!\\)>", text)
+    assert not re.search(r"(?<!\\)\]\(http", text)
+    (command,) = [ln for ln in page.splitlines() if "python -m experiments.chap1" in ln]
+    assert command.startswith("- ``python -m experiments.chap1 --out 'x\\n# owned <img")   # one line: \n shown
+    assert "| 1.1 | x # owned \\<img src=x onerror=alert(1)\\> [click\\](http://evil.example)" in page
+    assert report.markdown_text("a\\](b)") == "a\\\\\\](b)"     # a backslash of its own escapes nothing
+    assert report.code_span("a`b") == "``a`b``" and report.code_span("`") == "`` ` ``"
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """What the report checks before it opens a results file (a stat, which reads nothing)."""
+    import os
+    (tmp_path / "regular.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "regular.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.json")
+    assert report.unreadable(tmp_path / "regular.json") is None and report.unreadable(tmp_path / "link.json") is None
+    assert report.unreadable(tmp_path / "zero.json") == report.unreadable(tmp_path / "fifo.json") == \
+        report.unreadable(tmp_path) == "is not a regular file"
+    assert report.unreadable(tmp_path / "missing").startswith("cannot be read")
+
+
+def test_report_command_leaves_out_a_results_file_linked_to_dev_zero_or_a_fifo(tmp_path):
+    """The command itself, in a process of its own bounded by a timeout and a
+    memory cap (reading /dev/zero would grow until the cap; opening a FIFO
+    with no writer would wait for ever): both files are left out with a
+    warning, the rest reported."""
+    import os
+    import subprocess
+    import sys
+    _report_folder(tmp_path, [report.row("1.1", "a", 95.0, 95.0)])
+    (tmp_path / "chap3").mkdir()
+    (tmp_path / "chap3" / "results.json").symlink_to("/dev/zero")
+    (tmp_path / "chap4").mkdir()
+    os.mkfifo(tmp_path / "chap4" / "results.json")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 ** 31, 2 ** 31)); "
+            "from experiments import reproduce; sys.exit(reproduce.report_main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for chapter in ("chap3", "chap4"):
+        assert f"left out of the report: {tmp_path / chapter / 'results.json'} is not a regular file" in done.stderr
+    page = (tmp_path / "REPORT.md").read_text()
+    assert "## chap1" in page and "## chap3" not in page and "## chap4" not in page
+
+
+def test_report_command_says_in_one_message_when_out_cannot_take_report_md(tmp_path, capsys, monkeypatch):
+    """Run as root, permissions do not stop a write: a REPORT.md that is a folder
+    does, and a read-only folder is a PermissionError from the writer."""
+    _report_folder(tmp_path, [report.row("1.1", "a", 95.0, 95.0)])
+    (tmp_path / "REPORT.md").mkdir()
+    assert reproduce.report_main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nndl-jax report: cannot write {tmp_path / 'REPORT.md'} (") and err.count("\n") == 1
+    assert "give an --out you can write to" in err and (tmp_path / "REPORT.md").is_dir()
+
+    def read_only(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(store, "write_text", read_only)
+    (tmp_path / "REPORT.md").rmdir()
+    assert reproduce.report_main(["--out", str(tmp_path)]) == 1
+    assert "(Permission denied); nothing was changed" in capsys.readouterr().err
+    assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_the_parts_of_a_plan_take_their_longest_part_as_wall_time_and_their_sum_as_compute():
+    """Parts run at once on machines of their own: a chapter made of parts took
+    as long as its longest part (a part over two sittings: their union), whatever
+    hours they started; the sum is its compute time. Runs of no part count as before."""
+    part = lambda i, plan="p1": {"part": f"{i}/3", "plan": plan}  # noqa: E731
+    runs = [{"id": "2026-12-02T10:00:00+00:00 pid 1 #1", "wall_seconds": 3600.0, "part": part(1)},
+            {"id": "2026-12-02T12:00:00+00:00 pid 2 #1", "wall_seconds": 1800.0, "part": part(2)},
+            {"id": "2026-12-02T13:00:00+00:00 pid 3 #1", "wall_seconds": 1800.0, "part": part(2)},  # a resumed part
+            {"id": "2026-12-03T09:00:00+00:00 pid 4 #1", "wall_seconds": 600.0, "part": part(3)}]
+    assert report.wall_seconds(runs) == (3600.0, 7800.0, 3)
+    assert report.wall_text(runs) == "1 h 0 min wall (the longest of 3 parts; 2 h 10 min of compute in all)"
+    alone = {"id": "2026-12-04T09:00:00+00:00 pid 5 #1", "wall_seconds": 300.0}
+    assert report.wall_seconds(runs + [alone])[:2] == (3900.0, 8100.0)
+    assert report.wall_text(runs[:1]) == "1 h 0 min wall (one part; 1 h 0 min of compute)"
+    assert report.wall_seconds([alone]) == (300.0, 300.0, 0)
+
+
+def test_report_page_gives_a_merged_chapter_its_longest_part(tmp_path):
+    res = _report_folder(tmp_path, [report.row("1.1", "a", 95.0, 95.0), report.row("1.2", "b", 96.0, 96.0)])
+    first = dict(res["runs"][0], id="2026-12-02T10:00:00+00:00 pid 1 #1", wall_seconds=3600.0,
+                 part={"part": "1/2", "plan": "p"})
+    second = dict(first, id="2026-12-02T12:00:00+00:00 pid 2 #1", wall_seconds=1200.0,
+                  part={"part": "2/2", "plan": "p"})
+    res["runs"] = [first, second]
+    res["rows"][0]["run"], res["rows"][1]["run"] = first["id"], second["id"]
+    (tmp_path / "chap1" / "results.json").write_text(json.dumps(res))
+    page = reproduce.report_page(tmp_path)
+    assert "1 h 0 min wall (the longest of 2 parts; 1 h 20 min of compute in all)" in page
+    assert re.search(r"^\| \[chap1\]\(#chap1\) \| 2 \| full \| .* \| 1 h 0 min \|", page, re.M)
