@@ -241,3 +241,13 @@ class Checkpoint:
     def remove(self):
         self.path.unlink(missing_ok=True)
         files.remove_stale_parts(self.path.parent, self.path.name)
+
+
+def fingerprint(x, y):
+    """A cheap identity of a data set for a checkpoint's identity: its shape and
+    a hash of its labels and of a sample of its inputs (every 1/1000th row)."""
+    import hashlib
+    x, y = np.asarray(x), np.asarray(y)
+    h = hashlib.sha1(np.ascontiguousarray(y).tobytes())
+    h.update(np.ascontiguousarray(x.reshape(x.shape[0], -1)[::max(1, x.shape[0] // 1000)]).tobytes())
+    return {"shape": list(x.shape), "sha1": h.hexdigest()}
