@@ -60,7 +60,7 @@ import numpy as np
 
 from nndl_jax import activations, costs, devices, layers, network, scoring, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
-from nndl_jax.checkpoint import TreeFileError, load_tree, read_tree, save_tree
+from nndl_jax.checkpoint import HEADER, TreeFileError, load_tree, read_tree, save_tree
 from nndl_jax.data import is_pair_of_sets
 from nndl_jax.seeds import check_seed, seed_keys
 
@@ -499,20 +499,46 @@ class Network:
 
 def _read(path, like=None):
     """``(spec, params)`` of a saved network: its spec, and with ``like`` (the
-    skeleton of this architecture's params) its params, checked leaf by leaf."""
+    skeleton of this architecture's params) its params, checked leaf by leaf
+    and refused unless every weight and bias is finite (as network2's files)."""
+    if _is_v1(path):
+        spec, params = _read_v1(path, like)
+    else:
+        try:
+            header, _ = read_tree(path, fmt=FORMAT)
+            spec = _checked_spec(path, header["meta"].get("spec"))
+            params = None if like is None else load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
+        except TreeFileError as e:
+            raise ValueError(f"{e}") from None
+    if params is not None:
+        _check_finite(path, params)
+    return spec, params
+
+
+def _is_v1(path):
+    """Whether ``path`` is an .npz of the older format: a ``format`` entry and no tree header."""
     try:
-        header, _ = read_tree(path, fmt=FORMAT)
-    except TreeFileError:
-        return _read_v1(path, like)
-    spec = header["meta"].get("spec")
+        with np.load(path, allow_pickle=False) as f:
+            return "format" in f.files and HEADER not in f.files
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - not an .npz at all: the v2 reader says so
+        return False
+
+
+def _checked_spec(path, spec):
     if not isinstance(spec, dict) or "layers" not in spec or "mini_batch_size" not in spec:
         raise ValueError(f"{path}: not a readable network3 file (the spec lacks 'layers' or 'mini_batch_size')")
-    if like is None:
-        return spec, None
-    try:
-        return spec, load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
-    except TreeFileError as e:
-        raise ValueError(f"{e}") from None
+    return spec
+
+
+def _check_finite(path, params):
+    """Refuse params holding NaN or inf: a diverged net saved, or a damaged file."""
+    for i, layer in enumerate(params):
+        for name in ("w", "b"):
+            if not np.all(np.isfinite(np.asarray(layer[name]))):
+                raise ValueError(f"{path}: layer {i} {name} holds numbers that are not finite (NaN or inf); "
+                                 "a network file holds finite weights and biases")
 
 
 FORMAT_V1 = "nndl-jax network3 v1"

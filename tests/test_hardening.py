@@ -960,6 +960,47 @@ def test_a_network3_file_with_params_of_another_shape_is_refused(tmp_path):
         net.load_params(path)
 
 
+@pytest.mark.parametrize("layer, name, value", [(0, "w", np.nan), (1, "b", np.inf), (1, "w", -np.inf)])
+def test_a_network3_file_holding_nan_or_infinity_is_refused(tmp_path, layer, name, value):
+    """As network2 refuses such files: a diverged net, or a damaged one, would predict nonsense."""
+    net = _dropout_net3()
+    params = jax.device_get(net.params)
+    params[layer][name] = params[layer][name].copy()
+    params[layer][name].flat[3] = value
+    path = tmp_path / "net.npz"
+    checkpoint.save_tree(path, params, {"spec": net.spec()}, fmt=network3.FORMAT)
+    with pytest.raises(ValueError, match=rf"{path}: layer {layer} {name} holds numbers that are not finite"):
+        network3.load(path)
+    with pytest.raises(ValueError, match="not finite"):
+        net.load_params(path)
+
+
+def _damaged_v2(tmp_path):
+    """A network3 v2 file whose header is cut (the v2 reader must say what is wrong, not the v1 fallback)."""
+    path = tmp_path / "net.npz"
+    _dropout_net3().save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["header"] = np.array(str(arrays["header"])[:-40])
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_damaged_v2, r"unreadable \(JSONDecodeError"),
+    (lambda tmp_path: (tmp_path / "net.npz").write_bytes(b"x" * 100) and tmp_path / "net.npz",
+     r"unreadable \(not a \.npz file\)"),
+    (lambda tmp_path: (tmp_path / "net.npz").write_text("{}") and tmp_path / "net.npz",
+     r"unreadable \(not a \.npz file\)"),
+], ids=["damaged-v2-header", "bytes", "json"])
+def test_a_network3_file_that_cannot_be_read_says_why_in_the_v2_readers_words(tmp_path, make, message):
+    path = make(tmp_path)
+    for read in (network3.load, _dropout_net3().load_params):
+        with pytest.raises(ValueError, match=message) as refused:
+            read(path)
+        assert "KeyError" not in str(refused.value) and "allow_pickle" not in str(refused.value)
+
+
 # --- names that files record: activations and costs round-trip ---------------------------
 
 @pytest.mark.parametrize("fn", [activations.sigmoid, activations.tanh, activations.relu, activations.linear])
