@@ -10,7 +10,8 @@ up front, and says in one line what is wrong and what to pass instead.
   ``check_lmbda``, ``per_net`` (a scalar or one value per net);
 - data: ``check_evaluation`` (a dict of named sets), ``device_data`` (one set
   on the devices, checked), ``check_labels`` (labels and inputs against the
-  network's outputs and input shape, traced, nothing computed).
+  network's outputs and input shape, traced, nothing computed), ``check_order``
+  (a host-made order of the training examples: a permutation).
 """
 import functools
 
@@ -110,6 +111,19 @@ def device_data(data, dtype, layout=None, what="the training data"):
         raise ValueError(f"{what}: y must be integer labels [n] or finite float targets [n, n_out]; "
                          f"got {y.dtype} {tuple(y.shape)}")
     return (x, y) if layout is None else (layout.replicate(x), layout.replicate(y))
+
+
+def check_order(order, k, n, e):
+    """``orders(e)``'s value as an int array [K, n], refusing anything that is
+    not a permutation of the n training examples (one for all nets, or one per net)."""
+    order = np.asarray(order)
+    if order.ndim == 1:
+        order = np.broadcast_to(order, (k, order.shape[0]))
+    if (order.ndim != 2 or order.shape != (k, n) or not np.issubdtype(order.dtype, np.integer)
+            or not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), (k, n)))):
+        raise ValueError(f"orders({e}) must give a permutation of the {n} training examples (int [{n}] or "
+                         f"[{k}, {n}]), got an array of shape {order.shape} and dtype {order.dtype} that is not one")
+    return order
 
 
 def check_labels(apply, params, sets):

@@ -9,7 +9,7 @@ bits of a larger seed without 64-bit mode, so 2**32 would silently train the
 nets of seed 0; the same limit for the expansion keeps one rule for every seed.
 
 NumPy only at import (layer 1: ``data`` uses it); JAX is imported by
-``seed_keys`` when it is called.
+``key`` and ``seed_keys`` when they are called.
 """
 import numpy as np
 
@@ -24,6 +24,12 @@ def check_seed(seed, what="a seed"):
     return int(seed)
 
 
+def key(seed):
+    """The JAX key of one checked seed (``jax.random.key``): where every key made from a seed starts."""
+    import jax
+    return jax.random.key(check_seed(seed))
+
+
 def seed_keys(seeds):
     """Named keys for runs with the given integer seeds: ``(init_keys, train_keys)``,
     each [K]. Seed s always gives the same pair (``split(key(s))``), so a net
@@ -31,5 +37,5 @@ def seed_keys(seeds):
     results file needs to record to replay a run."""
     import jax
     import jax.numpy as jnp
-    pairs = [jax.random.split(jax.random.key(check_seed(s))) for s in seeds]
+    pairs = [jax.random.split(key(s)) for s in seeds]
     return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])

@@ -52,6 +52,7 @@ from nndl_jax.checks import (  # noqa: F401
     check_hyperparameters,
     check_labels,
     check_lmbda,
+    check_order,
     device_data,
     per_net,
     positive_int,
@@ -539,7 +540,7 @@ def train_epoch(trainer, run, state, orders):
     epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
     order = None
     if orders is not None:
-        order = checked_order(orders(e), run.k, run.x.shape[0], e)
+        order = check_order(orders(e), run.k, run.x.shape[0], e)
         order = run.layout.place(np.asarray(order, np.int32))
     eta = devices.to_host(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
     active = run.layout.put(np.resize(state.active, run.layout.k_all))
@@ -552,19 +553,6 @@ def train_epoch(trainer, run, state, orders):
         record[f"{name}_cost"] = devices.to_host(cost)[:run.k]
     record["finite"] = devices.to_host(_all_finite(params))[:run.k]
     return state._replace(params=params, opt_state=opt_state), record
-
-
-def checked_order(order, k, n, e):
-    """``orders(e)``'s value as an int array [K, n], refusing anything that is
-    not a permutation of the n training examples (one for all nets, or one per net)."""
-    order = np.asarray(order)
-    if order.ndim == 1:
-        order = np.broadcast_to(order, (k, order.shape[0]))
-    if (order.ndim != 2 or order.shape != (k, n) or not np.issubdtype(order.dtype, np.integer)
-            or not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), (k, n)))):
-        raise ValueError(f"orders({e}) must give a permutation of the {n} training examples (int [{n}] or "
-                         f"[{k}, {n}]), got an array of shape {order.shape} and dtype {order.dtype} that is not one")
-    return order
 
 
 def after_epoch(state, record, run, seconds):
