@@ -86,7 +86,10 @@ def test_a_resumed_run_keeps_the_time_of_its_earlier_epochs(toy, tmp_path):
     assert resumed.history.resumed_epochs == 2
     np.testing.assert_array_equal(resumed.history.seconds[:2], saved)
     assert len(resumed.history.seconds) == 3 and resumed.history.seconds[2] > 0
-    assert run(toy).history.resumed_epochs == 0
+    assert resumed.history.earlier_seconds == float(np.sum(saved))          # History: the one home of run time
+    assert resumed.history.total_seconds == float(np.sum(resumed.history.seconds))
+    fresh = run(toy).history
+    assert fresh.resumed_epochs == 0 and fresh.earlier_seconds == 0.0
 
 
 def test_a_checkpoint_of_another_run_is_refused_one_line_per_setting_and_left_intact(toy, tmp_path):
