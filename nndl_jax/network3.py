@@ -509,7 +509,8 @@ def _read(path, like=None):
             spec = _checked_spec(path, header["meta"].get("spec"))
             params = None if like is None else load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
         except TreeFileError as e:
-            raise ValueError(f"{e}") from None
+            reason = str(e).removeprefix(f"{path}: ")
+            raise ValueError(f"{path}: not a readable network3 file: {reason}") from None
     if params is not None:
         _check_finite(path, params)
     return spec, params
