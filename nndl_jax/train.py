@@ -509,27 +509,33 @@ def run_identity(checkpoint, trainer, state, run, training_data, evaluation, ord
     return json.loads(json.dumps(identity, sort_keys=True, default=files.json_default))
 
 
+PER_NET = ("params", "opt_state", "keys")
+"""The fields of ``TrainState`` stacked on the K axis: what the layout pads, shards and gathers."""
+
+
+def nets(state):
+    """The per-net part of ``state`` as one pytree (a dict of ``PER_NET``), so the
+    layout places, unpads or gathers it in one call."""
+    return {name: getattr(state, name) for name in PER_NET}
+
+
 def resumed_state(checkpoint, state, identity):
     """The state saved in ``checkpoint`` (checked to be this run's), in the
-    structure and dtypes of ``state``; the params back on the device."""
+    structure and dtypes of ``state``; the nets back on the device."""
     saved, _ = checkpoint.load(state, identity)
-    return saved._replace(params=jax.tree_util.tree_map(jnp.asarray, saved.params),
-                          opt_state=jax.tree_util.tree_map(jnp.asarray, saved.opt_state),
-                          keys=jnp.asarray(saved.keys))
+    return saved._replace(**jax.tree_util.tree_map(jnp.asarray, nets(saved)))
 
 
 def host_state(state, layout):
     """``state`` unpadded and on the host (NumPy): what a checkpoint saves
     (gathered from every process of a multi-process run: all of them call it)."""
     host = jax.tree_util.tree_map(devices.to_host, state)
-    return host._replace(params=layout.unpad(host.params), opt_state=layout.unpad(host.opt_state),
-                         keys=layout.unpad(host.keys))
+    return host._replace(**layout.unpad(nets(host)))
 
 
 def placed_state(state, layout):
     """``state`` with its nets padded and sharded over the layout's devices."""
-    return state._replace(params=layout.place(state.params), opt_state=layout.place(state.opt_state),
-                          keys=layout.place(state.keys))
+    return state._replace(**layout.place(nets(state)))
 
 
 def train_epoch(trainer, run, state, orders):
