@@ -1,5 +1,5 @@
 """Seconds to the first finished epoch, cold and warm: what JAX's persistent
-compilation cache (``train.use_compilation_cache``) saves a second process.
+compilation cache (``compile_cache.use_compilation_cache``) saves a second process.
 
     python -m benchmarks.bench_first_epoch [--data-dir DIR] [--repeats 1]
 

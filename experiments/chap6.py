@@ -246,8 +246,8 @@ def row_settings(r, out, seeds, epochs, train_set):
                   train_size=len(train_set.y), seconds=out["seconds"], best_epoch=out["best_epoch"],
                   best_validation=100 * out["best_validation"], diverged_at=out["diverged_at"],
                   devices=out["devices"])
-    if out["earlier_seconds"] or out["untimed_epochs"]:  # resumed: the time of its earlier sittings
-        common |= dict(earlier_seconds=out["earlier_seconds"], untimed_epochs=out["untimed_epochs"])
+    if out["earlier_seconds"]:  # resumed: the time of its earlier sittings
+        common |= dict(earlier_seconds=out["earlier_seconds"])
     return common
 
 

@@ -108,13 +108,15 @@ def _check_header(header):
         raise ValueError("its header's 'leaves' are not a list of [path, shape, dtype]")
 
 
-def load_tree(path, like, *, fmt=TREE_FORMAT, check_shapes=True):
+def load_tree(path, like, *, fmt=TREE_FORMAT, check_shapes=True, check_dtypes=False):
     """``(tree, meta)``: the leaves of the file at ``path`` in the structure of
     ``like`` (and with its leaves' dtypes). Each leaf must sit at the same path
     in both trees (a file saved from another structure is refused, even one
     with leaves of the same shapes). With ``check_shapes`` every leaf must
     have the shape of ``like``'s; otherwise only their number must match (for
-    trees whose leaves grow, such as a run's history)."""
+    trees whose leaves grow, such as a run's history). With ``check_dtypes``
+    every leaf must have ``like``'s dtype too (a checkpoint: a state cast from
+    another dtype would continue to other numbers); otherwise leaves are cast."""
     import jax
     header, leaves = read_tree(path, fmt=fmt)
     like_leaves, treedef = jax.tree_util.tree_flatten(like)
@@ -130,6 +132,9 @@ def load_tree(path, like, *, fmt=TREE_FORMAT, check_shapes=True):
         if check_shapes and leaf.shape != ref_shape:
             raise TreeFileError(f"{path}: {name or 'the tree'} holds shape {leaf.shape}, expected {ref_shape}")
         dtype = ref.dtype if hasattr(ref, "dtype") else np.asarray(ref).dtype
+        if check_dtypes and leaf.dtype != dtype:
+            raise TreeFileError(f"{path}: {name or 'the tree'} holds {leaf.dtype} values, this run's are {dtype} "
+                                "(saved by another run or edited)")
         out.append(leaf.astype(dtype, copy=False))
     return jax.tree_util.tree_unflatten(treedef, out), header["meta"]
 
@@ -229,7 +234,7 @@ class Checkpoint:
         checking it is this run's (``check``)."""
         self.check(identity)
         try:
-            return load_tree(self.path, like, fmt=CHECKPOINT_FORMAT, check_shapes=False)
+            return load_tree(self.path, like, fmt=CHECKPOINT_FORMAT, check_shapes=False, check_dtypes=True)
         except TreeFileError as e:
             raise CheckpointError(f"{e}; it is left as it is: move it away to start this run afresh "
                                   "(--restart in the experiments)", self.path) from None
@@ -241,3 +246,13 @@ class Checkpoint:
     def remove(self):
         self.path.unlink(missing_ok=True)
         files.remove_stale_parts(self.path.parent, self.path.name)
+
+
+def fingerprint(x, y):
+    """A cheap identity of a data set for a checkpoint's identity: its shape and
+    a hash of its labels and of a sample of its inputs (every 1/1000th row)."""
+    import hashlib
+    x, y = np.asarray(x), np.asarray(y)
+    h = hashlib.sha1(np.ascontiguousarray(y).tobytes())
+    h.update(np.ascontiguousarray(x.reshape(x.shape[0], -1)[::max(1, x.shape[0] // 1000)]).tobytes())
+    return {"shape": list(x.shape), "sha1": h.hexdigest()}

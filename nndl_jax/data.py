@@ -1,7 +1,7 @@
 """MNIST for the book: readers, verification, the cache, the split, expansion.
 
-NumPy and the standard library only; nothing else from the package is
-imported here, so every other module can rely on it.
+NumPy and the standard library only; from the package only ``seeds`` (NumPy
+only too, the one seed check), so every other module can rely on it.
 
 Where the data comes from (`resolve_data_dir`):
 
@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from nndl_jax.seeds import check_seed
 
 __all__ = [
     "Dataset",
@@ -764,6 +766,7 @@ def _shift(images: np.ndarray, k: int) -> np.ndarray:
 
 
 N_SHIFTS = 5
+EXPANSION_SEED = "the expansion's seed"
 
 
 def expand(x, y, *, seed: int = 0, shuffle: bool = True) -> Dataset:
@@ -777,6 +780,7 @@ def expand(x, y, *, seed: int = 0, shuffle: bool = True) -> Dataset:
     order. ``x`` keeps its dtype if it is uint8 (for compact storage),
     otherwise it is float32 as in `as_arrays`.
     """
+    seed = check_seed(seed, EXPANSION_SEED)
     x = np.asarray(x)
     if x.dtype == np.uint8 and (x.ndim not in (2, 3) or np.prod(x.shape[1:]) != N_PIXELS):
         raise ValueError(f"expand: uint8 images of shape {x.shape}; expected [n, {N_PIXELS}] "

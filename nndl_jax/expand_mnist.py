@@ -24,14 +24,25 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import pickle
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nndl_jax import files
-from nndl_jax.data import N_PIXELS, N_SHIFTS, N_TRAIN, Dataset, MNISTError, cache_dir, expand, load_mnist
+from nndl_jax import files, seeds
+from nndl_jax.data import (
+    EXPANSION_SEED,
+    N_PIXELS,
+    N_SHIFTS,
+    N_TRAIN,
+    Dataset,
+    MNISTError,
+    cache_dir,
+    expand,
+    load_mnist,
+)
 
 __all__ = ["DEFAULT_SEED", "expanded_path", "expand_training_data", "load_expanded", "read_expanded",
            "make_book_pickle", "write_book_pickle", "main"]
@@ -40,10 +51,23 @@ DEFAULT_SEED = 0
 
 
 def check_seed(seed) -> int:
-    """``seed`` as an int ≥ 0 (the shuffle's seed: NumPy's ``default_rng`` uses all its bits)."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"the expansion's seed must be a whole number >= 0, got {seed!r}")
-    return int(seed)
+    """``seed`` as an int in [0, 2**32): the one seed check (``seeds.check_seed``)."""
+    return seeds.check_seed(seed, EXPANSION_SEED)
+
+
+def check_out_dir(out_dir) -> None:
+    """Refuse, before any work, an ``out_dir`` that cannot become a folder we
+    write into: a file (or a path through one), or a folder not writable."""
+    if out_dir is None:
+        return
+    folder = Path(out_dir)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "" if existing == folder else f" ({existing} is a file)"
+        raise ValueError(f"--out-dir {folder} is not a folder{where}: give a folder to save the "
+                         "expanded set in (it is created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out-dir {folder}: cannot write into {existing} (no permission); give another folder")
 
 
 def expanded_path(seed: int = DEFAULT_SEED, out_dir=None) -> Path:
@@ -62,6 +86,7 @@ def expand_training_data(data_dir=None, seed: int = DEFAULT_SEED, out_dir=None,
     be read-only. An existing file is replaced only by a complete new one.
     """
     seed = check_seed(seed)
+    check_out_dir(out_dir)
     training = load_mnist(data_dir).training
     pixels = np.rint(training.x * 255.0).astype(np.uint8)
     if not np.array_equal(pixels.astype(np.float32) / np.float32(255.0), training.x):

@@ -109,3 +109,15 @@ def _pid_alive(pid):
     except (OverflowError, ValueError):  # not a pid this system can have
         return False
     return True
+
+
+def json_default(x):
+    """``json.dumps(..., default=json_default)``: the one way NumPy (and JAX)
+    values enter JSON in the project: arrays as lists, scalars as numbers,
+    paths as text; anything else is a TypeError, as ``json`` would raise.
+    (Duck-typed on ``tolist``, so this module needs no NumPy.)"""
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):
+        return x.tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")

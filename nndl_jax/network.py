@@ -51,7 +51,7 @@ import secrets
 import jax
 import numpy as np
 
-from nndl_jax import book_random, costs, layers, train
+from nndl_jax import book_random, costs, layers, seeds, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import as_arrays
 
@@ -180,7 +180,7 @@ class Network:
         self.book_streams = book_streams_of(book_seed)
         if self.book_streams is None:
             self.seed = fresh_seed() if seed is None else train.check_seed(seed)
-            self._init_key = jax.random.split(jax.random.key(self.seed))[0]
+            self._init_key = seeds.seed_keys([self.seed])[0][0]
         else:
             self.seed = self._init_key = None
         self.last_sgd_seed = None
@@ -339,7 +339,7 @@ class Network:
             self.last_sgd_seed = None
             return jax.random.key(0)
         self.last_sgd_seed = fresh_seed() if seed is None else train.check_seed(seed)
-        return jax.random.key(self.last_sgd_seed)
+        return seeds.key(self.last_sgd_seed)
 
     @contextlib.contextmanager
     def _book_shuffles(self, training_data, n, shuffle):

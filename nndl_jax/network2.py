@@ -186,6 +186,21 @@ def core_cost(cost, n_out):
 
 # --- the network -------------------------------------------------------------------
 
+def _sgd_rules(epochs, mini_batch_size, eta, lmbda, regularization, early_stopping_n, schedule_n):
+    """``SGD``'s settings checked before any data is read; returns the stopping rules they ask for."""
+    network._check_hyper(epochs, mini_batch_size, eta)
+    if regularization not in ("l2", "l1"):
+        raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
+    train.check_lmbda(lmbda)
+    for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
+        if v != 0:  # 0 (or False, the book's default spelled otherwise): off
+            train.positive_int(v, name)
+    if early_stopping_n and schedule_n:
+        raise ValueError("choose early_stopping_n or schedule_n, not both")
+    return ([train.early_stopping(early_stopping_n)] if early_stopping_n else []) + (
+        [train.plateau_schedule(schedule_n)] if schedule_n else [])
+
+
 class Network(network.Network):
     """A fully connected network for chapter 3.
 
@@ -254,15 +269,7 @@ class Network(network.Network):
         made with ``book_seed`` shuffles the list in place with the book's
         stream instead (module docstring).
         """
-        network._check_hyper(epochs, mini_batch_size, eta)
-        if regularization not in ("l2", "l1"):
-            raise ValueError(f"regularization must be 'l2' or 'l1', got {regularization!r}")
-        train.check_lmbda(lmbda)
-        for name, v in (("early_stopping_n", early_stopping_n), ("schedule_n", schedule_n)):
-            if v != 0:  # 0 (or False, the book's default spelled otherwise): off
-                train.positive_int(v, name)
-        if early_stopping_n and schedule_n:
-            raise ValueError("choose early_stopping_n or schedule_n, not both")
+        rules = _sgd_rules(epochs, mini_batch_size, eta, lmbda, regularization, early_stopping_n, schedule_n)
         training = self._data(training_data)
         evaluation = self._data(evaluation_data) if evaluation_data is not None else None
         if evaluation is None and (monitor_evaluation_cost or monitor_evaluation_accuracy
@@ -272,8 +279,6 @@ class Network(network.Network):
         sets = {"evaluation": evaluation} if evaluation is not None else {}
         if monitor_training_cost or monitor_training_accuracy:
             sets["training"] = training
-        rules = ([train.early_stopping(early_stopping_n)] if early_stopping_n else []) + (
-            [train.plateau_schedule(schedule_n)] if schedule_n else [])
         n, n_data = len(training.y), (len(evaluation.y) if evaluation is not None else 0)
         self.regularization = regularization
 

@@ -46,7 +46,7 @@ What differs from the book, and why:
   custom one must be ``activations.register``-ed first.
 
 Beyond the book: ``save``/``load`` (a documented ``.npz`` format),
-``train_many`` (K nets, one per seed, as one vmapped program) and
+``train_many`` (K nets, one per seed, as one compiled program) and
 ``ensemble`` (K nets and their plurality vote), which spread the K axis over
 the local devices when there are several (``devices.k_axis_mode``: on CPU
 devices each runs its nets one after another).
@@ -58,10 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import activations, costs, devices, layers, network, train
+from nndl_jax import activations, costs, devices, layers, network, scoring, train
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
-from nndl_jax.checkpoint import TreeFileError, load_tree, read_tree, save_tree
+from nndl_jax.checkpoint import HEADER, TreeFileError, load_tree, read_tree, save_tree
 from nndl_jax.data import is_pair_of_sets
+from nndl_jax.seeds import check_seed, seed_keys
 
 ReLU = relu
 
@@ -273,10 +274,9 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
     ``validation_accuracy`` and ``test_accuracy`` ([epochs, K] fractions),
     ``best_validation``, ``best_epoch``, ``test_at_best`` ([K]) with the book's
     ``>=`` rule, ``diverged_at`` [K], ``num_training_batches``, ``seeds``,
-    ``devices``, and the time of the epochs: ``seconds`` (all of them, across
-    the sittings of a run resumed from ``checkpoint``), ``earlier_seconds``
-    (those of earlier sittings) and ``untimed_epochs`` (epochs restored from a
-    checkpoint written before epochs were timed: not in the sums).
+    ``devices``, and the time of the epochs (``History``'s): ``seconds`` (all of
+    them, across the sittings of a run resumed from ``checkpoint``) and
+    ``earlier_seconds`` (those of earlier sittings).
     """
     net = build(net_layers)
     mb = _positive(mini_batch_size, "mini_batch_size")
@@ -302,12 +302,9 @@ def train_many(net_layers, mini_batch_size, training_data, epochs, eta, validati
            "diverged_at": run.history.diverged_at, "num_training_batches": num_batches,
            "seeds": [int(s) for s in seeds] if from_seeds else None,
            "devices": len(devices.devices_for(k))}
-    seconds = np.asarray(run.history.seconds, np.float64)  # a run resumed over sittings: all of them
-    out["seconds"] = float(np.nansum(seconds))
-    out["earlier_seconds"] = float(np.nansum(seconds[:run.history.resumed_epochs]))
-    out["untimed_epochs"] = int(np.isnan(seconds).sum())
+    out["seconds"], out["earlier_seconds"] = run.history.total_seconds, run.history.earlier_seconds
     if len(out["validation_accuracy"]):
-        out["best_validation"], out["best_epoch"], out["test_at_best"] = train.best_validation(
+        out["best_validation"], out["best_epoch"], out["test_at_best"] = scoring.best_validation(
             out["validation_accuracy"], out["test_accuracy"])
     return out
 
@@ -323,8 +320,8 @@ def predictions(net_layers, params, x):
 def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation_data, test_data,
              lmbda=0.0, *, seeds=(0, 1, 2, 3, 4), shuffle=False, on_epoch=None, checkpoint=None):
     """The book's ensemble (conv.ensemble): K nets trained from different seeds
-    (one vmapped program), each net's final test predictions, and their
-    plurality vote (``train.plurality_vote``: ties go to the label of the
+    (one compiled program), each net's final test predictions, and their
+    plurality vote (``scoring.plurality_vote``: ties go to the label of the
     earliest net, as ``Counter.most_common``). Returns ``train_many``'s dict
     plus ``predictions`` [K, n], ``vote`` [n], ``vote_accuracy``, ``errors``
     (indices of the misclassified test images)."""
@@ -333,7 +330,7 @@ def ensemble(net_layers, mini_batch_size, training_data, epochs, eta, validation
                      checkpoint=checkpoint)
     test = network.device_arrays(test_data, n_inputs=net_layers[0].n_in_values, n_classes=net_layers[-1].n_out)
     preds = predictions(net_layers, out["params"], test.x)
-    vote = np.asarray(train.plurality_vote(preds, net_layers[-1].n_out))
+    vote = np.asarray(scoring.plurality_vote(preds, net_layers[-1].n_out))
     out.update(predictions=np.asarray(preds), vote=vote,
                vote_accuracy=float(np.mean(vote == test.y)),
                errors=np.flatnonzero(vote != test.y))
@@ -361,8 +358,8 @@ class Network:
         self.mini_batch_size = _positive(mini_batch_size, "mini_batch_size")
         self.net = build(self.layers)
         self._init, self._apply = self.net.init, self.net.apply
-        self.seed = network.fresh_seed() if seed is None else train.check_seed(seed)
-        init_keys, _ = train.seed_keys([self.seed])
+        self.seed = network.fresh_seed() if seed is None else check_seed(seed)
+        init_keys, _ = seed_keys([self.seed])
         self.params = train.init_params(self.net, init_keys[0], (self.layers[0].n_in_values,))
         self.history = None
         self.last_sgd_seed = None
@@ -398,7 +395,7 @@ class Network:
         training, validation, test = (self._data(d, name) for d, name in (
             (training_data, "training_data"), (validation_data, "validation_data"), (test_data, "test_data")))
         self._test_x = test.x
-        self.last_sgd_seed = network.fresh_seed() if seed is None else train.check_seed(seed)
+        self.last_sgd_seed = network.fresh_seed() if seed is None else check_seed(seed)
         n_val, n_test = len(validation.y), len(test.y)
         best = [-1.0]
 
@@ -413,7 +410,7 @@ class Network:
 
         out = train_many(self.layers, mini_batch_size, training, epochs, eta, validation, test, lmbda,
                          shuffle=shuffle, params=train.stack([self.params]),
-                         train_keys=train.seed_keys([self.last_sgd_seed])[1], on_epoch=report,
+                         train_keys=seed_keys([self.last_sgd_seed])[1], on_epoch=report,
                          print_progress=True)
         self.params = train.unstack(out["params"])[0]
         self._sync()
@@ -502,20 +499,47 @@ class Network:
 
 def _read(path, like=None):
     """``(spec, params)`` of a saved network: its spec, and with ``like`` (the
-    skeleton of this architecture's params) its params, checked leaf by leaf."""
+    skeleton of this architecture's params) its params, checked leaf by leaf
+    and refused unless every weight and bias is finite (as network2's files)."""
+    if _is_v1(path):
+        spec, params = _read_v1(path, like)
+    else:
+        try:
+            header, _ = read_tree(path, fmt=FORMAT)
+            spec = _checked_spec(path, header["meta"].get("spec"))
+            params = None if like is None else load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
+        except TreeFileError as e:
+            reason = str(e).removeprefix(f"{path}: ")
+            raise ValueError(f"{path}: not a readable network3 file: {reason}") from None
+    if params is not None:
+        _check_finite(path, params)
+    return spec, params
+
+
+def _is_v1(path):
+    """Whether ``path`` is an .npz of the older format: a ``format`` entry and no tree header."""
     try:
-        header, _ = read_tree(path, fmt=FORMAT)
-    except TreeFileError:
-        return _read_v1(path, like)
-    spec = header["meta"].get("spec")
+        with np.load(path, allow_pickle=False) as f:
+            return "format" in f.files and HEADER not in f.files
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - not an .npz at all: the v2 reader says so
+        return False
+
+
+def _checked_spec(path, spec):
     if not isinstance(spec, dict) or "layers" not in spec or "mini_batch_size" not in spec:
         raise ValueError(f"{path}: not a readable network3 file (the spec lacks 'layers' or 'mini_batch_size')")
-    if like is None:
-        return spec, None
-    try:
-        return spec, load_tree(path, jax.device_get(like), fmt=FORMAT)[0]
-    except TreeFileError as e:
-        raise ValueError(f"{e}") from None
+    return spec
+
+
+def _check_finite(path, params):
+    """Refuse params holding NaN or inf: a diverged net saved, or a damaged file."""
+    for i, layer in enumerate(params):
+        for name in ("w", "b"):
+            if not np.all(np.isfinite(np.asarray(layer[name]))):
+                raise ValueError(f"{path}: layer {i} {name} holds numbers that are not finite (NaN or inf); "
+                                 "a network file holds finite weights and biases")
 
 
 FORMAT_V1 = "nndl-jax network3 v1"

@@ -9,8 +9,16 @@ a ``costs.Cost``. Each layer of the transformation stack is one visible line:
 - ``batch_loss``: their (masked) mean plus the weight penalty;
 - ``jax.grad(batch_loss)`` and an optax update: one step;
 - ``epoch``: ``lax.scan`` of the step over the mini-batches of a permutation;
-- ``Trainer``: ``jit(vmap(epoch))`` over K stacked networks (K = 1 for one
-  net), so repeated runs and learning-rate grids are one program.
+- ``Trainer``: ``jit`` of the epoch over K stacked networks (K = 1 for one
+  net; the K axis batched, mapped or spread over devices: ``devices.k_nets``),
+  so repeated runs and learning-rate grids are one program;
+- ``fit``: the loop over epochs, threading one ``TrainState``.
+
+What the loop uses lives beside it, one concern a module: ``checks`` (the
+settings and data checked before a run), ``rules`` (early stopping, the η
+schedule), ``compile_cache`` (JAX's persistent compilation cache), ``seeds``
+(seed → keys), ``checkpoint`` (saving the state) and ``scoring`` (network3's
+best validation epoch and plurality vote).
 
 Mini-batches follow the book: the data is shuffled (or not, with
 ``shuffle=False``), cut into consecutive mini-batches of ``m`` examples, and a
@@ -22,9 +30,7 @@ and a dropout key, and mini-batch ``i`` drops out with ``fold_in(dropout_key,
 i)``; so epoch 7 is the same whether or not epochs 0–6 ran in this process.
 """
 import functools
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +42,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# Names that moved to their own modules (checks, rules, scoring, seeds, compile_cache) stay
+# importable from here as before (the experiments and benchmarks use them as ``train.<name>``).
 from nndl_jax import costs as costs_mod
-from nndl_jax import devices
-from nndl_jax.checkpoint import Checkpoint, CheckpointError  # noqa: F401 (the trainer's checkpoints)
+from nndl_jax import devices, distributed, files
+from nndl_jax.checkpoint import Checkpoint, CheckpointError, fingerprint  # noqa: F401
+from nndl_jax.checks import (  # noqa: F401
+    check_evaluation,
+    check_hyperparameters,
+    check_labels,
+    check_lmbda,
+    check_order,
+    device_data,
+    per_net,
+    positive_int,
+)
+from nndl_jax.compile_cache import COMPILATION_CACHE_ENV, compilation_cache_dir, use_compilation_cache  # noqa: F401
+from nndl_jax.rules import Rule, early_stopping, plateau_schedule  # noqa: F401
+from nndl_jax.scoring import best_validation, plurality_vote  # noqa: F401
+from nndl_jax.seeds import SEED_LIMIT, check_seed, seed_keys  # noqa: F401
 
 # --- the mini-batch cost and one step ---------------------------------------
 
@@ -269,7 +291,7 @@ def trainer_for(net, cost, mini_batch_size, **settings):
     book networks of the same sizes share one compiled epoch), or a plain
     ``apply`` function (cached by identity). ``cost`` and ``settings`` are
     ``Trainer``'s."""
-    return _cached_trainer(_program_key(net), cost, int(mini_batch_size), **settings)
+    return _cached_trainer(_program_key(net), cost, positive_int(mini_batch_size, "mini_batch_size"), **settings)
 
 
 @functools.lru_cache(maxsize=TRAINER_CACHE_SIZE)
@@ -315,34 +337,6 @@ def _hashable(options):
     return tuple(sorted(options.items())) if isinstance(options, dict) else options
 
 
-COMPILATION_CACHE_ENV = "NNDL_JAX_COMPILATION_CACHE"
-
-
-def compilation_cache_dir():
-    """Where JAX's persistent compilation cache is kept: ``$NNDL_JAX_COMPILATION_CACHE``
-    (a folder; "0", "off" or "" turn the cache off: None), else
-    ``<user cache>/nndl-jax/xla`` (the folder of the MNIST cache)."""
-    value = os.environ.get(COMPILATION_CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "0", "off", "no", "false") else value
-    from nndl_jax.data import cache_dir
-    return str(cache_dir() / "xla")
-
-
-@functools.cache
-def use_compilation_cache():
-    """Turn on JAX's persistent compilation cache in ``compilation_cache_dir()``
-    (once per process, when the first trainer is made), so a second process or
-    REPL session loads the programs this one compiled instead of compiling them
-    again. Left alone when the process has set its own cache folder."""
-    folder = compilation_cache_dir()
-    if folder is None or jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    return folder
-
-
 def _dtype(params):
     return jax.tree_util.tree_leaves(params)[0].dtype
 
@@ -357,175 +351,6 @@ def set_eta(opt_state, eta):
     hyper = dict(opt_state.hyperparams)
     hyper["learning_rate"] = jnp.asarray(eta, hyper["learning_rate"].dtype)
     return opt_state._replace(hyperparams=hyper)
-
-
-def _device_data(data, dtype, layout=None, what="the training data"):
-    """``(x, y)`` on the device, after the checks a wrong set would otherwise pass
-    silently (out-of-range indices clamp in JAX; one NaN makes every weight NaN):
-    as many labels as examples, finite inputs, integer labels ≥ 0 in [n] or
-    float targets in [n, n_out]. (``check_labels`` checks them against n_out.) With a
-    ``layout``, on every device of it (replicated over the processes of a multi-process run)."""
-    x, y = data
-    x, y = jnp.asarray(x, dtype), jnp.asarray(y)
-    if x.ndim < 2 or y.ndim < 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what}: x {tuple(x.shape)} and y {tuple(y.shape)} must hold one example per row "
-                         "each (as many labels as images; see data.as_arrays)")
-    if not bool(jnp.isfinite(x).all()):
-        raise ValueError(f"{what}: x holds values that are not finite (NaN or inf); see data.check_finite")
-    if jnp.issubdtype(y.dtype, jnp.integer):
-        if y.ndim != 1:
-            raise ValueError(f"{what}: integer labels must be [n]; got shape {tuple(y.shape)}")
-        if y.size and int(y.min()) < 0:
-            raise ValueError(f"{what}: labels must be >= 0; the smallest is {int(y.min())}")
-    elif y.ndim != 2 or not bool(jnp.isfinite(y).all()):
-        raise ValueError(f"{what}: y must be integer labels [n] or finite float targets [n, n_out]; "
-                         f"got {y.dtype} {tuple(y.shape)}")
-    return (x, y) if layout is None else (layout.replicate(x), layout.replicate(y))
-
-
-def check_labels(apply, params, run):
-    """Refuse labels beyond the network's outputs (``jax.nn.one_hot`` would make
-    them all-zero targets) and targets of another width, for every set of ``run``."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    one = (treedef, tuple((a.shape[1:], str(a.dtype)) for a in leaves))
-    sets = {"the training data": (run.x, run.y)} | {f"evaluation set {k!r}": d for k, d in run.sets.items()}
-    for what, (x, _) in sets.items():
-        try:
-            n_out = _output_width(apply, one, x.shape[1:], str(x.dtype))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{what}: examples of shape {tuple(x.shape[1:])} do not fit the network's "
-                             f"input ({str(e).splitlines()[0]})") from None
-    for what, (_, y) in sets.items():
-        integer = jnp.issubdtype(y.dtype, jnp.integer)
-        if (integer and y.size and int(y.max()) >= n_out) or (not integer and y.shape[-1] != n_out):
-            raise ValueError(f"{what}: labels must lie in [0, {n_out}) (the network's {n_out} outputs); "
-                             + (f"the largest is {int(y.max())}" if integer else f"targets are {y.shape[-1]} wide"))
-
-
-@functools.lru_cache(maxsize=64)
-def _output_width(apply, params_spec, example_shape, dtype):
-    """The number of outputs ``apply`` gives for one example (traced once per
-    network, params shapes and example shape; nothing is computed)."""
-    treedef, leaves = params_spec
-    one = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    return jax.eval_shape(lambda p, x: apply(p, x), one, jax.ShapeDtypeStruct((1,) + example_shape, dtype)).shape[-1]
-
-
-# --- stopping rules and schedules: small functions beside fit ---------------------
-
-class Rule(NamedTuple):
-    """A per-epoch rule over K nets, in the way an optax transformation is an
-    ``(init, update)`` pair: ``init(k) -> state`` (a dict of [K] arrays, part
-    of the training state and so of its checkpoints) and ``update(state,
-    record, eta) -> (state, eta, done)``, where ``record`` is the epoch's
-    record, ``eta`` the nets' learning rates [K] and ``done`` [K] marks nets
-    to stop. ``spec`` describes the rule (it is part of a checkpoint's identity)."""
-
-    init: Callable
-    update: Callable
-    spec: dict
-
-
-def _plateau_counter(metric):
-    """The epochs since each net's best ``metric`` (a strict improvement resets it)."""
-    def init(k):
-        return {"best": np.full(k, -np.inf), "since_best": np.zeros(k, np.int64)}
-
-    def update(state, record):
-        value = np.asarray(record[metric], np.float64)
-        improved = value > state["best"]
-        return state | {"best": np.where(improved, value, state["best"]),
-                        "since_best": np.where(improved, 0, state["since_best"] + 1)}
-    return init, update
-
-
-def early_stopping(n, metric="evaluation_accuracy"):
-    """The book's no-improvement-in-n: stop a net after ``n`` epochs without a
-    new best ``metric``."""
-    n = positive_int(n, "early_stopping_n")
-    init, count = _plateau_counter(metric)
-
-    def update(state, record, eta):
-        state = count(state, record)
-        return state, eta, state["since_best"] >= n
-    return Rule(init, update, {"rule": "early_stopping", "n": n, "metric": metric})
-
-
-def plateau_schedule(n, floor=1 / 128, metric="evaluation_accuracy"):
-    """The book's learning-rate schedule: halve a net's η after ``n`` epochs
-    without a new best ``metric`` (the count then restarts), and stop the net
-    once η has fallen to ``floor`` times its first value."""
-    n = positive_int(n, "schedule_n")
-    init_count, count = _plateau_counter(metric)
-
-    def init(k):
-        return init_count(k) | {"eta0": np.full(k, np.nan)}
-
-    def update(state, record, eta):
-        eta = np.asarray(eta)
-        state = count(state, record)
-        eta0 = np.where(np.isnan(state["eta0"]), eta, state["eta0"])
-        plateau = state["since_best"] >= n
-        new_eta = np.where(plateau, eta / 2, eta)
-        done = plateau & (new_eta <= eta0 * floor * (1 + 1e-6))
-        return (state | {"since_best": np.where(plateau, 0, state["since_best"]), "eta0": eta0},
-                new_eta, done)
-    return Rule(init, update, {"rule": "plateau_schedule", "n": n, "floor": floor, "metric": metric})
-
-
-# --- the checks every run makes -----------------------------------------------------
-
-def _whole(n):
-    """Whether ``n`` is a whole number (an int, or a float without a fraction; not a bool, NaN or inf)."""
-    return (not isinstance(n, bool) and isinstance(n, (int, np.integer, float, np.floating))
-            and bool(np.isfinite(n)) and n == int(n))
-
-
-def positive_int(n, name):
-    """``n`` as an int, refusing anything that is not a whole number ≥ 1 (True, 1.5, "3")."""
-    if not _whole(n) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
-
-
-def check_hyperparameters(eta, lmbda, epochs):
-    """The one check of the values every run takes: η > 0 and finite, λ ≥ 0 and
-    finite, a whole number of epochs ≥ 0. Returns them as NumPy values."""
-    if not _whole(epochs) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    eta = np.asarray(eta, np.float64)
-    if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):
-        raise ValueError(f"the learning rate eta must be positive and finite, got {eta}")
-    return eta, check_lmbda(lmbda), int(epochs)
-
-
-def check_lmbda(lmbda):
-    """λ ≥ 0 and finite (scalar or one per net), as a NumPy float64 value."""
-    lmbda = np.asarray(lmbda, np.float64)
-    if not (np.all(np.isfinite(lmbda)) and np.all(lmbda >= 0)):
-        raise ValueError(f"the regularization parameter lmbda must be >= 0 and finite, got {lmbda}")
-    return lmbda
-
-
-SEED_LIMIT = 2 ** 32
-
-
-def check_seed(seed):
-    """``seed`` as an int in [0, 2**32): the seeds a run can use in full
-    (``jax.random.key`` reads only the low 32 bits of a larger one without
-    64-bit mode, so 2**32 would silently train the nets of seed 0)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"a seed must be a whole number from 0 to {SEED_LIMIT - 1} (2**32 - 1), got {seed!r}")
-    return int(seed)
-
-
-def _fingerprint(x, y):
-    """A cheap identity of a data set: its shape and a hash of its labels and a
-    sample of its inputs."""
-    x, y = np.asarray(x), np.asarray(y)
-    h = hashlib.sha1(np.ascontiguousarray(y).tobytes())
-    h.update(np.ascontiguousarray(x.reshape(x.shape[0], -1)[::max(1, x.shape[0] // 1000)]).tobytes())
-    return {"shape": list(x.shape), "sha1": h.hexdigest()}
 
 
 # --- the training state and the loop that threads it -------------------------------------
@@ -584,6 +409,16 @@ class History:
     def __getitem__(self, name):
         return self.metrics.get(name, [])
 
+    @property
+    def total_seconds(self):
+        """The run's training time: every epoch's, over all the sittings of a resumed run."""
+        return float(np.sum(np.asarray(self.seconds, np.float64)))
+
+    @property
+    def earlier_seconds(self):
+        """The part of ``total_seconds`` spent in earlier sittings (the restored epochs)."""
+        return float(np.sum(np.asarray(self.seconds[:self.resumed_epochs], np.float64)))
+
     def as_arrays(self):
         """Every metric and ``eta`` as NumPy arrays ``[epochs, K]`` (for JSON and plots)."""
         out = {name: np.asarray(v) for name, v in self.metrics.items()}
@@ -618,35 +453,40 @@ class Run(NamedTuple):
 
 
 def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules):
-    """The ``Run`` of ``fit``'s arguments, after checking them."""
+    """The ``Run`` of ``fit``'s arguments, after checking them (``checks``)."""
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    eta, lmbda = per_net(eta, k, "the learning rate eta"), per_net(lmbda, k, "the regularization parameter lmbda")
+    evaluation = check_evaluation(evaluation)
     layout = devices.layout_for(k)
-    x, y = _device_data(training_data, dtype, layout)
-    if x.shape[0] == 0:
-        raise ValueError("the training data is empty")
-    lmbda = np.broadcast_to(lmbda, (k,))
+    x, y = device_data(training_data, dtype, layout)
     c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
-    sets = {name: _device_data(d, dtype, layout, f"evaluation set {name!r}") for name, d in (evaluation or {}).items()}
+    sets = {name: device_data(d, dtype, layout, f"evaluation set {name!r}") for name, d in evaluation.items()}
     names = metric_names(sets)
+    rules = _checked_rules(rules, names, sets)
+    on_k = lambda a: layout.place(np.asarray(a, dtype))  # noqa: E731 (padding nets: the last's)
+    settings = {"eta": eta.tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty}
+    return Run(k, epochs, x, y, on_k(c), on_k(lmbda), sets, names, rules, layout, settings)
+
+
+def _checked_rules(rules, names, sets):
+    """``rules`` as a tuple, refusing a rule that watches a metric no evaluation set gives."""
     rules = tuple(rules)
     for rule in rules:
         if rule.spec["metric"] not in names:
             raise ValueError(f"{rule.spec['rule']} watches {rule.spec['metric']!r}, which needs the "
                              f"evaluation set {rule.spec['metric'].rsplit('_', 1)[0]!r}; have {list(sets)}")
-    on_k = lambda a: layout.place(np.asarray(a, dtype))  # noqa: E731 (padding nets: the last's)
-    settings = {"eta": np.broadcast_to(eta, (k,)).tolist(), "lmbda": lmbda.tolist(), "n_penalty": n_penalty}
-    return Run(k, epochs, x, y, on_k(c), on_k(lmbda), sets, names, rules, layout, settings)
+    return rules
 
 
-def initial_state(trainer, params, key, eta, run):
+def initial_state(trainer, params, key, run):
     """The ``TrainState`` of K fresh nets before their first epoch."""
     k = run.k
     if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
         raise TypeError("key must be a typed PRNG key (jax.random.key(seed)), one for all nets or [K]")
     keys = jnp.broadcast_to(key, (k,)) if jnp.ndim(key) == 0 else key
-    eta = np.broadcast_to(np.asarray(eta, np.float64), (k,))
+    eta = np.asarray(run.settings["eta"], np.float64)
     params = jax.tree_util.tree_map(jnp.copy, params)  # the epoch donates its buffers
     return TrainState(
         params=params, opt_state=trainer.init_opt_state(params, eta),
@@ -663,41 +503,39 @@ def run_identity(checkpoint, trainer, state, run, training_data, evaluation, ord
     per_net = [[list(a.shape[1:]), str(a.dtype)] for a in jax.tree_util.tree_leaves(state.params)]
     identity = dict(checkpoint.meta) | {
         "nets": run.k, "epochs": run.epochs, **run.settings, "shapes": per_net, "trainer": trainer.spec(),
-        "training data": _fingerprint(*training_data),
-        "evaluation data": {name: _fingerprint(*d) for name, d in (evaluation or {}).items()},
+        "training data": fingerprint(*training_data),
+        "evaluation data": {name: fingerprint(*d) for name, d in check_evaluation(evaluation).items()},
         "rules": [rule.spec for rule in run.rules], "order": "given" if ordered else "keys"}
-    return json.loads(json.dumps(identity, sort_keys=True, default=_json_default))
+    return json.loads(json.dumps(identity, sort_keys=True, default=files.json_default))
 
 
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
+PER_NET = ("params", "opt_state", "keys")
+"""The fields of ``TrainState`` stacked on the K axis: what the layout pads, shards and gathers."""
+
+
+def nets(state):
+    """The per-net part of ``state`` as one pytree (a dict of ``PER_NET``), so the
+    layout places, unpads or gathers it in one call."""
+    return {name: getattr(state, name) for name in PER_NET}
 
 
 def resumed_state(checkpoint, state, identity):
     """The state saved in ``checkpoint`` (checked to be this run's), in the
-    structure and dtypes of ``state``; the params back on the device."""
+    structure and dtypes of ``state``; the nets back on the device."""
     saved, _ = checkpoint.load(state, identity)
-    return saved._replace(params=jax.tree_util.tree_map(jnp.asarray, saved.params),
-                          opt_state=jax.tree_util.tree_map(jnp.asarray, saved.opt_state),
-                          keys=jnp.asarray(saved.keys))
+    return saved._replace(**jax.tree_util.tree_map(jnp.asarray, nets(saved)))
 
 
 def host_state(state, layout):
     """``state`` unpadded and on the host (NumPy): what a checkpoint saves
     (gathered from every process of a multi-process run: all of them call it)."""
     host = jax.tree_util.tree_map(devices.to_host, state)
-    return host._replace(params=layout.unpad(host.params), opt_state=layout.unpad(host.opt_state),
-                         keys=layout.unpad(host.keys))
+    return host._replace(**layout.unpad(nets(host)))
 
 
 def placed_state(state, layout):
     """``state`` with its nets padded and sharded over the layout's devices."""
-    return state._replace(params=layout.place(state.params), opt_state=layout.place(state.opt_state),
-                          keys=layout.place(state.keys))
+    return state._replace(**layout.place(nets(state)))
 
 
 def train_epoch(trainer, run, state, orders):
@@ -708,7 +546,7 @@ def train_epoch(trainer, run, state, orders):
     epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
     order = None
     if orders is not None:
-        order = checked_order(orders(e), run.k, run.x.shape[0], e)
+        order = check_order(orders(e), run.k, run.x.shape[0], e)
         order = run.layout.place(np.asarray(order, np.int32))
     eta = devices.to_host(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
     active = run.layout.put(np.resize(state.active, run.layout.k_all))
@@ -721,19 +559,6 @@ def train_epoch(trainer, run, state, orders):
         record[f"{name}_cost"] = devices.to_host(cost)[:run.k]
     record["finite"] = devices.to_host(_all_finite(params))[:run.k]
     return state._replace(params=params, opt_state=opt_state), record
-
-
-def checked_order(order, k, n, e):
-    """``orders(e)``'s value as an int array [K, n], refusing anything that is
-    not a permutation of the n training examples (one for all nets, or one per net)."""
-    order = np.asarray(order)
-    if order.ndim == 1:
-        order = np.broadcast_to(order, (k, order.shape[0]))
-    if (order.ndim != 2 or order.shape != (k, n) or not np.issubdtype(order.dtype, np.integer)
-            or not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), (k, n)))):
-        raise ValueError(f"orders({e}) must give a permutation of the {n} training examples (int [{n}] or "
-                         f"[{k}, {n}]), got an array of shape {order.shape} and dtype {order.dtype} that is not one")
-    return order
 
 
 def after_epoch(state, record, run, seconds):
@@ -815,36 +640,52 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     """
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
                       evaluation=evaluation, rules=rules)
-    check_labels(trainer.apply, params, run)
-    state = initial_state(trainer, params, key, eta, run)
-    events, resumed_epochs = [], 0
+    check_labels(trainer.apply, params, {"the training data": (run.x, run.y)}
+                 | {f"evaluation set {name!r}": d for name, d in run.sets.items()})
+    state = initial_state(trainer, params, key, run)
+    identity, events = None, []
     if checkpoint is not None:
         identity = run_identity(checkpoint, trainer, state, run, training_data, evaluation, orders is not None)
-        if checkpoint.exists():
-            state = resumed_state(checkpoint, state, identity)
-            resumed_epochs = int(state.epoch)
-            events.append({"event": "resumed", "path": str(checkpoint.path), "epochs_done": resumed_epochs,
-                           "epochs": run.epochs})
-    all_events = []
-    state = placed_state(state, run.layout)
+        state, events = resumed_or_fresh(checkpoint, state, identity, run.epochs)
+    resumed_epochs = int(state.epoch)
+    state, events = run_epochs(trainer, run, placed_state(state, run.layout), events, orders, on_epoch,
+                               checkpoint, identity)
+    history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
+                      seconds=list(state.seconds), resumed_epochs=resumed_epochs,
+                      stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
+                      events=events)
+    return Fitted(run.layout.gathered(state.params), run.layout.gathered(state.opt_state), history)
+
+
+def resumed_or_fresh(checkpoint, state, identity, epochs):
+    """``(state, events)``: the checkpoint's state and a "resumed" event when
+    the file exists (checked to be this run's), else ``state`` and no event."""
+    if not checkpoint.exists():
+        return state, []
+    state = resumed_state(checkpoint, state, identity)
+    return state, [{"event": "resumed", "path": str(checkpoint.path), "epochs_done": int(state.epoch),
+                    "epochs": epochs}]
+
+
+def run_epochs(trainer, run, state, events, orders, on_epoch, checkpoint, identity):
+    """The loop: epochs until ``run.epochs`` or no net is active, each one
+    trained, booked (``after_epoch``), saved to ``checkpoint`` and handed to
+    ``on_epoch``. ``events`` (a resume's) go into the first record. Returns
+    ``(state, every event)``."""
+    pending, all_events = events, []
     while int(state.epoch) < run.epochs and state.active.any():
         e, started = int(state.epoch), time.perf_counter()
         state, record = train_epoch(trainer, run, state, orders)
-        record["events"], events = events, []
+        record["events"], pending = pending, []
         state, record = after_epoch(state, record, run, time.perf_counter() - started)
         all_events += record["events"]
         if checkpoint is not None:
             saved = host_state(state, run.layout)     # every process gathers; process 0 writes
-            if jax.process_index() == 0:
+            if distributed.is_main():
                 checkpoint.save(saved, identity, int(state.epoch))
         if on_epoch is not None:
             on_epoch(e, EpochRecord(record, partial(run.layout.gathered, state.params)))
-    all_events += events   # a resumed run that had nothing left to do
-    history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
-                      seconds=list(state.seconds), resumed_epochs=resumed_epochs,
-                      stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
-                      events=all_events)
-    return Fitted(run.layout.gathered(state.params), run.layout.gathered(state.opt_state), history)
+    return state, all_events + pending   # pending: a resumed run that had nothing left to do
 
 
 class EpochRecord(dict):
@@ -875,14 +716,6 @@ _all_finite = jax.jit(_finite)
 
 # --- seeds and K networks ------------------------------------------------------
 
-def seed_keys(seeds):
-    """Named keys for runs with the given integer seeds: ``(init_keys, train_keys)``,
-    each [K]. The seed is all a results file needs to record to replay a run;
-    seeds outside [0, 2**32) are refused (``check_seed``)."""
-    pairs = [jax.random.split(jax.random.key(check_seed(s))) for s in seeds]
-    return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
-
-
 def init_many(init, keys, input_shape):
     """Initialize K networks from [K] keys, stacked on a leading axis (one
     compiled program per ``init`` and input shape, not one per random draw)."""
@@ -908,40 +741,3 @@ def from_seeds(init, input_shape, seeds):
     other seeds it trains beside)."""
     init_keys, train_keys = seed_keys(seeds)
     return init_many(init, init_keys, input_shape), train_keys
-
-
-# --- network3's bookkeeping and ensembles ----------------------------------------
-
-def best_validation(validation_accuracy, test_accuracy):
-    """network3's bookkeeping: for each net, the best validation accuracy, the
-    epoch it was reached and the test accuracy at that epoch.
-
-    ``validation_accuracy``, ``test_accuracy``: [epochs, K] (one row per epoch).
-    The book's tie rule: a validation accuracy *equal* to the best so far
-    (``>=``) also counts as the best, so among tied epochs the latest wins.
-    Returns NumPy arrays ``(best_validation [K], best_epoch [K], test_at_best [K])``.
-    """
-    val = np.asarray(validation_accuracy)
-    test = np.asarray(test_accuracy)
-    if val.ndim != 2 or val.shape != test.shape or val.shape[0] == 0:
-        raise ValueError(f"need equal [epochs, K] arrays with at least one epoch, "
-                         f"got {val.shape} and {test.shape}")
-    best_epoch = val.shape[0] - 1 - np.argmax(val[::-1], axis=0)  # the LAST epoch reaching the max
-    cols = np.arange(val.shape[1])
-    return val[best_epoch, cols], best_epoch, test[best_epoch, cols]
-
-
-def plurality_vote(predictions, n_classes):
-    """The ensemble's answer for each example: the label most of the K nets
-    predict (``predictions``: int [K, n]), computed on the device.
-
-    Tie rule, as the book's ``Counter(...).most_common(1)``: among labels with
-    the same number of votes, the one voted for by the earliest net wins.
-    """
-    predictions = jnp.asarray(predictions)
-    k = predictions.shape[0]
-    votes = jax.nn.one_hot(predictions, n_classes, dtype=jnp.int32)           # [K, n, C]
-    counts = jnp.sum(votes, axis=0)                                          # [n, C]
-    first = jnp.min(jnp.where(votes > 0, jnp.arange(k, dtype=jnp.int32).reshape(k, 1, 1),
-                              jnp.int32(k)), axis=0)                         # [n, C]
-    return jnp.argmax(counts * (k + 1) - first, axis=-1)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nndl_jax import cli, data
+from experiments import cli
+from nndl_jax import data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,8 @@ def _fresh_interpreter(argv, env=None, offline=False):
     """``nndl-jax ARGV`` in a new Python (offline: every download fails); prints, last on
     stderr, whether JAX was imported."""
     code = ("import sys\n"
-            "from nndl_jax import cli, data\n"
+            "from experiments import cli\n"
+            "from nndl_jax import data\n"
             + ("def offline(url, *a, **k):\n    raise OSError('no network (test)')\n"
                "data.urlopen = offline\n" if offline else "")
             + "try:\n    status = cli.main()\n"
@@ -117,6 +119,76 @@ def test_expand_into_a_folder_that_cannot_be_made_is_one_message(mnist_dir, tmp_
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("target", ["file", "link-to-file"])
+def test_expand_into_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys, target):
+    """Issue 31 item 12: `nndl-jax expand --out-dir <a file>` used to expand for 13 s, then say "File
+    exists". Now one message naming it, before MNIST is even read, and the file is left as it was."""
+    from nndl_jax import expand_mnist
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file"
+    if target == "link-to-file":
+        (tmp_path / "link").symlink_to(out)
+        out = tmp_path / "link"
+    monkeypatch.setattr(expand_mnist, "load_mnist", lambda *a, **k: pytest.fail("read MNIST before refusing"))
+    assert cli.main(["expand", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"nndl-jax expand: --out-dir {out} is not a folder: give a folder to save the expanded set " \
+                  "in (it is created when missing)\n"
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_expand_through_a_file_names_the_file_before_any_work(tmp_path, monkeypatch, capsys):
+    from nndl_jax import expand_mnist
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(expand_mnist, "load_mnist", lambda *a, **k: pytest.fail("read MNIST before refusing"))
+    assert cli.main(["expand", "--out-dir", str(tmp_path / "a-file" / "x" / "y")]) == 1
+    assert f"is not a folder ({tmp_path / 'a-file'} is a file)" in capsys.readouterr().err
+
+
+# --- the library never imports the experiments; the script is the experiments' (issue 30 item 5) -----
+
+def _experiments_imports(path):
+    """Every import of an ``experiments`` module written in ``path``, at the top or inside a function,
+    and every string naming one (what ``importlib.import_module`` would be given)."""
+    import ast
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                 else [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str) else [])
+        found += [f"{path.name}:{node.lineno}: {n}" for n in names
+                  if n == "experiments" or n.startswith("experiments.")]
+    return found
+
+
+def test_no_library_module_names_an_experiments_module():
+    assert [f for p in sorted((REPO / "nndl_jax").glob("*.py")) for f in _experiments_imports(p)] == []
+
+
+def test_importing_every_library_module_imports_no_experiments_module():
+    code = ("import pkgutil, importlib, sys, nndl_jax\n"
+            "names = [m.name for m in pkgutil.iter_modules(nndl_jax.__path__)]\n"
+            "for name in names:\n    importlib.import_module('nndl_jax.' + name)\n"
+            "print(len(names), sorted(m for m in sys.modules if m == 'experiments' or m.startswith('experiments.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    count, imported = done.stdout.split(" ", 1)
+    assert int(count) >= 20 and imported.strip() == "[]", done.stdout
+
+
+def test_the_library_cli_runs_its_own_commands_and_the_script_is_the_experiments():
+    import tomllib
+
+    from nndl_jax import cli as library_cli
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"nndl-jax": "experiments.cli:main"}
+    choices = library_cli.build_parser()._subparsers._group_actions[0].choices
+    assert sorted(choices) == ["data", "expand"]
+    done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", "expand", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "--out-dir" in done.stdout
+
+
 def test_run_with_an_unknown_chapter_names_the_chapters(capsys):
     assert cli.main(["run", "chap9"]) == 2
     assert "no chapter 'chap9'; the chapters are chap1 chap3" in capsys.readouterr().err
@@ -135,7 +207,7 @@ def test_chapter_help_is_the_chapters_own(capsys):
 
 def test_chapter_help_from_the_command_line_exits_0():
     """The real entry point, in a fresh interpreter (argparse's exit status included)."""
-    done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", "chap6", "--help"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", "chap6", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "--train-size" in done.stdout
@@ -189,12 +261,12 @@ def test_every_command_the_readme_shows_is_one_the_cli_knows():
     blocks = "\n".join(re.findall(r"^```[a-z]*\n(.*?)^```$", text, flags=re.S | re.M))
     shown = re.findall(r"nndl-jax ([a-z0-9]+)((?: +--?[a-z0-9-]+(?: +[^-#\s][^\s]*)*)*)", blocks)
     assert {c for c, _ in shown} >= {"chap1", "reproduce", "report", "data", "expand"}
-    known = set(cli._experiment_commands()) | {"data", "expand", "run"}
+    known = set(cli.experiment_commands()) | {"data", "expand", "run"}
     for command, rest in shown:
         assert command in known, command
         options = re.findall(r"(--[a-z0-9-]+)", rest)
         if options:
-            done = subprocess.run([sys.executable, "-m", "nndl_jax.cli", command, "--help"], cwd=REPO,
+            done = subprocess.run([sys.executable, "-m", "experiments.cli", command, "--help"], cwd=REPO,
                                   capture_output=True, text=True, timeout=300)
             assert all(o in done.stdout for o in options), (command, options)
 
@@ -225,8 +297,8 @@ def test_reproduce_resume_right_after_a_finished_run_retrains_nothing(tmp_path, 
 
 ENTRY_POINTS = {
     "python -m experiments.chap6": [sys.executable, "-m", "experiments.chap6"],
-    "nndl-jax chap6": [sys.executable, "-m", "nndl_jax.cli", "chap6"],
-    "nndl-jax run chap6": [sys.executable, "-m", "nndl_jax.cli", "run", "chap6"],
+    "nndl-jax chap6": [sys.executable, "-m", "experiments.cli", "chap6"],
+    "nndl-jax run chap6": [sys.executable, "-m", "experiments.cli", "run", "chap6"],
 }
 
 

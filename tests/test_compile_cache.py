@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nndl_jax import layers, network, network2, train
+from nndl_jax import compile_cache, layers, network, network2, train
 from nndl_jax.activations import sigmoid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,14 +90,14 @@ def test_sgd_twice_on_the_same_list_trains_on_what_the_list_holds_now():
 
 @pytest.mark.parametrize("value,expected", [("0", None), ("off", None), ("", None), ("/some/folder", "/some/folder")])
 def test_the_persistent_cache_folder_can_be_chosen_or_turned_off(monkeypatch, value, expected):
-    monkeypatch.setenv(train.COMPILATION_CACHE_ENV, value)
-    assert train.compilation_cache_dir() == expected
+    monkeypatch.setenv(compile_cache.COMPILATION_CACHE_ENV, value)
+    assert compile_cache.compilation_cache_dir() == expected
 
 
 def test_the_persistent_cache_defaults_to_the_user_cache(monkeypatch, tmp_path):
-    monkeypatch.delenv(train.COMPILATION_CACHE_ENV, raising=False)
+    monkeypatch.delenv(compile_cache.COMPILATION_CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert train.compilation_cache_dir() == str(tmp_path / "nndl-jax" / "xla")
+    assert compile_cache.compilation_cache_dir() == str(tmp_path / "nndl-jax" / "xla")
 
 
 SCRIPT = textwrap.dedent("""

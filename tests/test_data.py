@@ -859,7 +859,8 @@ def test_cli_run_dispatches_to_an_experiment_main(monkeypatch):
     fake = types.ModuleType("experiments.chap99")
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "experiments.chap99", fake)
-    assert cli.main(["run", "99", "--quick", "--seed", "3"]) == 0
+    from experiments import cli as experiments_cli
+    assert experiments_cli.main(["run", "99", "--quick", "--seed", "3"]) == 0
     assert seen == [["--quick", "--seed", "3"]]
 
 

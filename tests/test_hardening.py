@@ -4,6 +4,7 @@ covers). Small synthetic data, except the mnist_loader test (real MNIST)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -816,17 +817,17 @@ def test_network2_save_of_a_diverged_network_writes_nothing_and_keeps_the_old_fi
     assert not (tmp_path / "new.json").exists()
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, True, "0", None], ids=repr)
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0", None, 2 ** 32], ids=repr)
 def test_the_expansion_refuses_a_seed_that_is_not_a_whole_number(seed, tmp_path):
-    with pytest.raises(ValueError, match="the expansion's seed must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="the expansion's seed must be a whole number from 0 to 4294967295"):
         expand_mnist.expanded_path(seed, tmp_path)
-    with pytest.raises(ValueError, match="the expansion's seed must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="the expansion's seed must be a whole number from 0 to 4294967295"):
         expand_mnist.load_expanded(seed=seed, out_dir=tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_the_expansions_of_two_seeds_live_in_two_files(tmp_path):
-    assert expand_mnist.expanded_path(0, tmp_path) != expand_mnist.expanded_path(2 ** 32, tmp_path)
+    assert expand_mnist.expanded_path(0, tmp_path) != expand_mnist.expanded_path(2 ** 32 - 1, tmp_path)
 
 
 @pytest.mark.parametrize("shape", [(3, 785), (3, 28, 27), (3, 784, 2), (784,)])
@@ -960,6 +961,47 @@ def test_a_network3_file_with_params_of_another_shape_is_refused(tmp_path):
         net.load_params(path)
 
 
+@pytest.mark.parametrize("layer, name, value", [(0, "w", np.nan), (1, "b", np.inf), (1, "w", -np.inf)])
+def test_a_network3_file_holding_nan_or_infinity_is_refused(tmp_path, layer, name, value):
+    """As network2 refuses such files: a diverged net, or a damaged one, would predict nonsense."""
+    net = _dropout_net3()
+    params = jax.device_get(net.params)
+    params[layer][name] = params[layer][name].copy()
+    params[layer][name].flat[3] = value
+    path = tmp_path / "net.npz"
+    checkpoint.save_tree(path, params, {"spec": net.spec()}, fmt=network3.FORMAT)
+    with pytest.raises(ValueError, match=rf"{path}: layer {layer} {name} holds numbers that are not finite"):
+        network3.load(path)
+    with pytest.raises(ValueError, match="not finite"):
+        net.load_params(path)
+
+
+def _damaged_v2(tmp_path):
+    """A network3 v2 file whose header is cut (the v2 reader must say what is wrong, not the v1 fallback)."""
+    path = tmp_path / "net.npz"
+    _dropout_net3().save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["header"] = np.array(str(arrays["header"])[:-40])
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_damaged_v2, r"unreadable \(JSONDecodeError"),
+    (lambda tmp_path: (tmp_path / "net.npz").write_bytes(b"x" * 100) and tmp_path / "net.npz",
+     r"unreadable \(not a \.npz file\)"),
+    (lambda tmp_path: (tmp_path / "net.npz").write_text("{}") and tmp_path / "net.npz",
+     r"unreadable \(not a \.npz file\)"),
+], ids=["damaged-v2-header", "bytes", "json"])
+def test_a_network3_file_that_cannot_be_read_says_why_in_the_v2_readers_words(tmp_path, make, message):
+    path = make(tmp_path)
+    for read in (network3.load, _dropout_net3().load_params):
+        with pytest.raises(ValueError, match=message) as refused:
+            read(path)
+        assert "KeyError" not in str(refused.value) and "allow_pickle" not in str(refused.value)
+
+
 # --- names that files record: activations and costs round-trip ---------------------------
 
 @pytest.mark.parametrize("fn", [activations.sigmoid, activations.tanh, activations.relu, activations.linear])
@@ -1068,3 +1110,69 @@ def test_fit_refuses_evaluation_sets_that_would_be_scored_silently_wrong(evaluat
 
 def test_fit_takes_one_hot_float_targets():
     assert len(_fit_on((_X4, np.eye(2, dtype=np.float32)[np.arange(6) % 2])).history.eta) == 1
+
+
+# --- the library's own checks: η and λ per net, mini-batch sizes, evaluation sets, pixels, seeds --
+
+def _fit_two(**kwargs):
+    net = layers.mlp_net([4, 3, 2], activations.sigmoid)
+    trainer = train.trainer_for(net, costs.quadratic, 2)
+    params, keys = train.from_seeds(net.init, (4,), [0, 1])
+    args = dict(key=keys, eta=0.5) | kwargs
+    return train.fit(trainer, params, args.pop("data", (_X4, np.arange(6) % 2)), 1, **args)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eta=[0.5, 0.5, 0.5]), r"eta must be one value for every net or one per net \(K = 2 nets\), got 3 values"),
+    (dict(lmbda=np.ones(3)), r"lmbda must be one value for every net or one per net \(K = 2 nets\), got 3 values"),
+    (dict(eta=np.full((2, 2), 0.5)), r"eta must be one value .* got 4 values of shape \(2, 2\)"),
+])
+def test_eta_or_lmbda_of_the_wrong_length_names_the_setting_and_k(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _fit_two(**kwargs)
+
+
+def test_eta_and_lmbda_take_one_value_or_one_per_net():
+    fitted = _fit_two(eta=[0.5, 1.0], lmbda=[0.0], evaluation={"e": (_X4, np.arange(6) % 2)})
+    np.testing.assert_array_equal(fitted.history.eta, [[0.5, 1.0]])
+
+
+@pytest.mark.parametrize("mb", [2.5, True, "2", 0])
+def test_trainer_for_refuses_a_mini_batch_size_that_is_not_a_whole_number(mb):
+    with pytest.raises(ValueError, match=f"mini_batch_size must be a positive integer, got {mb!r}"):
+        train.trainer_for(layers.mlp_net([4, 3, 2], activations.sigmoid), costs.quadratic, mb)
+
+
+@pytest.mark.parametrize("evaluation, message", [
+    ({"validation": (_X4[:0], np.zeros(0, np.int64))}, r"evaluation set 'validation' is empty \(no examples\)"),
+    ((_X4, np.arange(6) % 2), r"evaluation must map names to \(x, y\) sets, e\.g\. .* got tuple"),
+    ([("v", (_X4, np.arange(6) % 2))], "evaluation must map names to .* got list"),
+])
+def test_fit_refuses_an_empty_evaluation_set_and_an_evaluation_that_is_not_a_dict(evaluation, message):
+    with pytest.raises(ValueError, match=message):
+        _fit_two(evaluation=evaluation)
+
+
+def test_fit_refuses_empty_training_data():
+    with pytest.raises(ValueError, match=r"the training data is empty \(no examples\)"):
+        _fit_two(data=(_X4[:0], np.zeros(0, np.int64)))
+
+
+def test_fit_scales_uint8_images_as_as_arrays_does():
+    """0–255 pixels given straight to fit train the very nets their as_arrays floats train."""
+    pixels = np.random.default_rng(3).integers(0, 256, (6, 4), dtype=np.uint8)
+    y = np.arange(6) % 2
+    from_bytes = _fit_two(data=(pixels, y), evaluation={"e": (pixels, y)})
+    from_floats = _fit_two(data=as_arrays((pixels, y), n_inputs=4, n_classes=2),
+                           evaluation={"e": as_arrays((pixels, y), n_inputs=4, n_classes=2)})
+    for a, b in zip(jax.tree_util.tree_leaves(from_bytes.params), jax.tree_util.tree_leaves(from_floats.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(from_bytes.history["e_cost"], from_floats.history["e_cost"])
+
+
+@pytest.mark.parametrize("seed", [-1, "x", 1.5, True, 2 ** 32])
+def test_data_expand_uses_the_one_seed_check(seed):
+    with pytest.raises(ValueError, match=r"the expansion's seed must be a whole number from 0 to 4294967295 "
+                                         rf"\(2\*\*32 - 1\), got {re.escape(repr(seed))}"):
+        expand(np.zeros((2, 784), np.float32), np.arange(2), seed=seed)
+

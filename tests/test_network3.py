@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nndl_jax import network3, train
+from nndl_jax import network3, scoring
 from nndl_jax.network3 import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer, sigmoid
 
 
@@ -73,7 +73,7 @@ def test_sgd_rejects_a_different_mini_batch_size(small):
 def test_best_validation_uses_the_books_tie_rule():
     val = np.array([[0.90, 0.5], [0.95, 0.7], [0.95, 0.6], [0.93, 0.7]])
     test = np.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4]])
-    best, epoch, at_best = train.best_validation(val, test)
+    best, epoch, at_best = scoring.best_validation(val, test)
     # net 0: 0.95 at epochs 1 and 2: >= takes the later one; net 1: 0.7 at 1 and 3
     np.testing.assert_array_equal(epoch, [2, 3])
     np.testing.assert_allclose(best, [0.95, 0.7])
@@ -109,7 +109,7 @@ def test_plurality_vote_on_hand_made_predictions():
                        [1, 9, 8, 8, 9]], jnp.int32)
     # ex 0: 1 ×3; ex 1: 2 and 5 twice each, 2 voted first (net 0);
     # ex 2: 3 and 7 twice, 3 first; ex 3: 6 and 8 twice, 6 first (net 1); ex 4: 9 ×3
-    np.testing.assert_array_equal(np.asarray(train.plurality_vote(preds, 10)), [1, 2, 3, 6, 9])
+    np.testing.assert_array_equal(np.asarray(scoring.plurality_vote(preds, 10)), [1, 2, 3, 6, 9])
 
 
 def test_ensemble_trains_k_nets_and_votes(small):
@@ -119,7 +119,7 @@ def test_ensemble_trains_k_nets_and_votes(small):
     assert out["predictions"].shape == (3, 100)
     assert out["validation_accuracy"].shape == (2, 3)
     assert not np.array_equal(out["predictions"][0], out["predictions"][1])  # different seeds
-    np.testing.assert_array_equal(out["vote"], np.asarray(train.plurality_vote(out["predictions"], 10)))
+    np.testing.assert_array_equal(out["vote"], np.asarray(scoring.plurality_vote(out["predictions"], 10)))
     assert out["vote_accuracy"] == pytest.approx(np.mean(out["vote"] == test[1]))
     # each net's final test accuracy matches its own predictions
     np.testing.assert_allclose(out["test_accuracy"][-1], np.mean(out["predictions"] == test[1], axis=1))

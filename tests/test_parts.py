@@ -158,14 +158,14 @@ def two_parts_one_run_and_merge(command, mnist_dir, tmp_path):
                NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
     run_parts([command + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
     run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
-    run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
+    run_bounded([sys.executable, "-m", "experiments.cli", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"),
                  "--out", str(tmp_path / "merged")], timeout=120, env=env)
 
 
 def test_reproduce_parts_of_the_book_merge_to_one_reproduce_run(mnist_dir, tmp_path):
     """nndl-jax reproduce --part 1/2 and 2/2 (chapters 1 and 4 --quick, planned together) as two
     processes, merged: every row of both chapters, measured as one reproduce run measures it."""
-    two_parts_one_run_and_merge([sys.executable, "-m", "nndl_jax.cli", "reproduce", "--quick", "--only", "1", "4",
+    two_parts_one_run_and_merge([sys.executable, "-m", "experiments.cli", "reproduce", "--quick", "--only", "1", "4",
                                  "--seeds", "2"], mnist_dir, tmp_path)
     for chapter in ("chap1", "chap4"):
         merged = store.read_results(tmp_path / "merged" / chapter)
@@ -279,7 +279,7 @@ def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mn
     chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "--devices", "1"]
     run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
     merged_out = tmp_path / "merged"
-    said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"),
+    said = run_bounded([sys.executable, "-m", "experiments.cli", "merge", str(tmp_path / "part1"),
                         str(tmp_path / "part2"), "--out", str(merged_out)], timeout=120, env=env).stdout
     assert "rows 6.11, 6.12 are composed from the nets 6.11@<seed>" in said
     composed = run_bounded(chapter + ["--out", str(merged_out / "chap6"), "--resume"], timeout=300, env=env).stdout

@@ -86,7 +86,10 @@ def test_a_resumed_run_keeps_the_time_of_its_earlier_epochs(toy, tmp_path):
     assert resumed.history.resumed_epochs == 2
     np.testing.assert_array_equal(resumed.history.seconds[:2], saved)
     assert len(resumed.history.seconds) == 3 and resumed.history.seconds[2] > 0
-    assert run(toy).history.resumed_epochs == 0
+    assert resumed.history.earlier_seconds == float(np.sum(saved))          # History: the one home of run time
+    assert resumed.history.total_seconds == float(np.sum(resumed.history.seconds))
+    fresh = run(toy).history
+    assert fresh.resumed_epochs == 0 and fresh.earlier_seconds == 0.0
 
 
 def test_a_checkpoint_of_another_run_is_refused_one_line_per_setting_and_left_intact(toy, tmp_path):
@@ -106,6 +109,34 @@ def test_a_checkpoint_of_another_run_is_refused_one_line_per_setting_and_left_in
         assert f"\n  {line}\n" in str(refused.value)
         assert difference in refused.value.differences
         assert refused.value.path == ckpt.path
+    assert ckpt.path.read_bytes() == before
+
+
+def _rewrite_leaf(path, index, dtype):
+    """Rewrite leaf ``index`` of a tree file, header and data, as ``dtype`` (what an edit leaves)."""
+    header, leaves = checkpoint.read_tree(path, fmt=checkpoint.CHECKPOINT_FORMAT)
+    leaves[index] = leaves[index].astype(dtype)
+    header["leaves"][index][2] = str(np.dtype(dtype))
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array(json.dumps(header)), **{f"leaf_{i}": a for i, a in enumerate(leaves)})
+    return header["leaves"][index][0]
+
+
+@pytest.mark.parametrize("leaf, dtype", [(0, np.float16), (-1, np.float32)], ids=["params-float16", "seconds-float32"])
+def test_a_checkpoint_leaf_of_another_dtype_is_refused_naming_the_leaf_and_both_dtypes(toy, tmp_path, leaf, dtype):
+    """A leaf rewritten in another dtype (header and data alike, so the file is
+    consistent) would be cast silently and the resumed numbers would differ."""
+    ckpt = train.Checkpoint(tmp_path / "row.npz", {"row": "toy"})
+    with pytest.raises(Interrupted):
+        run(toy, ckpt, on_epoch=interrupt_after(0))
+    header, leaves = checkpoint.read_tree(ckpt.path, fmt=checkpoint.CHECKPOINT_FORMAT)
+    saved_dtype = leaves[leaf].dtype
+    name = _rewrite_leaf(ckpt.path, leaf % len(leaves), dtype)
+    before = ckpt.path.read_bytes()
+    with pytest.raises(train.CheckpointError) as refused:
+        run(toy, ckpt)
+    message = str(refused.value)
+    assert name in message and f"holds {np.dtype(dtype)} values, this run's are {saved_dtype}" in message
     assert ckpt.path.read_bytes() == before
 
 
