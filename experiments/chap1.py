@@ -101,9 +101,30 @@ def svm_seconds(n_train, n_test):
     return fit, SVM_SECONDS_50K["predict"] * (n_train / 50000) ** 0.8 * (n_test / 10000)
 
 
-def while_printing_progress(what, expected, work, every=20.0):
-    """``work()``, printing ``  SVM: <what>, <time> so far (about <expected> ...)``
-    every ``every`` seconds until it returns; its result, or its exception.
+PROGRESS_CAP = 300.0  # seconds: the longest silence between two progress lines of a long wait
+
+
+def progress_waits(every, cap=PROGRESS_CAP):
+    """The waits between the progress lines of a long wait, endlessly: ``every``
+    seconds at first, then half the time waited so far (never less than
+    ``every``, never more than ``cap``). A 50-minute SVM fit then says how far
+    it is in about 17 lines, not 150, and a log or a test's captured output of a
+    stalled wait stays short, while the first lines still come soon."""
+    waited = 0.0
+    while True:
+        wait = min(max(every, waited / 2), cap)
+        waited += wait
+        yield wait
+
+
+def _say(line):
+    print(line, flush=True)
+
+
+def while_printing_progress(what, expected, work, every=20.0, say=_say):
+    """``work()``, saying ``  SVM: <what>, <time> so far (about <expected> ...)``
+    (through ``say``: printed by default) after each of `progress_waits(every)`
+    until it returns; its result, or its exception.
 
     ``work`` runs in a daemon thread while this (main) thread only waits, so
     Ctrl-C stops the command at once even while libsvm computes for minutes
@@ -118,12 +139,12 @@ def while_printing_progress(what, expected, work, every=20.0):
 
     t0, worker = time.time(), threading.Thread(target=run, name="svm", daemon=True)
     worker.start()
-    while True:
-        worker.join(every)
+    for wait in progress_waits(every):
+        worker.join(wait)
         if not worker.is_alive():
             break
-        print(f"  SVM: {what}, {report.duration(time.time() - t0)} so far "
-              f"(about {report.duration(expected)} expected on a 2-core CPU)", flush=True)
+        say(f"  SVM: {what}, {report.duration(time.time() - t0)} so far "
+            f"(about {report.duration(expected)} expected on a 2-core CPU)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -155,9 +176,10 @@ def predict_on_every_core(clf, x):
 def svm_baseline(training, test, train_size):
     """The book's mnist_svm.py: SVC with an RBF kernel, C = 1, gamma = 1/784,
     trained on the first ``train_size`` training images; number of test images
-    correct, or None when scikit-learn is not installed. Prints a line every
-    20 s while libsvm works, with an estimate of its time from the data size;
-    Ctrl-C stops it at once."""
+    correct, or None when scikit-learn is not installed. Prints a line now and
+    then while libsvm works (after 20 s, then less and less often:
+    `progress_waits`), with an estimate of its time from the data size; Ctrl-C
+    stops it at once."""
     try:
         from sklearn import svm
     except ImportError:
