@@ -247,7 +247,9 @@ def train_group(args, rows, seeds, training, test, epochs):
                                                          "sizes": list(sizes), "seeds": list(seeds)})
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
-                              on_epoch=driver.progress(group_id(rows), epochs, show), checkpoint=ckpt)
+                              on_epoch=driver.progress(group_id(rows), epochs, show,
+                                                               log=driver.metrics_log(args, group_id(rows))),
+                              checkpoint=ckpt)
     store.record_divergence(args, group_id(rows), history.diverged_at)
     return np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
 

@@ -205,7 +205,9 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
-        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30)), checkpoint=ckpt)
+        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30),
+                                 log=driver.metrics_log(args, run_id)),
+        checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     store.record_divergence(args, run_id, hist.diverged_at)
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}

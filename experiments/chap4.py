@@ -173,7 +173,8 @@ def learned(args, hidden, eta, mini_batch_size, epochs, n_train):
     params = train.init_many(init, init_keys, (1,))
     x = jnp.linspace(0.0, 1.0, n_train, dtype=jnp.float32)[:, None]
     trainer = train.Trainer(apply, costs.quadratic, mini_batch_size)
-    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5))
+    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5),
+                               log=driver.metrics_log(args, "4.3"))
     params, _, _ = train.fit(trainer, params, (x, f(x)), epochs, key=train_keys, eta=eta,
                              on_epoch=on_epoch)
     a = sigmoid(trainer.predict(params, grid()))[..., 0]                    # [K, GRID]

@@ -147,7 +147,8 @@ def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
                            evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
-                           on_epoch=driver.progress(row_id, epochs, show), checkpoint=ckpt)
+                           on_epoch=driver.progress(row_id, epochs, show, log=driver.metrics_log(args, row_id)),
+                           checkpoint=ckpt)
     return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
 
@@ -168,6 +169,7 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     trainer = train.trainer_for(net, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
     show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
+                           log=driver.metrics_log(args, f"5.8.{hidden}"),
                            show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
                                                                                      "{:.3g}"))
 

@@ -235,7 +235,7 @@ def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, e
     ckpt = driver.row_checkpoint(args, run_id, {
         "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
         "epochs": epochs, "expanded": r["expanded"]})
-    progress = _progress(run_id, epochs, len(validation.y), len(test.y))
+    progress = _progress(run_id, epochs, len(validation.y), len(test.y), log=driver.metrics_log(args, run_id))
     return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
                                seeds=seeds, on_epoch=progress, checkpoint=ckpt)
 
@@ -410,12 +410,12 @@ def recorded_vote(row):
     return np.asarray(train.plurality_vote(preds, 10))
 
 
-def _progress(label, epochs, n_val, n_test):
+def _progress(label, epochs, n_val, n_test, log=None):
     """One line per epoch: every net's validation and test accuracy (%), the time and the time left."""
     def show(record):
         return ("validation " + driver.numbers(100 * np.asarray(record["validation_accuracy"]) / n_val, "{:.2f}")
                 + " | test " + driver.numbers(100 * np.asarray(record["test_accuracy"]) / n_test, "{:.2f}"))
-    return driver.progress(label, epochs, show)
+    return driver.progress(label, epochs, show, log=log)
 
 
 def _mosaic(tiles, cols, pad=1):

@@ -57,7 +57,7 @@ def test_sigmoid_prime_bound_and_widest_range_within_1_percent():
 def test_quick_run_writes_results(tmp_path, mnist_dir, capsys):
     chap5.main(["--quick", "--out", str(tmp_path), "--seeds", "2", "--data-dir", str(mnist_dir)])
     printed = capsys.readouterr().out
-    assert re.search(r"\[2 hidden layers\] epoch 5/5: mean \|\|dC/db\^l\|\| [0-9.e-]+ [0-9.e-]+  \(", printed)
+    assert re.search(r"\[2 hidden layers\] Epoch 4 \(5 of 5\): mean \|\|dC/db\^l\|\| [0-9.e-]+ [0-9.e-]+  \(", printed)
     assert not re.search(r"\d\.\d{6,}", printed.split("\nid ")[0])          # progress numbers are rounded
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["chapter"] == "chap5" and res["quick"] and res["seeds"] == [12345678, 12345679]

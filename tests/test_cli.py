@@ -274,7 +274,7 @@ def test_ctrl_c_stops_at_once_and_says_what_is_saved_and_how_to_resume(tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if "epoch 2/100000" in line:
+            if "Epoch 1 (2 of 100000)" in line:
                 break
         proc.send_signal(signal.SIGINT)
         t0 = time.time()

@@ -158,9 +158,10 @@ def test_progress_eta_counts_only_the_epochs_after_the_first_finished_in_this_pr
     show(12, {"acc": [1, 2]})               # not printed (every 2), but timed
     show(13, {"acc": [1, 2]})
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "  [3.8] epoch 11/14: 0.12 9.88  (1 min 40 s with compiling; at most about 5 min 0 s left)"
-    assert lines[1] == "  [3.8] epoch 12/14: 1.00 2.00  (1 min 50 s, ETA 20 s)"   # 10 s an epoch, 2 left
-    assert lines[2] == "  [3.8] epoch 14/14: 1.00 2.00  (2 min 10 s)" and len(lines) == 3
+    assert lines[0] == ("  [3.8] Epoch 10 (11 of 14): 0.12 9.88  "
+                        "(1 min 40 s with compiling; at most about 5 min 0 s left)")
+    assert lines[1] == "  [3.8] Epoch 11 (12 of 14): 1.00 2.00  (1 min 50 s, ETA 20 s)"   # 10 s an epoch, 2 left
+    assert lines[2] == "  [3.8] Epoch 13 (14 of 14): 1.00 2.00  (2 min 10 s)" and len(lines) == 3
     assert report.duration(4000) == "1 h 6 min" and report.duration(75) == "1 min 15 s"
     assert report.duration(0.44) == "0.4 s"
 
