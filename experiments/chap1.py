@@ -290,7 +290,7 @@ def jobs(args, data):
         out.append(driver.Job("1.5", ["1.5"], lambda a: darkness_row(a, data)))
     if driver.wanted(args, "1.6"):
         out.append(driver.Job("1.6", ["1.6"], lambda a: svm_row(a, data, svm_size), settings={"n_train": svm_size}))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -399,7 +399,7 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
+    args = driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
                              add_arguments=add_arguments)
     rows, payload = run(args)
     return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)

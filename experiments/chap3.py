@@ -627,7 +627,7 @@ def jobs(args, splits):
                         epochs=row_epochs(args, spec)) for n in spec["early_stopping_n"]]
         else:
             out.append(job(rid, table_ids(spec), RUNNERS[kind], spec, epochs=row_epochs(args, spec)))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -651,8 +651,8 @@ def run(args):
 
 
 def main(argv=None):
-    row_ids = [spec["id"] for spec in ROWS]
-    row_ids += [i for spec in ROWS for i in spec.get("also", ()) if i not in row_ids]
+    row_ids = {spec["id"]: spec["what"] for spec in ROWS}
+    row_ids |= {i: title for spec in ROWS for i, (title, _) in spec.get("also", {}).items() if i not in row_ids}
     args = book_replay.prepare(driver.parse_args("chap3", __doc__, argv, row_ids=row_ids,
                                                  add_arguments=book_replay.add_arguments))
     return driver.finish(args, run(args))

@@ -297,7 +297,7 @@ def jobs(args, figures):
     if driver.wanted(args, "4.3"):
         out.append(driver.Job("4.3", ["4.3"], lambda a: sgd_row(a, figures),
                               settings={"hyperparameters": sgd_settings(args)}))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -315,7 +315,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap4", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    args = driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS})
     return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 

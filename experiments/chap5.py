@@ -358,7 +358,7 @@ def jobs(args, splits, run):
         out.append(driver.Job("5.9", ["5.9.1", "5.9.2"], lambda a: initial_gradient_rows(a, x, y)))
     if driver.wanted(args, "5.10"):
         out.append(driver.Job("5.10", ["5.10.1", "5.10.2", "5.10.3"], analytic_rows))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -379,7 +379,8 @@ def run(args):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap5", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    titles = {r["id"]: r["experiment"].replace(" (peak of {epochs} epochs)", ", peak") for r in ROWS}
+    args = driver.parse_args("chap5", __doc__, argv, row_ids=titles)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -94,8 +94,10 @@ def base_id(row_id):
     return row_id.rstrip("ab")
 
 
-# What --only accepts: every row id, and "6.8" / "6.10" for both variants.
-ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r["id"]), r["id"])))
+# What --only accepts, with --help's titles: every row id, and "6.8" / "6.10" for both variants.
+ROW_IDS = {r["id"]: r["experiment"] for r in ROWS} | {
+    base_id(r["id"]): "both of " + " and ".join(v["id"] for v in ROWS if base_id(v["id"]) == base_id(r["id"]))
+    for r in ROWS if base_id(r["id"]) != r["id"]}
 
 
 def architecture(arch, activation, n, mb=MB):
@@ -192,7 +194,7 @@ def jobs(args, sets):
         else:
             out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_row(a, r, data_for(r), validation, test),
                                   settings=same))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def trained_row(args, r, train_set, validation, test):

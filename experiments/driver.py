@@ -61,10 +61,17 @@ class Refusal(SystemExit):
 # --- the command line ----------------------------------------------------------------------
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
-               add_arguments=None, devices_per_core=False):
-    """The command line every chapter takes; ``row_ids`` are the ids ``--only``
-    accepts; ``add_arguments(parser)`` adds a chapter's own options;
-    ``quick_seeds``: the runs per row of --quick unless --seeds is given.
+               add_arguments=None, devices_per_core=False, prog=None):
+    """The command line every chapter takes; ``row_ids``: the chapter's rows,
+    as a dict id -> title (or a list of ids), listed by ``--help`` in the
+    book's order; ``--only`` accepts them and every id of the results table
+    they make (`row_of`: ``3.10a``, ``3.14@100``), kept in ``args.asked``
+    (``args.only`` holds their rows; `asked_jobs` keeps the jobs they need);
+    ``add_arguments(parser)`` adds a chapter's own options; ``quick_seeds``:
+    the runs per row of --quick unless --seeds is given; ``prog``: the
+    command as the user typed it (default: ``nndl-jax chapN`` under
+    `main_entry` with an argv, as the ``nndl-jax`` command runs it, else
+    ``python -m experiments.chapN``).
 
     ``--plan N`` prints how ``--part I/N`` would share the chapter's jobs
     (``experiments.parts``) and exits, training nothing and starting no JAX
@@ -76,7 +83,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     a checkpoint folder that cannot be written, or unfinished rows of an
     earlier run without --resume / --restart, or a row being trained by a live
     process, are a ``Refusal``. ``--devices`` is applied here, before JAX runs anything."""
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{chapter}", description=description,
+    titles = row_ids if isinstance(row_ids, dict) else dict.fromkeys(row_ids, "")
+    row_ids = list(titles)
+    p = argparse.ArgumentParser(prog=prog or command_name(chapter), description=description,
+                                epilog=rows_help(chapter, titles),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a short run for CI: few epochs on a small subset, through the real code")
@@ -87,8 +97,9 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                    help="runs per row, trained together as one program (default %(default)s)")
     p.add_argument("--seed", type=int, default=12345678,
                    help="first seed; run k uses seed + k (default: the book's fig/ seed %(default)s)")
-    p.add_argument("--only", nargs="+", default=None, metavar="ROW",
-                   help="run only these rows: " + " ".join(row_ids))
+    p.add_argument("--only", nargs="+", default=None, metavar="ID",
+                   help="run only these rows: their ids (listed below) or any id of the results table "
+                        "(3.10a runs row 3.10, which makes 3.10a-d; 3.14@100 that size alone)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
     add_again_arguments(p)
@@ -115,10 +126,15 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         args.seeds = quick_seeds
     if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
         p.error(f"--seed {args.seed} with --seeds {args.seeds}: seeds must lie in 0 .. 2**32 - 1")
-    unknown = [r for r in args.only or () if r not in row_ids]
-    if unknown:
-        p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
-                f"the {chapter} rows are: {' '.join(row_ids)}")
+    args.asked = args.only
+    if args.only is not None:
+        unknown = [r for r in args.only if row_of(r, row_ids) is None]
+        if unknown:
+            p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
+                    f"the {chapter} rows are: {' '.join(sorted(row_ids, key=store.row_sort_key))} "
+                    f"(or an id of their results table, such as {row_ids[-1]}a or {row_ids[-1]}@100)")
+        args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
+    args.row_ids = list(row_ids)
     args.chapter = chapter
     if _LISTING["on"]:
         raise _Parsed(args)
@@ -140,7 +156,6 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
-    args.row_ids = list(row_ids)
     args.started = time.time()
     args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
     args.argv = given
@@ -271,6 +286,70 @@ def set_book_plan(plan, chapters):
     _BOOK_PLAN.clear()
     if plan is not None:
         _BOOK_PLAN.update({c: plan for c in chapters})
+
+
+def command_name(chapter):
+    """How the user typed chapter ``chapter``'s command: ``nndl-jax chapN``
+    when `main_entry` runs it for the ``nndl-jax`` command, else
+    ``python -m experiments.chapN``."""
+    base = _SESSION.get("prog")
+    return f"{base} {chapter}" if base else f"python -m experiments.{chapter}"
+
+
+def rows_help(chapter, titles):
+    """``--help``'s list of the chapter's rows, in the book's order, with their titles."""
+    ids = sorted(titles, key=store.row_sort_key)
+    width = max(map(len, ids), default=0)
+    lines = [f"rows of {chapter} (--only ID ...; an id of the results table, such as 3.10a or 3.14@100, "
+             "runs what that id needs):"]
+    lines += [f"  {i:<{width}}  {titles[i]}".rstrip() for i in ids]
+    return "\n".join(lines)
+
+
+def row_of(table_id, row_ids):
+    """The row of ``row_ids`` that makes the results-table id ``table_id``:
+    itself when it is a row id, else the longest row id it extends by a
+    letter, "@", "." or "-" ("3.10a" -> 3.10, "3.10-100a" -> 3.10-100,
+    "3.14@100" -> 3.14, "4.2w.5" -> 4.2w, "5.8.2.1" -> 5.8, but "3.10" is not
+    3.1's); None when no row makes it."""
+    if table_id in row_ids:
+        return table_id
+    makers = [r for r in row_ids if table_id.startswith(r) and len(table_id) > len(r)
+              and (table_id[len(r)].isalpha() or table_id[len(r)] in "@.-")]
+    return max(makers, key=len, default=None)
+
+
+def asked_jobs(args, jobs):
+    """The ``jobs`` that ``--only`` asks for. A row asked by its own id keeps
+    all its jobs; a row asked by ids of its results table keeps the jobs that
+    make one of them (``--only 3.14@100``: that size alone; ``3.10a``: the job
+    of row 3.10, which makes 3.10a-d), or all its jobs when none names one
+    (``6.11@<seed>``: the ensemble's job, whose nets ``--nets`` chooses)."""
+    if args.only is None:   # every job (also the planner's view of the whole chapter)
+        return list(jobs)
+    asked, rows = list(getattr(args, "asked", None) or ()), args.row_ids
+    whole = {a for a in asked if a in rows}
+    finer = [a for a in asked if a not in whole]
+    if not finer:
+        return list(jobs)
+
+    def names(job):
+        return {job.id, *job.rows}
+
+    def makes(job, ids):
+        return bool(names(job) & set(ids)) or any(row_of(n, rows) in whole for n in names(job))
+
+    kept = [j for j in jobs if makes(j, asked)]
+    for a in finer:   # an id that no job names: every job of its row, if its nets go apart ("6.11@<seed>")
+        row = row_of(a, rows)
+        if any(a in names(j) for j in kept):
+            continue
+        of_row = [j for j in jobs if any(row_of(n, rows) == row for n in names(j))]
+        if of_row and not any(j.seeds_apart for j in of_row):
+            made = sorted({r for j in of_row for r in j.rows}, key=store.row_sort_key)
+            raise Refusal(f"{args.chapter}: --only {a}: row {row} makes {' '.join(made)} here, not {a}")
+        kept += [j for j in of_row if j not in kept]
+    return [j for j in jobs if j in kept]
 
 
 def wanted(args, row_id):
@@ -728,7 +807,7 @@ def numbers(values, fmt="{:.4g}"):
 
 # --- the command-line wrapper ---------------------------------------------------------------
 
-_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None}
+_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None, "prog": None}
 
 
 def set_resume_command(command):
@@ -743,7 +822,7 @@ def resume_command():
         return None
     args = _SESSION["runs"][-1]
     argv = [a for a in args.argv if a not in ("--restart", "--resume")] + ["--resume"]
-    return f"python -m experiments.{args.chapter} " + shlex.join(argv)
+    return f"{command_name(args.chapter)} " + shlex.join(argv)
 
 
 def interrupted_note():
@@ -832,15 +911,17 @@ def _stop_at_once_with_a_note():
         os.close(r)
 
 
-def main_entry(main, argv=None):
+def main_entry(main, argv=None, prog=None):
     """Run an experiment command's ``main(argv)`` for the command line; its exit
     status. Every refusal (bad arguments, a refused checkpoint, a bad results
     file, missing MNIST) prints its message without a Python traceback and
     gives a non-zero status; Ctrl-C stops at once and says what is saved and
-    how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``."""
+    how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``;
+    ``prog``: the command's name for its messages, usage line and resume
+    command (default, given an ``argv``: ``nndl-jax``; a chapter adds its name)."""
     from nndl_jax.checkpoint import CheckpointError
-    prog = Path(sys.argv[0]).stem if argv is None else "nndl-jax"
-    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None)
+    prog = Path(sys.argv[0]).stem if argv is None else (prog or "nndl-jax")
+    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None, prog=None if argv is None else prog)
     with _stop_at_once_with_a_note():
         try:
             result = main(argv)

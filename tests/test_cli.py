@@ -130,7 +130,7 @@ def test_bad_arguments_to_an_own_command_are_argparse_usage_errors(capsys):
 def test_chapter_help_is_the_chapters_own(capsys):
     assert exit_status(["chap1", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--svm-train-size" in out and "--resume" in out and "--only ROW" in out
+    assert "--svm-train-size" in out and "--resume" in out and "--only ID" in out
 
 
 def test_chapter_help_from_the_command_line_exits_0():
