@@ -241,7 +241,8 @@ def train_group(args, rows, seeds, training, test, epochs):
         return " | ".join(f"{r['id']} η={r['eta']:g}: " + ", ".join(map(str, a)) + f" / {n_test}"
                           for r, a in zip(rows, acc.tolist()))
 
-    print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
+    print(f"{arch}: {driver.plural(len(rows), 'learning rate')} x {driver.plural(k, 'seed')} = "
+          f"{driver.plural(len(eta), 'network')} in one program",
           flush=True)
     ckpt = driver.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
                                                          "sizes": list(sizes), "seeds": list(seeds)})
@@ -328,6 +329,7 @@ def svm_row(args, data, n):
 
 
 def run(args):
+    driver.say_start(args)
     splits = load_mnist(args.data_dir)
     epochs = QUICK["epochs"] if args.quick else args.epochs
     data = splits._replace(training=_subset(splits.training, QUICK["n_train"] if args.quick else None),
@@ -340,8 +342,8 @@ def run(args):
     if rows:
         plot(args, store.recorded_rows(args))
     if len(networks) < len(todo):
-        if rows:  # the network rows' table now: the SVM row can take a long time
-            print("\n" + report.format_table(rows) + "\n", flush=True)
+        if rows:  # the network rows' table now (the SVM row can take a long time), not again at the end
+            driver.show_table(args, rows)
         rows += driver.run_jobs(args, todo[len(networks):])
     return rows, {"n_train": len(data.training.y), "n_test": len(data.test.y), "epochs": epochs}
 
@@ -351,11 +353,11 @@ def sgd_row(args, r, curve, epochs, seeds, n_test):
     c = 100.0 * curve / n_test          # [epochs, seeds], percent
     peak, final = c.max(axis=0), c[-1]
     measured = peak if r["measure"] == "peak" else final
-    note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
+    note = (f"peak after {', '.join(str(e) for e in c.argmax(axis=0) + 1)} epochs (per seed); final epoch "
             f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
            f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
     if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
-        note = f"SHORTENED: {epochs} epochs{' on a subset (--quick)' if args.quick else ''}; " + note
+        note = f"SHORTENED: {driver.plural(epochs, 'epoch')}{' on a subset (--quick)' if args.quick else ''}; " + note
     return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,

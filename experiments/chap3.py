@@ -359,8 +359,8 @@ def run_curves(args, splits, spec):
         report.save(fig, path)
     return [report.row(
         spec["id"], spec["what"], spec["book"], acc.max(axis=0), set=spec["eval"], seeds=seeds,
-        note=f"test peak at epoch {', '.join(str(e) for e in acc.argmax(axis=0) + 1)}{spec.get('hint_peak', '')}; "
-             f"test cost lowest at epoch {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)}"
+        note=f"test peak after {', '.join(str(e) for e in acc.argmax(axis=0) + 1)} epochs{spec.get('hint_peak', '')}; "
+             f"test cost lowest after {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)} epochs"
              f"{spec.get('hint_cost', '')}; final training accuracy "
              f"{', '.join(f'{a:.1f}' for a in pct(m['training_accuracy'][-1], len(training.y)))} %",
         peak_epoch=acc.argmax(axis=0) + 1, test_cost_min_epoch=m["evaluation_cost"].argmin(axis=0) + 1,
@@ -636,6 +636,7 @@ def planned_jobs(args):
 
 
 def run(args):
+    driver.say_start(args)
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
         return book_replay.run(args, splits, lambda row_id: driver.wanted(args, row_id))

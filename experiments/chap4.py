@@ -306,6 +306,7 @@ def planned_jobs(args):
 
 
 def run(args):
+    driver.say_start(args, loading=None)
     figures = {}
     rows = driver.run_jobs(args, jobs(args, figures))
     if "errors" in figures:

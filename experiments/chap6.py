@@ -140,6 +140,7 @@ def add_arguments(p):
 
 def load(args):
     """The three sets, cut to the run's sizes, and the expanded training set."""
+    driver.say_start(args)
     splits = data.load_mnist(args.data_dir)
     n_train = args.train_size or (QUICK["train_size"] if args.quick else len(splits.training.y))
     n_eval = QUICK["eval_size"] if args.quick else None
@@ -157,7 +158,7 @@ def settings_note(args, r, n_train):
     """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""."""
     notes, row_epochs, expanded = [], r["epochs"], r["expanded"]
     if epochs_for(args, r) != row_epochs:
-        notes.append(f"{epochs_for(args, r)} epochs (book {row_epochs})")
+        notes.append(f"{driver.plural(epochs_for(args, r), 'epoch')} (book {row_epochs})")
     book_n = 250_000 if expanded else 50_000
     if n_train != book_n:
         notes.append(f"{n_train} training images (book {book_n})")
@@ -232,7 +233,7 @@ def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, e
     ``network3.train_many``'s dict."""
     from nndl_jax import network3
 
-    print(f"\n{run_id}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
+    print(f"\n{run_id}: {r['experiment']} — {driver.plural(len(seeds), 'net')}, {driver.plural(epochs, 'epoch')}, "
           f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
     ckpt = driver.row_checkpoint(args, run_id, {
         "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
@@ -380,11 +381,11 @@ def parameter_count_rows(r, seed):
     fc = layer_parameter_counts(architecture("shallow", r["activation"], r["n"]), key)[0]
     book = r["book"]
     rows = [report.row("6.13a", "conv(20 maps, 5×5) layer: shared weights + biases", book["conv"], conv, unit="",
-                       note=f"{conv} = 20 × (5×5 + 1)", count=conv),
+                       note=f"{conv} = 20 × (5×5 + 1)", count=conv, exact=True),
             report.row("6.13b", "FC(784→30) layer: weights + biases", book["fc"], fc, unit="",
-                       note=f"{fc} = 784×30 + 30", count=fc),
+                       note=f"{fc} = 784×30 + 30", count=fc, exact=True),
             report.row("6.13c", "ratio FC(784→30) / conv(20, 5×5)", book["ratio"], fc / conv, unit="",
-                       note="the book: about 40 times as many parameters")]
+                       note="the book: about 40 times as many parameters", exact=True)]
     nets = {}
     for spec in ROWS:
         if spec["arch"] != "counts":
@@ -393,7 +394,8 @@ def parameter_count_rows(r, seed):
         per_layer = layer_parameter_counts(architecture(arch, "sigmoid", n), key)
         rows.append(report.row(f"6.13@{ids[0]}", f"total parameters of the net of {', '.join(ids)}", None,
                                sum(per_layer), unit="", note="per layer: " + " + ".join(map(str, per_layer))
-                               + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids))
+                               + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids,
+                               exact=True))
     return rows
 
 

@@ -456,10 +456,11 @@ def recorded_job(args, job):
 
 def finish(args, rows, **payload):
     """Record ``rows`` once more (unchanged), mark the run complete, print this
-    run's table and return the merged results (every row in ``OUT/results.json``)."""
+    run's table (less the rows `show_table` printed already) and return the
+    merged results (every row in ``OUT/results.json``)."""
     out = store.record(args, rows, complete=True, **payload)
     print()
-    print(report.format_table(rows))
+    print(report.format_table([r for r in rows if r["id"] not in getattr(args, "shown", ())]))
     kept = len(out["rows"]) - len({r["id"] for r in rows})
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
@@ -694,7 +695,7 @@ def event_text(event):
         return (f"resumed from {event.get('path')}: {event.get('epochs_done')} of {event.get('epochs')} "
                 "epochs done")
     if kind == "diverged":
-        return (f"net {event.get('net')} diverged in epoch {event.get('epoch')} (η = {event.get('eta'):g}): "
+        return (f"net {event.get('net')} diverged in Epoch {event.get('epoch')} (η = {event.get('eta'):g}): "
                 "its parameters are no longer finite; it stops training here (try a smaller η)")
     return ", ".join(f"{k} {v}" for k, v in event.items())
 
@@ -707,7 +708,8 @@ def epoch_text(e, epochs):
 
 
 def progress(label, epochs, show, *, every=1, log=None):
-    """The one ``on_epoch`` printer of every chapter: fit's events, and every
+    """The one ``on_epoch`` printer of every chapter: a line saying what the
+    wait before the first epoch is (compiling), fit's events, and every
     ``every``-th epoch (and the first and last) a line (`epoch_text`) with ``show(record)``
     (the chapter's rounded numbers), the time so far and the time left; with
     ``log`` (a path: `metrics_log`), every epoch's numbers of every net
@@ -719,6 +721,8 @@ def progress(label, epochs, show, *, every=1, log=None):
     mean time of the epochs since."""
     state = {"start": time.time()}
     metrics = MetricsLog(log) if log is not None else None
+    print(f"  [{label}] compiling (first run only: the user cache keeps compiled programs), "
+          f"then {plural(epochs, 'epoch')} ...", flush=True)
 
     def on_epoch(e, record):
         now = time.time()
@@ -797,6 +801,29 @@ class MetricsLog:
                     if json.loads(line).get("epoch", e) < e:
                         kept.append(line + "\n")
         files.atomic_write(self.path, lambda f: f.write("".join(kept)), mode="w")
+
+
+def show_table(args, rows):
+    """Print ``rows``' table now (before a long wait), once: `finish`'s table
+    leaves them out."""
+    print("\n" + report.format_table(rows) + "\n", flush=True)
+    args.shown = set(getattr(args, "shown", ())) | {r["id"] for r in rows}
+
+
+def plural(n, word):
+    """"1 epoch", "30 epochs"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def say_start(args, loading="MNIST"):
+    """A chapter run's first line, before its first wait: the devices JAX
+    computes on, and what is loaded (``loading``: "MNIST"; None: nothing).
+    Starting JAX and reading MNIST take seconds to a minute on a busy machine,
+    and a run should not start with a silence."""
+    from nndl_jax import devices
+    if is_main_process():
+        what = f"; loading {loading} ..." if loading else ""
+        print(f"{args.chapter}: computing on {devices.describe()}{what}", flush=True)
 
 
 def numbers(values, fmt="{:.4g}"):

@@ -157,7 +157,8 @@ def test_progress_eta_counts_only_the_epochs_after_the_first_finished_in_this_pr
     show(11, {"acc": [1, 2]})
     show(12, {"acc": [1, 2]})               # not printed (every 2), but timed
     show(13, {"acc": [1, 2]})
-    lines = capsys.readouterr().out.splitlines()
+    waiting, *lines = capsys.readouterr().out.splitlines()
+    assert waiting.startswith("  [3.8] compiling (first run only") and waiting.endswith("then 14 epochs ...")
     assert lines[0] == ("  [3.8] Epoch 10 (11 of 14): 0.12 9.88  "
                         "(1 min 40 s with compiling; at most about 5 min 0 s left)")
     assert lines[1] == "  [3.8] Epoch 11 (12 of 14): 1.00 2.00  (1 min 50 s, ETA 20 s)"   # 10 s an epoch, 2 left
@@ -172,7 +173,7 @@ def test_progress_prints_fits_events(capsys):
                         {"event": "diverged", "net": 2, "epoch": 1, "eta": 100.0}]})
     out = capsys.readouterr().out
     assert "[1.1] resumed from /c/state.npz: 1 of 3 epochs done" in out
-    assert "[1.1] net 2 diverged in epoch 1 (η = 100)" in out
+    assert "[1.1] net 2 diverged in Epoch 1 (η = 100)" in out   # the book's count, from 0
 
 
 # --- the report and the README ----------------------------------------------------------------
