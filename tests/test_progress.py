@@ -2,6 +2,7 @@
 (experiments.driver.progress): epochs named as the book counts them, one JSON
 line per epoch and net appended as each epoch ends."""
 import json
+import re
 
 import numpy as np
 
@@ -53,3 +54,17 @@ def test_a_chapter_streams_each_trained_rows_log_into_out_metrics(tmp_path):
     epochs = json.loads((tmp_path / "results.json").read_text())["rows"][0]["hyperparameters"]["epochs"]
     assert [(x["epoch"], x["net"]) for x in got] == [(e, k) for e in range(epochs) for k in range(2)]
     assert all(x["finite"] and x["eta"] > 0 for x in got)
+
+
+def test_a_facades_first_sgd_call_says_what_the_wait_is_once_on_stderr(capsys, monkeypatch):
+    """The book's printout (stdout) stays the book's; the note goes to stderr."""
+    from nndl_jax import network
+    monkeypatch.setattr(network, "_SAID", set())
+    x, y = np.random.default_rng(0).random((20, 784), np.float32), np.arange(20) % 10
+    net = network.Network([784, 5, 10], seed=1)
+    net.SGD((x, y), 1, 10, 3.0, test_data=(x, y))
+    first = capsys.readouterr()
+    assert first.out.startswith("Epoch 0: ") and "network.py" not in first.out
+    assert re.match(r"network\.py: training on \d+ CPU devices?; compiling", first.err), first.err
+    net.SGD((x, y), 1, 10, 3.0, test_data=(x, y))
+    assert capsys.readouterr().err == ""
