@@ -68,3 +68,18 @@ def test_a_facades_first_sgd_call_says_what_the_wait_is_once_on_stderr(capsys, m
     assert re.match(r"network\.py: training on \d+ CPU devices?; compiling", first.err), first.err
     net.SGD((x, y), 1, 10, 3.0, test_data=(x, y))
     assert capsys.readouterr().err == ""
+
+
+def test_a_test_worker_process_finds_the_users_cache_not_the_controllers():
+    """pytest -n 2: a worker starts with the controller's temporary XDG_CACHE_HOME;
+    it resolves MNIST from the user's own, then makes a temporary cache of its own."""
+    from conftest import USER_CACHE_VAR, restore_users_cache_home
+    controller = {"XDG_CACHE_HOME": "/home/u/.cache"}
+    restore_users_cache_home(controller)
+    assert controller[USER_CACHE_VAR] == "/home/u/.cache"
+    worker = dict(controller, XDG_CACHE_HOME="/tmp/controllers-cache")
+    restore_users_cache_home(worker)
+    assert worker["XDG_CACHE_HOME"] == "/home/u/.cache"
+    unset = {"XDG_CACHE_HOME": "/tmp/controllers-cache", USER_CACHE_VAR: ""}
+    restore_users_cache_home(unset)
+    assert "XDG_CACHE_HOME" not in unset
