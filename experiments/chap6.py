@@ -254,6 +254,20 @@ def row_settings(r, out, seeds, epochs, train_set):
     return common
 
 
+def asked_nets(args):
+    """``--nets``, or the ensemble's nets that ``--only 6.11@<seed>`` names
+    (the table's ids of single nets), as indices into `ensemble_seeds`."""
+    named = [a for a in args.asked or () if a.startswith("6.11@")]
+    if not named or args.nets is not None:
+        return args.nets
+    seeds = ensemble_seeds(args)
+    unknown = [a for a in named if not a[5:].isdigit() or int(a[5:]) not in seeds]
+    if unknown:
+        raise driver.Refusal(f"chap6: --only {' '.join(unknown)}: the ensemble's nets are "
+                             + " ".join(f"6.11@{s}" for s in seeds))
+    return [seeds.index(int(a[5:])) for a in named]
+
+
 def ensemble_seeds(args):
     """The seeds of rows 6.11/6.12's dropout nets: --seed, --seed + 1, ...,
     max(--seeds, 5) of them (the vote takes the first five)."""
@@ -482,6 +496,7 @@ def main(argv=None):
                              devices_per_core=True, quick_seeds=QUICK["seeds"])
     if args.train_size is not None and args.train_size < MB:
         raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
+    args.nets = asked_nets(args)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

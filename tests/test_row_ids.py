@@ -60,3 +60,12 @@ def test_the_nndl_jax_command_names_itself_in_the_usage_line(capsys):
     assert driver.main_entry(chap6.main, ["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: nndl-jax chap6 ") and re.search(r"\n  6\.8 +both of 6\.8a and 6\.8b\n", out)
+
+
+def test_a_single_ensemble_net_asked_by_its_table_id_is_that_net(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(chap6, "run", lambda args: seen.append(args) or ([], {}))
+    chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@12345680"])
+    assert seen[0].nets == [2] and seen[0].only == ["6.11"]
+    with pytest.raises(driver.Refusal, match="the ensemble's nets are 6.11@12345678 "):
+        chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@7"])
