@@ -459,8 +459,10 @@ def finish(args, rows, **payload):
     run's table (less the rows `show_table` printed already) and return the
     merged results (every row in ``OUT/results.json``)."""
     out = store.record(args, rows, complete=True, **payload)
-    print()
-    print(report.format_table([r for r in rows if r["id"] not in getattr(args, "shown", ())]))
+    unshown = [r for r in rows if r["id"] not in getattr(args, "shown", ())]
+    if unshown or not rows:
+        print()
+        print(report.format_table(unshown))
     kept = len(out["rows"]) - len({r["id"] for r in rows})
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
