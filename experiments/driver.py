@@ -132,7 +132,8 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         if unknown:
             p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
                     f"the {chapter} rows are: {' '.join(sorted(row_ids, key=store.row_sort_key))} "
-                    f"(or an id of their results table, such as {row_ids[-1]}a or {row_ids[-1]}@100)")
+                    "(or an id of the results a row makes, such as chapter 3's 3.10a or 3.14@100; "
+                    "--help lists the rows with their titles)")
         args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
     args.row_ids = list(row_ids)
     args.chapter = chapter
@@ -327,7 +328,7 @@ def asked_jobs(args, jobs):
     (``6.11@<seed>``: the ensemble's job, whose nets ``--nets`` chooses)."""
     if args.only is None:   # every job (also the planner's view of the whole chapter)
         return list(jobs)
-    asked, rows = list(getattr(args, "asked", None) or ()), args.row_ids
+    asked, rows = list(getattr(args, "asked", None) or ()), getattr(args, "row_ids", None) or args.only
     whole = {a for a in asked if a in rows}
     finer = [a for a in asked if a not in whole]
     if not finer:
