@@ -161,6 +161,13 @@ def row_epochs(args, spec):
 MONITORS = ("evaluation_cost", "evaluation_accuracy", "training_cost", "training_accuracy")
 
 
+def metrics_name(spec):
+    """The name of a training's per-epoch log (``OUT/metrics/<name>.jsonl``):
+    the row's id, or the table's id of one momentum of the μ sweep (3.22@0.5),
+    each trained apart."""
+    return spec["id"] + (f"@{spec['momentum']:g}" if spec.get("sweep") == "momentum" else "")
+
+
 def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=None,
                   early_stopping_n=0, schedule_n=0):
     """Train every config of ``spec`` × every seed as one stacked program
@@ -206,7 +213,7 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
         on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30),
-                                 log=driver.metrics_log(args, run_id)),
+                                 log=driver.metrics_log(args, metrics_name(spec))),
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     store.record_divergence(args, run_id, hist.diverged_at)
