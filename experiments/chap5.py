@@ -169,7 +169,7 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     trainer = train.trainer_for(net, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
     show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
-                           log=driver.metrics_log(args, f"5.8.{hidden}"),
+                           log=driver.metrics_log(args, f"5.8@{hidden}"),
                            show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
                                                                                      "{:.3g}"))
 
