@@ -40,7 +40,7 @@ BOOK = ("from nndl_jax import mnist_loader, network\n"
 CASES = {
     "book-network": ([sys.executable, "-c", BOOK], "Epoch 0:"),
     "chap6-row": ([sys.executable, "-m", "experiments.chap6", "--only", "6.2", "--seeds", "1", "--epochs", "1",
-                   "--train-size", "2000", "--restart", "--out", "{out}"], "epoch 1/1"),
+                   "--train-size", "2000", "--restart", "--out", "{out}"], "Epoch 0 (1 of 1)"),
 }
 
 

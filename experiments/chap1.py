@@ -101,9 +101,30 @@ def svm_seconds(n_train, n_test):
     return fit, SVM_SECONDS_50K["predict"] * (n_train / 50000) ** 0.8 * (n_test / 10000)
 
 
-def while_printing_progress(what, expected, work, every=20.0):
-    """``work()``, printing ``  SVM: <what>, <time> so far (about <expected> ...)``
-    every ``every`` seconds until it returns; its result, or its exception.
+PROGRESS_CAP = 300.0  # seconds: the longest silence between two progress lines of a long wait
+
+
+def progress_waits(every, cap=PROGRESS_CAP):
+    """The waits between the progress lines of a long wait, endlessly: ``every``
+    seconds at first, then half the time waited so far (never less than
+    ``every``, never more than ``cap``). A 50-minute SVM fit then says how far
+    it is in about 17 lines, not 150, and a log or a test's captured output of a
+    stalled wait stays short, while the first lines still come soon."""
+    waited = 0.0
+    while True:
+        wait = min(max(every, waited / 2), cap)
+        waited += wait
+        yield wait
+
+
+def _say(line):
+    print(line, flush=True)
+
+
+def while_printing_progress(what, expected, work, every=20.0, say=_say):
+    """``work()``, saying ``  SVM: <what>, <time> so far (about <expected> ...)``
+    (through ``say``: printed by default) after each of `progress_waits(every)`
+    until it returns; its result, or its exception.
 
     ``work`` runs in a daemon thread while this (main) thread only waits, so
     Ctrl-C stops the command at once even while libsvm computes for minutes
@@ -118,12 +139,12 @@ def while_printing_progress(what, expected, work, every=20.0):
 
     t0, worker = time.time(), threading.Thread(target=run, name="svm", daemon=True)
     worker.start()
-    while True:
-        worker.join(every)
+    for wait in progress_waits(every):
+        worker.join(wait)
         if not worker.is_alive():
             break
-        print(f"  SVM: {what}, {report.duration(time.time() - t0)} so far "
-              f"(about {report.duration(expected)} expected on a 2-core CPU)", flush=True)
+        say(f"  SVM: {what}, {report.duration(time.time() - t0)} so far "
+            f"(about {report.duration(expected)} expected on a 2-core CPU)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -155,9 +176,10 @@ def predict_on_every_core(clf, x):
 def svm_baseline(training, test, train_size):
     """The book's mnist_svm.py: SVC with an RBF kernel, C = 1, gamma = 1/784,
     trained on the first ``train_size`` training images; number of test images
-    correct, or None when scikit-learn is not installed. Prints a line every
-    20 s while libsvm works, with an estimate of its time from the data size;
-    Ctrl-C stops it at once."""
+    correct, or None when scikit-learn is not installed. Prints a line now and
+    then while libsvm works (after 20 s, then less and less often:
+    `progress_waits`), with an estimate of its time from the data size; Ctrl-C
+    stops it at once."""
     try:
         from sklearn import svm
     except ImportError:
@@ -219,13 +241,16 @@ def train_group(args, rows, seeds, training, test, epochs):
         return " | ".join(f"{r['id']} η={r['eta']:g}: " + ", ".join(map(str, a)) + f" / {n_test}"
                           for r, a in zip(rows, acc.tolist()))
 
-    print(f"{arch}: {len(rows)} learning rates x {k} seeds = {len(eta)} networks in one program",
+    print(f"{arch}: {driver.plural(len(rows), 'learning rate')} x {driver.plural(k, 'seed')} = "
+          f"{driver.plural(len(eta), 'network')} in one program",
           flush=True)
     ckpt = driver.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
                                                          "sizes": list(sizes), "seeds": list(seeds)})
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
-                              on_epoch=driver.progress(group_id(rows), epochs, show), checkpoint=ckpt)
+                              on_epoch=driver.progress(group_id(rows), epochs, show,
+                                                               log=driver.metrics_log(args, group_id(rows))),
+                              checkpoint=ckpt)
     store.record_divergence(args, group_id(rows), history.diverged_at)
     return np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
 
@@ -266,7 +291,7 @@ def jobs(args, data):
         out.append(driver.Job("1.5", ["1.5"], lambda a: darkness_row(a, data)))
     if driver.wanted(args, "1.6"):
         out.append(driver.Job("1.6", ["1.6"], lambda a: svm_row(a, data, svm_size), settings={"n_train": svm_size}))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -304,6 +329,7 @@ def svm_row(args, data, n):
 
 
 def run(args):
+    driver.say_start(args)
     splits = load_mnist(args.data_dir)
     epochs = QUICK["epochs"] if args.quick else args.epochs
     data = splits._replace(training=_subset(splits.training, QUICK["n_train"] if args.quick else None),
@@ -316,8 +342,8 @@ def run(args):
     if rows:
         plot(args, store.recorded_rows(args))
     if len(networks) < len(todo):
-        if rows:  # the network rows' table now: the SVM row can take a long time
-            print("\n" + report.format_table(rows) + "\n", flush=True)
+        if rows:  # the network rows' table now (the SVM row can take a long time), not again at the end
+            driver.show_table(args, rows)
         rows += driver.run_jobs(args, todo[len(networks):])
     return rows, {"n_train": len(data.training.y), "n_test": len(data.test.y), "epochs": epochs}
 
@@ -327,11 +353,11 @@ def sgd_row(args, r, curve, epochs, seeds, n_test):
     c = 100.0 * curve / n_test          # [epochs, seeds], percent
     peak, final = c.max(axis=0), c[-1]
     measured = peak if r["measure"] == "peak" else final
-    note = (f"peak at epochs {c.argmax(axis=0).tolist()}; final epoch "
+    note = (f"peak after {', '.join(str(e) for e in c.argmax(axis=0) + 1)} epochs (per seed); final epoch "
             f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
            f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
     if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
-        note = f"SHORTENED: {epochs} epochs{' on a subset (--quick)' if args.quick else ''}; " + note
+        note = f"SHORTENED: {driver.plural(epochs, 'epoch')}{' on a subset (--quick)' if args.quick else ''}; " + note
     return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
@@ -375,7 +401,7 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
+    args = driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
                              add_arguments=add_arguments)
     rows, payload = run(args)
     return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)

@@ -164,6 +164,13 @@ def row_epochs(args, spec):
 MONITORS = ("evaluation_cost", "evaluation_accuracy", "training_cost", "training_accuracy")
 
 
+def metrics_name(spec):
+    """The name of a training's per-epoch log (``OUT/metrics/<name>.jsonl``):
+    the row's id, or the table's id of one momentum of the μ sweep (3.22@0.5),
+    each trained apart."""
+    return spec["id"] + (f"@{spec['momentum']:g}" if spec.get("sweep") == "momentum" else "")
+
+
 def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=None,
                   early_stopping_n=0, schedule_n=0):
     """Train every config of ``spec`` × every seed as one stacked program
@@ -208,7 +215,9 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
-        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30)), checkpoint=ckpt)
+        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30),
+                                 log=driver.metrics_log(args, metrics_name(spec))),
+        checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     store.record_divergence(args, run_id, hist.diverged_at)
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
@@ -360,8 +369,8 @@ def run_curves(args, splits, spec):
         report.save(fig, path)
     return [report.row(
         spec["id"], spec["what"], spec["book"], acc.max(axis=0), set=spec["eval"], seeds=seeds,
-        note=f"test peak at epoch {', '.join(str(e) for e in acc.argmax(axis=0) + 1)}{spec.get('hint_peak', '')}; "
-             f"test cost lowest at epoch {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)}"
+        note=f"test peak after {', '.join(str(e) for e in acc.argmax(axis=0) + 1)} epochs{spec.get('hint_peak', '')}; "
+             f"test cost lowest after {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)} epochs"
              f"{spec.get('hint_cost', '')}; final training accuracy "
              f"{', '.join(f'{a:.1f}' for a in pct(m['training_accuracy'][-1], len(training.y)))} %",
         peak_epoch=acc.argmax(axis=0) + 1, test_cost_min_epoch=m["evaluation_cost"].argmin(axis=0) + 1,
@@ -628,7 +637,7 @@ def jobs(args, splits):
                         epochs=row_epochs(args, spec)) for n in spec["early_stopping_n"]]
         else:
             out.append(job(rid, table_ids(spec), RUNNERS[kind], spec, epochs=row_epochs(args, spec)))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -640,6 +649,7 @@ def planned_jobs(args):
 
 
 def run(args):
+    driver.say_start(args)
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
         return book_replay.run(args, splits)
@@ -655,8 +665,8 @@ def run(args):
 
 
 def main(argv=None):
-    row_ids = [spec["id"] for spec in ROWS]
-    row_ids += [i for spec in ROWS for i in spec.get("also", ()) if i not in row_ids]
+    row_ids = {spec["id"]: spec["what"] for spec in ROWS}
+    row_ids |= {i: title for spec in ROWS for i, (title, _) in spec.get("also", {}).items() if i not in row_ids}
     args = driver.parse_args("chap3", __doc__, argv, row_ids=row_ids, add_arguments=book_replay.add_arguments)
     book_replay.check_rows(args)  # before MNIST loads
     return driver.finish(args, run(args))

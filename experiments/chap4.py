@@ -173,7 +173,8 @@ def learned(args, hidden, eta, mini_batch_size, epochs, n_train):
     params = train.init_many(init, init_keys, (1,))
     x = jnp.linspace(0.0, 1.0, n_train, dtype=jnp.float32)[:, None]
     trainer = train.Trainer(apply, costs.quadratic, mini_batch_size)
-    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5))
+    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5),
+                               log=driver.metrics_log(args, "4.3"))
     params, _, _ = train.fit(trainer, params, (x, f(x)), epochs, key=train_keys, eta=eta,
                              on_epoch=on_epoch)
     a = sigmoid(trainer.predict(params, grid()))[..., 0]                    # [K, GRID]
@@ -296,7 +297,7 @@ def jobs(args, figures):
     if driver.wanted(args, "4.3"):
         out.append(driver.Job("4.3", ["4.3"], lambda a: sgd_row(a, figures),
                               settings={"hyperparameters": sgd_settings(args)}))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -305,6 +306,7 @@ def planned_jobs(args):
 
 
 def run(args):
+    driver.say_start(args, loading=None)
     figures = {}
     rows = driver.run_jobs(args, jobs(args, figures))
     if "errors" in figures:
@@ -314,7 +316,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap4", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    args = driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS})
     return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 

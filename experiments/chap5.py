@@ -147,7 +147,8 @@ def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
                            evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
-                           on_epoch=driver.progress(row_id, epochs, show), checkpoint=ckpt)
+                           on_epoch=driver.progress(row_id, epochs, show, log=driver.metrics_log(args, row_id)),
+                           checkpoint=ckpt)
     return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
 
@@ -168,6 +169,7 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     trainer = train.trainer_for(net, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
     show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
+                           log=driver.metrics_log(args, f"5.8@{hidden}"),
                            show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
                                                                                      "{:.3g}"))
 
@@ -329,10 +331,12 @@ def analytic_rows(args):
     """5.10: the chapter's bounds, measured on grids."""
     book = ROW["5.10"]["book"]
     w_star, width = widest_range()
-    return [report.row("5.10.1", "max sigma'(z)", book["max_sigma_prime"], sigmoid_prime_max(), unit=""),
-            report.row("5.10.2", "|w| where the |w sigma'| >= 1 range is widest", book["w"], w_star, unit=""),
+    return [report.row("5.10.1", "max sigma'(z)", book["max_sigma_prime"], sigmoid_prime_max(), unit="",
+                       exact=True),   # the same in --quick: computed, not trained
+            report.row("5.10.2", "|w| where the |w sigma'| >= 1 range is widest", book["w"], w_star, unit="",
+                       exact=True),
             report.row("5.10.3", "that widest range of a", book["width"], width, unit="",
-                       closed_form=width_closed_form(w_star))]
+                       closed_form=width_closed_form(w_star), exact=True)]
 
 
 def jobs(args, splits, run):
@@ -356,7 +360,7 @@ def jobs(args, splits, run):
         out.append(driver.Job("5.9", ["5.9.1", "5.9.2"], lambda a: initial_gradient_rows(a, x, y)))
     if driver.wanted(args, "5.10"):
         out.append(driver.Job("5.10", ["5.10.1", "5.10.2", "5.10.3"], analytic_rows))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def planned_jobs(args):
@@ -366,6 +370,7 @@ def planned_jobs(args):
 
 def run(args):
     need_data = any(driver.wanted(args, r["id"]) for r in ROWS if r["id"] != "5.10")
+    driver.say_start(args, loading="MNIST" if need_data else None)
     splits = load_mnist(args.data_dir) if need_data else None
     run = settings(args, splits)
     rows = []
@@ -377,7 +382,8 @@ def run(args):
 
 
 def main(argv=None):
-    args = driver.parse_args("chap5", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    titles = {r["id"]: r["experiment"].replace(" (peak of {epochs} epochs)", ", peak") for r in ROWS}
+    args = driver.parse_args("chap5", __doc__, argv, row_ids=titles)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -94,8 +94,10 @@ def base_id(row_id):
     return row_id.rstrip("ab")
 
 
-# What --only accepts: every row id, and "6.8" / "6.10" for both variants.
-ROW_IDS = list(dict.fromkeys(i for r in ROWS for i in (base_id(r["id"]), r["id"])))
+# What --only accepts, with --help's titles: every row id, and "6.8" / "6.10" for both variants.
+ROW_IDS = {r["id"]: r["experiment"] for r in ROWS} | {
+    base_id(r["id"]): "both of " + " and ".join(v["id"] for v in ROWS if base_id(v["id"]) == base_id(r["id"]))
+    for r in ROWS if base_id(r["id"]) != r["id"]}
 
 
 def architecture(arch, activation, n, mb=MB):
@@ -138,6 +140,7 @@ def add_arguments(p):
 
 def load(args):
     """The three sets, cut to the run's sizes, and the expanded training set."""
+    driver.say_start(args)
     splits = data.load_mnist(args.data_dir)
     n_train = args.train_size or (QUICK["train_size"] if args.quick else len(splits.training.y))
     n_eval = QUICK["eval_size"] if args.quick else None
@@ -155,7 +158,7 @@ def settings_note(args, r, n_train):
     """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""."""
     notes, row_epochs, expanded = [], r["epochs"], r["expanded"]
     if epochs_for(args, r) != row_epochs:
-        notes.append(f"{epochs_for(args, r)} epochs (book {row_epochs})")
+        notes.append(f"{driver.plural(epochs_for(args, r), 'epoch')} (book {row_epochs})")
     book_n = 250_000 if expanded else 50_000
     if n_train != book_n:
         notes.append(f"{n_train} training images (book {book_n})")
@@ -192,7 +195,7 @@ def jobs(args, sets):
         else:
             out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_row(a, r, data_for(r), validation, test),
                                   settings=same))
-    return out
+    return driver.asked_jobs(args, out)
 
 
 def trained_row(args, r, train_set, validation, test):
@@ -230,12 +233,12 @@ def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, e
     ``network3.train_many``'s dict."""
     from nndl_jax import network3
 
-    print(f"\n{run_id}: {r['experiment']} — {len(seeds)} nets, {epochs} epochs, "
+    print(f"\n{run_id}: {r['experiment']} — {driver.plural(len(seeds), 'net')}, {driver.plural(epochs, 'epoch')}, "
           f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
     ckpt = driver.row_checkpoint(args, run_id, {
         "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
         "epochs": epochs, "expanded": r["expanded"]})
-    progress = _progress(run_id, epochs, len(validation.y), len(test.y))
+    progress = _progress(run_id, epochs, len(validation.y), len(test.y), log=driver.metrics_log(args, run_id))
     return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
                                seeds=seeds, on_epoch=progress, checkpoint=ckpt)
 
@@ -249,6 +252,20 @@ def row_settings(r, out, seeds, epochs, train_set):
     if out["earlier_seconds"]:  # resumed: the time of its earlier sittings
         common |= dict(earlier_seconds=out["earlier_seconds"])
     return common
+
+
+def asked_nets(args):
+    """``--nets``, or the ensemble's nets that ``--only 6.11@<seed>`` names
+    (the table's ids of single nets), as indices into `ensemble_seeds`."""
+    named = [a for a in args.asked or () if a.startswith("6.11@")]
+    if not named or args.nets is not None:
+        return args.nets
+    seeds = ensemble_seeds(args)
+    unknown = [a for a in named if not a[5:].isdigit() or int(a[5:]) not in seeds]
+    if unknown:
+        raise driver.Refusal(f"chap6: --only {' '.join(unknown)}: the ensemble's nets are "
+                             + " ".join(f"6.11@{s}" for s in seeds))
+    return [seeds.index(int(a[5:])) for a in named]
 
 
 def ensemble_seeds(args):
@@ -378,11 +395,11 @@ def parameter_count_rows(r, seed):
     fc = layer_parameter_counts(architecture("shallow", r["activation"], r["n"]), key)[0]
     book = r["book"]
     rows = [report.row("6.13a", "conv(20 maps, 5×5) layer: shared weights + biases", book["conv"], conv, unit="",
-                       note=f"{conv} = 20 × (5×5 + 1)", count=conv),
+                       note=f"{conv} = 20 × (5×5 + 1)", count=conv, exact=True),
             report.row("6.13b", "FC(784→30) layer: weights + biases", book["fc"], fc, unit="",
-                       note=f"{fc} = 784×30 + 30", count=fc),
+                       note=f"{fc} = 784×30 + 30", count=fc, exact=True),
             report.row("6.13c", "ratio FC(784→30) / conv(20, 5×5)", book["ratio"], fc / conv, unit="",
-                       note="the book: about 40 times as many parameters")]
+                       note="the book: about 40 times as many parameters", exact=True)]
     nets = {}
     for spec in ROWS:
         if spec["arch"] != "counts":
@@ -391,7 +408,8 @@ def parameter_count_rows(r, seed):
         per_layer = layer_parameter_counts(architecture(arch, "sigmoid", n), key)
         rows.append(report.row(f"6.13@{ids[0]}", f"total parameters of the net of {', '.join(ids)}", None,
                                sum(per_layer), unit="", note="per layer: " + " + ".join(map(str, per_layer))
-                               + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids))
+                               + f" = {sum(per_layer)}", per_layer=per_layer, count=sum(per_layer), rows=ids,
+                               exact=True))
     return rows
 
 
@@ -410,12 +428,12 @@ def recorded_vote(row):
     return np.asarray(train.plurality_vote(preds, 10))
 
 
-def _progress(label, epochs, n_val, n_test):
+def _progress(label, epochs, n_val, n_test, log=None):
     """One line per epoch: every net's validation and test accuracy (%), the time and the time left."""
     def show(record):
         return ("validation " + driver.numbers(100 * np.asarray(record["validation_accuracy"]) / n_val, "{:.2f}")
                 + " | test " + driver.numbers(100 * np.asarray(record["test_accuracy"]) / n_test, "{:.2f}"))
-    return driver.progress(label, epochs, show)
+    return driver.progress(label, epochs, show, log=log)
 
 
 def _mosaic(tiles, cols, pad=1):
@@ -478,6 +496,7 @@ def main(argv=None):
                              devices_per_core=True, quick_seeds=QUICK["seeds"])
     if args.train_size is not None and args.train_size < MB:
         raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
+    args.nets = asked_nets(args)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -66,8 +66,8 @@ def _add_run(sub):
     for name in experiment_names():
         sub.add_parser(name, add_help=False, help=f"python -m experiments.{name} (nndl-jax {name} --help)")
     sub.add_parser("reproduce", add_help=False,
-                   help="every chapter (1, 3, 4, 5, 6; about a day on a CPU), then one report "
-                        "(nndl-jax reproduce --help)")
+                   help="every chapter (1, 3, 4, 5, 6; ~52 h on a 2-core CPU, ~21.5 h with --seeds 1: --plan 1), "
+                        "then one report (nndl-jax reproduce --help)")
     sub.add_parser("report", add_help=False,
                    help="the report of results already written, training nothing: report --out results "
                         "for your own runs; --readme: also the README's results table (nndl-jax report --help)")
@@ -79,7 +79,7 @@ def _add_run(sub):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nndl-jax", description="The programs of Nielsen's Neural Networks and Deep Learning, in JAX.",
-        epilog="Start with: nndl-jax chap1 (chapter 1's table: about 8 minutes on a 2-core CPU).")
+        epilog="Start with: nndl-jax chap1 (chapter 1's table: 5 to 10 minutes on a 2-core CPU).")
     sub = parser.add_subparsers(dest="command", required=True)
     library_cli.add_commands(sub)
     _add_run(sub)

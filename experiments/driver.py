@@ -36,6 +36,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 import shlex
 import sys
 import threading
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments import parts, report, store
-from nndl_jax import data
+from nndl_jax import data, files
 
 _RUNS = itertools.count(1)  # tells apart runs of one process (tests, nndl-jax reproduce)
 CHECKPOINT_FILE = "state.npz"
@@ -60,10 +61,17 @@ class Refusal(SystemExit):
 # --- the command line ----------------------------------------------------------------------
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
-               add_arguments=None, devices_per_core=False):
-    """The command line every chapter takes; ``row_ids`` are the ids ``--only``
-    accepts; ``add_arguments(parser)`` adds a chapter's own options;
-    ``quick_seeds``: the runs per row of --quick unless --seeds is given.
+               add_arguments=None, devices_per_core=False, prog=None):
+    """The command line every chapter takes; ``row_ids``: the chapter's rows,
+    as a dict id -> title (or a list of ids), listed by ``--help`` in the
+    book's order; ``--only`` accepts them and every id of the results table
+    they make (`row_of`: ``3.10a``, ``3.14@100``), kept in ``args.asked``
+    (``args.only`` holds their rows; `asked_jobs` keeps the jobs they need);
+    ``add_arguments(parser)`` adds a chapter's own options; ``quick_seeds``:
+    the runs per row of --quick unless --seeds is given; ``prog``: the
+    command as the user typed it (default: ``nndl-jax chapN`` under
+    `main_entry` with an argv, as the ``nndl-jax`` command runs it, else
+    ``python -m experiments.chapN``).
 
     ``--plan N`` prints how ``--part I/N`` would share the chapter's jobs
     (``experiments.parts``) and exits, training nothing and starting no JAX
@@ -75,7 +83,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     a checkpoint folder that cannot be written, or unfinished rows of an
     earlier run without --resume / --restart, or a row being trained by a live
     process, are a ``Refusal``. ``--devices`` is applied here, before JAX runs anything."""
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{chapter}", description=description,
+    titles = row_ids if isinstance(row_ids, dict) else dict.fromkeys(row_ids, "")
+    row_ids = list(titles)
+    p = argparse.ArgumentParser(prog=prog or command_name(chapter), description=description,
+                                epilog=rows_help(chapter, titles),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a short run for CI: few epochs on a small subset, through the real code")
@@ -86,8 +97,9 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                    help="runs per row, trained together as one program (default %(default)s)")
     p.add_argument("--seed", type=int, default=12345678,
                    help="first seed; run k uses seed + k (default: the book's fig/ seed %(default)s)")
-    p.add_argument("--only", nargs="+", default=None, metavar="ROW",
-                   help="run only these rows: " + " ".join(row_ids))
+    p.add_argument("--only", nargs="+", default=None, metavar="ID",
+                   help="run only these rows: their ids (listed below) or any id of the results table "
+                        "(3.10a runs row 3.10, which makes 3.10a-d; 3.14@100 that size alone)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
     add_again_arguments(p)
@@ -114,10 +126,16 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         args.seeds = quick_seeds
     if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
         p.error(f"--seed {args.seed} with --seeds {args.seeds}: seeds must lie in 0 .. 2**32 - 1")
-    unknown = [r for r in args.only or () if r not in row_ids]
-    if unknown:
-        p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
-                f"the {chapter} rows are: {' '.join(row_ids)}")
+    args.asked = args.only
+    if args.only is not None:
+        unknown = [r for r in args.only if row_of(r, row_ids) is None]
+        if unknown:
+            p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
+                    f"the {chapter} rows are: {' '.join(sorted(row_ids, key=store.row_sort_key))} "
+                    "(or an id of the results a row makes, such as chapter 3's 3.10a or 3.14@100; "
+                    "--help lists the rows with their titles)")
+        args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
+    args.row_ids = list(row_ids)
     args.chapter = chapter
     if _LISTING["on"]:
         raise _Parsed(args)
@@ -139,7 +157,6 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
-    args.row_ids = list(row_ids)
     args.started = time.time()
     args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
     args.argv = given
@@ -272,6 +289,70 @@ def set_book_plan(plan, chapters):
         _BOOK_PLAN.update({c: plan for c in chapters})
 
 
+def command_name(chapter):
+    """How the user typed chapter ``chapter``'s command: ``nndl-jax chapN``
+    when `main_entry` runs it for the ``nndl-jax`` command, else
+    ``python -m experiments.chapN``."""
+    base = _SESSION.get("prog")
+    return f"{base} {chapter}" if base else f"python -m experiments.{chapter}"
+
+
+def rows_help(chapter, titles):
+    """``--help``'s list of the chapter's rows, in the book's order, with their titles."""
+    ids = sorted(titles, key=store.row_sort_key)
+    width = max(map(len, ids), default=0)
+    lines = [f"rows of {chapter} (--only ID ...; an id of the results table, such as 3.10a or 3.14@100, "
+             "runs what that id needs):"]
+    lines += [f"  {i:<{width}}  {titles[i]}".rstrip() for i in ids]
+    return "\n".join(lines)
+
+
+def row_of(table_id, row_ids):
+    """The row of ``row_ids`` that makes the results-table id ``table_id``:
+    itself when it is a row id, else the longest row id it extends by a
+    letter, "@", "." or "-" ("3.10a" -> 3.10, "3.10-100a" -> 3.10-100,
+    "3.14@100" -> 3.14, "4.2w.5" -> 4.2w, "5.8.2.1" -> 5.8, but "3.10" is not
+    3.1's); None when no row makes it."""
+    if table_id in row_ids:
+        return table_id
+    makers = [r for r in row_ids if table_id.startswith(r) and len(table_id) > len(r)
+              and (table_id[len(r)].isalpha() or table_id[len(r)] in "@.-")]
+    return max(makers, key=len, default=None)
+
+
+def asked_jobs(args, jobs):
+    """The ``jobs`` that ``--only`` asks for. A row asked by its own id keeps
+    all its jobs; a row asked by ids of its results table keeps the jobs that
+    make one of them (``--only 3.14@100``: that size alone; ``3.10a``: the job
+    of row 3.10, which makes 3.10a-d), or all its jobs when none names one
+    (``6.11@<seed>``: the ensemble's job, whose nets ``--nets`` chooses)."""
+    if args.only is None:   # every job (also the planner's view of the whole chapter)
+        return list(jobs)
+    asked, rows = list(getattr(args, "asked", None) or ()), getattr(args, "row_ids", None) or args.only
+    whole = {a for a in asked if a in rows}
+    finer = [a for a in asked if a not in whole]
+    if not finer:
+        return list(jobs)
+
+    def names(job):
+        return {job.id, *job.rows}
+
+    def makes(job, ids):
+        return bool(names(job) & set(ids)) or any(row_of(n, rows) in whole for n in names(job))
+
+    kept = [j for j in jobs if makes(j, asked)]
+    for a in finer:   # an id that no job names: every job of its row, if its nets go apart ("6.11@<seed>")
+        row = row_of(a, rows)
+        if any(a in names(j) for j in kept):
+            continue
+        of_row = [j for j in jobs if any(row_of(n, rows) == row for n in names(j))]
+        if of_row and not any(j.seeds_apart for j in of_row):
+            made = sorted({r for j in of_row for r in j.rows}, key=store.row_sort_key)
+            raise Refusal(f"{args.chapter}: --only {a}: row {row} makes {' '.join(made)} here, not {a}")
+        kept += [j for j in of_row if j not in kept]
+    return [j for j in jobs if j in kept]
+
+
 def wanted(args, row_id):
     """Whether the row ``row_id`` was asked for (``--only``)."""
     return args.only is None or row_id in args.only
@@ -376,10 +457,13 @@ def recorded_job(args, job):
 
 def finish(args, rows, **payload):
     """Record ``rows`` once more (unchanged), mark the run complete, print this
-    run's table and return the merged results (every row in ``OUT/results.json``)."""
+    run's table (less the rows `show_table` printed already) and return the
+    merged results (every row in ``OUT/results.json``)."""
     out = store.record(args, rows, complete=True, **payload)
-    print()
-    print(report.format_table(rows))
+    unshown = [r for r in rows if r["id"] not in getattr(args, "shown", ())]
+    if unshown or not rows:
+        print()
+        print(report.format_table(unshown))
     kept = len(out["rows"]) - len({r["id"] for r in rows})
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
@@ -614,24 +698,39 @@ def event_text(event):
         return (f"resumed from {event.get('path')}: {event.get('epochs_done')} of {event.get('epochs')} "
                 "epochs done")
     if kind == "diverged":
-        return (f"net {event.get('net')} diverged in epoch {event.get('epoch')} (η = {event.get('eta'):g}): "
+        return (f"net {event.get('net')} diverged in Epoch {event.get('epoch')} (η = {event.get('eta'):g}): "
                 "its parameters are no longer finite; it stops training here (try a smaller η)")
     return ", ".join(f"{k} {v}" for k, v in event.items())
 
 
-def progress(label, epochs, show, *, every=1):
-    """The one ``on_epoch`` printer of every chapter: fit's events, and every
-    ``every``-th epoch (and the first and last) a line with ``show(record)``
-    (the chapter's rounded numbers), the time so far and the time left.
+def epoch_text(e, epochs):
+    """Epoch ``e`` (from 0) of ``epochs`` as the progress lines name it: the
+    book's number, as its programs print it ("Epoch 0" is the first), then how
+    many of the run's epochs are done: "Epoch 9 (10 of 30)"."""
+    return f"Epoch {e} ({e + 1} of {epochs})"
+
+
+def progress(label, epochs, show, *, every=1, log=None):
+    """The one ``on_epoch`` printer of every chapter: a line saying what the
+    wait before the first epoch is (compiling), fit's events, and every
+    ``every``-th epoch (and the first and last) a line (`epoch_text`) with ``show(record)``
+    (the chapter's rounded numbers), the time so far and the time left; with
+    ``log`` (a path: `metrics_log`), every epoch's numbers of every net
+    appended to that JSON-lines file as the epoch ends (`MetricsLog`).
 
     The estimate counts only epochs run in this process after the first
     finished (that one includes compiling; a resumed run starts later): after
     the first epoch it is an upper bound from that epoch's time, after that the
     mean time of the epochs since."""
     state = {"start": time.time()}
+    metrics = MetricsLog(log) if log is not None else None
+    print(f"  [{label}] compiling (first run only: the user cache keeps compiled programs), "
+          f"then {plural(epochs, 'epoch')} ...", flush=True)
 
     def on_epoch(e, record):
         now = time.time()
+        if metrics is not None:
+            metrics.write(e, record, seconds=round(now - state["start"], 3))
         for event in record.get("events", ()):
             print(f"  [{label}] {event_text(event)}", flush=True)
         if "first" not in state:
@@ -647,9 +746,87 @@ def progress(label, epochs, show, *, every=1):
                 f", ETA {report.duration(left)}" if e + 1 < epochs else "")
         if e == state["first"] or (e + 1) % every == 0 or e + 1 == epochs:
             shown = show(record)
-            print(f"  [{label}] epoch {e + 1}/{epochs}{': ' + shown if shown else ''}  ({timing})", flush=True)
+            print(f"  [{label}] {epoch_text(e, epochs)}{': ' + shown if shown else ''}  ({timing})", flush=True)
 
     return on_epoch
+
+
+METRICS = "metrics"   # OUT/metrics/<job>.jsonl: the per-epoch log of each job being trained
+
+
+def metrics_log(args, label):
+    """Where job ``label``'s per-epoch numbers stream while it trains:
+    ``OUT/metrics/<label>.jsonl`` (characters other than letters, digits and
+    ``. @ + -`` replaced by ``_``). None in the processes of a multi-process
+    run other than process 0, which alone writes."""
+    if not is_main_process():
+        return None
+    name = re.sub(r"[^\w.@+-]+", "_", label).strip("_")
+    return Path(args.out) / METRICS / f"{name}.jsonl"
+
+
+def metrics_lines(e, record, **extra):
+    """Epoch ``e``'s record as JSON lines, one per net: ``{"epoch": e (from 0,
+    as the book counts), "net": k, **extra, <name>: value, ...}`` for every
+    per-net value of the record (accuracies as counts, costs, η, active, finite)."""
+    import numpy as np
+    per_net = {name: np.asarray(v) for name, v in record.items()
+               if name not in ("params", "events", "epoch") and np.ndim(v) == 1}
+    k = len(next(iter(per_net.values()))) if per_net else 0
+    return [json.dumps({"epoch": int(e), "net": i, **extra, **{name: v[i].item() for name, v in per_net.items()}})
+            for i in range(k)]
+
+
+class MetricsLog:
+    """A job's per-epoch JSON-lines log, appended and flushed at every epoch, so
+    that it can be followed (``tail -f``) or plotted while a long row trains.
+    At its first epoch in this process it keeps the lines of the epochs before
+    it (a resumed run continues its log) and drops the later ones (a rerun
+    starts a fresh log)."""
+
+    def __init__(self, path):
+        self.path, self.started = Path(path), False
+
+    def write(self, e, record, **extra):
+        if not self.started:
+            self._keep_epochs_before(e)
+            self.started = True
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in metrics_lines(e, record, **extra)))
+            f.flush()
+
+    def _keep_epochs_before(self, e):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    if json.loads(line).get("epoch", e) < e:
+                        kept.append(line + "\n")
+        files.atomic_write(self.path, lambda f: f.write("".join(kept)), mode="w")
+
+
+def show_table(args, rows):
+    """Print ``rows``' table now (before a long wait), once: `finish`'s table
+    leaves them out."""
+    print("\n" + report.format_table(rows) + "\n", flush=True)
+    args.shown = set(getattr(args, "shown", ())) | {r["id"] for r in rows}
+
+
+def plural(n, word):
+    """"1 epoch", "30 epochs"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def say_start(args, loading="MNIST"):
+    """A chapter run's first line, before its first wait: the devices JAX
+    computes on, and what is loaded (``loading``: "MNIST"; None: nothing).
+    Starting JAX and reading MNIST take seconds to a minute on a busy machine,
+    and a run should not start with a silence."""
+    from nndl_jax import devices
+    if is_main_process():
+        what = f"; loading {loading} ..." if loading else ""
+        print(f"{args.chapter}: computing on {devices.describe()}{what}", flush=True)
 
 
 def numbers(values, fmt="{:.4g}"):
@@ -660,7 +837,7 @@ def numbers(values, fmt="{:.4g}"):
 
 # --- the command-line wrapper ---------------------------------------------------------------
 
-_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None}
+_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None, "prog": None}
 
 
 def set_resume_command(command):
@@ -675,7 +852,7 @@ def resume_command():
         return None
     args = _SESSION["runs"][-1]
     argv = [a for a in args.argv if a not in ("--restart", "--resume")] + ["--resume"]
-    return f"python -m experiments.{args.chapter} " + shlex.join(argv)
+    return f"{command_name(args.chapter)} " + shlex.join(argv)
 
 
 def interrupted_note():
@@ -765,15 +942,17 @@ def _stop_at_once_with_a_note():
         os.close(r)
 
 
-def main_entry(main, argv=None):
+def main_entry(main, argv=None, prog=None):
     """Run an experiment command's ``main(argv)`` for the command line; its exit
     status. Every refusal (bad arguments, a refused checkpoint, a bad results
     file, missing MNIST) prints its message without a Python traceback and
     gives a non-zero status; Ctrl-C stops at once and says what is saved and
-    how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``."""
+    how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``;
+    ``prog``: the command's name for its messages, usage line and resume
+    command (default, given an ``argv``: ``nndl-jax``; a chapter adds its name)."""
     from nndl_jax.checkpoint import CheckpointError
-    prog = Path(sys.argv[0]).stem if argv is None else "nndl-jax"
-    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None)
+    prog = Path(sys.argv[0]).stem if argv is None else (prog or "nndl-jax")
+    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None, prog=None if argv is None else prog)
     with _stop_at_once_with_a_note():
         try:
             result = main(argv)

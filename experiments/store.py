@@ -325,7 +325,8 @@ def record(args, rows, *, complete=False, **payload):
     row it finished. Each row of this run is stamped with ``quick``, its
     ``seeds`` (the run's, unless the row names its own), ``finished`` (kept
     from its first recording) and ``run``; a --quick row's note starts with
-    SHORTENED unless it says so. Rows of earlier runs are merged as they are."""
+    SHORTENED unless it says so or is ``exact`` (the same in a quick run: a
+    parameter count). Rows of earlier runs are merged as they are."""
     finished = now()
     for r in rows:  # in place: a row recorded twice (here, then by finish) keeps its first stamp
         if r.get("run", args.run_id) != args.run_id:
@@ -333,7 +334,7 @@ def record(args, rows, *, complete=False, **payload):
         r.update(quick=args.quick, x64=bool(args.x64), run=args.run_id)
         r.setdefault("seeds", seeds(args))
         r.setdefault("finished", finished)
-        if args.quick and "SHORTENED" not in r.get("note", ""):
+        if args.quick and not r.get("exact") and "SHORTENED" not in r.get("note", ""):
             r["note"] = SHORTENED + ("; " + r["note"] if r.get("note") else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,20 @@ def devices_for(k, devices=None):
     return devices[:max(1, min(int(k), len(devices)))]
 
 
+def describe():
+    """The devices JAX computes on, as a run's first lines say it: "2 CPU
+    devices", "1 GPU device (NVIDIA H100 80GB HBM3)", with "in 2 processes, 4
+    in all" in a multi-process run."""
+    local = jax.local_devices()
+    platform = local[0].platform.upper()
+    kinds = sorted({d.device_kind for d in local if d.device_kind.lower() != platform.lower()})
+    text = f"{len(local)} {platform} device{'s' if len(local) != 1 else ''}" + (f" ({', '.join(kinds)})" if kinds
+                                                                                and platform != "CPU" else "")
+    if jax.process_count() > 1:
+        text += f" in each of {jax.process_count()} processes, {len(jax.devices())} in all"
+    return text
+
+
 def multi_process():
     """Whether this is one process of a run over several (``distributed.initialize``)."""
     return jax.process_count() > 1

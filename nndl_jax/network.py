@@ -47,11 +47,12 @@ after 200 steps on 1,000 images; ``tests/test_book_facades.py``).
 import contextlib
 import operator
 import secrets
+import sys
 
 import jax
 import numpy as np
 
-from nndl_jax import book_random, costs, layers, seeds, train
+from nndl_jax import book_random, costs, devices, layers, seeds, train
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import as_arrays
 
@@ -155,6 +156,22 @@ def _sample_unchanged(data, dataset, count=32):
     return np.array_equal(x, np.asarray(dataset.x[rows]))
 
 
+_SAID = set()   # the programs whose first SGD call of this process has said what its wait is
+
+
+def say_the_wait(program):
+    """Before ``program``'s first training in this process, one line on
+    standard error (standard output stays the book's printout): the devices
+    JAX trains on, and that the first epoch waits for compiling, which a later
+    run finds in the user cache. A first epoch otherwise starts in silence,
+    for seconds to a minute on a busy machine."""
+    if program in _SAID:
+        return
+    _SAID.add(program)
+    print(f"{program}: training on {devices.describe()}; compiling before the first epoch "
+          "(first run only: the user cache keeps compiled programs) ...", file=sys.stderr, flush=True)
+
+
 class Network:
     """A fully connected sigmoid network trained on the quadratic cost.
 
@@ -252,6 +269,7 @@ class Network:
                 print(f"Epoch {e} complete", flush=True)
 
         key = self._sgd_key(seed)
+        say_the_wait("network.py")
         with self._book_shuffles(training_data, len(training.y), shuffle) as orders:
             params, _, _ = train.fit(self._trainer(mini_batch_size, shuffle), train.stack([self.params]),
                                      training, epochs, key=key, eta=eta,

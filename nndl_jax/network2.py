@@ -297,6 +297,7 @@ class Network(network.Network):
         trainer = self._trainer(mini_batch_size, shuffle, penalty=regularization,
                                 momentum=float(momentum))
         key = self._sgd_key(seed)
+        network.say_the_wait("network2.py")
         with self._book_shuffles(training_data, n, shuffle) as orders:
             params, _, history = train.fit(
                 trainer, train.stack([self.params]), training, epochs, key=key,

@@ -408,6 +408,7 @@ class Network:
                 print(f"The corresponding test accuracy is {record['test_accuracy'][0] / n_test:.2%}",
                       flush=True)
 
+        network.say_the_wait("network3.py")
         out = train_many(self.layers, mini_batch_size, training, epochs, eta, validation, test, lmbda,
                          shuffle=shuffle, params=train.stack([self.params]),
                          train_keys=seed_keys([self.last_sgd_seed])[1], on_epoch=report,

@@ -1,7 +1,8 @@
 """Shared test setup: strict JAX promotion rules, MNIST, keys, a private cache.
 
 The user cache is left as the tests found it: for the whole session
-``XDG_CACHE_HOME`` points at a temporary folder (checkpoints, expanded data and
+``XDG_CACHE_HOME`` points at a temporary folder (one per process: each
+pytest-xdist worker, ``pytest -n 2``, has its own) (checkpoints, expanded data and
 anything else the code under test keeps in its cache go there, and go away with
 it). MNIST is still read from where the user keeps it: the folder is resolved
 first ($NNDL_JAX_DATA, else the user cache) and pinned in $NNDL_JAX_DATA.
@@ -63,9 +64,28 @@ _USER_MNIST: Path | None = None
 _SESSION_CACHE: Path | None = None
 
 
+# The user's own XDG_CACHE_HOME ("" when unset), kept for pytest-xdist's workers: they start
+# from the controller's environment, whose cache is already the controller's temporary one.
+USER_CACHE_VAR = "NNDL_JAX_TESTS_USER_XDG_CACHE_HOME"
+
+
+def restore_users_cache_home(environ=os.environ):
+    """Put back the user's XDG_CACHE_HOME in a process started by the tests'
+    controller (a pytest-xdist worker), so that it finds the user's MNIST;
+    in the first pytest process, remember it for the workers."""
+    if USER_CACHE_VAR not in environ:
+        environ[USER_CACHE_VAR] = environ.get("XDG_CACHE_HOME", "")
+    elif environ[USER_CACHE_VAR]:
+        environ["XDG_CACHE_HOME"] = environ[USER_CACHE_VAR]
+    else:
+        environ.pop("XDG_CACHE_HOME", None)
+
+
 def pytest_configure(config):
-    """Pin MNIST where the user keeps it, then give the session a cache of its own."""
+    """Pin MNIST where the user keeps it, then give the session (each
+    pytest-xdist worker too) a cache of its own."""
     global _USER_MNIST, _SESSION_CACHE
+    restore_users_cache_home()
     _USER_MNIST = data.resolve_data_dir()
     if has_mnist(_USER_MNIST):
         os.environ[data.ENV_VAR] = str(_USER_MNIST)

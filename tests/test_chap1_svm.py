@@ -1,7 +1,8 @@
 """Chapter 1's SVM baseline (experiments.chap1.svm_baseline): it shows it is alive
-while libsvm works, Ctrl-C stops it at once, and predicting on every core changes
+while libsvm works, in a bounded number of lines, Ctrl-C stops it at once, and predicting on every core changes
 its speed, never its answer."""
 import signal
+import sys
 import threading
 import time
 
@@ -14,18 +15,50 @@ from nndl_jax.data import Dataset
 svm = pytest.importorskip("sklearn.svm")  # installed by the [test] extra; CI has it
 
 
-def test_progress_is_printed_every_period_while_the_work_runs_and_its_result_returned(capsys):
+def test_progress_is_said_after_each_wait_while_the_work_runs_and_its_result_returned():
+    """The work goes on until three lines have been said, so the count does not
+    depend on how fast the machine is (no sleep races a period)."""
+    lines, three_said = [], threading.Event()
+
+    def say(line):
+        lines.append(line)
+        if len(lines) == 3:
+            three_said.set()
+
     def work():
-        time.sleep(0.32)  # like libsvm: the GIL is released while it works
+        assert three_said.wait(timeout=120), "the progress lines never came"
         return "fitted"
 
-    assert chap1.while_printing_progress("fitting on 9 images", 90.0, work, every=0.05) == "fitted"
-    lines = capsys.readouterr().out.splitlines()
-    assert 4 <= len(lines) <= 7, lines
+    assert chap1.while_printing_progress("fitting on 9 images", 90.0, work, every=0.01, say=say) == "fitted"
+    assert len(lines) >= 3, lines
     assert all(ln.startswith("  SVM: fitting on 9 images, ") and ln.endswith(
-        "so far (about 1 min 30 s expected on a 2-core CPU)") for ln in lines)
-    assert chap1.while_printing_progress("quick", 1.0, lambda: 3, every=10.0) == 3
-    assert capsys.readouterr().out == ""  # work shorter than the period prints nothing
+        "so far (about 1 min 30 s expected on a 2-core CPU)") for ln in lines), lines
+
+
+def test_work_that_returns_before_the_first_wait_ends_says_nothing():
+    said = []
+    assert chap1.while_printing_progress("quick", 1.0, lambda: 3, every=600.0, say=said.append) == 3
+    assert said == []
+
+
+def test_progress_lines_come_soon_then_less_and_less_often_never_more_than_the_cap_apart():
+    """Bounded output: a 50-minute fit says how far it is in at most 20 lines, a
+    stalled 30 s wait at a 0.05 s period in at most 20 (not 600)."""
+    def lines_within(seconds, every):
+        waits, waited = chap1.progress_waits(every), 0.0
+        count = 0
+        while (waited := waited + next(waits)) <= seconds:
+            count += 1
+        return count
+
+    waits = chap1.progress_waits(20.0)
+    first = [next(waits) for _ in range(40)]
+    assert first[:2] == [20.0, 20.0]
+    assert all(b >= a for a, b in zip(first, first[1:]))  # never more often than before
+    assert max(first) == chap1.PROGRESS_CAP
+    assert lines_within(50 * 60, 20.0) <= 20
+    assert lines_within(30.0, 0.05) <= 20
+    assert lines_within(3 * 3600, 20.0) <= 3 * 3600 / chap1.PROGRESS_CAP + 10
 
 
 def test_an_error_in_the_work_reaches_the_caller():
@@ -36,15 +69,51 @@ def test_an_error_in_the_work_reaches_the_caller():
         chap1.while_printing_progress("fitting", 1.0, work, every=0.05)
 
 
-def test_ctrl_c_stops_the_wait_at_once_while_the_work_goes_on_in_c():
-    """The main thread only waits, so SIGINT raises KeyboardInterrupt within one
-    period, not when the (here 30 s) work would return."""
-    main = threading.get_ident()
-    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
-    t0 = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        chap1.while_printing_progress("fitting", 30.0, lambda: time.sleep(30), every=0.05)
-    assert time.time() - t0 < 2.0
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test, as a command typed at a terminal
+    has it: a test run started in the background (``pytest &`` in a script) or
+    under ``nohup`` inherits SIGINT ignored, and then no Ctrl-C is delivered."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def waiting_in_join(thread_id, timeout=120.0):
+    """Whether the thread ``thread_id`` gets to wait in a ``Thread.join`` within
+    ``timeout`` seconds (a state it reaches, whatever the machine's speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread_id)
+        while frame is not None:
+            if frame.f_code.co_name == "join":
+                return True
+            frame = frame.f_back
+        time.sleep(0.001)
+    return False
+
+
+def test_ctrl_c_stops_the_wait_at_once_while_the_work_goes_on_in_c(ctrl_c_raises):
+    """The main thread only waits, so SIGINT raises KeyboardInterrupt in the
+    middle of a wait (here an hour long) while the work still runs: the work
+    sends the signal once the main thread waits, then blocks until the test has
+    seen the interrupt."""
+    main, interrupted, work_running = threading.get_ident(), threading.Event(), threading.Event()
+
+    def work():
+        work_running.set()
+        assert waiting_in_join(main), "the main thread never waited for the work"
+        signal.pthread_kill(main, signal.SIGINT)
+        interrupted.wait(timeout=120)  # bounded: a broken wait ends, and the test fails, in 2 min
+
+    said = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            chap1.while_printing_progress("fitting", 30.0, work, every=3600.0, say=said.append)
+        assert work_running.is_set() and not interrupted.is_set()  # the work had not returned
+    finally:
+        interrupted.set()
+    assert said == []  # interrupted in the first wait, not at its end
 
 
 def test_the_estimate_grows_with_the_data_and_matches_the_measured_full_run():

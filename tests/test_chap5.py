@@ -57,7 +57,7 @@ def test_sigmoid_prime_bound_and_widest_range_within_1_percent():
 def test_quick_run_writes_results(tmp_path, mnist_dir, capsys):
     chap5.main(["--quick", "--out", str(tmp_path), "--seeds", "2", "--data-dir", str(mnist_dir)])
     printed = capsys.readouterr().out
-    assert re.search(r"\[2 hidden layers\] epoch 5/5: mean \|\|dC/db\^l\|\| [0-9.e-]+ [0-9.e-]+  \(", printed)
+    assert re.search(r"\[2 hidden layers\] Epoch 4 \(5 of 5\): mean \|\|dC/db\^l\|\| [0-9.e-]+ [0-9.e-]+  \(", printed)
     assert not re.search(r"\d\.\d{6,}", printed.split("\nid ")[0])          # progress numbers are rounded
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["chapter"] == "chap5" and res["quick"] and res["seeds"] == [12345678, 12345679]
@@ -70,6 +70,8 @@ def test_quick_run_writes_results(tmp_path, mnist_dir, capsys):
     assert rows["5.10.2"]["measured"] == pytest.approx(6.9, rel=0.01)
     assert np.asarray(res["initial_gradient"]).shape == (2, 2, 6)
     assert (tmp_path / "training_speed_3_layers.png").exists()
-    # quick rows never pass for the book's setting (issue 27), and 5.1 says how many epochs it ran
-    assert all("SHORTENED" in r["note"] for r in rows.values())
+    # quick rows never pass for the book's setting (issue 27), and 5.1 says how many epochs it ran;
+    # 5.10's computed bounds are the same in a quick run (exact), and not marked
+    assert all(("SHORTENED" in r["note"]) != bool(r.get("exact")) for r in rows.values())
+    assert {i for i, r in rows.items() if r.get("exact")} == {"5.10.1", "5.10.2", "5.10.3"}
     assert rows["5.1"]["experiment"] == "[784,30,10] val accuracy (peak of 2 epochs)"

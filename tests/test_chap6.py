@@ -34,6 +34,7 @@ def test_quick_main_writes_results(tmp_path, mnist_dir):
     assert results["complete"] is True
     counts = {r["id"]: r for r in results["rows"] if r["id"].startswith("6.13")}
     check_parameter_counts(counts)
+    assert not any("SHORTENED" in r["note"] for r in counts.values())   # exact counts, the same in --quick
     nets = [r for r in results["rows"] if r["id"].startswith("6.11@")]
     rows = {r["id"]: r for r in results["rows"] if not r["id"].startswith(("6.13", "6.11@"))}
     assert set(rows) == {"6.1", "6.3", "6.11", "6.12"}

@@ -202,7 +202,7 @@ def test_bad_arguments_to_an_own_command_are_argparse_usage_errors(capsys):
 def test_chapter_help_is_the_chapters_own(capsys):
     assert exit_status(["chap1", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--svm-train-size" in out and "--resume" in out and "--only ROW" in out
+    assert "--svm-train-size" in out and "--resume" in out and "--only ID" in out
 
 
 def test_chapter_help_from_the_command_line_exits_0():
@@ -346,7 +346,7 @@ def test_ctrl_c_stops_at_once_and_says_what_is_saved_and_how_to_resume(tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if "epoch 2/100000" in line:
+            if "Epoch 1 (2 of 100000)" in line:
                 break
         proc.send_signal(signal.SIGINT)
         t0 = time.time()

@@ -379,7 +379,7 @@ def test_a_refused_checkpoint_of_a_real_row_ends_without_a_traceback(tmp_path, c
     with monkeypatch.context() as m:
         _interrupt_after_first_epoch(m, [])
         assert driver.main_entry(chap5.main, [*common, "--seeds", "2"]) == 130
-    assert "resume with: python -m experiments.chap5" in capsys.readouterr().err
+    assert "resume with: nndl-jax chap5" in capsys.readouterr().err   # main_entry with an argv: the nndl-jax command
     assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--resume"]) == 1   # other seeds
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--restart" in err
