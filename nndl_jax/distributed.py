@@ -342,15 +342,16 @@ def _gather(host, port, hello, deadline, timeout):
                 continue
             problem = taken(peer, n) if peer == 0 or peer in conns else disagreement(hello, theirs)
             if problem:
-                for c in (conn, *conns.values()):
-                    _send(c, _NO + json.dumps(problem))
+                _send(conn, _NO + json.dumps(problem))
                 conn.close()
                 raise DistributedError(problem)
             conns[peer] = conn
         for conn in conns.values():
             _send(conn, _GO)
-    except BaseException:
-        for conn in conns.values():
+    except BaseException as e:
+        for conn in conns.values():   # the processes that arrived stop with process 0's message
+            if isinstance(e, DistributedError):
+                _send(conn, _NO + json.dumps(str(e)))
             conn.close()
         raise
     finally:
@@ -361,9 +362,9 @@ def _gather(host, port, hello, deadline, timeout):
 def _refused_by_a_process_0(host, port, hello, deadline):
     """When process 0 cannot listen: ask whoever listens there whether it is
     process 0 of this run; when it answers that this id is taken (or the
-    arguments differ), raise that. Waits a few seconds at most."""
+    arguments differ), raise that. Waits 10 s at most."""
     try:
-        with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))) as c:
+        with socket.create_connection((host, port), timeout=max(0.1, min(10.0, deadline - time.monotonic()))) as c:
             c.sendall((json.dumps(hello) + "\n").encode())
             answer = _read_line(c)
     except (OSError, ValueError):
