@@ -29,9 +29,9 @@ from nndl_jax import distributed
 
 def environment(tmp_path, **extra):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", NNDL_JAX_COMPILATION_CACHE="0",
-               PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"), **extra)
+               PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
     env.pop("XLA_FLAGS", None)
-    return env
+    return {**env, **extra}
 
 
 def start_chap1(tmp_path, argv, n, i, port, env=None):
