@@ -177,7 +177,16 @@ def connect_collectives():
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("k",))
     ones = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("k")),
                                                   np.ones(len(jax.local_devices()), np.int32))
-    count = int(jax.jit(lambda a: a.sum())(ones))
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)   # gloo prints "[Gloo] Rank 0 is connected to 1 peer ranks ..." there
+    try:
+        count = int(jax.jit(lambda a: a.sum())(ones))
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
+        os.close(devnull)
     _OPTIONS["collectives"] = True
     return count
 
