@@ -146,15 +146,16 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout
 def _bound_jax_waits(jax, timeout):
     """JAX's own waits of the start-up, set before it starts: gloo on the CPU;
     no preemption notifier (it takes SIGTERM, which stops the run here as
-    Ctrl-C does); the CPU topology exchange and each collective operation
-    wait at least ``timeout`` (XLA's defaults: 2 and 5 min, 30 min)."""
+    Ctrl-C does); the CPU devices' exchange of their topology waits
+    ``timeout`` (in whole minutes: JAX's unit; its defaults are 2 and 5 min);
+    a collective operation waits at least ``timeout`` (XLA's default: 30 min,
+    so that a process that reaches an epoch later than another, on a busy
+    machine, is waited for)."""
     if (os.environ.get("JAX_PLATFORMS") or "").strip() in ("", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_enable_preemption_service", False)
-    minutes = -(-timeout // 60)
-    for name, default in (("jax_cpu_get_local_topology_timeout_minutes", 2),
-                          ("jax_cpu_get_global_topology_timeout_minutes", 5)):
-        jax.config.update(name, max(default, minutes))
+    for name in ("jax_cpu_get_local_topology_timeout_minutes", "jax_cpu_get_global_topology_timeout_minutes"):
+        jax.config.update(name, -(-timeout // 60))
     if timeout > 30 * 60 and "xla_cpu_collective_timeout_seconds" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_collective_timeout_seconds={timeout}"
 
