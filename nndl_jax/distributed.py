@@ -339,17 +339,10 @@ def _gather(host, port, hello, deadline, timeout):
                                        "process with the same --coordinator and --num-processes (and check that "
                                        "they can reach this host)")
             server.settimeout(min(left, 1.0))
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
+            conn, theirs = _next_hello(server, deadline)
+            if conn is None:
                 continue
-            conn.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                theirs = json.loads(_read_line(conn))
-                peer = theirs["id"]
-            except (OSError, ValueError, TypeError, KeyError):
-                conn.close()   # not one of ours (a port scanner, an older client): wait for the others
-                continue
+            peer = theirs["id"]
             problem = taken(peer, n) if peer == 0 or peer in conns else disagreement(hello, theirs)
             if problem:
                 _send(conn, _NO + json.dumps(problem))
@@ -367,6 +360,25 @@ def _gather(host, port, hello, deadline, timeout):
     finally:
         server.close()
     return conns
+
+
+def _next_hello(server, deadline):
+    """``(connection, its hello)`` of the next process to arrive, or ``(None, None)``
+    when none did within the server's timeout or what arrived is not one of ours
+    (a port scanner, an older client: process 0 waits on for the others)."""
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        return None, None
+    conn.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        theirs = json.loads(_read_line(conn))
+    except (OSError, ValueError):
+        theirs = None
+    if isinstance(theirs, dict) and "id" in theirs:
+        return conn, theirs
+    conn.close()
+    return None, None
 
 
 def _refused_by_a_process_0(host, port, hello, deadline):
