@@ -326,8 +326,8 @@ def _gather(host, port, hello, deadline, timeout):
     except OSError as e:
         _refused_by_a_process_0(host, port, hello, deadline)
         raise DistributedError(f"process 0 cannot listen on the coordinator's address {host}:{port} "
-                               f"({e.strerror or e}): the port is taken or the address is not this machine's; "
-                               "pick a free port") from None
+                               f"({e.strerror or e}): the port is taken (by a run already under way, or another "
+                               "program) or the address is not this machine's; pick a free port") from None
     conns = {}
     try:
         while len(conns) < n - 1:
@@ -396,10 +396,11 @@ def _refused_by_a_process_0(host, port, hello, deadline):
 
 
 def _join(host, port, hello, deadline, timeout):
-    last = None
+    last, answered = None, False
     while time.monotonic() < deadline:
         try:
             conn = socket.create_connection((host, port), timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            answered = True
             conn.sendall((json.dumps(hello) + "\n").encode())
             conn.settimeout(max(0.1, deadline - time.monotonic()))
             answer = _read_line(conn)
@@ -412,6 +413,10 @@ def _join(host, port, hello, deadline, timeout):
         except (OSError, ValueError) as e:
             last = e
         time.sleep(0.2)
+    if answered:
+        raise DistributedError(f"process {hello['id']} reached {host}:{port}, but no process 0 of a starting run "
+                               f"answered there within {timeout} s: a run may already be running at that address "
+                               f"(was --process-id {hello['id']} given twice?), or another program uses the port")
     raise DistributedError(f"process {hello['id']} found no coordinator at {host}:{port} within {timeout} s "
                            f"({last.strerror if isinstance(last, OSError) and last.strerror else last or 'no answer'}):"
                            " start process 0 with the same --coordinator, or check the address")

@@ -79,6 +79,31 @@ def test_a_process_id_given_twice_among_three_is_refused_in_every_process(tmp_pa
         assert rc == 1 and "process id 1 is taken" in err and one_paragraph(err), err[-3000:]
 
 
+def test_a_process_that_reaches_a_port_where_no_run_starts_says_so(tmp_path):
+    """A second process 1 that arrives once the run has started finds JAX's
+    coordinator at the port, which accepts and closes: not "no coordinator"."""
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.5)
+        stop = threading.Event()
+
+        def accept_and_close():
+            while not stop.is_set():
+                try:
+                    server.accept()[0].close()
+                except OSError:
+                    pass
+        thread = threading.Thread(target=accept_and_close, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(distributed.DistributedError, match="given twice"):
+                distributed._join("127.0.0.1", server.getsockname()[1], {"id": 1, "n": 2, "agree": {}},
+                                  time.monotonic() + 2, 2)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+
 def test_the_settings_compared_leave_out_each_process_s_own_place():
     args = driver.argparse.Namespace(process_id=1, coordinator="h:1", coordinator_timeout=5, data_dir=Path("/d"),
                                      devices=2, cluster=False, debug=False, share=None, part_record=None,
