@@ -15,7 +15,7 @@ count, as with any device count).
 Such a run is all-or-nothing, and its failures end every process with a
 message, never a hang. Before JAX starts, the processes meet at the
 coordinator's address (``rendezvous``): process 0 listens there (a busy port
-is refused at once), the others connect, and a process that has not arrived
+is refused within seconds), the others connect, and a process that has not arrived
 within ``timeout`` seconds is named in the error every process prints. Each
 process then keeps its connection to process 0 open as a watchdog: when a
 process ends (it finished, it crashed, it was killed), its connection closes,
