@@ -140,7 +140,31 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout
                                "each with its own --process-id; process 0 must be able to listen on the "
                                "coordinator's port") from None
     _STARTED.append((jax.process_index(), jax.process_count()))
+    if coordinator is None:   # JAX found the processes (a cluster): no rendezvous of ours compared them
+        agree_through_jax(agree, timeout)
     return _STARTED[0]
+
+
+def agree_through_jax(agree, timeout):
+    """The rendezvous's check for a run whose processes JAX found itself
+    (``auto``): each process publishes its settings in JAX's key-value store
+    and reads every other's; all refuse with the first disagreement, the same
+    message in every process."""
+    import jax
+    from jax._src import distributed as jax_distributed
+    client, me, n = jax_distributed.global_state.client, jax.process_index(), jax.process_count()
+    if client is None or n == 1:
+        return
+    try:
+        client.key_value_set(f"nndl-jax/agree/{me}", json.dumps({"id": me, "n": n, "agree": agree or {}}))
+        hellos = [json.loads(client.blocking_key_value_get(f"nndl-jax/agree/{i}", int(timeout) * 1000))
+                  for i in range(n)]
+    except Exception as e:  # JAX's runtime error: a process that did not publish within the timeout
+        raise DistributedError(f"process {me} of {n} did not hear every other process's settings within "
+                               f"{timeout} s ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    problem = next(filter(None, (disagreement(hellos[0], theirs) for theirs in hellos[1:])), None)
+    if problem:
+        raise DistributedError(problem)
 
 
 def _bound_jax_waits(jax, timeout):

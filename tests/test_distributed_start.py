@@ -104,6 +104,30 @@ def test_a_process_that_reaches_a_port_where_no_run_starts_says_so(tmp_path):
             thread.join(timeout=5)
 
 
+AGREE = textwrap.dedent("""
+    import sys
+    from nndl_jax import devices, distributed
+    i, port = int(sys.argv[1]), sys.argv[2]
+    devices.use_cpu_devices(1)
+    distributed.initialize(f"127.0.0.1:{port}", 2, i, timeout=60)
+    try:
+        distributed.agree_through_jax({"--epochs": 2 + i, "--quick": True}, 60)
+    except distributed.DistributedError as e:
+        print(f"refused: {e}", flush=True)
+        sys.exit(1)
+    print("agreed", flush=True)
+""")
+
+
+def test_processes_found_by_jax_are_compared_through_its_key_value_store(tmp_path):
+    """--cluster has no rendezvous of ours: the same check goes through JAX's store."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, str(i), str(port)], cwd=REPO, env=environment(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for rc, out, err in finish(procs, limit=240):
+        assert rc == 1 and "refused: process 1's arguments differ from process 0's: --epochs 3 vs 2" in out, err
+
+
 def test_the_settings_compared_leave_out_each_process_s_own_place():
     args = driver.argparse.Namespace(process_id=1, coordinator="h:1", coordinator_timeout=5, data_dir=Path("/d"),
                                      devices=2, cluster=False, debug=False, share=None, part_record=None,
