@@ -183,28 +183,63 @@ def add_process_arguments(p):
     from nndl_jax import distributed
     g = p.add_argument_group("one run over several processes or hosts (jax.distributed; all-or-nothing: "
                              "if one process fails, all stop, and --resume continues)")
-    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+    g.add_argument("--coordinator", type=coordinator_arg, metavar="HOST:PORT", default=None,
                    help="process 0's address, the same for every process")
     g.add_argument("--num-processes", type=positive_int, default=None, metavar="N", help="how many processes")
     g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process: 0 .. N-1")
     g.add_argument("--coordinator-timeout", type=positive_int, default=distributed.DEFAULT_TIMEOUT,
-                   metavar="SECONDS", help="how long to wait for the other processes, and for a silent one "
-                                           "(default %(default)s)")
+                   metavar="SECONDS", help="how long the start-up waits for the other processes, and how long "
+                                           "a silent one goes unnoticed (default %(default)s)")
     g.add_argument("--cluster", action="store_true",
                    help="let JAX detect the processes of a cluster it knows (Slurm, TPU pods, Open MPI)")
+    g.add_argument("--debug", action="store_true",
+                   help="when a process of the run stops on an error, print JAX's own traceback here "
+                        "(by default it goes to a log file, which the message names)")
+
+
+def coordinator_arg(text):
+    """An argparse type: ``HOST:PORT`` with a port from 1 to 65535."""
+    from nndl_jax import distributed
+    try:
+        distributed.parse_coordinator(text)
+    except distributed.DistributedError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+# What may differ between the processes of one run: each process's own place in it.
+_PER_PROCESS = {"process_id", "coordinator", "coordinator_timeout", "cluster", "debug", "data_dir", "devices",
+                "share", "part_record"}
+_LABELS = {"chapter": "the command", "code": "the code version"}
+
+
+def agreed_settings(args):
+    """The settings every process of a run must share, as {"--epochs": 3, ...}:
+    the parsed command line but each process's own place in it (``_PER_PROCESS``)."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+    return {_LABELS.get(k, "--" + k.replace("_", "-")): plain(v)
+            for k, v in sorted(vars(args).items()) if k not in _PER_PROCESS and not k.startswith("_")}
 
 
 def start_processes(args, prog="nndl-jax"):
-    """Join the run's other processes (before JAX starts) when asked to; the
-    processes other than 0 then print nothing and write nothing (process 0 does)."""
+    """Join the run's other processes (before JAX starts) when asked to, after
+    checking that every process was given the same arguments; the processes
+    other than 0 then print nothing and write nothing (process 0 does). A stop
+    of any process (Ctrl-C, SIGTERM) stops this one too, with its note."""
     from nndl_jax import distributed
     try:
         if not (args.cluster or distributed.wanted(args.coordinator, args.num_processes, args.process_id)):
             return
         index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                              timeout=args.coordinator_timeout, auto=args.cluster)
+                                              timeout=args.coordinator_timeout, auto=args.cluster,
+                                              agree=agreed_settings(args), debug=getattr(args, "debug", False))
     except distributed.DistributedError as e:
         raise Refusal(f"{prog}: {e}") from None
+    distributed.on_peer_stop(lambda peer, why, status: _stop_now(why if " in process " in why
+                                                                 else f"{why} in process {peer}", status))
     if index != 0:  # stdout, its file descriptor too (the collectives' libraries print there)
         sys.stdout.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -233,18 +268,25 @@ def use_devices(n, *, per_core=False, prog="nndl-jax"):
     """Ask JAX for ``n`` CPU devices (None: one per core when ``per_core``,
     else leave JAX's default) before it runs anything. When JAX already runs
     (a test, or an earlier chapter of ``reproduce``) with another count, says
-    so on stderr; the numbers do not depend on the device count."""
+    so on stderr; the numbers do not depend on the device count. The count is
+    this process's own (``--devices`` in a run over several processes); then
+    the processes connect their collectives (``distributed.connect_collectives``)."""
+    from nndl_jax import distributed
     if n is None and not per_core:
+        if distributed.started():
+            distributed.connect_collectives()
         return None
     from nndl_jax import devices
     want = devices.cpu_count() if n is None else n
     devices.use_cpu_devices_unless_started(want)
     import jax
-    got = len(jax.devices("cpu"))
+    got = len(jax.local_devices(backend="cpu"))
     if n is not None and got != n:
         print(f"{prog}: --devices {n} cannot apply: JAX already runs with {got} CPU devices in this "
               f"process (the count is fixed once JAX has run anything); run the command in a fresh "
               f"process to use {n}. The results do not depend on it.", file=sys.stderr, flush=True)
+    if distributed.started():
+        distributed.connect_collectives()
     return got
 
 
@@ -855,10 +897,28 @@ def resume_command():
     return f"{command_name(args.chapter)} " + shlex.join(argv)
 
 
-def interrupted_note():
-    """What Ctrl-C prints: the rows saved where, and the command that resumes."""
-    lines = ["", "stopped (Ctrl-C)."]
-    by_out = {}
+def interrupted_note(why="Ctrl-C"):
+    """What Ctrl-C (or SIGTERM: ``why``) prints: the rows saved where, and the
+    command that resumes. In a process other than 0 of a run over several,
+    which saves nothing itself: that process 0 keeps what is saved."""
+    from nndl_jax import distributed
+    lines = ["", f"stopped ({why})."]
+    place = distributed.started()
+    if place is not None and place[0] != 0:
+        lines.append(f"process {place[0]} of {place[1]}: process 0 records the finished rows and keeps the "
+                     "unfinished row's checkpoint; its note says what is saved.")
+    else:
+        lines += _saved_lines()
+    command = resume_command()
+    if command:
+        lines.append(f"resume with: {command}" + (" (and every other process with its own --process-id)"
+                                                  if place is not None else ""))
+    return "\n".join(lines)
+
+
+def _saved_lines():
+    """Where the finished rows and the unfinished row's last epoch are saved."""
+    lines, by_out = [], {}
     for out, rid in _SESSION["recorded"]:
         by_out.setdefault(str(out), []).append(rid)
     for out, ids in by_out.items():
@@ -867,10 +927,7 @@ def interrupted_note():
         lines.append(f"the unfinished row's last finished epoch is saved in {_SESSION['checkpoint']}")
     if not by_out and _SESSION["checkpoint"] is None:
         lines.append("no row was finished yet.")
-    command = resume_command()
-    if command:
-        lines.append(f"resume with: {command}")
-    return "\n".join(lines)
+    return lines
 
 
 def checkpoint_refusal(e):
@@ -901,21 +958,39 @@ def _short(value, limit=60):
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+_STOPS = {"SIGINT": ("Ctrl-C", 130), "SIGTERM": ("SIGTERM", 143)}   # signal: what the note says, exit status
+_STOPPING = threading.Lock()
+
+
+def _stop_now(why, status):
+    """End this process at once (from any thread): tell the run's other
+    processes, print the note, exit with ``status``. Only the first caller
+    gets through; a second one waits for the exit."""
+    _STOPPING.acquire()
+    from nndl_jax import distributed
+    distributed.tell_peers_stopping(why, status)
+    print(interrupted_note(why), file=sys.stderr, flush=True)
+    os._exit(status)
+
+
 @contextlib.contextmanager
 def _stop_at_once_with_a_note():
-    """Ctrl-C (SIGINT) ends the process at once, even in the middle of a
-    compiled epoch (Python alone would only see it when the epoch returns),
-    after printing which rows are saved where and the command that resumes
-    (exit status 130). Nothing saved is lost: checkpoints and results are
-    written atomically. The signal's byte reaches a helper thread through
-    ``signal.set_wakeup_fd``, which needs no help from the busy main thread."""
+    """Ctrl-C (SIGINT) and SIGTERM (what Slurm sends before it kills a job)
+    end the process at once, even in the middle of a compiled epoch (Python
+    alone would only see it when the epoch returns), after printing which rows
+    are saved where and the command that resumes (exit status 130, 143); in a
+    run over several processes every process stops so. Nothing saved is lost:
+    checkpoints and results are written atomically. The signal's byte reaches
+    a helper thread through ``signal.set_wakeup_fd``, which needs no help
+    from the busy main thread."""
     import signal
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "set_wakeup_fd"):
         yield
         return
+    caught = {getattr(signal, name): stop for name, stop in _STOPS.items()}
     r, w = os.pipe()
     os.set_blocking(w, False)
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)
+    previous_handlers = {sig: signal.signal(sig, lambda *_: None) for sig in caught}
     previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
 
     def watch():
@@ -926,9 +1001,9 @@ def _stop_at_once_with_a_note():
                 return
             if not got:
                 return
-            if signal.SIGINT in got:
-                print(interrupted_note(), file=sys.stderr, flush=True)
-                os._exit(130)
+            for sig, (why, status) in caught.items():
+                if sig in got:
+                    _stop_now(why, status)
 
     thread = threading.Thread(target=watch, name="ctrl-c", daemon=True)
     thread.start()
@@ -936,7 +1011,8 @@ def _stop_at_once_with_a_note():
         yield
     finally:
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGINT, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         os.close(w)
         thread.join(timeout=1)
         os.close(r)
@@ -947,7 +1023,7 @@ def main_entry(main, argv=None, prog=None):
     status. Every refusal (bad arguments, a refused checkpoint, a bad results
     file, missing MNIST) prints its message without a Python traceback and
     gives a non-zero status; Ctrl-C stops at once and says what is saved and
-    how to resume (130). Used by every ``__main__`` block and by ``nndl-jax``;
+    how to resume (130; SIGTERM likewise, 143). Used by every ``__main__`` block and by ``nndl-jax``;
     ``prog``: the command's name for its messages, usage line and resume
     command (default, given an ``argv``: ``nndl-jax``; a chapter adds its name)."""
     from nndl_jax.checkpoint import CheckpointError

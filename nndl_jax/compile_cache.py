@@ -11,6 +11,7 @@ compiled again.
 """
 import functools
 import os
+import sys
 
 import jax
 
@@ -39,4 +40,25 @@ def use_compilation_cache():
         return jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    _explain_cache_warnings(folder)
     return folder
+
+
+def _explain_cache_warnings(folder):
+    """JAX's warning about an entry of the cache it cannot read or write names
+    neither the folder nor what to do: say both, once per process, in one line
+    (the program is compiled afresh; the numbers do not change)."""
+    import warnings
+    previous, said = warnings.showwarning, []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if "persistent compilation cache" not in text:
+            return previous(message, category, filename, lineno, file, line)
+        if not said:
+            said.append(text)
+            print(f"nndl-jax: an entry of the compilation cache in {folder} is damaged or cannot be written "
+                  f"({text[:200]}); the program is compiled afresh and the numbers do not "
+                  f"change. Deleting the folder {folder} is safe: it only saves compiling time (set "
+                  f"{COMPILATION_CACHE_ENV}=0 to turn the cache off).", file=sys.stderr, flush=True)
+    warnings.showwarning = show

@@ -212,6 +212,7 @@ def run_chapter(module, argv, n, out, ndev, timeout=600):
     results = finish(procs, limit=timeout)
     for rc, _, err in results:
         assert rc == 0, err[-3000:]
+        assert "cannot apply" not in err   # --devices is each process's own count (the README's example)
     return results, json.loads((Path(out) / "results.json").read_text())
 
 
