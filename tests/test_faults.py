@@ -43,10 +43,21 @@ book replay and the book's façade
   cost divided by the measured value ..... test_a_replayed_cost_is_compared_relative_to_the_books
   replaced item outside the 32-image sample  test_device_arrays_sees_an_item_replaced_outside_its_sample
 
-Private functions used: driver.claim and driver.live_owner (the owner lock:
-no public command shows it without training), driver.recorded_job is not
-used (run_jobs is). A duplicate process id (issue 31 item 14's last case) has
-no test here: the check does not exist on this branch yet.
+Every fault above, injected alone, fails its test; with all the faults of
+an area injected at once, the covering test files (test_resume, test_core,
+test_cli, test_hardening, test_report, test_book_replay, test_network,
+test_devices, test_sharding, test_parts) still pass: these tests are the
+ones that notice.
+
+Internal functions used (no command shows what they do without training):
+``driver.claim`` and ``driver.live_owner`` (the owner lock), ``driver.checkpoint_dir``
+and ``driver.remove_checkpoints`` (planting and removing checkpoints). The rest
+goes through public behaviour: ``train.fit``, ``driver.parse_args`` /
+``run_jobs`` / ``main_entry`` / ``progress``, ``store.read_results`` / ``record`` /
+``out_problem``, ``merge.main`` / ``merge.merge``, ``parts.part_record``.
+
+A duplicate process id (the issue's last case) has no test here: the check is
+not on this branch (the procs branch adds it with its own test).
 """
 import datetime
 import json
