@@ -402,8 +402,9 @@ def test_progress_prints_the_last_epoch_when_not_a_multiple_of_every(capsys):
     on_epoch = driver.progress("r", 5, lambda record: "shown", every=2)
     for e in range(5):
         on_epoch(e, {"events": []})
-    printed = [line.split("epoch ")[1].split(":")[0] for line in capsys.readouterr().out.splitlines()]
-    assert printed == ["1/5", "2/5", "4/5", "5/5"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] Epoch " in line]
+    printed = [line.split("] Epoch ")[1].split(":")[0] for line in lines]
+    assert printed == ["0 (1 of 5)", "1 (2 of 5)", "3 (4 of 5)", "4 (5 of 5)"]
 
 
 def test_resume_reruns_a_job_recorded_with_other_seeds(tmp_path, cache):
