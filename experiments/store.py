@@ -346,8 +346,17 @@ def environment():
     """The machine and library versions, recorded in every results file."""
     import jax
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "jax": jax.__version__, "backend": jax.default_backend(),
+            "jax": jax.__version__, "jaxlib": _version_of("jaxlib"), "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()]}
+
+
+def _version_of(package):
+    """An installed package's version, or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def now():

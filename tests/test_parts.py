@@ -308,3 +308,27 @@ def test_merge_refuses_a_folder_without_results(tmp_path, capsys):
     assert merge.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
     assert "holds no results.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rows_seeds_in_three_parts_merge_to_the_unsplit_row(mnist_dir, tmp_path):
+    """Row 1.1's three seeds, one per part (--part I/3), each part recording only its seed's unit
+    (1.1@<seed>), merged: row 1.1 composed from the units equals one unsplit run's (the same three
+    runs in seed order; mean and sd recomputed; curves, peaks, notes), and the figure is redrawn."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    command = [sys.executable, "-m", "experiments.chap1", "--quick", "--only", "1.1", "--seeds", "3"]
+    run_parts([command + ["--part", f"{i}/3", "--out", str(tmp_path / f"part{i}")] for i in (1, 2, 3)], env)
+    for i in (1, 2, 3):
+        part = store.read_results(tmp_path / f"part{i}")
+        assert part["rows"] == [] and list(part["units"]) == [f"1.1@{12345678 + i - 1}"]   # its seed alone
+    run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", *(str(tmp_path / f"part{i}") for i in (1, 2, 3)),
+                        "--out", str(tmp_path / "merged")], timeout=120, env=env).stdout
+    assert "composed 1.1 from 3 unit records" in said and "redrew chap1_accuracy.png" in said
+    merged = {r["id"]: r for r in store.read_results(tmp_path / "merged" / "chap1")["rows"]}
+    one = {r["id"]: r for r in store.read_results(tmp_path / "one")["rows"]}
+    assert list(merged) == list(one) == ["1.1"]
+    assert len(merged["1.1"]["measured"]["runs"]) == 3
+    same = {k: v for k, v in one["1.1"].items() if k not in store.VOLATILE}
+    assert {k: v for k, v in merged["1.1"].items() if k not in store.VOLATILE} == same
+    assert merged["1.1"]["seeds"] == [12345678, 12345679, 12345680]
