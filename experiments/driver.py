@@ -313,6 +313,7 @@ class Job:
     compose: Callable = None
     unit_rows: list = None
     units_are_rows: bool = False
+    noun: tuple = ("seeds", "its")   # what its units are called in messages: ("nets", "the ensemble's")
 
 
 _CURRENT = {"job": None}
@@ -429,7 +430,8 @@ def run_unit_job(args, job):
     results = store.read_results(args.out)
     todo = [s for s in held if not (args.resume and recorded_unit(args, job, results, s))]
     if len(todo) < len(held):
-        print(f"\n{job.id}: seeds {', '.join(str(s) for s in held if s not in todo)} already in "
+        skipped = ", ".join(str(s) for s in held if s not in todo)
+        print(f"\n{job.id}: {'' if job.noun[0] == 'seeds' else job.noun[0] + ' of '}seeds {skipped} already in "
               f"{Path(args.out) / store.RESULTS}; --resume skips them", flush=True)
     rows = []
     if todo:
@@ -462,7 +464,7 @@ def composed_rows(args, job):
     every = job_seeds(args, job)
     missing = [s for s in every if not recorded_unit(args, job, results, s)]
     if missing:
-        print(f"\n{job.id}: {len(every) - len(missing)} of its {len(every)} seeds are recorded in "
+        print(f"\n{job.id}: {len(every) - len(missing)} of {job.noun[1]} {len(every)} {job.noun[0]} are recorded in "
               f"{Path(args.out) / store.RESULTS}; its rows {', '.join(job.rows)} are composed once the others "
               f"are ({', '.join(f'{job.id}@{s}' for s in missing)}: another part, then `nndl-jax merge`)",
               flush=True)

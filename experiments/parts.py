@@ -268,10 +268,24 @@ def plan_text(parts, *, what):
 
 # --- what a chapter's command runs -----------------------------------------------------------
 
+class PlanError(SystemExit):
+    """A plan that cannot be made (more parts than units of work): the message says what to give."""
+
+
+def checked_plan(units, n, what):
+    """``plan(units, n)``, refused at once (``PlanError``) when ``n`` exceeds the
+    most units the work splits into: parts beyond them would have nothing to run."""
+    most = most_units(units)
+    if n > most:
+        raise PlanError(f"{what}: {n} parts, but this work splits into at most {most} unit{'s' * (most != 1)} "
+                        f"(a job's seeds one by one): give N at most {most}")
+    return plan(units, n)
+
+
 def chapter_plan(chapter, args, planned_jobs, n):
     """The plan of one chapter's command (its jobs asked for) over ``n`` parts."""
     units = _units(chapter, args, planned_jobs, 0)
-    return plan(units, n)
+    return checked_plan(units, n, chapter)
 
 
 def _units(chapter, args, planned_jobs, start):
@@ -288,7 +302,7 @@ def book_plan(chapter_args, planned, n):
     units = []
     for chapter, args in chapter_args.items():
         units += _units(chapter, args, planned[chapter], len(units))
-    return plan(units, n)
+    return checked_plan(units, n, "nndl-jax reproduce")
 
 
 def part_record(parts, i, chapter):

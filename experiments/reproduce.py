@@ -270,14 +270,35 @@ def wall_clock_seconds(runs):
     return total
 
 
+def by_part(runs):
+    """{part ("1/4", or None for a run of no part): its runs}."""
+    out = {}
+    for run in runs:
+        out.setdefault((run.get("part") or {}).get("part"), []).append(run)
+    return out
+
+
+def parts_wall_seconds(runs):
+    """The wall time of ``runs``: for the runs of several parts (``--part``, run
+    on several machines at once, then merged), the longest part's; else the
+    union of their intervals (``wall_clock_seconds``)."""
+    parts_ = by_part(runs)
+    if len(parts_) < 2:
+        return wall_clock_seconds(runs)
+    return max(wall_clock_seconds(mine) for mine in parts_.values())
+
+
 def wall_text(runs, rows=()):
     """"3 h 2 min wall", with what it holds in brackets: where runs ran side by
     side (one per core), their summed time too; where ``rows`` were resumed over
     several sittings, the earlier sittings (``earlier_seconds``, added to both
     times) and the restored epochs that no timing covers (``untimed_epochs``)."""
     earlier = sum(r.get("earlier_seconds", 0) for r in rows)
-    wall, summed = wall_clock_seconds(runs) + earlier, sum(r.get("wall_seconds", 0) for r in runs) + earlier
-    notes = [f"{_duration(summed)} of runs, some side by side"] if summed - wall >= 1 else []
+    wall, summed = parts_wall_seconds(runs) + earlier, sum(r.get("wall_seconds", 0) for r in runs) + earlier
+    several = len(by_part(runs)) > 1
+    notes = [f"{_duration(summed)} compute time: the sum of the {len(by_part(runs))} parts' runs, the wall time "
+             "being the longest part's" if several else f"{_duration(summed)} of runs, some side by side"] \
+        if summed - wall >= 1 else []
     notes += list(filter(None, [resumed_text(rows)]))
     return f"{_duration(wall)} wall" + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -322,7 +343,7 @@ def report_page(out):
     lines += ["| chapter | rows | kind | seeds | wall time | machine |", "|---|---|---|---|---|---|"]
     for name, res in results.items():
         kinds = {("quick" if r.get("quick", res.get("quick")) else "full") for r in res["rows"]}
-        wall = _duration(wall_clock_seconds(res.get("runs", [])))
+        wall = _duration(parts_wall_seconds(res.get("runs", [])))
         lines.append(f"| [{name}](#{name}) | {len(res['rows'])} | {', '.join(sorted(kinds))} | "
                      f"{_seeds_text(rows_seeds(res['rows'], res))} | {wall} | {machine(res.get('environment'))} |")
     for name, res in results.items():

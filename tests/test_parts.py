@@ -271,27 +271,30 @@ def test_the_whole_books_plan_gives_every_chapters_jobs_once_and_is_bounded_by_i
 
 
 def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mnist_dir, tmp_path):
-    """Chapter 6's ensemble net by net: parts 1/2 and 2/2 train 3 and 2 of its 5 nets as two
-    processes; merged, then 6.11 and 6.12 composed by the command merge prints (training
-    nothing), the rows, each net's test predictions and curves equal one process training all 5."""
+    """Chapter 6's ensemble net by net: parts 1/2 and 2/2 of `--only 6.11 6.12` train 3 and 2 of its
+    5 nets as two processes; merge composes 6.11 (the nets) and 6.12 (their vote) itself, and the
+    rows, each net's test predictions, the curves and the redrawn errors figure equal one process
+    training all 5."""
     env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
                NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
-    chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "--devices", "1"]
+    chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "6.12", "--devices", "1"]
     run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    for i in (1, 2):
+        assert not {"6.11", "6.12"} & {r["id"] for r in store.read_results(tmp_path / f"part{i}")["rows"]}
     merged_out = tmp_path / "merged"
     said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", str(tmp_path / "part1"),
-                        str(tmp_path / "part2"), "--out", str(merged_out)], timeout=120, env=env).stdout
-    assert "rows 6.11, 6.12 are composed from the nets 6.11@<seed>" in said
-    composed = run_bounded(chapter + ["--out", str(merged_out / "chap6"), "--resume"], timeout=300, env=env).stdout
-    assert "--resume skips them" in composed and "epoch 1/1" not in composed   # nothing trained
+                        str(tmp_path / "part2"), "--out", str(merged_out)], timeout=300, env=env).stdout
+    assert "composed 6.11, 6.12 from 5 unit records" in said and "redrew ensemble_errors.png" in said
+    assert "..." not in said
     run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
 
     merged, one = store.read_results(merged_out / "chap6"), store.read_results(tmp_path / "one")
     ids = ["6.11", *(f"6.11@{12345678 + k}" for k in range(5)), "6.12"]
     assert sorted(r["id"] for r in merged["rows"]) == sorted(r["id"] for r in one["rows"]) == sorted(ids)
-    for key in ("measured", "test_predictions"):
+    for key in ("measured", "test_predictions", "errors", "best_epoch", "best_validation", "seeds", "nets"):
         assert {r["id"]: r.get(key) for r in merged["rows"]} == {r["id"]: r.get(key) for r in one["rows"]}
     assert merged["curves"] == one["curves"]
+    assert (merged_out / "chap6" / "ensemble_errors.png").stat().st_size > 0
 
 
 def test_a_late_part_merges_into_the_merged_folder_as_one_more_part(tmp_path):
