@@ -289,9 +289,7 @@ def sgd_units(args, group, data, epochs):
                   diverged_at=int(diverged[i, k]))
              for i, r in enumerate(group) for k, s in enumerate(seeds)]
     payload = {"timings_seconds": {arch: wall}}
-    if np.any(diverged >= 0):
-        payload["diverged"] = {getattr(args, "checkpoint_id", None) or group_id(group): diverged.ravel().tolist()}
-    return units, payload
+    return units, payload | store.divergence(getattr(args, "checkpoint_id", None) or group_id(group), diverged.ravel())
 
 
 def compose(units, results=None):

@@ -370,7 +370,8 @@ def _run(args, job, checkpoint_id, unit_seeds=None):
     (its records, its payload, its seconds)."""
     _CURRENT["job"] = job
     t0 = time.time()
-    given = argparse.Namespace(**{**vars(args), "checkpoint_id": checkpoint_id, "unit_seeds": unit_seeds})
+    given = argparse.Namespace(**{**vars(args), "checkpoint_id": checkpoint_id, "unit_seeds": unit_seeds,
+                                  "extra_payload": {}})
     try:
         out = job.run(given)
     except BaseException:
@@ -379,7 +380,22 @@ def _run(args, job, checkpoint_id, unit_seeds=None):
     finally:
         _CURRENT["job"] = None
     done, payload = out if isinstance(out, tuple) else (out, {})
-    return done, payload, time.time() - t0
+    return done, merged_payload(payload, given.extra_payload), time.time() - t0
+
+
+def add_payload(args, payload):
+    """Add ``payload`` (e.g. ``store.divergence(...)``) to what the running job
+    records with its rows: a job's sub-runs return nothing to the driver but
+    what they measure, and only the driver writes results."""
+    args.extra_payload = merged_payload(getattr(args, "extra_payload", {}), payload)
+
+
+def merged_payload(a, b):
+    """Two chapter payloads as one: dict entries merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _record(args, rows, payload, units=()):

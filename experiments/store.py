@@ -418,6 +418,14 @@ def record(args, rows, *, complete=False, units=(), **payload):
     return merged
 
 
+def divergence(run_id, diverged_at):
+    """The payload that marks in ``results.json`` (``"diverged"``: run id -> the
+    epoch at which each of its nets stopped being finite, -1 for none) a run of
+    which some net diverged; {} when none did. Recorded with the job's rows."""
+    diverged_at = np.asarray(diverged_at)
+    return {"diverged": {run_id: diverged_at.tolist()}} if np.any(diverged_at >= 0) else {}
+
+
 def recorded_rows(args):
     """Every row now in ``OUT/results.json`` (this run's and earlier runs')."""
     results = read_results(args.out)
