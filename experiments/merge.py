@@ -29,12 +29,11 @@ rows are drawn again from the merged rows (``redraw``); the others are copied.
 import argparse
 import importlib
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
 
-from experiments import store
+from experiments import compose, store
 
 VOLATILE = store.VOLATILE   # one list of what does not identify a measurement
 # payload entries that say how long something took, not what it measured
@@ -74,7 +73,7 @@ def run_settings(run):
             ("plan", (run.get("part") or {}).get("plan")))
 
 
-CHAPTER_NAME = re.compile(r"chap[A-Za-z0-9_-]*")
+CHAPTER_NAME = compose.CHAPTER_NAME
 
 
 def chapter_name(name, path):
@@ -165,43 +164,8 @@ def merge_chapter(chapter, sources):
                   environment=sources[0][1].get("environment"))
     if units:
         merged["units"] = dict(sorted(units.items(), key=lambda kv: store.row_sort_key(kv[0])))
-    composed = compose_rows(chapter, merged)
+    composed = compose.compose_rows(chapter, merged)
     return merged, composed + missing_lines(chapter, merged)
-
-
-def compose_rows(chapter, merged):
-    """Compose (in ``merged``, in place) every row whose units the parts held
-    apart and that no part composed: by the chapter's ``compose`` from the
-    unit records in seed order. Report lines."""
-    wanted = {}
-    for run in merged["runs"]:
-        wanted.update((run.get("part") or {}).get("composed", {}))
-    have = {r["id"]: r for r in merged["rows"]}
-    records = {**have, **merged.get("units", {})}
-    lines = []
-    for job, entry in sorted(wanted.items()):
-        if all(r in have for r in entry["rows"]) or not all(u in records for u in entry["units"]):
-            continue
-        by_row = {}
-        for uid in entry["units"]:
-            by_row.setdefault(uid.split("@")[0], []).append(records[uid])
-        module = importlib.import_module(f"experiments.{chapter}")
-        made, payload = module.compose({k: sorted(v, key=lambda u: u["seed"]) for k, v in by_row.items()}, merged)
-        flat = [u for us in by_row.values() for u in us]
-        latest = max(flat, key=lambda u: u.get("finished", ""))
-        for r in made:
-            r.update({k: latest[k] for k in ("quick", "x64", "run", "finished") if k in latest})
-            r.setdefault("seeds", sorted({u["seed"] for u in flat}))
-            r.setdefault("seconds", sum({(u.get("run"), tuple(u.get("trained_with") or [])): u.get("seconds", 0)
-                                         for u in flat}.values()))
-        merged["rows"] = sorted({**have, **{r["id"]: r for r in made}}.values(),
-                                key=lambda r: store.row_sort_key(r["id"]))
-        have = {r["id"]: r for r in merged["rows"]}
-        for k, v in payload.items():
-            merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
-        lines.append(f"{chapter}: composed {', '.join(r['id'] for r in made)} from {len(entry['units'])} unit "
-                     f"records of {job} trained in several parts")
-    return lines
 
 
 def missing_lines(chapter, merged):
