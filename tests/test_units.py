@@ -154,3 +154,25 @@ def test_the_wall_time_of_parts_is_the_longest_part_and_the_sum_is_compute_time(
     text = reproduce.wall_text(runs)
     assert text.startswith("1 h") and "compute time" in text and "1 h 30 min" in text
     assert reproduce.parts_wall_seconds([dict(r, part=None) for r in runs]) == 5400.0   # one machine, two sittings
+
+
+# --- units at the end of a run ------------------------------------------------------------
+
+def test_resume_trains_only_the_seeds_not_yet_recorded_and_composes_the_row(tmp_path, mnist_dir, capsys,
+                                                                           monkeypatch):
+    """1.1 with one seed, then with two under --resume: the recorded unit 1.1@12345678 is kept (its
+    record unchanged), only 1.1@12345679 trains, and the row is composed from both."""
+    from experiments import chap1
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base = ["--quick", "--only", "1.1", "--out", str(tmp_path / "o"), "--data-dir", str(mnist_dir)]
+    chap1.main(base + ["--seeds", "1"])
+    first = store.read_results(tmp_path / "o")["units"]["1.1@12345678"]
+    capsys.readouterr()
+    chap1.main(base + ["--seeds", "2", "--resume"])
+    said = capsys.readouterr().out
+    assert "1.1: seeds 12345678 already in" in said and "1 learning rates x 1 seeds" in said
+    results = store.read_results(tmp_path / "o")
+    assert results["units"]["1.1@12345678"] == first
+    row = results["rows"][0]
+    assert row["seeds"] == [12345678, 12345679] and len(row["measured"]["runs"]) == 2
+    assert row["curve"][0] == first["curve"] and row["curve"][1] == results["units"]["1.1@12345679"]["curve"]
