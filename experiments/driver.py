@@ -533,9 +533,17 @@ def finish(args, rows, **payload):
           f"{' (quick mode)' if args.quick else ''}")
     print(f"wrote {Path(args.out) / store.RESULTS}" + (f" ({kept} rows of earlier runs kept)" if kept else ""))
     if getattr(args, "part_record", None):
-        print(f"part {args.part_record['part']} (plan {args.part_record['plan']}) done: gather the parts' "
-              "--out folders and combine them with `nndl-jax merge DIR... --out DIR`")
+        print(merge_hint(args))
     return out
+
+
+def merge_hint(args):
+    """What a part says when it is done: the whole merge command, with this
+    part's folder in its place and the other parts' folders named by their part."""
+    i, n = (int(t) for t in args.part_record["part"].split("/"))
+    folders = [shlex.quote(str(args.out)) if k == i else f"PART{k}_OUT" for k in range(1, n + 1)]
+    return (f"part {i}/{n} (plan {args.part_record['plan']}) done. Once every part is, with PARTk_OUT the --out "
+            f"of part k/{n}: nndl-jax merge {' '.join(folders)} --out merged")
 
 
 # --- checkpoints of unfinished rows ------------------------------------------------------------

@@ -258,11 +258,13 @@ def plan_text(parts, *, what):
                      f"{longest.chapter} {longest.job} ({duration(longest.seconds)}), bounds it for any N")
     for (chapter, job), where in apart(parts).items():
         seeds = [u for p in parts for u in p if u.chapter == chapter and u.base == job]
-        lines.append(f"{chapter} {job}: its {len(seeds)} seeds are held apart, in parts "
-                     f"{', '.join(map(str, where))}: each trains alone instead of side by side ({len(where)} "
-                     f"programs instead of one; each part loads the data and compiles on its own, and a seed "
-                     f"planned at its share of the side-by-side run, {duration(seeds[0].seconds)}, may take up to "
-                     f"1.6x that alone); merge composes its rows {', '.join(seeds[0].composes)}")
+        counts = [sum(u.chapter == chapter and u.base == job for u in parts[k - 1]) for k in where]
+        held = ", ".join(f"{k} ({c} seed{'s' * (c > 1)})" for k, c in zip(where, counts))
+        lines.append(f"{chapter} {job}: its {len(seeds)} seeds are held apart, in parts {held}: {len(where)} "
+                     f"programs instead of one, each part loading the data and compiling on its own; a seed is "
+                     f"planned at its share of the side-by-side run ({duration(seeds[0].seconds)}), and one "
+                     f"trained alone may take up to 1.6x that (it loses the side-by-side speed-up); merge "
+                     f"composes {', '.join(seeds[0].composes)} from the parts' seeds")
     return "\n".join(lines)
 
 

@@ -177,3 +177,9 @@ def test_resume_trains_only_the_seeds_not_yet_recorded_and_composes_the_row(tmp_
     row = results["rows"][0]
     assert row["seeds"] == [12345678, 12345679] and len(row["measured"]["runs"]) == 2
     assert row["curve"][0] == first["curve"] and row["curve"][1] == results["units"]["1.1@12345679"]["curve"]
+
+
+def test_a_part_done_suggests_a_complete_merge_command():
+    from experiments import driver
+    hint = driver.merge_hint(argparse.Namespace(out=Path("/tmp/my part"), part_record={"part": "2/3", "plan": "p"}))
+    assert "nndl-jax merge PART1_OUT '/tmp/my part' PART3_OUT --out merged" in hint and "..." not in hint
