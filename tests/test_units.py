@@ -183,3 +183,32 @@ def test_a_part_done_suggests_a_complete_merge_command():
     from experiments import driver
     hint = driver.merge_hint(argparse.Namespace(out=Path("/tmp/my part"), part_record={"part": "2/3", "plan": "p"}))
     assert "nndl-jax merge PART1_OUT '/tmp/my part' PART3_OUT --out merged" in hint and "..." not in hint
+
+
+def _depth_part(tmp_path, seeds):
+    """chap5's results of a part that trained seeds ``seeds`` of row 5.1 apart (its units only)."""
+    run = {"id": "2026-01-01T00:00:00+00:00 pid 1 #1", "chapter": "chap5", "argv": ["--quick"], "quick": True,
+           "x64": False, "seeds": [1, 2], "wall_seconds": 1.0, "complete": True, "environment": {},
+           "part": {"part": "1/2", "plan": "p", "planned": {},
+                    "composed": {"5.1": {"rows": ["5.1"], "units": ["5.1@1", "5.1@2"]}}}}
+    curves = {1: [50.0, 60.0, 55.0], 2: [40.0, 70.0, 65.0]}
+    units = {f"5.1@{s}": {"id": f"5.1@{s}", "row": "5.1", "seed": s, "seeds": [s], "per_epoch": curves[s],
+                          "epochs": 3, "quick": True, "x64": False, "run": run["id"], "seconds": 1.0,
+                          "trained_with": [s]} for s in seeds}
+    results = {"chapter": "chap5", "quick": True, "rows": [], "runs": [run], "units": units}
+    store.write_json(tmp_path / "chap5" / store.RESULTS, results)
+    return results
+
+
+def test_a_report_composes_the_rows_whose_units_all_met_in_its_results(tmp_path):
+    """The report composes a row from its units (5.1's peak over both seeds) when all are there, and
+    leaves it out while one is missing."""
+    from experiments import compose
+    results = _depth_part(tmp_path, [1, 2])
+    assert compose.compose_rows("chap5", results) == [
+        "chap5: composed 5.1 from 2 unit records of 5.1 trained in several parts"]
+    row = results["rows"][0]
+    assert row["measured"]["runs"] == [60.0, 70.0] and row["seeds"] == [1, 2] and row["peak_epoch"] == [1, 1]
+    assert "| 5.1 " in reproduce.report_page(tmp_path)
+    _depth_part(tmp_path, [1])
+    assert "| 5.1 " not in reproduce.report_page(tmp_path)
