@@ -338,7 +338,7 @@ def run_jobs(args, jobs):
         if job.compose is not None:
             rows += run_unit_job(args, job)
             continue
-        if parts.held_seeds(args, job, [None]):
+        if parts.holds(args, job.id):
             rows += run_whole_job(args, job)
     return rows
 

@@ -327,14 +327,19 @@ def share(parts, i, chapter):
     return {u.job for u in parts[i - 1] if u.chapter == chapter}
 
 
+def holds(args, job_id):
+    """Whether this process runs the whole job ``job_id``: no --part, or the part holds it."""
+    held = getattr(args, "share", None)
+    return held is None or job_id in held
+
+
 def held_seeds(args, job, seeds):
     """The seeds of ``job`` (of ``seeds``, all of it) that this process trains:
     all of them when no --part is given or the part holds the whole job;
     those whose unit ``<job>@<seed>`` the part holds; [] when it holds none."""
-    held = getattr(args, "share", None)
-    if held is None or job.id in held:
+    if holds(args, job.id):
         return list(seeds)
-    return [s for s in seeds if f"{job.id}@{s}" in held]
+    return [s for s in seeds if f"{job.id}@{s}" in args.share]
 
 
 # --- the code a part ran ---------------------------------------------------------------------
