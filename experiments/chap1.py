@@ -29,6 +29,7 @@ C = 1, gamma = 1/784, which today must be asked for as ``gamma='auto'``).
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -217,7 +218,8 @@ def group_id(rows):
 def train_group(args, rows, seeds, training, test, epochs):
     """Train every run of ``rows`` (one architecture, several η) as one program.
 
-    Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct).
+    Returns accuracy curves [epochs, len(rows), len(seeds)] (test images correct)
+    and the epoch at which each net diverged [len(rows), len(seeds)] (-1: never).
     """
     import jax.numpy as jnp
 
@@ -249,10 +251,10 @@ def train_group(args, rows, seeds, training, test, epochs):
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
                               on_epoch=driver.progress(group_id(rows), epochs, show,
-                                                               log=driver.metrics_log(args, group_id(rows))),
+                                                       log=driver.metrics_log(args, group_id(rows))),
                               checkpoint=ckpt)
-    store.record_divergence(args, group_id(rows), history.diverged_at)
-    return np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k)
+    return (np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k),
+            np.asarray(history.diverged_at).reshape(len(rows), k))
 
 
 def _subset(data, n):
@@ -285,8 +287,8 @@ def jobs(args, data):
     svm_size = QUICK["svm_train_size"] if args.quick else args.svm_train_size
     if data is not None:
         svm_size = min(svm_size, len(data.training.y))
-    out = [driver.Job(group_id(g), [r["id"] for r in g], lambda a, g=g: sgd_rows(a, g, data, epochs),
-                      settings={"epochs": epochs}) for g in sgd_groups(args)]
+    out = [driver.Job(group_id(g), [r["id"] for r in g], lambda a, g=g: sgd_units(a, g, data, epochs),
+                      settings={"epochs": epochs}, compose=compose) for g in sgd_groups(args)]
     if driver.wanted(args, "1.5"):
         out.append(driver.Job("1.5", ["1.5"], lambda a: darkness_row(a, data)))
     if driver.wanted(args, "1.6"):
@@ -299,14 +301,32 @@ def planned_jobs(args):
     return jobs(args, None)
 
 
-def sgd_rows(args, group, data, epochs):
+def sgd_units(args, group, data, epochs):
+    """The seeds the driver gives (``driver.seeds``) of every row of ``group``
+    trained as one program: one unit record per row and seed (its curve), and
+    the group's time and the nets that diverged as the payload."""
     seeds = driver.seeds(args)
     t0 = time.time()
-    acc = train_group(args, group, seeds, data.training, data.test, epochs)
+    acc, diverged = train_group(args, group, seeds, data.training, data.test, epochs)
     wall = time.time() - t0
     arch = "[" + ",".join(map(str, group[0]["sizes"])) + "]"
-    rows = [sgd_row(args, r, acc[:, i, :], epochs, seeds, len(data.test.y)) for i, r in enumerate(group)]
-    return rows, {"timings_seconds": {arch: wall}}
+    units = [dict(row=r["id"], seed=s, curve=acc[:, i, k].tolist(), epochs=epochs, n_test=len(data.test.y),
+                  diverged_at=int(diverged[i, k]))
+             for i, r in enumerate(group) for k, s in enumerate(seeds)]
+    payload = {"timings_seconds": {arch: wall}}
+    return units, payload | store.divergence(getattr(args, "checkpoint_id", None) or group_id(group), diverged.ravel())
+
+
+def compose(units, results=None):
+    """The SGD rows of a group from its unit records ({row: [one record a seed]}),
+    wherever each seed was trained: the row's curves stacked seed by seed."""
+    rows = []
+    for row_id, records in units.items():
+        curve = np.asarray([u["curve"] for u in records], dtype=float).T    # [epochs, seeds]
+        first = records[0]
+        rows.append(sgd_row(first.get("quick", False), ROW[row_id], curve, first["epochs"],
+                            [u["seed"] for u in records], first["n_test"]))
+    return rows, {}
 
 
 def darkness_row(args, data):
@@ -348,7 +368,7 @@ def run(args):
     return rows, {"n_train": len(data.training.y), "n_test": len(data.test.y), "epochs": epochs}
 
 
-def sgd_row(args, r, curve, epochs, seeds, n_test):
+def sgd_row(quick, r, curve, epochs, seeds, n_test):
     """The table row of SGD row ``r`` from its curves [epochs, seeds] (test images correct)."""
     c = 100.0 * curve / n_test          # [epochs, seeds], percent
     peak, final = c.max(axis=0), c[-1]
@@ -356,8 +376,8 @@ def sgd_row(args, r, curve, epochs, seeds, n_test):
     note = (f"peak after {', '.join(str(e) for e in c.argmax(axis=0) + 1)} epochs (per seed); final epoch "
             f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
            f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
-    if args.quick or epochs != EPOCHS:  # the row's label names the book's setting
-        note = f"SHORTENED: {driver.plural(epochs, 'epoch')}{' on a subset (--quick)' if args.quick else ''}; " + note
+    if quick or epochs != EPOCHS:  # the row's label names the book's setting
+        note = f"SHORTENED: {driver.plural(epochs, 'epoch')}{' on a subset (--quick)' if quick else ''}; " + note
     return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
@@ -390,6 +410,13 @@ def plot(args, rows):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center right")
     report.save(fig, path)
+
+
+def redraw(args, results):
+    """The figures drawn from rows, drawn again from ``results`` into ``args.out``
+    (``nndl-jax merge``): the names written."""
+    plot(args, results["rows"])
+    return [f.name for f in [Path(args.out) / "chap1_accuracy.png"] if f.exists()]
 
 
 def add_arguments(p):

@@ -219,7 +219,7 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
                                  log=driver.metrics_log(args, metrics_name(spec))),
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
-    store.record_divergence(args, run_id, hist.diverged_at)
+    driver.add_payload(args, store.divergence(run_id, hist.diverged_at))
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
         correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x, lmbda.dtype),

@@ -276,16 +276,25 @@ def settings(args, splits):
                 gradient_epochs=5 if args.quick else GRADIENT_EPOCHS)
 
 
-def depth_row(args, splits, row_id, run):
-    """5.1–5.4: the peak validation accuracy of a deeper net (and its curve)."""
-    t0 = time.time()
+def depth_units(args, splits, row_id, run):
+    """5.1–5.4: the seeds the driver gives of a deeper net trained as one
+    program: one unit record a seed (its validation curve), composed by ``compose``."""
     spec = ROW[row_id]
+    seeds = driver.seeds(args)
     acc = depth_accuracy(args, splits, row_id, spec["sizes"], run["n_train"], run["epochs"])
-    row = report.row(row_id, spec["experiment"].format(epochs=run["epochs"]), spec["book"], acc.max(0),
-                     final=report.summarize(acc[-1]), peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
-                     seconds=time.time() - t0, epochs=run["epochs"],
-                     note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%")
-    return [row]
+    return [dict(row=row_id, seed=s, per_epoch=acc[:, k].tolist(), epochs=run["epochs"])
+            for k, s in enumerate(seeds)], {}
+
+
+def compose(units, results=None):
+    """A depth row (5.1–5.4) from its seeds' unit records ({row: [a record a seed]}),
+    wherever each was trained: the peak validation accuracy (and its curves)."""
+    (row_id, records), = units.items()
+    spec, epochs = ROW[row_id], records[0]["epochs"]
+    acc = np.asarray([u["per_epoch"] for u in records], dtype=float).T    # [epochs, seeds]
+    return [report.row(row_id, spec["experiment"].format(epochs=epochs), spec["book"], acc.max(0),
+                       final=report.summarize(acc[-1]), peak_epoch=acc.argmax(0).tolist(), per_epoch=acc.T.tolist(),
+                       epochs=epochs, note=f"final epoch: {acc[-1].mean():.2f} ± {acc[-1].std():.2f}%")], {}
 
 
 def norm_rows(args, x, y, hidden, run):
@@ -341,8 +350,8 @@ def analytic_rows(args):
 
 def jobs(args, splits, run):
     """The rows asked for, as the driver's jobs."""
-    out = [driver.Job(r, [r], lambda a, r=r: depth_row(a, splits, r, run),
-                      settings={"epochs": run["epochs"]}) for r in DEPTH_ROWS if driver.wanted(args, r)]
+    out = [driver.Job(r, [r], lambda a, r=r: depth_units(a, splits, r, run), settings={"epochs": run["epochs"]},
+                      compose=compose) for r in DEPTH_ROWS if driver.wanted(args, r)]
     if splits is not None:
         import jax.numpy as jnp
 

@@ -36,11 +36,13 @@ shortened run is never passed off as the book's setting.
     python -m experiments.chap6 --only 6.11 6.12 --nets 0 1 --out reproduced/chap6 --resume
     python -m experiments.chap6 --only 6.11 6.12 --nets 4 --devices 1 --out reproduced/chap6 --resume
 """
+import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
-from experiments import driver, report, store
+from experiments import driver, report
 from nndl_jax import data
 
 # JAX starts only when a row computes: the table names each row's architecture, and
@@ -188,31 +190,62 @@ def jobs(args, sets):
         same = {"epochs": epochs_for(args, r), "train_size": n_train}
         if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
             out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, a.seed)))
-        elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble
-            out.append(driver.Job("6.11", ["6.11", "6.12"], lambda a, r=r: ensemble_rows(
-                a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args),
-                seeds_apart=True))
+        elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble, its nets rows of their own
+            out.append(driver.Job("6.11", ["6.11", "6.12"], lambda a, r=r: ensemble_units(
+                a, r, data_for(r), validation, test), settings=same, seeds=ensemble_seeds(args), seeds_apart=True,
+                compose=lambda units, results, a=args: compose(units, results, test, a), unit_rows=["6.11"],
+                units_are_rows=True, noun=("nets", "the ensemble's")))
         else:
-            out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_row(a, r, data_for(r), validation, test),
-                                  settings=same))
+            out.append(driver.Job(r["id"], [r["id"]], lambda a, r=r: trained_units(a, r, data_for(r), validation,
+                                                                                    test), settings=same,
+                                  compose=lambda units, results: compose(units, results)))
     return driver.asked_jobs(args, out)
 
 
-def trained_row(args, r, train_set, validation, test):
-    """One trained row: its nets (the seeds) as one program; the test accuracy at the best validation epoch."""
+def trained_units(args, r, train_set, validation, test):
+    """The seeds the driver gives of row ``r`` trained as one program: one unit
+    record a seed (its test accuracy at the best validation epoch, its
+    per-net figures and curves), composed into the row by ``compose``."""
     net_layers = architecture(r["arch"], r["activation"], r["n"])
     seeds, epochs = driver.seeds(args), epochs_for(args, r)
     out = train_row(args, r["id"], r, net_layers, seeds, train_set, validation, test, epochs)
-    note = settings_note(args, r, len(train_set.y))
-    if r["id"] == "6.5":
+    if r["arch"] != "shallow" and args.seed in seeds:   # the filters of the first net (seed --seed)
+        _filters(args, r["id"], net_layers, out["params"], net=seeds.index(args.seed))
+    return net_units(r, out, seeds, epochs, train_set), {}
+
+
+def net_units(r, out, seeds, epochs, train_set):
+    """One unit record per net of ``train_many``'s ``out``: what a row records per net, and its curves."""
+    shared = row_settings(r, out, seeds, epochs, train_set)
+    measured = 100 * out["test_at_best"]
+    return [{key: (np.asarray(v)[k].item() if key in PER_NET else v) for key, v in shared.items()}
+            | {"row": r["id"], "seed": s, "test_at_best": measured[k].item(),
+               "validation_accuracy": np.asarray(out["validation_accuracy"])[:, k].tolist(),
+               "test_accuracy": np.asarray(out["test_accuracy"])[:, k].tolist()} for k, s in enumerate(seeds)]
+
+
+def compose(units, results, test=None, args=None):
+    """A row from its units' records ({row: [a record a seed]}), wherever each
+    seed was trained: a trained row's nets, or the ensemble (6.11 and 6.12
+    from its nets' rows; ``test``: the test set, else read as the run read it)."""
+    if "6.11" in units:
+        return compose_ensemble(units["6.11"], results, test, args)
+    (row_id, nets), = units.items()
+    r, first = ROW[row_id], nets[0]
+    note = settings_note(argparse.Namespace(epochs=first["epochs"], quick=first.get("quick")), r, first["train_size"])
+    if row_id == "6.5":
         note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
                                                "accuracy very similar to sigmoid (6.4)")
-    row = report.row(r["id"], r["experiment"], r["book"], 100 * out["test_at_best"],
-                     note=note, **row_settings(r, out, seeds, epochs, train_set))
-    if r["arch"] != "shallow":
-        _filters(args, r["id"], net_layers, out["params"])
-    return [row], {"curves": {r["id"]: {"validation_accuracy": out["validation_accuracy"],
-                                        "test_accuracy": out["test_accuracy"]}}}
+    common = {key: first[key] for key in ("eta", "lmbda", "epochs", "book_epochs", "train_size")}
+    timed = {(n.get("run"), tuple(n.get("trained_with") or [])): n for n in nets}.values()
+    if any("earlier_seconds" in n for n in timed):
+        common |= dict(earlier_seconds=sum(n.get("earlier_seconds", 0.0) for n in timed),
+                       untimed_epochs=max(n.get("untimed_epochs", 0) for n in timed))
+    row = report.row(row_id, r["experiment"], r["book"], [n["test_at_best"] for n in nets], note=note,
+                     seeds=[n["seed"] for n in nets], **common, seconds=sum(n["seconds"] for n in timed),
+                     **{key: [n[key] for n in nets] for key in PER_NET}, devices=max(n["devices"] for n in nets))
+    curves = {key: np.stack([n[key] for n in nets], axis=1) for key in ("validation_accuracy", "test_accuracy")}
+    return [row], {"curves": {row_id: curves}}
 
 
 def planned_jobs(args):
@@ -282,82 +315,58 @@ def net_row_id(seed):
     return f"6.11@{seed}"
 
 
-def ensemble_rows(args, r11, train_set, validation, test):
-    """Rows 6.11 and 6.12 (and one row ``6.11@<seed>`` per dropout net).
-
-    Trains the nets this command asks for (``--nets``, default all; with
-    ``--resume`` those already recorded in --out with the same epochs and
-    data are skipped) as one K-net run, records each net as its own row the
-    moment the run ends (its test accuracy at the best validation epoch, its
-    curves and its 10,000 test predictions), then, when every net of the
-    ensemble is recorded, composes 6.11 (the nets' accuracies) and 6.12 (the
-    plurality vote of the first five, from the recorded predictions, so nets
-    trained in other sittings vote alike). The seeds decide the nets: a net
-    trained alone or beside others is the same net."""
+def ensemble_units(args, r11, train_set, validation, test):
+    """The dropout nets of rows 6.11/6.12 the driver gives (``driver.seeds``:
+    --nets, a part's share, those --resume has not recorded) trained as one
+    K-net run; each net is a row of its own, ``6.11@<seed>`` (its test accuracy
+    at the best validation epoch, its curves and its 10,000 test predictions),
+    and the unit the driver (or ``nndl-jax merge``) composes 6.11 and 6.12 from
+    once every net is recorded (``compose_ensemble``). The seeds decide the
+    nets: a net trained alone or beside others is the same net."""
     from nndl_jax import network3
 
-    r12, epochs = ROW["6.12"], epochs_for(args, r11)
+    epochs, todo, every = epochs_for(args, r11), driver.seeds(args), ensemble_seeds(args)
     net_layers = architecture(r11["arch"], r11["activation"], r11["n"])
-    seeds = ensemble_seeds(args)
-    bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
-    if bad:
-        raise driver.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
-                         f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
-    asked = [seeds[i] for i in sorted(set(args.nets))] if args.nets else seeds
-    same = dict(epochs=epochs, train_size=len(train_set.y))
-    todo = [s for s in asked if not args.resume or store.recorded_row(args, net_row_id(s), seeds=[s], **same) is None]
-    if len(todo) < len(asked):
-        print(f"\n6.11: nets of seeds {', '.join(str(s) for s in asked if s not in todo)} already in "
-              f"{args.out}/results.json; --resume skips them", flush=True)
+    out = train_row(args, "6.11", r11, net_layers, todo, train_set, validation, test, epochs)
+    preds = np.asarray(network3.predictions(net_layers, out["params"], test.x))
     note = settings_note(args, r11, len(train_set.y))
-    rows = []
-    if todo:
-        run_id = "6.11@" + "-".join(map(str, todo))
-        out = train_row(args, run_id, r11, net_layers, todo, train_set, validation, test, epochs)
-        preds = np.asarray(network3.predictions(net_layers, out["params"], test.x))
-        shared = row_settings(r11, out, todo, epochs, train_set)
-        curves = {}
-        for k, s in enumerate(todo):
-            per_net = {key: (v[k] if key in PER_NET else v) for key, v in shared.items()}
-            rows.append(report.row(net_row_id(s), f"{r11['experiment']}: net {seeds.index(s)} (seed {s})", None,
-                                   100 * out["test_at_best"][k], note=note, **per_net
-                                   | {"seeds": [s], "trained_with": todo,
-                                      "test_predictions": predictions_record(preds[k:k + 1])[0]}))
-            curves[net_row_id(s)] = {"validation_accuracy": out["validation_accuracy"][:, k],
-                                     "test_accuracy": out["test_accuracy"][:, k]}
-        if seeds[0] in todo:   # the filters of the first net, as for every other row
-            _filters(args, "6.11", net_layers, out["params"], net=todo.index(seeds[0]))
-        store.record(args, rows, curves=curves)
-        driver.remove_checkpoints(args, run_id)
-    recorded = [store.recorded_row(args, net_row_id(s), seeds=[s], **same) for s in seeds]
-    missing = [i for i, n in enumerate(recorded) if n is None]
-    if missing:
-        print(f"\n6.11/6.12: {len(seeds) - len(missing)} of the ensemble's {len(seeds)} nets are recorded in "
-              f"{args.out}/results.json; the rows are written once the others are trained "
-              f"(--nets {' '.join(map(str, missing))})", flush=True)
-        return rows
-    return rows + composed_ensemble_rows(args, r11, r12, recorded, test, note)
+    rows, curves = [], {}
+    for k, (s, unit) in enumerate(zip(todo, net_units(r11, out, todo, epochs, train_set))):
+        per_net = {key: v for key, v in unit.items() if key not in ("validation_accuracy", "test_accuracy",
+                                                                    "test_at_best", "row")}
+        rows.append(report.row(net_row_id(s), f"{r11['experiment']}: net {every.index(s)} (seed {s})", None,
+                               unit["test_at_best"], note=note, **per_net
+                               | {"row": "6.11", "seeds": [s], "trained_with": todo,
+                                  "test_predictions": predictions_record(preds[k:k + 1])[0]}))
+        curves[net_row_id(s)] = {key: unit[key] for key in ("validation_accuracy", "test_accuracy")}
+    if every[0] in todo:   # the filters of the first net, as for every other row
+        _filters(args, "6.11", net_layers, out["params"], net=todo.index(every[0]))
+    return rows, {"curves": curves}
 
 
-def composed_ensemble_rows(args, r11, r12, nets, test, note):
-    """Rows 6.11 and 6.12 from the recorded rows of the ensemble's nets."""
-    results = store.read_results(args.out)
+def compose_ensemble(nets, results, test=None, args=None):
+    """Rows 6.11 and 6.12 from the recorded rows of the ensemble's nets (and
+    their curves in ``results``); ``test``: the test set (else read as the
+    run read it, for 6.12's vote); ``args``: draw the vote's errors into its --out."""
+    r11, r12 = ROW["6.11"], ROW["6.12"]
+    test = _test_set(results) if test is None else test
     seeds = [n["seeds"][0] for n in nets]
     # the training time of every run that trained some of the nets, each counted once; the runs
-    # other than this command's are "earlier" (not in this run's wall time)
+    # other than the latest (the one composing, in a chapter run) are "earlier"
     runs = {(n["run"], tuple(n["trained_with"])): n for n in nets}.values()
-    seconds = sum(n["seconds"] for n in runs)
-    earlier = sum(n["seconds"] if n["run"] != args.run_id else n.get("earlier_seconds", 0.0) for n in runs)
+    latest = max(n["run"] for n in nets)
+    earlier = sum(n["seconds"] if n["run"] != latest else n.get("earlier_seconds", 0.0) for n in runs)
     common = dict(eta=r11["eta"], lmbda=r11["lmbda"], epochs=nets[0]["epochs"], book_epochs=r11["epochs"],
-                  train_size=nets[0]["train_size"], seconds=seconds, nets=[n["id"] for n in nets],
-                  devices=max(n["devices"] for n in nets))
+                  train_size=nets[0]["train_size"], seconds=sum(n["seconds"] for n in runs),
+                  nets=[n["id"] for n in nets], devices=max(n["devices"] for n in nets))
     if earlier:
         common["earlier_seconds"] = earlier
-    per_net = {key: [n[key] for n in nets] for key in PER_NET}
+    note = settings_note(argparse.Namespace(epochs=nets[0]["epochs"], quick=nets[0].get("quick")), r11,
+                         nets[0]["train_size"])
     curves = {"6.11": {key: np.stack([results["curves"][n["id"]][key] for n in nets], axis=1)
                        for key in ("validation_accuracy", "test_accuracy")}}
     row11 = report.row("6.11", r11["experiment"], r11["book"], [n["measured"] for n in nets], note=note,
-                       seeds=seeds, **common, **per_net)
+                       seeds=seeds, **common, **{key: [n[key] for n in nets] for key in PER_NET})
     ens = nets[:ENSEMBLE_SIZE]
     vote = recorded_vote({"test_predictions": [n["test_predictions"] for n in ens]})
     errors = np.flatnonzero(vote != test.y)
@@ -366,9 +375,28 @@ def composed_ensemble_rows(args, r11, r12, nets, test, note):
                        + " (book: 33 of 10,000)",
                        seeds=seeds[:ENSEMBLE_SIZE], **common | {"nets": [n["id"] for n in ens]}, errors=len(errors),
                        test_predictions=[n["test_predictions"] for n in ens])
-    _ensemble_errors(args, test, vote, errors)
-    store.record(args, [row11, row12], curves=curves)
-    return [row11, row12]
+    if args is not None:
+        _ensemble_errors(args, test, vote, errors)
+    return [row11, row12], {"curves": curves}
+
+
+def _test_set(results):
+    """The test images a run of these ``results`` evaluated on (its ``settings``' eval_size)."""
+    size = (results.get("settings") or {}).get("eval_size")
+    test = data.load_mnist(None).test
+    return data.Dataset(test.x[:size], test.y[:size])
+
+
+def redraw(args, results):
+    """The figures drawn from rows, drawn again from ``results`` into
+    ``args.out`` (``nndl-jax merge``): the ensemble's errors. The names written."""
+    rows = {r["id"]: r for r in results["rows"]}
+    if "6.12" not in rows:
+        return []
+    test = _test_set(results)
+    vote = recorded_vote(rows["6.12"])
+    _ensemble_errors(args, test, vote, np.flatnonzero(vote != test.y))
+    return ["ensemble_errors.png"] if (Path(args.out) / "ensemble_errors.png").exists() else []
 
 
 def layer_parameter_counts(net_layers, key):
@@ -496,6 +524,11 @@ def main(argv=None):
                              devices_per_core=True, quick_seeds=QUICK["seeds"])
     if args.train_size is not None and args.train_size < MB:
         raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
+    seeds = ensemble_seeds(args)
+    bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
+    if bad:
+        raise driver.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
+                             f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
     args.nets = asked_nets(args)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)

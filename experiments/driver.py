@@ -291,8 +291,10 @@ def use_devices(n, *, per_core=False, prog="nndl-jax"):
 
 
 def seeds(args):
-    """The integer seeds of the runs of one row."""
-    return store.seeds(args)
+    """The integer seeds of the runs of one row: the command's, or those the
+    row driver hands a job of units (a part's share, the seeds not yet recorded)."""
+    given = getattr(args, "unit_seeds", None)
+    return list(given) if given is not None else store.seeds(args)
 
 
 class _Parsed(Exception):
@@ -412,9 +414,18 @@ class Job:
     results file's chapter payload; ``settings``: what, beside the seeds and
     the quick / x64 flags, a recorded row must match to be skipped by
     ``--resume`` (recorded in each row); ``seeds``: the rows' seeds (default:
-    the command's); ``seeds_apart``: each seed is trained and recorded on its
-    own (row ``<id>@<seed>``), so ``--part`` may share out the seeds, handed
-    to ``run`` as ``args.nets`` (indices into ``seeds``)."""
+    the command's).
+
+    A job made of units (``compose`` given): each seed is a unit of work,
+    ``<job>@<seed>``; ``run(args)`` trains the seeds ``seeds(args)`` gives it
+    (all, or a part's share, or those --resume has not recorded yet) side by
+    side as one program and returns one unit record per row of ``unit_rows``
+    (default ``rows``) and seed (a dict with ``row`` and ``seed``: recorded as
+    ``<row>@<seed>``), and a payload; ``compose({row: [its unit records, in
+    seed order]}, results)`` makes the job's rows and payload from every
+    seed's records wherever they were trained. ``units_are_rows``: the unit
+    records are table rows too (the ensemble's nets, ``6.11@<seed>``);
+    ``seeds_apart``: ``--nets`` picks which seeds this command trains."""
 
     id: str
     rows: list
@@ -422,49 +433,189 @@ class Job:
     settings: dict = field(default_factory=dict)
     seeds: list = None
     seeds_apart: bool = False
+    compose: Callable = None
+    unit_rows: list = None
+    units_are_rows: bool = False
+    noun: tuple = ("seeds", "its")   # what its units are called in messages: ("nets", "the ensemble's")
 
 
 _CURRENT = {"job": None}
 
 
+def job_seeds(args, job):
+    """Every seed of ``job`` (its own, else the command's)."""
+    return list(job.seeds) if job.seeds is not None else store.seeds(args)
+
+
 def run_jobs(args, jobs):
     """Run ``jobs`` in order, each: left to other parts when ``--part`` gives
     it (or some of its seeds) to them; skipped under ``--resume`` when every
-    row of it is recorded in ``--out`` with the same settings; else run, its
-    rows recorded at once (with ``seconds``, the job's time, unless a row
-    times itself), its checkpoints removed. Returns the rows of this run (the
-    recorded rows of skipped jobs included, so the table shows them)."""
+    row (or unit) of it is recorded in ``--out`` with the same settings; else
+    run, its rows (units) recorded at once through ``store.record`` (with
+    ``seconds``, the job's time, unless a row times itself), its checkpoints
+    removed; a job of units then composes its rows once every seed is
+    recorded. Returns the rows of this run (the recorded rows of skipped jobs
+    included, so the table shows them)."""
     rows = []
-    for job in filter(None, (parts.job_in_share(args, j) for j in jobs)):
-        kept = recorded_job(args, job) if args.resume else None
+    for job in jobs:
+        if job.compose is not None:
+            rows += run_unit_job(args, job)
+            continue
+        if parts.holds(args, job.id):
+            rows += run_whole_job(args, job)
+    return rows
+
+
+def run_whole_job(args, job):
+    """A job of rows (no units): skipped under --resume when recorded, else run and recorded."""
+    kept = recorded_job(args, job) if args.resume else None
+    if kept is not None:
+        print(f"\n{job.id}: already in {Path(args.out) / store.RESULTS} (finished "
+              f"{kept[0].get('finished', '?')}); --resume skips it", flush=True)
+        return kept
+    if args.resume:
+        _note_other_groupings(args, job)
+    done, payload, seconds = _run(args, job, job.id)
+    for r in done:
+        for k, v in job.settings.items():
+            r.setdefault(k, v)
+        if r.get("run", args.run_id) == args.run_id:
+            r.setdefault("seconds", seconds)
+        if job.seeds is not None:
+            r.setdefault("seeds", list(job.seeds))
+    _record(args, done, payload)
+    remove_checkpoints(args, job.id)
+    return done
+
+
+def _run(args, job, checkpoint_id, unit_seeds=None):
+    """``job.run`` on a copy of ``args`` that names its checkpoint and seeds:
+    (its records, its payload, its seconds)."""
+    _CURRENT["job"] = job
+    t0 = time.time()
+    given = argparse.Namespace(**{**vars(args), "checkpoint_id": checkpoint_id, "unit_seeds": unit_seeds,
+                                  "extra_payload": {}})
+    try:
+        out = job.run(given)
+    except BaseException:
+        _drop_unsaved(args, checkpoint_id)  # a job stopped before its first checkpoint leaves no folder
+        raise
+    finally:
+        _CURRENT["job"] = None
+    done, payload = out if isinstance(out, tuple) else (out, {})
+    return done, merged_payload(payload, given.extra_payload), time.time() - t0
+
+
+def add_payload(args, payload):
+    """Add ``payload`` (e.g. ``store.divergence(...)``) to what the running job
+    records with its rows: a job's sub-runs return nothing to the driver but
+    what they measure, and only the driver writes results."""
+    args.extra_payload = merged_payload(getattr(args, "extra_payload", {}), payload)
+
+
+def merged_payload(a, b):
+    """Two chapter payloads as one: dict entries merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _record(args, rows, payload, units=()):
+    """Every write of a chapter run's results goes through here (``store.record``)."""
+    store.record(args, rows, units=units, **payload)
+    _SESSION["recorded"] += [(args.out, r["id"]) for r in rows]
+
+
+def held_seeds(args, job):
+    """The seeds of ``job`` this command trains: the part's share (``--part``),
+    then ``--nets`` (indices into the seeds) for a job whose seeds train apart."""
+    every = job_seeds(args, job)
+    nets = getattr(args, "nets", None) if job.seeds_apart else None
+    if nets:
+        bad = [i for i in nets if not 0 <= i < len(every)]
+        if bad:
+            raise Refusal(f"{args.chapter}: --nets {' '.join(map(str, bad))}: {job.id} has nets 0 to "
+                          f"{len(every) - 1} (seeds {every[0]}–{every[-1]}; more with --seeds)")
+        every = [every[i] for i in sorted(set(nets))]
+    return parts.held_seeds(args, job, every)
+
+
+def unit_record(results, row_id, seed):
+    """The record of unit ``<row_id>@<seed>`` in ``results``: in ``"units"``, or a row of that id."""
+    uid = f"{row_id}@{seed}"
+    found = (results or {}).get("units", {}).get(uid)
+    return found if found is not None else next((r for r in (results or {}).get("rows", []) if r["id"] == uid), None)
+
+
+def recorded_unit(args, job, results, seed):
+    """Whether every row's record of ``job``'s seed ``seed`` is in ``results`` with this command's settings."""
+    return all(store.matches(unit_record(results, row, seed), quick=args.quick, x64=args.x64, seeds=[seed],
+                             settings=job.settings) for row in job.unit_rows or job.rows)
+
+
+def run_unit_job(args, job):
+    """A job of units: its held seeds not yet recorded trained side by side, each
+    seed's records recorded, then the rows composed when every seed is recorded."""
+    held = held_seeds(args, job)
+    if not held:
+        return []
+    if args.resume and held == job_seeds(args, job):
+        kept = recorded_job(args, job)
         if kept is not None:
             print(f"\n{job.id}: already in {Path(args.out) / store.RESULTS} (finished "
                   f"{kept[0].get('finished', '?')}); --resume skips it", flush=True)
-            rows += kept
-            continue
-        if args.resume:
-            _note_other_groupings(args, job)
-        _CURRENT["job"] = job
-        t0 = time.time()
-        try:
-            out = job.run(args)
-        except BaseException:
-            _drop_unsaved(args, job.id)  # a job stopped before its first checkpoint leaves no folder
-            raise
-        finally:
-            _CURRENT["job"] = None
-        done, payload = out if isinstance(out, tuple) else (out, {})
-        for r in done:
-            for k, v in job.settings.items():
-                r.setdefault(k, v)
-            if r.get("run", args.run_id) == args.run_id:
-                r.setdefault("seconds", time.time() - t0)
-            if job.seeds is not None:
-                r.setdefault("seeds", list(job.seeds))
-        store.record(args, done, **payload)
-        _SESSION["recorded"] += [(args.out, r["id"]) for r in done]
-        remove_checkpoints(args, job.id)
-        rows += done
+            return kept
+    results = store.read_results(args.out)
+    todo = [s for s in held if not (args.resume and recorded_unit(args, job, results, s))]
+    if len(todo) < len(held):
+        skipped = ", ".join(str(s) for s in held if s not in todo)
+        print(f"\n{job.id}: {'' if job.noun[0] == 'seeds' else job.noun[0] + ' of '}seeds {skipped} already in "
+              f"{Path(args.out) / store.RESULTS}; --resume skips them", flush=True)
+    rows = []
+    if todo:
+        ckpt = job.id if todo == job_seeds(args, job) else f"{job.id}@" + "-".join(map(str, todo))
+        units, payload, seconds = _run(args, job, ckpt, todo)
+        for u in units:
+            u.update({k: v for k, v in job.settings.items() if k not in u}, id=f"{u['row']}@{u['seed']}",
+                     seeds=[u["seed"]])
+            u.setdefault("trained_with", todo)
+            u.setdefault("seconds", seconds)
+        shown = [u for u in units if job.units_are_rows]
+        _record(args, shown, payload, () if job.units_are_rows else units)
+        remove_checkpoints(args, ckpt)
+        rows += shown
+    return rows + composed_rows(args, job)
+
+
+def composed_seconds(units):
+    """The training time of a row composed from ``units``: each run that trained
+    some of its seeds (side by side) counted once."""
+    groups = {(u.get("run"), tuple(u.get("trained_with") or [u.get("seed")])): u.get("seconds", 0.0)
+              for u in units}
+    return sum(groups.values())
+
+
+def composed_rows(args, job):
+    """``job``'s rows composed from every seed's records in ``--out`` and
+    recorded, or [] (with a line saying so) while some seed is not recorded."""
+    results = store.read_results(args.out)
+    every = job_seeds(args, job)
+    missing = [s for s in every if not recorded_unit(args, job, results, s)]
+    if missing:
+        print(f"\n{job.id}: {len(every) - len(missing)} of {job.noun[1]} {len(every)} {job.noun[0]} are recorded in "
+              f"{Path(args.out) / store.RESULTS}; its rows {', '.join(job.rows)} are composed once the others "
+              f"are ({', '.join(f'{job.id}@{s}' for s in missing)}: another part, then `nndl-jax merge`)",
+              flush=True)
+        return []
+    units = {row: [unit_record(results, row, s) for s in every] for row in job.unit_rows or job.rows}
+    rows, payload = job.compose(units, results)
+    flat = [u for us in units.values() for u in us]
+    for r in rows:
+        r.update({k: v for k, v in job.settings.items() if k not in r})
+        r.setdefault("seeds", every)
+        r.setdefault("seconds", composed_seconds(flat))
+    _record(args, rows, payload)
     return rows
 
 
@@ -482,16 +633,13 @@ def _note_other_groupings(args, job):
 
 def recorded_job(args, job):
     """The recorded rows of ``job`` when every one of them is in ``--out`` with
-    this command's quick / x64 flags and seeds, and the job's settings (a row
-    recorded before a setting was stamped into rows matches on it: the setting
-    was then the book's, or --quick's, and the quick flag is checked); else None."""
+    this command's quick / x64 flags, seeds and the job's settings
+    (``store.matches``, the one policy); else None."""
     if not job.rows:
         return None
-    seeds_wanted = list(job.seeds) if job.seeds is not None else seeds(args)
     recorded = {r["id"]: r for r in store.recorded_rows(args)}
     kept = [recorded.get(rid) for rid in job.rows]
-    if all(r is not None and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
-           and r.get("seeds") == seeds_wanted and all(r.get(k, v) == v for k, v in job.settings.items())
+    if all(store.matches(r, quick=args.quick, x64=args.x64, seeds=job_seeds(args, job), settings=job.settings)
            for r in kept):
         return kept
     return None
@@ -511,9 +659,17 @@ def finish(args, rows, **payload):
           f"{' (quick mode)' if args.quick else ''}")
     print(f"wrote {Path(args.out) / store.RESULTS}" + (f" ({kept} rows of earlier runs kept)" if kept else ""))
     if getattr(args, "part_record", None):
-        print(f"part {args.part_record['part']} (plan {args.part_record['plan']}) done: gather the parts' "
-              "--out folders and combine them with `nndl-jax merge DIR... --out DIR`")
+        print(merge_hint(args))
     return out
+
+
+def merge_hint(args):
+    """What a part says when it is done: the whole merge command, with this
+    part's folder in its place and the other parts' folders named by their part."""
+    i, n = (int(t) for t in args.part_record["part"].split("/"))
+    folders = [shlex.quote(str(args.out)) if k == i else f"PART{k}_OUT" for k in range(1, n + 1)]
+    return (f"part {i}/{n} (plan {args.part_record['plan']}) done. Once every part is, with PARTk_OUT the --out "
+            f"of part k/{n}: nndl-jax merge {' '.join(folders)} --out merged")
 
 
 # --- checkpoints of unfinished rows ------------------------------------------------------------
@@ -614,6 +770,7 @@ def row_checkpoint(args, job_id, meta, rows=None):
     ``--resume`` continues from it; ``--restart`` discards it. ``rows``: the
     table rows it makes (default: the running job's)."""
     from nndl_jax import train
+    job_id = getattr(args, "checkpoint_id", None) or job_id   # a job of units: the seeds it trains
     job = _CURRENT["job"]
     rows = rows or (job.rows if job is not None else [job_id])
     folder = claim(args, job_id, rows)

@@ -16,20 +16,28 @@ and one REPORT.md. Refused, writing nothing, with what differs:
 - a row in two parts with other values (a conflict; times, notes and run
   stamps aside); a chapter payload entry likewise.
 
-No row is dropped. Rows the plan gave to a part but that no folder holds are
-listed with their part; rows composed from others (chapter 6's 6.11 and 6.12
-from the ensemble's nets) come with the command that writes them.
+- a part whose ``"chapter"`` is not a chapter name (a path would write
+  outside ``--out``), or made with another jax or jaxlib version.
+
+No row is dropped. The units of a row trained in several parts (``<row>@<seed>``)
+meet here: the row (mean ± sd, best of k, its per-seed lists and curves) is
+composed from them by its chapter's ``compose``, and so are chapter 6's 6.11
+and 6.12 from the ensemble's nets. Rows the plan gave to a part but that no
+folder holds are listed with their part. Each chapter's figures drawn from
+rows are drawn again from the merged rows (``redraw``); the others are copied.
 """
 import argparse
+import importlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from experiments import store
+from experiments import compose, store
 
-# row keys that say when, where or how fast a row was made, not what it measured
-VOLATILE = {"run", "finished", "seconds", "earlier_seconds", "untimed_epochs", "devices", "note", "trained_with"}
+VOLATILE = store.VOLATILE   # one list of what does not identify a measurement
+# payload entries that say how long something took, not what it measured
+VOLATILE_PAYLOAD = {"timings_seconds"}
 # options that choose which rows run, or where, not what a row's numbers are
 SELECTION = {"--part": 1, "--out": 1, "--resume": 0, "--restart": 0, "--devices": 1, "--data-dir": 1,
              "--only": None, "--nets": None}
@@ -57,11 +65,24 @@ def settings_argv(argv):
 
 def run_settings(run):
     """What a part's run must share with the other parts' runs."""
-    code = run.get("code") or {}
+    code, env = run.get("code") or {}, run.get("environment") or {}
     return (("command", " ".join(settings_argv(run.get("argv", [])))), ("quick", bool(run.get("quick"))),
             ("x64", bool(run.get("x64", False))), ("seeds", tuple(run.get("seeds") or ())),
             ("version", code.get("version")), ("commit", code.get("commit")),
+            ("jax", env.get("jax")), ("jaxlib", env.get("jaxlib")),
             ("plan", (run.get("part") or {}).get("plan")))
+
+
+CHAPTER_NAME = compose.CHAPTER_NAME
+
+
+def chapter_name(name, path):
+    """``name`` when it is a chapter's name (``chap6``, ``chap3-book-replay``), never a path: else MergeError."""
+    if not isinstance(name, str) or not CHAPTER_NAME.fullmatch(name):
+        raise MergeError(f"{path}: its \"chapter\" is {name!r}, not a chapter name (chap1 ... chap6): "
+                         "a part's results are data, and a path there would write outside --out; "
+                         "nothing was written")
+    return name
 
 
 def chapter_folders(folder):
@@ -69,62 +90,67 @@ def chapter_folders(folder):
     folder = Path(folder)
     if (folder / store.RESULTS).is_file():
         results = store.read_results(folder)
-        return {results.get("chapter") or folder.name: folder}
-    found = {p.parent.name: p.parent for p in sorted(folder.glob(f"chap*/{store.RESULTS}"))}
+        return {chapter_name(results.get("chapter") or folder.name, folder / store.RESULTS): folder}
+    found = {chapter_name(p.parent.name, p): p.parent for p in sorted(folder.glob(f"chap*/{store.RESULTS}"))}
     if not found:
         raise MergeError(f"{folder} holds no results.json (nor chapN/results.json): give the --out folder of a part")
     return found
-
-
-def _canonical(row):
-    return json.dumps({k: v for k, v in row.items() if k not in VOLATILE}, sort_keys=True, default=str)
 
 
 def _same(a, b):
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _differing_keys(a, b):
-    return sorted(k for k in (set(a) | set(b)) - VOLATILE if not _same(a.get(k), b.get(k)))
-
-
-def merge_chapter(chapter, sources):
-    """One chapter's results from ``sources`` [(folder, results)]: (merged
-    results, report lines). Raises MergeError on other settings or conflicts."""
-    used = [{run["id"]: run for run in res.get("runs", [])} for _, res in sources]
+def settings_refusal(chapter, sources):
+    """MergeError text when the parts' runs (every run entry, not only those
+    rows refer to) were made with other settings or code; else None."""
     kinds = {}
-    for (folder, res), runs in zip(sources, used):
-        for r in res["rows"]:
-            run = runs.get(r.get("run"))
-            key = run_settings(run) if run is not None else (("rows without a run", True),)
-            kinds.setdefault(key, set()).add(str(folder))
-    if len(kinds) > 1:
-        lines = [f"{chapter}: the parts were made with other settings or code; nothing was written:"]
-        for key, folders in kinds.items():
-            lines.append("  " + ", ".join(f"{k} {v!r}" for k, v in key) + f": {', '.join(sorted(folders))}")
-        raise MergeError("\n".join(lines))
-    rows, where, conflicts = {}, {}, []
     for folder, res in sources:
-        for r in res["rows"]:
-            held = rows.get(r["id"])
-            if held is None:
-                rows[r["id"]], where[r["id"]] = r, folder
-            elif _canonical(held) != _canonical(r):
-                conflicts.append(f"  row {r['id']}: {where[r['id']]} and {folder} differ in "
-                                 + ", ".join(_differing_keys(held, r)))
+        for run in res.get("runs", []) or [None]:
+            key = run_settings(run) if run is not None else (("no run entry", True),)
+            kinds.setdefault(key, set()).add(str(folder))
+    if len(kinds) <= 1:
+        return None
+    lines = [f"{chapter}: the parts were made with other settings or code; nothing was written:"]
+    for key, folders in kinds.items():
+        lines.append("  " + ", ".join(f"{k} {v!r}" for k, v in key) + f": {', '.join(sorted(folders))}")
+    return "\n".join(lines)
+
+
+def merged_payload(sources, conflicts):
+    """The chapter payload entries of every part (curves, settings, ...), dicts key by key; conflicts appended."""
     merged = {}
     for folder, res in sources:
         for k, v in res.items():
-            if k in ("rows", "runs", "wall_seconds", "complete", "environment"):
+            if k in ("rows", "runs", "units", "wall_seconds", "complete", "environment"):
                 continue
             if k not in merged:
                 merged[k] = v
             elif isinstance(v, dict) and isinstance(merged[k], dict):   # per-row entries: curves, ...
-                conflicts += [f"  {k}[{kk}]: differs in {folder}" for kk, vv in v.items()
-                              if kk in merged[k] and not _same(merged[k][kk], vv)]
+                if k not in VOLATILE_PAYLOAD:
+                    conflicts += [f"  {k}[{kk}]: differs in {folder}" for kk, vv in v.items()
+                                  if kk in merged[k] and not _same(merged[k][kk], vv)]
                 merged[k] = {**v, **merged[k]}
-            elif not _same(merged[k], v):
+            elif not _same(merged[k], v) and k not in VOLATILE_PAYLOAD:
                 conflicts.append(f"  {k}: {merged[k]!r} in an earlier folder, {v!r} in {folder}")
+    return merged
+
+
+def merge_chapter(chapter, sources):
+    """One chapter's results from ``sources`` [(folder, results)]: (merged
+    results, report lines). Raises MergeError on other settings or conflicts.
+    Rows and units are merged by ``store.merge_records`` refusing conflicts
+    (where a run into one folder replaces them)."""
+    refusal = settings_refusal(chapter, sources)
+    if refusal:
+        raise MergeError(refusal)
+    rows, units, conflicts = {}, {}, []
+    for folder, res in sources:
+        rows, clash = store.merge_records(rows, res["rows"], refuse=True)
+        units, clash_units = store.merge_records(units, list(res.get("units", {}).values()), refuse=True)
+        conflicts += [f"  {'row' if k < len(clash) else 'unit'} {rid}: differs in {folder} in {', '.join(keys)}"
+                      for k, (rid, keys) in enumerate(clash + clash_units)]
+    merged = merged_payload(sources, conflicts)
     if conflicts:
         raise MergeError("\n".join([f"{chapter}: rows or entries with other values in two parts (a conflict, "
                                     "not resolved here); nothing was written:"] + conflicts))
@@ -136,7 +162,10 @@ def merge_chapter(chapter, sources):
                   wall_seconds=max(res.get("wall_seconds", 0.0) for _, res in sources),
                   complete=all(res.get("complete", False) for _, res in sources),
                   environment=sources[0][1].get("environment"))
-    return merged, missing_lines(chapter, merged)
+    if units:
+        merged["units"] = dict(sorted(units.items(), key=lambda kv: store.row_sort_key(kv[0])))
+    composed = compose.compose_rows(chapter, merged)
+    return merged, composed + missing_lines(chapter, merged)
 
 
 def missing_lines(chapter, merged):
@@ -151,7 +180,7 @@ def missing_lines(chapter, merged):
         composed.update(part.get("composed", {}))
         given.add(part["part"])
         n = part["part"].split("/")[1]
-    have = {r["id"] for r in merged["rows"]}
+    have = {r["id"] for r in merged["rows"]} | set(merged.get("units", {}))
     lines = []
     missing = {}
     for unit in planned.values():
@@ -162,22 +191,36 @@ def missing_lines(chapter, merged):
         state = "given, but it has not recorded them (unfinished? resume it)" \
             if f"{k}/{n}" in given else "not among the folders given"
         lines.append(f"{chapter}: rows missing from part {k}/{n} ({state}): {', '.join(missing[k])}")
-    for job, rows in composed.items():
-        gone = [r for r in rows if r not in have]
+    for job, entry in composed.items():
+        gone = [r for r in entry["rows"] if r not in have]
         if gone:
-            run = next((run for run in merged["runs"] if run.get("part")), {})
-            argv = settings_argv(run.get("argv", []))
-            lines.append(f"{chapter}: rows {', '.join(gone)} are composed from the nets {job}@<seed> once all are "
-                         f"in one folder: python -m experiments.{chapter} {shlex.join(argv)}"
-                         f"{' ' if argv else ''}--only {job} --out OUT/{chapter} --resume (trains nothing "
-                         "when every net is recorded)")
+            lines.append(f"{chapter}: rows {', '.join(gone)} are composed from the units of {job} once every part "
+                         "that holds some is merged here (merge the missing parts into the same --out)")
     return lines
+
+
+def out_refusal(out):
+    """Why ``out`` cannot take the merged results, as one line naming the file, or None."""
+    out = Path(out)
+    blocking = next((f for f in [out, *out.parents] if f.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"--out {out}: {blocking} is a file, not a folder; give a folder"
+    try:
+        with store.probed_folder(out):
+            pass
+    except OSError as e:
+        return f"--out {out} cannot be written ({e.strerror or e}, {e.filename or out}); give a folder you can write to"
+    return None
 
 
 def merge(folders, out):
     """Combine the parts in ``folders`` into ``out``; the report lines. Raises
-    MergeError (or store.ResultsError) before writing anything."""
+    MergeError (or store.ResultsError) before writing anything; a write that
+    fails half-way raises MergeError saying what was and was not written."""
     out = Path(out)
+    refusal = out_refusal(out)
+    if refusal:
+        raise MergeError(refusal)
     by_chapter = {}
     for folder in folders:
         for chapter, f in chapter_folders(folder).items():
@@ -190,36 +233,55 @@ def merge(folders, out):
         sources = [(f, store.read_results(f)) for f in found]
         merged[chapter], notes = merge_chapter(chapter, sources)
         lines += [f"{chapter}: {len(merged[chapter]['rows'])} rows from {len(found)} folders"] + notes
-    for chapter, results in merged.items():   # every chapter checked before anything is written
-        target = out / chapter
-        target.mkdir(parents=True, exist_ok=True)
-        with store.locked(target):
-            store.write_json(target / store.RESULTS, results)
-        lines += copy_figures(chapter, by_chapter[chapter], target)
-    from experiments import reproduce
-    lines.append(f"wrote {reproduce.write_report(out)}")
+    written = []
+    try:
+        for chapter, results in merged.items():   # every chapter checked before anything is written
+            target = out / chapter
+            target.mkdir(parents=True, exist_ok=True)
+            with store.locked(target):
+                store.write_json(target / store.RESULTS, results)
+            written.append(chapter)
+            lines += figures(chapter, by_chapter[chapter], target, results)
+        from experiments import reproduce
+        lines.append(f"wrote {reproduce.write_report(out)}")
+    except OSError as e:
+        left = [c for c in merged if c not in written]
+        raise MergeError(f"merge stopped half-way: cannot write {e.filename or out} ({e.strerror or e}); "
+                         f"written: {', '.join(written) or 'nothing'}; not written: {', '.join(left) or 'REPORT.md'}. "
+                         "Fix it and run the same merge again (it starts over from the parts)") from None
     return lines
 
 
-def copy_figures(chapter, folders, target):
-    """Copy the parts' figures into ``target``; a figure drawn by more than
-    one part (from its own rows) keeps the first and is named."""
-    seen, twice = set(), []
+def figures(chapter, folders, target, results):
+    """The chapter's figures in ``target``: those its ``redraw(out, results)``
+    draws from rows drawn again from the merged rows; the parts' others copied
+    (a figure drawn by more than one part from its own rows keeps the first, named)."""
+    module = importlib.import_module(f"experiments.{chapter}") if chapter in _chapter_modules() else None
+    redrawn = set(module.redraw(argparse.Namespace(out=target), results) or ()) if hasattr(module, "redraw") else set()
+    seen, twice = set(redrawn), []
     for folder in folders:
         if Path(folder).resolve() == Path(target).resolve():
             seen |= {p.name for p in Path(folder).glob("*.png")}
             continue
         for p in sorted(Path(folder).glob("*.png")):
             if p.name in seen:
-                twice.append(p.name)
+                if p.name not in redrawn:
+                    twice.append(p.name)
                 continue
             seen.add(p.name)
             store.atomic_write(Path(target) / p.name, lambda f, p=p: f.write(p.read_bytes()))
-    if not twice:
-        return []
-    return [f"{chapter}: figures drawn by more than one part from its own rows (the first kept): "
-            f"{', '.join(sorted(set(twice)))}; `python -m experiments.{chapter} ... --out {target} --resume` "
-            "redraws them from the merged rows"]
+    lines = [f"{chapter}: redrew {', '.join(sorted(redrawn))} from the merged rows"] if redrawn else []
+    if twice:
+        run = next((run for run in results["runs"]), {})
+        command = shlex.join(settings_argv(run.get("argv", [])) + ["--out", str(target), "--resume"])
+        lines.append(f"{chapter}: figures drawn by more than one part from its own rows (the first kept): "
+                     f"{', '.join(sorted(set(twice)))}; this redraws them from the merged rows, training "
+                     f"nothing: python -m experiments.{chapter} {command}")
+    return lines
+
+
+def _chapter_modules():
+    return {p.stem for p in Path(__file__).parent.glob("chap*.py")}
 
 
 def main(argv=None):

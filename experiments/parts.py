@@ -1,9 +1,11 @@
 """The book's work spread over N machines: ``--part I/N`` and ``--plan N``.
 
-A *unit* of work is one job of a chapter's row driver (the rows trained
-together as one program), or, for a job whose seeds train apart (chapter 6's
-ensemble: each dropout net is recorded as its own row ``6.11@<seed>``), one
-seed of it. ``plan`` gives the units to N parts by their expected seconds,
+A *unit* of work is one seed of a job of a chapter's row driver (``<job>@<seed>``:
+``6.8a@12345679``); the units of one job that run in one process train together
+as one program. ``plan`` first keeps each job whole (its seeds side by side),
+and gives a job's seeds out one by one when the job alone is longer than the
+N parts' fair share (chapter 6's ensemble always goes net by net); then it
+gives the units to N parts by their expected seconds,
 longest first, each onto the part with the least work so far (LPT), so the N
 parts finish close together. Ties go by the units' order in the book and the
 lowest part number: the same arguments give the same plan in every process,
@@ -19,12 +21,19 @@ by the number of nets. A job with no record, and every job of a --quick run,
 gets ``ESTIMATE_SECONDS``.
 
     python -m experiments.parts --plan 16 --all     # the whole book's wall time for N = 1, 2, 4, 8, 16
+
+A job's seeds planned apart train alone, not side by side: each part loads
+the data and compiles the net on its own, and the nets lose the side-by-side
+speed-up (two conv nets on a 2-core CPU run at 1.3-1.6x the throughput of
+one, benchmarks/README.md), so a seed's planned time, its share of the
+side-by-side run, can be short by that factor; ``plan_text`` says which
+rows are held apart where.
 """
 import argparse
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,19 +43,26 @@ QUICK_SECONDS = 10.0        # every job of a --quick run
 
 @dataclass(frozen=True)
 class Unit:
-    """One job (or one seed of a job whose seeds train apart) of a chapter."""
+    """Work planned as one piece: a job (its seeds side by side) or one seed of it."""
 
     chapter: str
-    job: str            # the driver's job id; "6.11@12345678" for one seed of the ensemble
-    rows: tuple         # the table rows it records
+    job: str            # the driver's job id; "6.8a@12345679" for one seed of a job
+    rows: tuple         # the table rows it records (one seed: the unit records "<row>@<seed>")
     seconds: float      # expected wall time
     recorded: bool      # seconds from a recorded run (else an estimate)
-    order: int          # its place in the book (the tie-break)
-    composes: tuple = ()  # one seed of a job: the job's own rows, made once every seed is recorded
+    order: float        # its place in the book (the tie-break)
+    composes: tuple = ()  # one seed of a job: the job's own rows, composed once every seed is recorded
+    seeds: tuple = ()     # the seeds it trains
+    splits: bool = False  # a whole job whose seeds may be planned apart
 
     @property
     def key(self):
         return f"{self.chapter}:{self.job}"
+
+    @property
+    def base(self):
+        """The job this unit belongs to."""
+        return self.job.split("@")[0]
 
 
 def part_arg(text):
@@ -124,45 +140,96 @@ def seed_seconds(job, results):
 
 # --- units and the plan ----------------------------------------------------------------------
 
+def _job_seeds(args, job):
+    return list(job.seeds) if job.seeds is not None else [args.seed + k for k in range(args.seeds)]
+
+
+def _seed_units(chapter, job, seeds, seconds, recorded, order):
+    """One unit per seed of ``job``, each ``seconds[s]`` long."""
+    return [Unit(chapter, f"{job.id}@{s}", tuple(f"{r}@{s}" for r in (job.unit_rows or job.rows)), seconds[s],
+                 recorded, order + k / (len(seeds) + 1), tuple(job.rows), (s,)) for k, s in enumerate(seeds)]
+
+
 def chapter_units(chapter, args, all_jobs, jobs, results, start=0):
     """The units of ``jobs`` (the chapter's jobs asked for), timed from
     ``results`` through ``all_jobs`` (every job of the chapter, so a run's
-    wall time is shared as it was spent)."""
+    wall time is shared as it was spent): a job whose seeds train apart
+    (the ensemble) seed by seed, every other job whole (``split`` gives out
+    the seeds of those that are too long for N parts)."""
     quick = bool(getattr(args, "quick", False))
     timed = {} if quick else job_seconds(all_jobs, results)
     units = []
     for job in jobs:
-        seeds = list(job.seeds) if job.seeds is not None else [args.seed + k for k in range(args.seeds)]
+        seeds, order = _job_seeds(args, job), start + len(units)
         if job.seeds_apart:
             nets = getattr(args, "nets", None)
             mine = [seeds[i] for i in sorted(set(nets)) if 0 <= i < len(seeds)] if nets else seeds
             each = {} if quick else seed_seconds(job, results)
             mean = sum(each.values()) / len(each) if each else None
-            for s in mine:
-                seconds = QUICK_SECONDS if quick else each.get(s, mean)
-                units.append(Unit(chapter, f"{job.id}@{s}", (f"{job.id}@{s}",),
-                                  ESTIMATE_SECONDS if seconds is None else seconds, seconds is not None and not quick,
-                                  start + len(units), tuple(job.rows)))
+            got = {s: QUICK_SECONDS if quick else each.get(s, mean) for s in mine}
+            units += _seed_units(chapter, job, mine, {s: ESTIMATE_SECONDS if v is None else v for s, v in got.items()},
+                                 bool(each) and not quick, order)
             continue
         if job.id in timed:
             seconds, timed_nets = timed[job.id]
             seconds *= len(seeds) / max(timed_nets, 1)
         else:
             seconds = QUICK_SECONDS if quick else ESTIMATE_SECONDS
-        units.append(Unit(chapter, job.id, tuple(job.rows), seconds, job.id in timed, start + len(units)))
+        units.append(Unit(chapter, job.id, tuple(job.rows), seconds, job.id in timed, order, (), tuple(seeds),
+                          job.compose is not None and len(seeds) > 1))
     return units
 
 
+def split(units, n):
+    """``units`` with each job that is longer than the fair share (total / n)
+    and whose seeds may train apart given out seed by seed, each seed its
+    share of the job's time: side by side when they fit, apart only where
+    the job alone would bound the wall time."""
+    fair = sum(u.seconds for u in units) / max(n, 1)
+    out = []
+    for u in units:
+        if u.splits and u.seconds > fair:
+            each = {s: u.seconds / len(u.seeds) for s in u.seeds}
+            out += _seed_units(u.chapter, _AsJob(u.job, list(u.rows)), list(u.seeds), each, u.recorded, u.order)
+        else:
+            out.append(u)
+    return out
+
+
+@dataclass
+class _AsJob:
+    """The little of a driver Job that ``_seed_units`` reads."""
+
+    id: str
+    rows: list
+    unit_rows: list = None
+
+
+def most_units(units):
+    """How many units ``units`` make at most (every job that may be split, seed by seed)."""
+    return sum(len(u.seeds) if u.splits else 1 for u in units)
+
+
 def plan(units, n):
-    """The units given to ``n`` parts: longest first, each onto the part with
-    the least expected seconds so far (ties: the lower part). A list of n
-    lists of units, each in the book's order."""
+    """The units given to ``n`` parts (``split`` first): longest first, each
+    onto the part with the least expected seconds so far (ties: the lower
+    part). A list of n lists of units, each in the book's order."""
     parts, loads = [[] for _ in range(n)], [0.0] * n
-    for u in sorted(units, key=lambda u: (-u.seconds, u.order)):
+    for u in sorted(split(units, n), key=lambda u: (-u.seconds, u.order)):
         i = min(range(n), key=lambda k: (loads[k], k))
         parts[i].append(u)
         loads[i] += u.seconds
     return [sorted(p, key=lambda u: u.order) for p in parts]
+
+
+def apart(parts):
+    """{(chapter, job): sorted parts} for every job whose seeds the plan puts in more than one part."""
+    where = {}
+    for i, p in enumerate(parts, 1):
+        for u in p:
+            if u.composes:
+                where.setdefault((u.chapter, u.base), set()).add(i)
+    return {k: sorted(v) for k, v in where.items() if len(v) > 1}
 
 
 def digest(parts):
@@ -179,7 +246,7 @@ def plan_text(parts, *, what):
     """The plan as lines: each part's expected wall time and its units."""
     from experiments.report import duration
     units = [u for p in parts for u in p]
-    lines = [f"{what}: {len(units)} jobs over {len(parts)} parts, longest first onto the least-loaded part "
+    lines = [f"{what}: {len(units)} units over {len(parts)} parts, longest first onto the least-loaded part "
              f"(expected times from reproduced/*/results.json; ~ an estimate). Plan {digest(parts)}."]
     for i, p in enumerate(parts, 1):
         shown = ", ".join(f"{u.chapter} {u.job} ({'~' * (not u.recorded)}{duration(u.seconds)})" for u in p)
@@ -187,17 +254,40 @@ def plan_text(parts, *, what):
     if units:
         longest = max(units, key=lambda u: (u.seconds, -u.order))
         wall = max(expected_seconds(p) for p in parts)
-        lines.append(f"expected wall time {duration(wall)} (the longest part); the longest job, "
+        lines.append(f"expected wall time {duration(wall)} (the longest part); the longest unit, "
                      f"{longest.chapter} {longest.job} ({duration(longest.seconds)}), bounds it for any N")
+    for (chapter, job), where in apart(parts).items():
+        seeds = [u for p in parts for u in p if u.chapter == chapter and u.base == job]
+        counts = [sum(u.chapter == chapter and u.base == job for u in parts[k - 1]) for k in where]
+        held = ", ".join(f"{k} ({c} seed{'s' * (c > 1)})" for k, c in zip(where, counts))
+        lines.append(f"{chapter} {job}: its {len(seeds)} seeds are held apart, in parts {held}: {len(where)} "
+                     f"programs instead of one, each part loading the data and compiling on its own; a seed is "
+                     f"planned at its share of the side-by-side run ({duration(seeds[0].seconds)}), and one "
+                     f"trained alone may take up to 1.6x that (it loses the side-by-side speed-up); merge "
+                     f"composes {', '.join(seeds[0].composes)} from the parts' seeds")
     return "\n".join(lines)
 
 
 # --- what a chapter's command runs -----------------------------------------------------------
 
+class PlanError(SystemExit):
+    """A plan that cannot be made (more parts than units of work): the message says what to give."""
+
+
+def checked_plan(units, n, what):
+    """``plan(units, n)``, refused at once (``PlanError``) when ``n`` exceeds the
+    most units the work splits into: parts beyond them would have nothing to run."""
+    most = most_units(units)
+    if n > most:
+        raise PlanError(f"{what}: {n} parts, but this work splits into at most {most} unit{'s' * (most != 1)} "
+                        f"(a job's seeds one by one): give N at most {most}")
+    return plan(units, n)
+
+
 def chapter_plan(chapter, args, planned_jobs, n):
     """The plan of one chapter's command (its jobs asked for) over ``n`` parts."""
     units = _units(chapter, args, planned_jobs, 0)
-    return plan(units, n)
+    return checked_plan(units, n, chapter)
 
 
 def _units(chapter, args, planned_jobs, start):
@@ -214,44 +304,42 @@ def book_plan(chapter_args, planned, n):
     units = []
     for chapter, args in chapter_args.items():
         units += _units(chapter, args, planned[chapter], len(units))
-    return plan(units, n)
+    return checked_plan(units, n, "nndl-jax reproduce")
 
 
 def part_record(parts, i, chapter):
     """What a part records in its run entry: which part, the plan's
-    fingerprint, and every unit the plan gives this chapter with its rows (so
-    ``nndl-jax merge`` can say which rows are missing) and its part."""
+    fingerprint, every unit the plan gives this chapter with its rows (so
+    ``nndl-jax merge`` can say which rows are missing) and its part, and for
+    each job held apart the rows it composes from which unit records."""
     mine = [(k, u) for k, p in enumerate(parts, 1) for u in p if u.chapter == chapter]
+    composed = {}
+    for _, u in mine:
+        if u.composes:
+            entry = composed.setdefault(u.base, {"rows": list(u.composes), "units": []})
+            entry["units"] += list(u.rows)
     return {"part": f"{i}/{len(parts)}", "plan": digest(parts),
-            "planned": {u.job: {"rows": list(u.rows), "part": k} for k, u in mine},
-            "composed": {u.job.split("@")[0]: list(u.composes) for _, u in mine if u.composes}}
+            "planned": {u.job: {"rows": list(u.rows), "part": k} for k, u in mine}, "composed": composed}
 
 
 def share(parts, i, chapter):
-    """The job ids of ``chapter`` that part ``i`` (1-based) runs."""
+    """The unit ids (a job's, or ``<job>@<seed>``) of ``chapter`` that part ``i`` (1-based) runs."""
     return {u.job for u in parts[i - 1] if u.chapter == chapter}
 
 
-def job_in_share(args, job):
-    """The job as this process runs it: the job itself when no --part is
-    given or the part holds it; for a job whose seeds train apart, a job of
-    just the part's seeds (handed to it as ``--nets``, indices into its
-    seeds); None when the part holds none of it."""
+def holds(args, job_id):
+    """Whether this process runs the whole job ``job_id``: no --part, or the part holds it."""
     held = getattr(args, "share", None)
-    if held is None or job.id in held:
-        return job
-    if not job.seeds_apart:
-        return None
-    mine = [s for s in job.seeds if f"{job.id}@{s}" in held]
-    if not mine:
-        return None
-    nets = [list(job.seeds).index(s) for s in mine]
+    return held is None or job_id in held
 
-    def run(a):
-        return job.run(argparse.Namespace(**{**vars(a), "nets": nets}))
 
-    # its own rows skip themselves under --resume (the job records each seed as its row)
-    return replace(job, id=f"{job.id}@" + "-".join(map(str, mine)), rows=[], run=run, seeds=mine, seeds_apart=False)
+def held_seeds(args, job, seeds):
+    """The seeds of ``job`` (of ``seeds``, all of it) that this process trains:
+    all of them when no --part is given or the part holds the whole job;
+    those whose unit ``<job>@<seed>`` the part holds; [] when it holds none."""
+    if holds(args, job.id):
+        return list(seeds)
+    return [s for s in seeds if f"{job.id}@{s}" in args.share]
 
 
 # --- the code a part ran ---------------------------------------------------------------------
@@ -268,41 +356,6 @@ def code_version(root=REPO):
     return {"version": __version__, "commit": commit}
 
 
-# --- the book's wall time for several N ------------------------------------------------------
-
-def book_table(ns, quick=False, seeds=(None, 1)):
-    """Markdown lines: the whole book's expected wall time with --part I/N
-    for each N in ``ns`` (one column per ``--seeds`` in ``seeds``, None: each
-    chapter's default), the longest part's jobs, from the recorded seconds."""
-    from experiments import driver, reproduce
-    from experiments.report import duration
-
-    def plan_for(n, k):
-        argv = ["--quick"] * quick + (["--seeds", str(k)] if k is not None else [])
-        chapters = {f"chap{c}": driver.chapter_args(f"chap{c}", argv) for c in reproduce.CHAPTERS}
-        return book_plan(chapters, {c: driver.planned_jobs_of(c) for c in chapters}, n)
-
-    def jobs_text(part, shown=3):
-        top = sorted(part, key=lambda u: (-u.seconds, u.order))
-        more = len(top) - shown
-        return ", ".join(f"{u.chapter} {u.job} ({duration(u.seconds)})" for u in top[:shown]) + (
-            f" and {more} shorter" if more > 0 else "")
-
-    names = ["default seeds" if k is None else f"--seeds {k}" for k in seeds]
-    lines = ["| N | " + " | ".join(f"wall time, {name}" for name in names) + f" | longest part ({names[0]}) |",
-             "|---|" + "---|" * (len(seeds) + 1)]
-    for n in ns:
-        plans = [plan_for(n, k) for k in seeds]
-        walls = [duration(max(expected_seconds(p) for p in plan)) for plan in plans]
-        lines.append(f"| {n} | " + " | ".join(walls) + f" | {jobs_text(max(plans[0], key=expected_seconds))} |")
-    for k, name in zip(seeds, names):
-        units = [u for p in plan_for(1, k) for u in p]
-        top = sorted(units, key=lambda u: (-u.seconds, u.order))[:8]
-        lines += ["", f"Longest jobs ({name}): " + ", ".join(
-            f"{u.chapter} {u.job} {duration(u.seconds)}" + ("" if u.recorded else " (estimate)") for u in top)]
-    return lines
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.parts", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,7 +364,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="plan the --quick book")
     args = p.parse_args(argv)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= args.plan] if args.all else [args.plan]
-    print("\n".join(book_table(ns, quick=args.quick)))
+    from experiments import reproduce  # the command's entry only: parts itself imports no chapter
+    print("\n".join(reproduce.book_table(ns, quick=args.quick)))
     return 0
 
 

@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
-from experiments import book_seeds, driver, parts, report, store
+from experiments import book_seeds, compose, driver, parts, report, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -98,6 +98,39 @@ def book_plan(args, n):
     """The plan of every chapter asked for over ``n`` parts (``experiments.parts``)."""
     chapters = {f"chap{c}": driver.chapter_args(f"chap{c}", chapter_argv(args, c)) for c in args.only}
     return parts.book_plan(chapters, {c: driver.planned_jobs_of(c) for c in chapters}, n)
+
+
+def book_table(ns, quick=False, seeds=(None, 1)):
+    """Markdown lines: the whole book's expected wall time with --part I/N
+    for each N in ``ns`` (one column per ``--seeds`` in ``seeds``, None: each
+    chapter's default), the longest part's units, from the recorded seconds;
+    then the compute time (the sum of every unit's)."""
+    from experiments.report import duration
+
+    def plan_for(n, k):
+        argv = ["--quick"] * quick + (["--seeds", str(k)] if k is not None else [])
+        chapters = {f"chap{c}": driver.chapter_args(f"chap{c}", argv) for c in CHAPTERS}
+        return parts.book_plan(chapters, {c: driver.planned_jobs_of(c) for c in chapters}, n)
+
+    def units_text(part, shown=3):
+        top = sorted(part, key=lambda u: (-u.seconds, u.order))
+        more = len(top) - shown
+        return ", ".join(f"{u.chapter} {u.job} ({duration(u.seconds)})" for u in top[:shown]) + (
+            f" and {more} shorter" if more > 0 else "")
+
+    names = ["default seeds" if k is None else f"--seeds {k}" for k in seeds]
+    lines = ["| N | " + " | ".join(f"wall time, {name}" for name in names) + f" | longest part ({names[0]}) |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for n in ns:
+        plans = [plan_for(n, k) for k in seeds]
+        walls = [duration(max(parts.expected_seconds(p) for p in plan)) for plan in plans]
+        lines.append(f"| {n} | " + " | ".join(walls) + f" | {units_text(max(plans[0], key=parts.expected_seconds))} |")
+    for k, name in zip(seeds, names):
+        units = [u for p in plan_for(1, k) for u in p]
+        top = sorted(units, key=lambda u: (-u.seconds, u.order))[:8]
+        lines += ["", f"Compute ({name}): {duration(sum(u.seconds for u in units))}; longest jobs: " + ", ".join(
+            f"{u.chapter} {u.job} {duration(u.seconds)}" + ("" if u.recorded else " (estimate)") for u in top)]
+    return lines
 
 
 def chapter_argv(args, chapter):
@@ -177,12 +210,23 @@ def chapter_results(out, *, skip_bad=False):
             if problem:
                 raise store.ResultsError(f"{path} {problem}; it is left as it is: replace it with a results "
                                          "file or move it away")
-            found[path.parent.name] = store.read_results(path.parent)
+            found[path.parent.name] = composed(path.parent.name, store.read_results(path.parent))
         except store.ResultsError as e:
             if not skip_bad:
                 raise
             print(f"warning: left out of the report: {e}", file=sys.stderr, flush=True)
     return found
+
+
+def composed(chapter, results):
+    """``results`` with the rows whose units all met in it composed (``experiments.compose``);
+    a row that needs what is not here (chapter 6's vote needs MNIST's test labels) is left out, with a warning."""
+    from nndl_jax import data
+    try:
+        compose.compose_rows(chapter, results)
+    except (data.MNISTError, OSError) as e:
+        print(f"warning: {chapter}: rows composed from units left out of the report: {e}", file=sys.stderr)
+    return results
 
 
 def machine(env):

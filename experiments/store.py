@@ -137,6 +137,11 @@ def results_problems(results):
     runs = results.get("runs", [])
     if not isinstance(runs, list) or not all(isinstance(x, dict) and isinstance(x.get("id"), str) for x in runs):
         problems.append(("'runs'", "is not a list of runs with string ids"))
+    units = results.get("units", {})
+    if not isinstance(units, dict) or not all(
+            isinstance(u, dict) and u.get("id") == uid and isinstance(u.get("row"), str)
+            and isinstance(u.get("seed"), int) for uid, u in units.items()):
+        problems.append(("'units'", "is not a map of unit records (id, row, seed)"))
     if "chapter" in results and not isinstance(results["chapter"], str):
         problems.append(("'chapter'", "is not a string"))
     return problems
@@ -255,10 +260,58 @@ def locked(out):
         os.close(fd)  # closing releases the lock
 
 
-_RESERVED = {"chapter", "quick", "x64", "seeds", "wall_seconds", "complete", "environment", "rows", "runs"}
+_RESERVED = {"chapter", "quick", "x64", "seeds", "wall_seconds", "complete", "environment", "rows", "runs",
+             "units"}
+
+# --- what identifies a measurement, and the one merge of records ------------------------------
+# The keys of a row or unit record that say when, where or how fast it was made, not what it
+# measured: two records equal in everything else are the same measurement. --resume, the store
+# and `nndl-jax merge` all compare records through ``identity``.
+VOLATILE = frozenset({"run", "finished", "seconds", "earlier_seconds", "untimed_epochs", "devices", "note",
+                      "trained_with"})
 
 
-def merge_results(previous, rows, payload, run):
+def identity(record):
+    """A record less its ``VOLATILE`` keys, as canonical JSON text: equal texts, one measurement."""
+    return json.dumps({k: v for k, v in record.items() if k not in VOLATILE}, sort_keys=True, default=_jsonable)
+
+
+def differing_keys(a, b):
+    """The non-volatile keys in which records ``a`` and ``b`` differ."""
+    def text(v):
+        return json.dumps(v, sort_keys=True, default=_jsonable)
+    return sorted(k for k in (set(a) | set(b)) - VOLATILE if text(a.get(k)) != text(b.get(k)))
+
+
+def merge_records(held, incoming, *, refuse=False):
+    """The one merge of records keyed by id (rows, units): ``held`` {id: record}
+    with the ``incoming`` records added; a record of an id already held replaces
+    it (the store: a rerun row replaces the old one), or with ``refuse`` (merge:
+    parts must agree) is kept and a differing one listed as a conflict.
+    Returns ({id: record}, [(id, differing keys)])."""
+    out, conflicts = dict(held), []
+    for r in incoming:
+        old = out.get(r["id"])
+        if refuse and old is not None and identity(old) != identity(r):
+            conflicts.append((r["id"], differing_keys(old, r)))
+            continue
+        if not (refuse and old is not None):
+            out[r["id"]] = r
+    return out, conflicts
+
+
+def matches(record, *, quick, x64, seeds, settings):
+    """The one policy for "is this row or unit already recorded with these
+    settings" (``--resume`` skips it, a composed row uses it): its quick and
+    x64 flags and seeds are these, and every one of ``settings`` is its own (a
+    record made before a setting was stamped matches on it: it was then the
+    book's, or --quick's, and the quick flag is checked)."""
+    return (record is not None and record.get("quick") == bool(quick) and record.get("x64", False) == bool(x64)
+            and list(record.get("seeds") or ()) == list(seeds)
+            and all(record.get(k, v) == v for k, v in settings.items()))
+
+
+def merge_results(previous, rows, payload, run, units=()):
     """``previous`` results (or None) with ``rows`` and ``payload`` merged in.
 
     Rows are keyed by id: a new row replaces the row of the same id, every
@@ -266,19 +319,22 @@ def merge_results(previous, rows, payload, run):
     replace the same keys, except dicts, which are merged key by key (a
     chapter's per-row curves, ``{"6.1": ...}``, keep the other rows').
     ``run`` (this command: its id, argv, seeds, machine, wall time) replaces
-    its own entry in ``"runs"``; runs that no row refers to any more are dropped.
+    its own entry in ``"runs"``; runs that no row or unit refers to any more are dropped.
+    ``units``: unit records (one seed of a row, ``<row>@<seed>``), merged by id into ``"units"``.
     The top-level quick / x64 / seeds / wall_seconds / complete / environment are the run's.
     """
     clash = _RESERVED & set(payload)
     if clash:
         raise ValueError(f"payload keys {sorted(clash)} are reserved for the results file itself")
     out = dict(previous or {})
-    by_id = {r["id"]: r for r in out.get("rows", [])}
-    by_id.update({r["id"]: r for r in rows})
+    by_id, _ = merge_records({r["id"]: r for r in out.get("rows", [])}, rows)
     out["rows"] = sorted(by_id.values(), key=lambda r: row_sort_key(r["id"]))
+    if units:
+        merged_units, _ = merge_records(out.get("units", {}), units)
+        out["units"] = dict(sorted(merged_units.items(), key=lambda kv: row_sort_key(kv[0])))
     for k, v in payload.items():
         out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    used = {r.get("run") for r in out["rows"]} | {run["id"]}
+    used = {r.get("run") for r in [*out["rows"], *out.get("units", {}).values()]} | {run["id"]}
     runs = [r for r in out.get("runs", []) if r.get("id") in used and r.get("id") != run["id"]]
     out["runs"] = runs + [run]
     out.update(chapter=run["chapter"], quick=run["quick"], x64=run.get("x64", False), seeds=run["seeds"],
@@ -290,8 +346,17 @@ def environment():
     """The machine and library versions, recorded in every results file."""
     import jax
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "jax": jax.__version__, "backend": jax.default_backend(),
+            "jax": jax.__version__, "jaxlib": _version_of("jaxlib"), "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()]}
+
+
+def _version_of(package):
+    """An installed package's version, or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def now():
@@ -319,38 +384,46 @@ def _run_entry(args, complete):
 SHORTENED = "SHORTENED (--quick: a small subset, few epochs)"
 
 
-def record(args, rows, *, complete=False, **payload):
-    """Merge finished ``rows`` (and their ``payload``) into ``OUT/results.json``
-    at once, atomically, under a lock: a run cut off after hours keeps every
-    row it finished. Each row of this run is stamped with ``quick``, its
-    ``seeds`` (the run's, unless the row names its own), ``finished`` (kept
-    from its first recording) and ``run``; a --quick row's note starts with
-    SHORTENED unless it says so or is ``exact`` (the same in a quick run: a
-    parameter count). Rows of earlier runs are merged as they are."""
-    finished = now()
-    for r in rows:  # in place: a row recorded twice (here, then by finish) keeps its first stamp
+def stamp(args, records, finished):
+    """Stamp this run's ``records`` (rows or units) in place with ``quick``,
+    ``x64``, ``run``, their ``seeds`` (the run's unless they name their own) and
+    ``finished`` (kept from a first recording); a --quick row's note says
+    SHORTENED. Records of earlier runs (shown again: --resume skipped them) are left as they were."""
+    for r in records:
         if r.get("run", args.run_id) != args.run_id:
-            continue  # a row of an earlier run, shown again (--resume skipped it): kept as it was
+            continue
         r.update(quick=args.quick, x64=bool(args.x64), run=args.run_id)
         r.setdefault("seeds", seeds(args))
         r.setdefault("finished", finished)
-        if args.quick and not r.get("exact") and "SHORTENED" not in r.get("note", ""):
+        if args.quick and "row" not in r and not r.get("exact") and "SHORTENED" not in r.get("note", ""):  # not units
             r["note"] = SHORTENED + ("; " + r["note"] if r.get("note") else "")
+
+
+def record(args, rows, *, complete=False, units=(), **payload):
+    """The one writer of a chapter run's results: merge finished ``rows``, unit
+    records ``units`` (one seed of a row each, ``<row>@<seed>``) and their
+    ``payload`` into ``OUT/results.json`` at once, validated, atomically, under
+    the folder's lock: a run cut off after hours keeps every row it finished.
+    Only the row driver (``experiments.driver``) calls it."""
+    stamp(args, [*rows, *units], now())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out):
         remove_stale_temporaries(out, RESULTS)  # under the lock no other writer is half-way
-        merged = merge_results(read_results(out), rows, payload, _run_entry(args, complete))
+        merged = merge_results(read_results(out), rows, payload, _run_entry(args, complete), units)
+        problems = results_problems(merged)
+        if problems:
+            raise ResultsError(f"refused to write {out / RESULTS}: " + "; ".join(f"{w} {p}" for w, p in problems[:5]))
         write_json(out / RESULTS, merged)
     return merged
 
 
-def record_divergence(args, run_id, diverged_at):
-    """Mark in ``results.json`` (``"diverged"``: run id -> the epoch at which
-    each of its nets stopped being finite, -1 for none) a run of which some net diverged."""
+def divergence(run_id, diverged_at):
+    """The payload that marks in ``results.json`` (``"diverged"``: run id -> the
+    epoch at which each of its nets stopped being finite, -1 for none) a run of
+    which some net diverged; {} when none did. Recorded with the job's rows."""
     diverged_at = np.asarray(diverged_at)
-    if np.any(diverged_at >= 0):
-        record(args, [], diverged={run_id: diverged_at.tolist()})
+    return {"diverged": {run_id: diverged_at.tolist()}} if np.any(diverged_at >= 0) else {}
 
 
 def recorded_rows(args):
@@ -360,11 +433,19 @@ def recorded_rows(args):
 
 
 def recorded_row(args, row_id, **settings):
-    """Row ``row_id`` as a run into ``--out`` recorded it, when its quick and
-    x64 flags and every one of ``settings`` (seeds, epochs, ...) are this
-    command's; else None."""
+    """Row ``row_id`` as a run into ``--out`` recorded it, when it ``matches``
+    this command's flags, ``settings["seeds"]`` (default the command's) and the
+    other ``settings``; else None."""
+    want = dict(settings)
+    row_seeds = want.pop("seeds", None)
     for r in recorded_rows(args):
-        if (r["id"] == row_id and r.get("quick") == bool(args.quick) and r.get("x64", False) == bool(args.x64)
-                and all(r.get(k) == v for k, v in settings.items())):
+        if r["id"] == row_id and matches(r, quick=args.quick, x64=args.x64,
+                                         seeds=seeds(args) if row_seeds is None else row_seeds, settings=want):
             return r
     return None
+
+
+def recorded_units(args):
+    """Every unit record now in ``OUT/results.json`` ({id: record})."""
+    results = read_results(args.out)
+    return {} if results is None else dict(results.get("units", {}))

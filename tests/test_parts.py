@@ -84,22 +84,38 @@ def test_job_seconds_from_recorded_rows_and_their_runs_wall_time():
 
 
 def test_a_job_whose_seeds_train_apart_is_planned_and_run_seed_by_seed():
-    ran = []
-    job = driver.Job("6.11", ["6.11", "6.12"], lambda a: ran.append(a.nets) or [], seeds=[5, 6, 7],
-                     seeds_apart=True)
+    job = driver.Job("6.11", ["6.11", "6.12"], None, seeds=[5, 6, 7], seeds_apart=True, compose=lambda u, r: ([], {}),
+                     unit_rows=["6.11"])
     results = {"rows": [{"id": "6.11@5", "seconds": 10.0, "trained_with": [5]},
                         {"id": "6.11@6", "seconds": 30.0, "trained_with": [6, 7]}]}
     args = argparse.Namespace(quick=False, seed=5, seeds=1)
     got = parts.chapter_units("chap6", args, [job], [job], results)
-    assert [(u.job, u.seconds, u.composes) for u in got] == [
-        ("6.11@5", 10.0, ("6.11", "6.12")), ("6.11@6", 15.0, ("6.11", "6.12")),
-        ("6.11@7", 12.5, ("6.11", "6.12"))]   # 7: no row of its own, the mean of the others
-    mine = parts.job_in_share(argparse.Namespace(share={"6.11@7", "6.11@5"}), job)
-    assert mine.id == "6.11@5-7" and mine.rows == [] and mine.seeds == [5, 7]
-    mine.run(argparse.Namespace(nets=None))
-    assert ran == [[0, 2]]
-    assert parts.job_in_share(argparse.Namespace(share={"1.5"}), job) is None
-    assert parts.job_in_share(argparse.Namespace(share=None), job) is job
+    assert [(u.job, u.rows, u.seconds, u.composes) for u in got] == [
+        ("6.11@5", ("6.11@5",), 10.0, ("6.11", "6.12")), ("6.11@6", ("6.11@6",), 15.0, ("6.11", "6.12")),
+        ("6.11@7", ("6.11@7",), 12.5, ("6.11", "6.12"))]   # 7: no row of its own, the mean of the others
+    held = argparse.Namespace(share={"6.11@7", "6.11@5"}, nets=None)
+    assert driver.held_seeds(held, job) == [5, 7]
+    assert driver.held_seeds(argparse.Namespace(share={"6.11@7", "6.11@5"}, nets=[0, 1]), job) == [5]
+    assert driver.held_seeds(argparse.Namespace(share={"1.5"}, nets=None), job) == []
+    assert driver.held_seeds(argparse.Namespace(share=None, nets=None), job) == [5, 6, 7]
+
+
+def test_a_long_job_of_units_is_split_seed_by_seed_only_when_it_exceeds_the_fair_share():
+    """A job whose seeds train side by side stays whole while it fits the N parts' fair share, and is
+    given out seed by seed (each its share of the time, composing the job's rows) when it alone would
+    bound the wall time; part records say which units compose which rows."""
+    long = parts.Unit("chapX", "a+b", ("a", "b"), 90.0, True, 0, (), (1, 2, 3), True)
+    short = [parts.Unit("chapX", f"j{k}", (f"r{k}",), 10.0, True, k + 1) for k in range(3)]
+    assert [u.job for p in parts.plan([long, *short], 1) for u in p] == ["a+b", "j0", "j1", "j2"]
+    plan = parts.plan([long, *short], 4)   # fair share 30 s: a+b (90 s) goes seed by seed, 30 s each
+    assert sorted(u.job for p in plan for u in p) == ["a+b@1", "a+b@2", "a+b@3", "j0", "j1", "j2"]
+    assert max(parts.expected_seconds(p) for p in plan) == 30.0
+    seed = next(u for p in plan for u in p if u.job == "a+b@2")
+    assert seed.rows == ("a@2", "b@2") and seed.composes == ("a", "b") and seed.seconds == 30.0
+    record = parts.part_record(plan, 1, "chapX")
+    assert record["composed"] == {"a+b": {"rows": ["a", "b"], "units": ["a@1", "b@1", "a@2", "b@2", "a@3", "b@3"]}}
+    assert set(parts.apart(plan)) == {("chapX", "a+b")}
+    assert "its 3 seeds are held apart" in parts.plan_text(plan, what="x")
 
 
 def test_plan_prints_without_training_and_is_the_same_in_every_process(tmp_path):
@@ -261,37 +277,44 @@ def test_the_whole_books_plan_gives_every_chapters_jobs_once_and_is_bounded_by_i
     args = argparse.Namespace(out=Path("unused"), quick=False, resume=False, restart=False, seeds=None,
                               data_dir=None, devices=None, part=None, only=list(reproduce.CHAPTERS))
     one, many = reproduce.book_plan(args, 1), reproduce.book_plan(args, 64)
+
+    def covered(plan):   # (chapter:job, seed) for every seed of every unit
+        return sorted((f"{u.chapter}:{u.base}", s) for p in plan for u in p for s in (u.seeds or [None]))
     keys = [u.key for p in many for u in p]
-    assert sorted(keys) == sorted(u.key for u in one[0]) and len(set(keys)) == len(keys)
+    assert covered(many) == covered(one) and len(set(keys)) == len(keys)
     assert {u.chapter for u in one[0]} == {f"chap{c}" for c in reproduce.CHAPTERS}
     assert "chap6:6.11@12345682" in keys and "chap6:6.11" not in keys   # the ensemble net by net
-    longest = max(u.seconds for u in one[0])
+    assert "chap6:6.8a@12345679" in keys and "chap6:6.8a" not in keys   # a long row seed by seed
+    longest = max(u.seconds for p in many for u in p)
     assert max(parts.expected_seconds(p) for p in many) == longest
     assert parts.expected_seconds(one[0]) > 2 * longest   # so parts do shorten the book
 
 
 def test_the_ensembles_nets_in_two_parts_merge_and_compose_to_one_process_run(mnist_dir, tmp_path):
-    """Chapter 6's ensemble net by net: parts 1/2 and 2/2 train 3 and 2 of its 5 nets as two
-    processes; merged, then 6.11 and 6.12 composed by the command merge prints (training
-    nothing), the rows, each net's test predictions and curves equal one process training all 5."""
+    """Chapter 6's ensemble net by net: parts 1/2 and 2/2 of `--only 6.11 6.12` train 3 and 2 of its
+    5 nets as two processes; merge composes 6.11 (the nets) and 6.12 (their vote) itself, and the
+    rows, each net's test predictions, the curves and the redrawn errors figure equal one process
+    training all 5."""
     env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
                NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
-    chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "--devices", "1"]
+    chapter = [sys.executable, "-m", "experiments.chap6", "--quick", "--only", "6.11", "6.12", "--devices", "1"]
     run_parts([chapter + ["--part", f"{i}/2", "--out", str(tmp_path / f"part{i}")] for i in (1, 2)], env)
+    for i in (1, 2):
+        assert not {"6.11", "6.12"} & {r["id"] for r in store.read_results(tmp_path / f"part{i}")["rows"]}
     merged_out = tmp_path / "merged"
     said = run_bounded([sys.executable, "-m", "experiments.cli", "merge", str(tmp_path / "part1"),
-                        str(tmp_path / "part2"), "--out", str(merged_out)], timeout=120, env=env).stdout
-    assert "rows 6.11, 6.12 are composed from the nets 6.11@<seed>" in said
-    composed = run_bounded(chapter + ["--out", str(merged_out / "chap6"), "--resume"], timeout=300, env=env).stdout
-    assert "--resume skips them" in composed and "(1 of 1)" not in composed   # nothing trained
+                        str(tmp_path / "part2"), "--out", str(merged_out)], timeout=300, env=env).stdout
+    assert "composed 6.11, 6.12 from 5 unit records" in said and "redrew ensemble_errors.png" in said
+    assert "..." not in said
     run_bounded(chapter + ["--out", str(tmp_path / "one")], timeout=300, env=env)
 
     merged, one = store.read_results(merged_out / "chap6"), store.read_results(tmp_path / "one")
     ids = ["6.11", *(f"6.11@{12345678 + k}" for k in range(5)), "6.12"]
     assert sorted(r["id"] for r in merged["rows"]) == sorted(r["id"] for r in one["rows"]) == sorted(ids)
-    for key in ("measured", "test_predictions"):
+    for key in ("measured", "test_predictions", "errors", "best_epoch", "best_validation", "seeds", "nets"):
         assert {r["id"]: r.get(key) for r in merged["rows"]} == {r["id"]: r.get(key) for r in one["rows"]}
     assert merged["curves"] == one["curves"]
+    assert (merged_out / "chap6" / "ensemble_errors.png").stat().st_size > 0
 
 
 def test_a_late_part_merges_into_the_merged_folder_as_one_more_part(tmp_path):
@@ -308,3 +331,27 @@ def test_merge_refuses_a_folder_without_results(tmp_path, capsys):
     assert merge.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
     assert "holds no results.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rows_seeds_in_three_parts_merge_to_the_unsplit_row(mnist_dir, tmp_path):
+    """Row 1.1's three seeds, one per part (--part I/3), each part recording only its seed's unit
+    (1.1@<seed>), merged: row 1.1 composed from the units equals one unsplit run's (the same three
+    runs in seed order; mean and sd recomputed; curves, peaks, notes), and the figure is redrawn."""
+    env = dict(os.environ, NNDL_JAX_DATA=str(mnist_dir), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               NNDL_JAX_COMPILATION_CACHE="0", MPLBACKEND="Agg")
+    command = [sys.executable, "-m", "experiments.chap1", "--quick", "--only", "1.1", "--seeds", "3"]
+    run_parts([command + ["--part", f"{i}/3", "--out", str(tmp_path / f"part{i}")] for i in (1, 2, 3)], env)
+    for i in (1, 2, 3):
+        part = store.read_results(tmp_path / f"part{i}")
+        assert part["rows"] == [] and list(part["units"]) == [f"1.1@{12345678 + i - 1}"]   # its seed alone
+    run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
+    said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", *(str(tmp_path / f"part{i}") for i in (1, 2, 3)),
+                        "--out", str(tmp_path / "merged")], timeout=120, env=env).stdout
+    assert "composed 1.1 from 3 unit records" in said and "redrew chap1_accuracy.png" in said
+    merged = {r["id"]: r for r in store.read_results(tmp_path / "merged" / "chap1")["rows"]}
+    one = {r["id"]: r for r in store.read_results(tmp_path / "one")["rows"]}
+    assert list(merged) == list(one) == ["1.1"]
+    assert len(merged["1.1"]["measured"]["runs"]) == 3
+    same = {k: v for k, v in one["1.1"].items() if k not in store.VOLATILE}
+    assert {k: v for k, v in merged["1.1"].items() if k not in store.VOLATILE} == same
+    assert merged["1.1"]["seeds"] == [12345678, 12345679, 12345680]

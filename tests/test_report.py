@@ -257,11 +257,11 @@ def test_readme_results_table_is_what_the_committed_reproduced_files_give():
 
 
 def test_a_run_with_a_diverged_net_is_marked_in_the_results_and_one_without_is_not(tmp_path):
+    """Divergence is a payload the job records with its rows through the one writer (store.record)."""
     args = _args(tmp_path)
-    store.record_divergence(args, "1.1+1.2", [-1, -1, -1])
-    assert not (tmp_path / "results.json").exists()
-    store.record_divergence(args, "1.1+1.2", [-1, 3, -1])
-    store.record_divergence(args, "3.7@abc", [0])
+    assert store.divergence("1.1+1.2", [-1, -1, -1]) == {}
+    store.record(args, [], **store.divergence("1.1+1.2", [-1, 3, -1]))
+    store.record(args, [], **store.divergence("3.7@abc", [0]))
     assert _results(tmp_path)["diverged"] == {"1.1+1.2": [-1, 3, -1], "3.7@abc": [0]}
 
 
