@@ -209,7 +209,7 @@ def coordinator_arg(text):
 
 # What may differ between the processes of one run: each process's own place in it.
 _PER_PROCESS = {"process_id", "coordinator", "coordinator_timeout", "cluster", "debug", "data_dir", "devices",
-                "share", "part_record"}
+                "share", "part_record", "asked"}
 _LABELS = {"chapter": "the command", "code": "the code version"}
 
 
@@ -770,8 +770,8 @@ def row_checkpoint(args, job_id, meta, rows=None):
     ``--resume`` continues from it; ``--restart`` discards it. ``rows``: the
     table rows it makes (default: the running job's)."""
     from nndl_jax import train
-    job_id = getattr(args, "checkpoint_id", None) or job_id   # a job of units: the seeds it trains
     job = _CURRENT["job"]
+    job_id = checkpoint_name(getattr(args, "checkpoint_id", None), job, job_id)
     rows = rows or (job.rows if job is not None else [job_id])
     folder = claim(args, job_id, rows)
     ckpt = train.Checkpoint(folder / CHECKPOINT_FILE,
@@ -783,6 +783,18 @@ def row_checkpoint(args, job_id, meta, rows=None):
         print(f"  checkpoint after every epoch: {ckpt.path} (Ctrl-C stops at once; "
               "--resume continues from the last finished epoch)", flush=True)
     return ckpt
+
+
+def checkpoint_name(given, job, job_id):
+    """The checkpoint folder's name for ``job_id``: the name the driver gave the
+    running job (``given``: a job of units names the seeds it trains), with a
+    sub-run's own suffix kept (``3.22@0.25``, ``3.10@book@large``: one
+    checkpoint per sub-run, never one folder shared by two runs)."""
+    if not given or job is None:
+        return given or job_id
+    if job_id.startswith(job.id + "@"):
+        return given + job_id[len(job.id):]
+    return given
 
 
 def saved_checkpoints(args):

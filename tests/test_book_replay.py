@@ -214,7 +214,7 @@ def test_plan_and_part_share_out_the_replays_as_the_drivers_jobs(tmp_path, capsy
     with pytest.raises(SystemExit) as e:
         chap3.main(["--book-seed", "7", "--only", "3.7", "3.18", "3.14", "--plan", "2", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and "3 jobs over 2 parts" in out
+    assert e.value.code == 0 and "3 units over 2 parts" in out
     assert all(f"chap3 {j}@book" in out for j in ("3.7", "3.18", "3.14")) and "chap3 3.7 " not in out
 
 

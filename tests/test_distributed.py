@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import store
 from nndl_jax import distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +233,8 @@ def test_a_chapter_row_over_two_processes_equals_one_process_of_two_devices(tmp_
                           for r in rows]
     assert strip(multi["rows"]) == strip(single["rows"])
     assert len(multi["environment"]["devices"]) == 2
-    for key in set(single) - {"rows", "runs", "environment"}:
+    same = lambda records: {k: store.identity(r) for k, r in records.items()}  # noqa: E731 (less timings, run ids)
+    assert same(multi.get("units", {})) == same(single.get("units", {}))
+    for key in set(single) - {"rows", "runs", "environment", "units"}:
         if "seconds" not in key:   # wall times and per-row timings differ, of course
             assert multi[key] == single[key], key

@@ -162,8 +162,8 @@ def test_sigterm_stops_every_process_with_the_note_and_keeps_the_checkpoint(tmp_
             "--data-dir", str(mnist_dir)]
     procs = [start_chap1(tmp_path, argv, 2, i, port) for i in range(2)]
     try:
-        seen = wait_for_line(procs[0], "epoch 1/30", limit=400)
-        assert "epoch 1/30" in seen, seen[-2000:]
+        seen = wait_for_line(procs[0], "(1 of 30)", limit=400)
+        assert "(1 of 30)" in seen, seen[-2000:]
         for i in signalled:
             os.kill(procs[i].pid, signal.SIGTERM)
         results = finish(procs, limit=120)

@@ -345,8 +345,9 @@ def test_a_rows_seeds_in_three_parts_merge_to_the_unsplit_row(mnist_dir, tmp_pat
         part = store.read_results(tmp_path / f"part{i}")
         assert part["rows"] == [] and list(part["units"]) == [f"1.1@{12345678 + i - 1}"]   # its seed alone
     run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
-    said = run_bounded([sys.executable, "-m", "nndl_jax.cli", "merge", *(str(tmp_path / f"part{i}") for i in (1, 2, 3)),
-                        "--out", str(tmp_path / "merged")], timeout=120, env=env).stdout
+    said = run_bounded([sys.executable, "-m", "experiments.cli", "merge",
+                        *(str(tmp_path / f"part{i}") for i in (1, 2, 3)), "--out", str(tmp_path / "merged")],
+                       timeout=120, env=env).stdout
     assert "composed 1.1 from 3 unit records" in said and "redrew chap1_accuracy.png" in said
     merged = {r["id"]: r for r in store.read_results(tmp_path / "merged" / "chap1")["rows"]}
     one = {r["id"]: r for r in store.read_results(tmp_path / "one")["rows"]}
