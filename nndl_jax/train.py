@@ -186,14 +186,15 @@ class Trainer:
     ``devices.cpu_compiler_options()`` (on the CPU, convolutions by XLA's own
     kernels rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
 
-    ``over_k`` says how the epoch and the evaluation run K > 1 nets (see
-    ``devices.k_nets``): "vmap" (one batched step for all K; the default),
-    "map" (``lax.map``: the K nets one after another in the same compiled
-    program), "devices" (the K axis spread over the devices, each running its
-    nets one after another: ``devices.over_devices``) or "auto" (see
-    ``devices.k_axis_mode``; network3 uses it for conv nets). All give the
-    same numbers (tests/test_core.py, tests/test_devices.py). One net (K = 1)
-    always takes the vmap path.
+    ``over_k`` says how the epoch and the evaluation run K nets (see
+    ``devices.k_nets``): "vmap" (one batched step for all K), "map" and
+    "devices" (each net by the one-net program, the nets of a device one
+    after another, the devices side by side: ``devices.over_devices``) or
+    "auto" (the default, ``devices.k_axis_mode``: the per-net program on the
+    CPU, "vmap" on an accelerator). Each mode's numbers depend only on the
+    seeds and settings, not on the device or process count
+    (tests/test_layout.py); the modes agree to float32 rounding
+    (tests/test_core.py).
 
     Get trainers through ``trainer_for``, which keeps one per network
     description and settings, so their compiled programs are reused.
@@ -206,7 +207,7 @@ class Trainer:
     momentum: float = 0.0
     shuffle: bool = True
     eval_chunk: int = 1000
-    over_k: str = "vmap"
+    over_k: str = "auto"
     compiler_options: dict | str | None = "auto"
     on_iteration: Callable | None = None
     iteration_every: int = 1000
@@ -224,10 +225,9 @@ class Trainer:
                             shuffle=self.shuffle, on_iteration=self.on_iteration,
                             iteration_every=int(self.iteration_every))
 
-        mode = devices.k_axis_mode(self.over_k)
-        # the epoch's arguments: params, opt_state, x, y, key, c, e, order (stacked on K: params,
-        # state, key, c and the host-made order when there is one)
-        epochs_k = devices.k_nets(one_epoch, (True, True, False, False, True, True, False, True), mode)
+        mode = self.k_mode = devices.k_axis_mode(self.over_k)
+        # params, opt_state, x, y, key, c, e, order: stacked on K (0) or shared (None)
+        epochs_k = devices.k_nets(one_epoch, (0, 0, None, None, 0, 0, None, 0), mode)
 
         def epoch_k(params, opt_state, x, y, keys, c, active, e=0, orders=None):
             new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e, orders)
@@ -290,7 +290,7 @@ class Evaluation(NamedTuple):
     predict: Callable
 
 
-def evaluation_for(net, cost, penalty=None, chunk=1000, over_k="vmap", compiler_options="auto"):
+def evaluation_for(net, cost, penalty=None, chunk=1000, over_k="auto", compiler_options="auto"):
     """The compiled ``Evaluation`` of a network (a ``layers.Net`` or an
     ``apply`` function), kept in the same bounded way as ``trainer_for``'s
     trainers, which use it: evaluating a network compiles no training program."""
@@ -307,8 +307,8 @@ def _cached_evaluation(net, cost, penalty, chunk, over_k, compiler_options):
     jit = partial(jax.jit, compiler_options=options)
     return Evaluation(
         jit(devices.k_nets(partial(evaluate, apply=apply, cost=cost, penalty=penalty_fn, chunk=chunk),
-                           (True, False, False, True), mode)),
-        jit(devices.k_nets(partial(predict, apply=apply, chunk=chunk), (True, False), mode)))
+                           (0, None, None, 0), mode)),
+        jit(devices.k_nets(partial(predict, apply=apply, chunk=chunk), (0, None), mode)))
 
 
 def _hashable(options):
@@ -554,6 +554,15 @@ class TrainState(NamedTuple):
     eta: Any
     seconds: Any
 
+    @property
+    def nets(self):
+        """The per-net part (``devices.Nets``): what the layout places and gathers."""
+        return devices.Nets(self.params, self.opt_state, self.keys)
+
+    def with_nets(self, nets):
+        """A copy with the per-net part ``nets`` (a ``devices.Nets``)."""
+        return self._replace(**nets._asdict())
+
 
 @dataclass
 class History:
@@ -617,12 +626,13 @@ class Run(NamedTuple):
     settings: dict    # η, λ [K] (float64, as given) and n_penalty: what a checkpoint's identity records
 
 
-def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules):
-    """The ``Run`` of ``fit``'s arguments, after checking them."""
+def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules, k_mode="map"):
+    """The ``Run`` of ``fit``'s arguments, after checking them (``k_mode``:
+    the trainer's, which the layout of its K nets follows)."""
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
-    layout = devices.layout_for(k)
+    layout = devices.layout_for(k, mode=k_mode)
     x, y = _device_data(training_data, dtype, layout)
     if x.shape[0] == 0:
         raise ValueError("the training data is empty")
@@ -681,23 +691,19 @@ def resumed_state(checkpoint, state, identity):
     """The state saved in ``checkpoint`` (checked to be this run's), in the
     structure and dtypes of ``state``; the params back on the device."""
     saved, _ = checkpoint.load(state, identity)
-    return saved._replace(params=jax.tree_util.tree_map(jnp.asarray, saved.params),
-                          opt_state=jax.tree_util.tree_map(jnp.asarray, saved.opt_state),
-                          keys=jnp.asarray(saved.keys))
+    return saved.with_nets(jax.tree_util.tree_map(jnp.asarray, saved.nets))
 
 
 def host_state(state, layout):
     """``state`` unpadded and on the host (NumPy): what a checkpoint saves
     (gathered from every process of a multi-process run: all of them call it)."""
     host = jax.tree_util.tree_map(devices.to_host, state)
-    return host._replace(params=layout.unpad(host.params), opt_state=layout.unpad(host.opt_state),
-                         keys=layout.unpad(host.keys))
+    return host.with_nets(layout.unpad(host.nets))
 
 
 def placed_state(state, layout):
     """``state`` with its nets padded and sharded over the layout's devices."""
-    return state._replace(params=layout.place(state.params), opt_state=layout.place(state.opt_state),
-                          keys=layout.place(state.keys))
+    return state.with_nets(layout.place(state.nets))
 
 
 def train_epoch(trainer, run, state, orders):
@@ -814,7 +820,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     copies of the last net, trained and dropped) and sharded over them.
     """
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
-                      evaluation=evaluation, rules=rules)
+                      evaluation=evaluation, rules=rules, k_mode=trainer.k_mode)
     check_labels(trainer.apply, params, run)
     state = initial_state(trainer, params, key, eta, run)
     events, resumed_epochs = [], 0
