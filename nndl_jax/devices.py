@@ -4,22 +4,28 @@ The one home of device code: the CPU device count (``use_cpu_devices``), the
 compiler options the trainer's programs get on the CPU
 (``cpu_compiler_options``), how a program runs K nets (``k_axis_mode``,
 ``k_nets``: vmapped, one after another, or over devices) and where their
-stacked params live (``Layout``: the K axis padded to a multiple of the
-devices and sharded over one mesh, ``mesh``).
+stacked params live (``Layout``, ``layout_for``: the K axis padded and
+sharded over one mesh, ``mesh``).
+
+A run's numbers depend on its seeds and settings only, never on the device or
+process count (issue 31): XLA compiles a program K nets wide and one K/2 wide
+to different float32 code, and SGD amplifies the last bits. So each mode runs
+the same per-net arithmetic on every layout:
+
+- "vmap" (fully connected nets everywhere, conv nets on an accelerator): one
+  program K nets wide, on one device (over several processes, every device
+  runs all K: ``Layout.copies``). It gives the numbers the book's rows were
+  recorded with on one CPU device; extra CPU devices do not speed it up.
+- "map"/"devices" (conv nets on the CPU): each net by the one-net program,
+  one after another within a device (``lax.map``) and the devices side by
+  side (``jax.shard_map``). A vmapped convolution is a grouped convolution
+  (``feature_group_count = K``), the form XLA:CPU runs slowly; ``shard_map``
+  hands each device the one-net program, ungrouped (``benchmarks/bench_conv.py``).
 
 On a CPU, JAX sees one device however many cores there are, and one small conv
 net's step keeps barely more than one core busy. ``use_cpu_devices(n)`` asks
 for ``n`` host devices (call it right after ``import jax``, before any array is
-made); ``over_devices(fn, ...)`` then runs ``fn`` (written for ONE network) on
-each device's share of K stacked networks, one after another within a device
-(``lax.map``) and the devices side by side (``jax.shard_map``).
-
-Why not ``vmap`` of the K axis with a sharded input (what ``Layout.place``
-does): the compiler partitions the vmapped program, but a vmapped convolution
-is a grouped convolution (``feature_group_count = K``) before partitioning and
-stays one on each device, the form XLA:CPU runs slowly. ``shard_map`` hands
-each device the one-net program, ungrouped (``benchmarks/bench_conv.py``
-measures both).
+made).
 """
 import functools
 import os
@@ -114,16 +120,15 @@ def k_axis_mode(mode="auto", backend=None, n_devices=None):
     (``use_cpu_devices``) and "vmap" on an accelerator (``backend`` and
     ``n_devices`` default to JAX's; tests force the other backend's choice).
 
-    Every mode gives numbers that depend on the seeds and settings only, never
-    on the device or process count (``k_nets``). On the CPU each net runs the
-    one-net program: a vmapped convolution over K stacked filter banks becomes
-    a grouped convolution that XLA runs slowly (the two-conv net, K = 3:
-    vmapped 17.9 ms per step, mapped 10.2 ms), one net's step keeps barely
-    more than one core busy, so devices running one-net programs side by side
-    give nearly twice the throughput; fully connected nets cost a little more
-    mapped than vmapped on one device (benchmarks/README.md), the price of the
-    same numbers on any layout. An accelerator is launch-bound for these small
-    nets, so there the K nets are one batched (vmapped) program."""
+    It is meant for conv nets (``Trainer``'s default, "vmap", serves fully
+    connected ones). On the CPU a vmapped convolution over K stacked filter
+    banks becomes a grouped convolution that XLA runs slowly (the two-conv
+    net, K = 3: vmapped 17.9 ms per step, mapped 10.2 ms), and one net's step
+    keeps barely more than one core busy, so devices running one-net programs
+    side by side give nearly twice the throughput (benchmarks/README.md). An
+    accelerator is launch-bound for these small nets: there the K nets are
+    one batched program. Every mode gives numbers that depend on the seeds
+    and settings only, never on the device or process count (``k_nets``)."""
     if mode == "auto":
         if (backend or jax.default_backend()) != "cpu":
             return "vmap"

@@ -187,14 +187,14 @@ class Trainer:
     kernels rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
 
     ``over_k`` says how the epoch and the evaluation run K nets (see
-    ``devices.k_nets``): "vmap" (one batched step for all K), "map" and
-    "devices" (each net by the one-net program, the nets of a device one
-    after another, the devices side by side: ``devices.over_devices``) or
-    "auto" (the default, ``devices.k_axis_mode``: the per-net program on the
-    CPU, "vmap" on an accelerator). Each mode's numbers depend only on the
-    seeds and settings, not on the device or process count
-    (tests/test_layout.py); the modes agree to float32 rounding
-    (tests/test_core.py).
+    ``devices.k_nets``): "vmap" (the default: one batched step for all K, on
+    one device), "map" and "devices" (each net by the one-net program, the
+    nets of a device one after another, the devices side by side:
+    ``devices.over_devices``) or "auto" (``devices.k_axis_mode``: the
+    per-net program on the CPU, "vmap" on an accelerator; network3 uses it
+    for conv nets). Each mode's numbers depend only on the seeds and
+    settings, not on the device or process count (tests/test_layout.py);
+    the modes agree to float32 rounding (tests/test_core.py).
 
     Get trainers through ``trainer_for``, which keeps one per network
     description and settings, so their compiled programs are reused.
@@ -207,7 +207,7 @@ class Trainer:
     momentum: float = 0.0
     shuffle: bool = True
     eval_chunk: int = 1000
-    over_k: str = "auto"
+    over_k: str = "vmap"
     compiler_options: dict | str | None = "auto"
     on_iteration: Callable | None = None
     iteration_every: int = 1000
@@ -290,7 +290,7 @@ class Evaluation(NamedTuple):
     predict: Callable
 
 
-def evaluation_for(net, cost, penalty=None, chunk=1000, over_k="auto", compiler_options="auto"):
+def evaluation_for(net, cost, penalty=None, chunk=1000, over_k="vmap", compiler_options="auto"):
     """The compiled ``Evaluation`` of a network (a ``layers.Net`` or an
     ``apply`` function), kept in the same bounded way as ``trainer_for``'s
     trainers, which use it: evaluating a network compiles no training program."""
