@@ -71,6 +71,43 @@ def use_cpu_devices_unless_started(n=None):
     return len(jax.local_devices())
 
 
+# --- several processes on one accelerator ----------------------------------------
+
+PREALLOCATE_ENV, MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def share_device(processes, environ=None):
+    """Let ``processes`` processes (parts of a plan, ``--part``) run on one
+    accelerator at once: JAX's memory preallocation off
+    (``XLA_PYTHON_CLIENT_PREALLOCATE=false``: a process takes memory as it
+    needs it) and each process capped at 0.9/``processes`` of the device's
+    memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``), so no process can starve the
+    others. Values the user set in the environment are kept. Returns the
+    settings in force.
+
+    Why: one of the book's nets leaves most of an accelerator idle, and by
+    default the first JAX process takes 75 % of its memory, so a second
+    process on the same device fails to start. JAX reads these variables when
+    its backend starts: call this first (it raises RuntimeError once JAX has
+    started; the CPU backend ignores them)."""
+    processes = int(processes)
+    if processes < 1:
+        raise ValueError(f"need at least one process per device, got {processes}")
+    if _backend_started():
+        raise RuntimeError("share_device must run before JAX starts its backend (it reads the memory "
+                           "settings once, at start)")
+    environ = os.environ if environ is None else environ
+    environ.setdefault(PREALLOCATE_ENV, "false")
+    environ.setdefault(MEM_FRACTION_ENV, f"{0.9 / processes:.3f}")
+    return {name: environ[name] for name in (PREALLOCATE_ENV, MEM_FRACTION_ENV)}
+
+
+def _backend_started():
+    """Whether JAX has started a backend in this process (then its memory settings are fixed)."""
+    from jax._src import xla_bridge
+    return xla_bridge.backends_are_initialized()
+
+
 # --- compiler options -------------------------------------------------------------
 
 # XLA:CPU's library fusions without YNNPACK's convolutions (its default list

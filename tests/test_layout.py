@@ -80,16 +80,16 @@ def test_every_mode_trains_the_same_nets_on_one_and_two_devices_and_across_a_res
     assert run_library(2, "stop", tmp_path) == {}          # every case stopped after epoch 0 ...
     resumed = run_library(1, "resume", tmp_path)            # ... and continued on one device
     assert set(one) == set(two) == set(resumed) and len(one) == 3
-    # the layouts differ where they can: conv nets spread over both devices, a K-wide vmap stays on one
-    assert two["conv-auto-k3"]["mode"] == "devices" and two["conv-auto-k3"]["used"] == 2
-    assert one["conv-auto-k3"]["mode"] == "map" and one["conv-auto-k3"]["used"] == 1
-    assert two["conv-gpu-k2"]["mode"] == "vmap" and two["fc-vmap-k2"]["used"] == 1
     for name in one:
         assert one[name]["k"] == two[name]["k"] == resumed[name]["k"], name   # no padding net kept
         assert resumed[name]["resumed"] == 1, name
         for run in (two, resumed):   # bit for bit: the nets' params and optimizer state, and every curve
             assert run[name]["nets"] == one[name]["nets"], name
             assert run[name]["curves"] == one[name]["curves"], name
+    # the layouts differ where they can: conv nets spread over both devices, a K-wide vmap stays on one
+    assert two["conv-auto-k3"]["mode"] == "devices" and two["conv-auto-k3"]["used"] == 2
+    assert one["conv-auto-k3"]["mode"] == "map" and one["conv-auto-k3"]["used"] == 1
+    assert two["conv-gpu-k2"]["mode"] == "vmap" and two["fc-vmap-k2"]["used"] == 1
 
 
 # --- rows from the command line ------------------------------------------------------
@@ -156,4 +156,3 @@ def test_a_row_records_the_same_on_one_device_two_devices_and_resumed_from_two_o
     one = recorded(out["one"])
     assert one and recorded(out["two"]) == one
     assert recorded(out["two-then-one"]) == one
-
