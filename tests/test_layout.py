@@ -29,14 +29,14 @@ LIBRARY = textwrap.dedent("""
     from nndl_jax.activations import relu, sigmoid
     how, folder = sys.argv[2], sys.argv[3]
     rng = np.random.default_rng(0)
-    x = rng.random((150, 64), dtype=np.float32)
-    y = rng.integers(0, 10, 150).astype(np.int32)
+    x784 = rng.random((300, 784), dtype=np.float32)     # fully connected nets see MNIST's width
+    x, y = x784[:, :64], rng.integers(0, 10, 300).astype(np.int32)
     conv = layers.serial(layers.conv_pool((3, 1, 3, 3), (5, 1, 8, 8), (2, 2), relu),
                          layers.fully_connected(12, relu), layers.softmax(10))
     fc = layers.serial(layers.fully_connected(30, sigmoid), layers.fully_connected(10, sigmoid))
-    cases = {"fc-vmap-k2": (fc, costs.quadratic, None, "vmap", 2),
-             "conv-auto-k3": (conv, costs.log_likelihood, "l2", "auto", 3),
-             "conv-gpu-k2": (conv, costs.log_likelihood, "l2", devices.k_axis_mode("auto", backend="gpu"), 2)}
+    cases = {"fc-vmap-k2": (fc, costs.quadratic, None, "vmap", 2, x784),
+             "conv-auto-k3": (conv, costs.log_likelihood, "l2", "auto", 3, x),
+             "conv-gpu-k2": (conv, costs.log_likelihood, "l2", devices.k_axis_mode("auto", backend="gpu"), 2, x)}
 
     class Stop(Exception):
         pass
@@ -46,8 +46,8 @@ LIBRARY = textwrap.dedent("""
             raise Stop
 
     out = {}
-    for name, ((init, apply), cost, penalty, mode, k) in cases.items():
-        params, keys = train.from_seeds(init, (64,), range(10, 10 + k))
+    for name, ((init, apply), cost, penalty, mode, k, x) in cases.items():
+        params, keys = train.from_seeds(init, (x.shape[1],), range(10, 10 + k))
         trainer = train.Trainer(apply, cost, 10, penalty=penalty, over_k=mode)
         ckpt = None if how == "whole" else train.Checkpoint(f"{folder}/{name}.npz", {"case": name})
         try:
