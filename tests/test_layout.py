@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +93,21 @@ def test_every_mode_trains_the_same_nets_on_one_and_two_devices_and_across_a_res
     assert two["conv-gpu-k2"]["mode"] == "vmap" and two["fc-vmap-k2"]["used"] == 1
 
 
+
+@pytest.mark.parametrize("kind", ["fc", "conv"])
+def test_two_processes_of_one_device_train_the_same_nets_as_one_process_of_one_device(tmp_path, kind):
+    """tests/test_distributed.py's worker (K = 3: fully connected nets vmapped, every
+    process holding all three; conv nets one per device, padded to 4) in 2 processes
+    against 1 process of 1 device: the same params and accuracies, bit for bit."""
+    from test_distributed import run_processes, saved
+    one = run_processes(1, 1, tmp_path / "one", kind)
+    two = run_processes(2, 1, tmp_path / "two", kind)
+    for rc, _, err in one + two:
+        assert rc == 0, err[-3000:]
+    assert [json.loads(out.strip().splitlines()[-1])["processes"] for _, out, _ in two] == [2, 2]
+    for a, b in zip(saved(tmp_path / "one"), saved(tmp_path / "two")):
+        np.testing.assert_array_equal(a, b)
+
 # --- rows from the command line ------------------------------------------------------
 
 # argv: module, "whole" | "stop" (Ctrl-C after the first epoch), then the chapter's arguments
@@ -132,9 +148,10 @@ def run_row(module, how, argv, tmp_path, expect=0):
 
 
 def recorded(out):
-    """The rows of ``out``/results.json less what differs between any two runs (times, run ids)."""
+    """The rows of ``out``/results.json less what says how they ran (times, run ids, the devices used)."""
     rows = json.loads((Path(out) / "results.json").read_text())["rows"]
-    return [{k: v for k, v in r.items() if k not in ("finished", "run", "seconds")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("finished", "run", "seconds", "earlier_seconds", "devices")}
+            for r in rows]
 
 
 @pytest.mark.parametrize("module,argv", [
