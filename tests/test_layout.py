@@ -148,10 +148,11 @@ def run_row(module, how, argv, tmp_path, expect=0):
 
 
 def recorded(out):
-    """The rows of ``out``/results.json less what says how they ran (times, run ids, the devices used)."""
+    """The rows of ``out``/results.json less what says how they ran: times (a resumed
+    row's earlier sittings too), run ids, the devices used (merge's volatile entries)."""
     rows = json.loads((Path(out) / "results.json").read_text())["rows"]
-    return [{k: v for k, v in r.items() if k not in ("finished", "run", "seconds", "earlier_seconds", "devices")}
-            for r in rows]
+    how = {"finished", "run", "seconds", "earlier_seconds", "untimed_epochs", "devices", "trained_with"}
+    return [{k: v for k, v in r.items() if k not in how} for r in rows]
 
 
 @pytest.mark.parametrize("module,argv", [
