@@ -193,10 +193,8 @@ def k_nets(fn, in_axes, mode):
     - "map" and "devices": each net by the one-net program ``fn``, the nets
       of a device one after another (``lax.map``), the devices of
       ``devices_for(K)`` side by side (``over_devices``; K must be a multiple
-      of their count, which ``Layout`` ensures by padding). Two, three or
-      four nets on a device run the same loop body; ``Layout`` never leaves a
-      net alone on a device (a loop of one trip compiles differently) unless
-      K = 1.
+      of their count, which ``Layout`` ensures by padding). One net, two or
+      four on a device run the same per-net program.
     """
     if mode not in K_MODES:
         raise ValueError(f"mode must be one of {K_MODES}, got {mode!r}")
@@ -229,9 +227,8 @@ def net_count(args, in_axes):
 def map_over_nets(fn, in_axes, args):
     """``fn`` (for ONE network) applied to each of the K networks stacked in
     ``args`` in turn (``lax.map``), the shared arguments passed to every call;
-    the outputs are stacked on K. One network calls ``fn`` directly (to
-    float32 rounding the same numbers; ``Layout`` keeps K ≥ 2 nets at two or
-    more a device, so a run never mixes the two)."""
+    the outputs are stacked on K. One network calls ``fn`` directly (the same
+    per-net program)."""
     net_args = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
 
     def one(one_net):
@@ -295,15 +292,15 @@ def _mesh(devices):
 
 
 def devices_for(k, devices=None, mode="map"):
-    """The devices K stacked nets are spread over: the first min(⌈K/2⌉, D) of
-    ``devices`` (default: the D devices), so every device runs at least two
-    nets (``Layout``) and none only padding; in ``mode`` "vmap" (one K-wide
-    program, see ``k_nets``) the first device alone. A run over several
-    processes uses every device (each process runs its share of every program)."""
+    """The devices K stacked nets are spread over: the first min(K, D) of
+    ``devices`` (default: the D devices), so no device trains only padding
+    and one net stays on one device; in ``mode`` "vmap" (one K-wide program,
+    see ``k_nets``) the first device alone. A run over several processes uses
+    every device (each process runs its share of every program)."""
     devices = list(jax.devices() if devices is None else devices)
     if jax.process_count() > 1:
         return devices
-    return devices[:1 if mode == "vmap" else max(1, min(-(-int(k) // 2), len(devices)))]
+    return devices[:1 if mode == "vmap" else max(1, min(int(k), len(devices)))]
 
 
 def multi_process():
@@ -332,14 +329,10 @@ class Nets(NamedTuple):
 
 class Layout(NamedTuple):
     """How K stacked nets are laid out for one run: over ``devices``, the K
-    axis padded to ``k_all``, a multiple of their count, so that each device
-    holds at least two nets when K ≥ 2: XLA compiles the one-net program
-    inside a loop over nets (``lax.map``) to other float code than the same
-    program called alone (a conv bias's gradient differed in its last bit),
-    so a net never runs alone on a device unless K = 1 (alone everywhere).
-    Padding nets are copies of the last, trained and dropped; with ``copies``
-    (the K-wide vmapped program over several processes, ``layout_for``) every
-    device holds all K nets instead, so each runs the K-wide program. A run's saved
+    axis padded to ``k_all``, a multiple of their count. Padding nets are
+    copies of the last, trained and dropped; with ``copies`` (the K-wide
+    vmapped program over several processes, ``layout_for``) every device
+    holds all K nets instead, so each runs the K-wide program. A run's saved
     state never holds the padding, and each net's numbers do not depend on
     the layout (``k_nets``), so a checkpoint resumes under any layout (any
     device count, any process count) and continues the same curve."""
@@ -351,8 +344,7 @@ class Layout(NamedTuple):
     @property
     def k_all(self):
         n = len(self.devices)
-        per_device = self.k if self.copies else -(-self.k // n)
-        return n * (per_device if self.k < 2 else max(2, per_device))
+        return self.k * n if self.copies else -(-self.k // n) * n
 
     def pad(self, tree):
         """``tree`` (leaves stacked on K) padded to ``k_all``: with copies of

@@ -96,9 +96,7 @@ def test_over_devices_trains_like_one_device_for_one_and_two_nets_per_device():
     for k in ("2", "4"):  # one net per device (called directly), two per device (lax.map)
         assert result[k]["k"] == int(k) and result[k]["devices"] == 2, result
         assert result[k]["moved"] > 1e-3, result       # it trained
-    # two nets a device run the loop body the one-device run runs: bit for bit; a net alone
-    # on a device is the one-net program outside a loop: float32 rounding (so Layout never does it)
-    assert result["4"]["diff"] == 0 and result["2"]["diff"] < 1e-5, result
+        assert result[k]["diff"] == 0, result          # the same per-net program: bit for bit
     assert "multiple" in result["uneven"], result
     fit = result["fit"]  # the trainer's over_k="devices" (auto on two CPU devices) through fit
     assert fit["mode"] == "devices" and fit["used"] == 2 and fit["used_one"] == 1, fit
@@ -130,9 +128,3 @@ def test_layout_pads_with_the_last_net_or_holds_all_k_nets_on_every_device():
     assert np.asarray(copies.unpad(copies.pad(a))).tolist() == [0, 1, 2]
     assert devices.layout_for(3, ["d0", "d1"], mode="vmap") == devices.Layout(3, ("d0",))
     assert devices.layout_for(3, ["d0", "d1"], mode="devices") == devices.Layout(3, ("d0", "d1"))
-    # never one net alone on a device unless K = 1: two nets stay on one device, K = 3 over
-    # four devices uses two of them, and over four processes' devices pads to two a device
-    assert devices.layout_for(2, ["d0", "d1"], mode="devices") == devices.Layout(2, ("d0",))
-    assert devices.layout_for(3, ["d0", "d1", "d2", "d3"]).devices == ("d0", "d1")
-    assert devices.Layout(3, ("d0", "d1", "d2", "d3")).k_all == 8
-    assert devices.Layout(1, ("d0", "d1")).k_all == 2 and devices.Layout(1, ("d0",)).k_all == 1

@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent("""
                                                     stop(e, r)))
     np.savez(sys.argv[2], *[np.asarray(a) for a in jax.tree_util.tree_leaves(out)],
              accuracy=np.asarray(hist["v_accuracy"]))
-    # train_many spreads K=3 nets over 2 of the devices (devices.devices_for), two each (one padding)
+    # train_many spreads K=3 nets over 3 of the devices (devices.devices_for), one net each
     many = (network3.train_many(layers, 10, (x, y), 1, 0.05, (x[:20], y[:20]), (x[:20], y[:20]), seeds=[0, 1, 2])
             if ckpt is None else {"params": [{"w": np.zeros((0,))}], "devices": None})
     print(json.dumps({"devices_used": shards, "resumed": hist.resumed_epochs,
@@ -71,16 +71,15 @@ def assert_same_training(a, b):
 
 
 def test_sharded_k_axis_matches_one_device_and_resumes_across_device_counts(tmp_path):
-    """4 devices (K = 3 padded to 4 over two of them, two nets each: never one net
-    alone on a device) against 1 device; then a run
+    """4 devices (K = 3 padded to 4, one net each) against 1 device; then a run
     interrupted after epoch 1 of 3 on 2 devices and resumed on 1 (and the other
     way round) against the uninterrupted 1-device run: bit for bit (issue 31),
     since every device count runs the same per-net program (one net per device,
     or nets one after another)."""
     one = run(1, tmp_path / "one.npz")
     four = run(4, tmp_path / "four.npz")
-    assert four["devices_used"] == [2, 2, 2] and one["devices_used"] == [1, 1, 1]
-    assert four["many_k"] == 3 and four["many_devices"] == 2
+    assert four["devices_used"] == [3, 3, 3] and one["devices_used"] == [1, 1, 1]
+    assert four["many_k"] == 3 and four["many_devices"] == 3
     assert_same_training(tmp_path / "one.npz", tmp_path / "four.npz")
 
     for first, then in ((2, 1), (1, 2)):
