@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent("""
         run = jax.jit(devices.over_devices(one, axes))
         # (the epoch's e and order arguments are left out: shared defaults)
         layout = devices.Layout(k, tuple(jax.devices()))
-        got, _ = run(*layout.place((params, state)), x, y, *layout.place((train_keys, c)))
+        got, _ = run(*layout.put((params, state)), x, y, *layout.put((train_keys, c)))  # k per device: k/2
         w = got[0]["w"]
         out[k] = {"diff": max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
                       jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got))),
