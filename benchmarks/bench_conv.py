@@ -21,8 +21,11 @@ Cases, each one epoch of ``--steps`` mini-batches (compile excluded):
   jax K=2 devices      two nets on two CPU devices: ``Trainer(over_k="devices")``, what
                        chapter 6 runs (``devices.over_devices``: ``shard_map``, each
                        device running the one-net program)
+  jax K=2 vmap         two nets vmapped on one device: what an accelerator runs
+                       (``devices.k_axis_mode``), on any layout (issue 31)
   jax K=2 vmap-sharded two nets vmapped, the K axis sharded over the two devices
-                       (``devices.Layout.place``; the vmapped convolution stays grouped)
+                       (``devices.Layout.place``; the vmapped convolution stays grouped;
+                       the vmap path before issue 31, whose numbers depend on the layout)
   jax K=2 processes    two worker processes, each pinned to its own core, each
                        training one net (K=1) at the same time
   torch K=2 2t         two PyTorch nets stepped in turn in one loop, 2 threads
@@ -284,6 +287,7 @@ def main(argv=None):
             cases["torch K=1 2t"] = torch_case(name, 1, args.steps, 2)
             cases["torch K=1 1t"] = torch_case(name, 1, args.steps, 1)
         cases["jax K=2 map"] = jax_case(name, 2, args.steps, mode="map")
+        cases["jax K=2 vmap"] = jax_case(name, 2, args.steps, mode="vmap")
         if len(jax.devices()) >= 2:
             cases["jax K=2 devices"] = jax_case(name, 2, args.steps, mode="devices", sharded=True)
             cases["jax K=2 vmap-sharded"] = jax_case(name, 2, args.steps, mode="vmap", sharded=True)

@@ -24,6 +24,12 @@ over the 50,000 training images (5,000 steps). Timed in one process:
               each (``devices.over_devices(..., within="vmap")``)
   map-8-dev   the same 8 networks through ``Trainer(over_k="devices")``: 4 on
               each device, one after another
+  --k-axis    only the ways of running K = 8 nets, timed in interleaved rounds
+              with ratios (``k_axis_rows``): the trainer's vmap on one device
+              (what fully connected rows run: the same numbers on any layout),
+              the same vmap with the K axis sharded over two devices (before
+              issue 31: numbers that depend on the device count), and the
+              per-net program over two devices (``over_k="devices"``)
   book-call   the book's own call, ``network.Network([784, 30, 10]).SGD(
               training_data, 1, 10, 3.0)`` with the book's list of 50,000
               ``(x, y)`` pairs: a fresh network each time, so it includes
@@ -103,6 +109,46 @@ def every_weight_gradient_as_xT_dz():
         layers.NARROW_LAYER = saved
 
 
+def k_axis_epoch(mode, placed, x, y, k=8):
+    """A function running one epoch of K [784,30,10] nets through ``train.Trainer(over_k=mode)``:
+    with ``placed``, the K axis sharded over every device (``devices.Layout``), else as
+    ``train.fit`` lays it out for the mode (``devices.layout_for``)."""
+    init, apply = layers.mlp(SIZES, sigmoid, init=layers.large_weight_init)
+    init_keys, train_keys = train.seed_keys(range(k))
+    trainer = train.Trainer(apply, costs.quadratic, M, over_k=mode)
+    params = train.init_many(init, init_keys, (784,))
+    layout = devices.Layout(k, tuple(jax.devices())) if placed else devices.layout_for(k, mode=trainer.k_mode)
+    state = list(layout.place((params, trainer.init_opt_state(params, ETA), train_keys, jnp.zeros(k),
+                               jnp.ones(k, bool))))
+
+    def run():
+        state[0], state[1] = block(trainer.epoch(state[0], state[1], x, y, *state[2:]))
+    return run
+
+
+def k_axis_rows(args):
+    """Seconds per network and epoch of K = 8 nets, each way, interleaved over
+    ``--repeats`` rounds (a shared machine: compare the ratios)."""
+    data = load_mnist(args.data_dir).training
+    n = 5000 if args.quick else len(data.y)
+    x, y = jnp.asarray(data.x[:n]), jnp.asarray(data.y[:n])
+    cases = {"vmap-8 (1 device)": k_axis_epoch("vmap", False, x, y),
+             "vmap-8 sharded (before)": k_axis_epoch("vmap", True, x, y),
+             "per-net, devices": k_axis_epoch("devices", False, x, y)}
+    times = {name: [] for name in cases}
+    for run in cases.values():
+        run()                                   # compile
+    for _ in range(args.repeats):
+        for name, run in cases.items():
+            times[name].append(median_time(run, 1) * len(data.y) / n / 8)
+    print(f"jax {jax.__version__}, {len(jax.devices())} CPU devices, load average {os.getloadavg()[0]:.1f}; "
+          f"{n} images timed, scaled to 50,000; median of {args.repeats} interleaved rounds")
+    base = float(np.median(times["vmap-8 sharded (before)"]))
+    for name, t in times.items():
+        print(f"{name:<26} {float(np.median(t)):8.3f} s/epoch per net  {float(np.median(t)) / base:5.2f}x before")
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="time 5,000 images and scale (CI)")
@@ -112,8 +158,11 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--devices", type=int, default=2, help="CPU devices for vmap-8-dev (default 2)")
+    p.add_argument("--k-axis", action="store_true", help="only the K = 8 rows, interleaved, with ratios")
     args = p.parse_args(argv)
     devices.use_cpu_devices(args.devices)  # before JAX starts; K = 1 runs on the first
+    if args.k_axis:
+        return k_axis_rows(args)
 
     data = load_mnist(args.data_dir).training
     n = 5000 if args.quick else len(data.y)
@@ -152,7 +201,7 @@ def main(argv=None):
     if len(jax.devices()) >= 2:
         one_epoch = partial(train.epoch, apply=apply, cost=costs.quadratic, penalty=None,
                             optimizer=trainer.optimizer, mini_batch_size=M, shuffle=True)
-        spread = jax.jit(devices.over_devices(one_epoch, (True, True, False, False, True, True),
+        spread = jax.jit(devices.over_devices(one_epoch, (0, 0, None, None, 0, 0),
                                               within="vmap"), donate_argnums=(0, 1))
         params = train.init_many(init, init_keys, (784,))
         dev = list(devices.layout_for(8).place((params, trainer.init_opt_state(params, ETA), train_keys,

@@ -110,6 +110,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     p.add_argument("--devices", type=positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: "
                         + ("one per core" if devices_per_core else "JAX's own, one") + ")")
+    p.add_argument("--share-device", type=positive_int, default=None, metavar="N",
+                   help="this process is one of N sharing one accelerator (e.g. N --part runs started at "
+                        "once): JAX's memory preallocation off and at most 0.9/N of its memory each, set "
+                        "before JAX starts (devices.share_device)")
     add_process_arguments(p)
     p.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
                    help="run part I of N: the jobs (rows trained together; the ensemble's nets one by one) "
@@ -152,6 +156,9 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     problem = store.out_problem(args.out, args.quick, chapter)
     if problem:
         p.error(problem)
+    if args.share_device is not None:
+        from nndl_jax import devices
+        devices.share_device(args.share_device)
     start_processes(args, prog=chapter)
     use_devices(args.devices, per_core=devices_per_core, prog=chapter)
     if args.x64:  # before any array is made: every default float becomes float64

@@ -208,14 +208,15 @@ class Trainer:
     ``devices.cpu_compiler_options()`` (on the CPU, convolutions by XLA's own
     kernels rather than YNNPACK's), None is XLA's defaults, a dict is passed as is.
 
-    ``over_k`` says how the epoch and the evaluation run K > 1 nets (see
-    ``devices.k_nets``): "vmap" (one batched step for all K; the default),
-    "map" (``lax.map``: the K nets one after another in the same compiled
-    program), "devices" (the K axis spread over the devices, each running its
-    nets one after another: ``devices.over_devices``) or "auto" (see
-    ``devices.k_axis_mode``; network3 uses it for conv nets). All give the
-    same numbers (tests/test_core.py, tests/test_devices.py). One net (K = 1)
-    always takes the vmap path.
+    ``over_k`` says how the epoch and the evaluation run K nets (see
+    ``devices.k_nets``): "vmap" (the default: one batched step for all K, on
+    one device), "map" and "devices" (each net by the one-net program, the
+    nets of a device one after another, the devices side by side:
+    ``devices.over_devices``) or "auto" (``devices.k_axis_mode``: the
+    per-net program on the CPU, "vmap" on an accelerator; network3 uses it
+    for conv nets). Each mode's numbers depend only on the seeds and
+    settings, not on the device or process count (tests/test_layout.py);
+    the modes agree to float32 rounding (tests/test_core.py).
 
     Get trainers through ``trainer_for``, which keeps one per network
     description and settings, so their compiled programs are reused.
@@ -246,10 +247,9 @@ class Trainer:
                             shuffle=self.shuffle, on_iteration=self.on_iteration,
                             iteration_every=int(self.iteration_every))
 
-        mode = devices.k_axis_mode(self.over_k)
-        # the epoch's arguments: params, opt_state, x, y, key, c, e, order (stacked on K: params,
-        # state, key, c and the host-made order when there is one)
-        epochs_k = devices.k_nets(one_epoch, (True, True, False, False, True, True, False, True), mode)
+        mode = self.k_mode = devices.k_axis_mode(self.over_k)
+        # params, opt_state, x, y, key, c, e, order: stacked on K (0) or shared (None)
+        epochs_k = devices.k_nets(one_epoch, (0, 0, None, None, 0, 0, None, 0), mode)
 
         def epoch_k(params, opt_state, x, y, keys, c, active, e=0, orders=None):
             new_params, new_state = epochs_k(params, opt_state, x, y, keys, c, e, orders)
@@ -329,8 +329,8 @@ def _cached_evaluation(net, cost, penalty, chunk, over_k, compiler_options):
     jit = partial(jax.jit, compiler_options=options)
     return Evaluation(
         jit(devices.k_nets(partial(evaluate, apply=apply, cost=cost, penalty=penalty_fn, chunk=chunk),
-                           (True, False, False, True), mode)),
-        jit(devices.k_nets(partial(predict, apply=apply, chunk=chunk), (True, False), mode)))
+                           (0, None, None, 0), mode)),
+        jit(devices.k_nets(partial(predict, apply=apply, chunk=chunk), (0, None), mode)))
 
 
 def _hashable(options):
@@ -378,6 +378,15 @@ class TrainState(NamedTuple):
     metrics: dict
     eta: Any
     seconds: Any
+
+    @property
+    def nets(self):
+        """The per-net part (``devices.Nets``): what the layout places and gathers."""
+        return devices.Nets(self.params, self.opt_state, self.keys)
+
+    def with_nets(self, nets):
+        """A copy with the per-net part ``nets`` (a ``devices.Nets``)."""
+        return self._replace(**nets._asdict())
 
 
 @dataclass
@@ -452,14 +461,15 @@ class Run(NamedTuple):
     settings: dict    # η, λ [K] (float64, as given) and n_penalty: what a checkpoint's identity records
 
 
-def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules):
-    """The ``Run`` of ``fit``'s arguments, after checking them (``checks``)."""
+def prepare_run(params, training_data, epochs, *, eta, lmbda, n_penalty, evaluation, rules, k_mode="map"):
+    """The ``Run`` of ``fit``'s arguments, after checking them (``checks``; ``k_mode``:
+    the trainer's, which the layout of its K nets follows)."""
     dtype = _dtype(params)
     eta, lmbda, epochs = check_hyperparameters(eta, lmbda, epochs)
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
     eta, lmbda = per_net(eta, k, "the learning rate eta"), per_net(lmbda, k, "the regularization parameter lmbda")
     evaluation = check_evaluation(evaluation)
-    layout = devices.layout_for(k)
+    layout = devices.layout_for(k, mode=k_mode)
     x, y = device_data(training_data, dtype, layout)
     c = lmbda / (x.shape[0] if n_penalty is None else n_penalty)
     sets = {name: device_data(d, dtype, layout, f"evaluation set {name!r}") for name, d in evaluation.items()}
@@ -509,33 +519,23 @@ def run_identity(checkpoint, trainer, state, run, training_data, evaluation, ord
     return json.loads(json.dumps(identity, sort_keys=True, default=files.json_default))
 
 
-PER_NET = ("params", "opt_state", "keys")
-"""The fields of ``TrainState`` stacked on the K axis: what the layout pads, shards and gathers."""
-
-
-def nets(state):
-    """The per-net part of ``state`` as one pytree (a dict of ``PER_NET``), so the
-    layout places, unpads or gathers it in one call."""
-    return {name: getattr(state, name) for name in PER_NET}
-
-
 def resumed_state(checkpoint, state, identity):
     """The state saved in ``checkpoint`` (checked to be this run's), in the
     structure and dtypes of ``state``; the nets back on the device."""
     saved, _ = checkpoint.load(state, identity)
-    return saved._replace(**jax.tree_util.tree_map(jnp.asarray, nets(saved)))
+    return saved.with_nets(jax.tree_util.tree_map(jnp.asarray, saved.nets))
 
 
 def host_state(state, layout):
     """``state`` unpadded and on the host (NumPy): what a checkpoint saves
     (gathered from every process of a multi-process run: all of them call it)."""
     host = jax.tree_util.tree_map(devices.to_host, state)
-    return host._replace(**layout.unpad(nets(host)))
+    return host.with_nets(layout.unpad(host.nets))
 
 
 def placed_state(state, layout):
     """``state`` with its nets padded and sharded over the layout's devices."""
-    return state._replace(**layout.place(nets(state)))
+    return state.with_nets(layout.place(state.nets))
 
 
 def train_epoch(trainer, run, state, orders):
@@ -639,7 +639,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     copies of the last net, trained and dropped) and sharded over them.
     """
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
-                      evaluation=evaluation, rules=rules)
+                      evaluation=evaluation, rules=rules, k_mode=trainer.k_mode)
     check_labels(trainer.apply, params, {"the training data": (run.x, run.y)}
                  | {f"evaluation set {name!r}": d for name, d in run.sets.items()})
     state = initial_state(trainer, params, key, run)

@@ -65,7 +65,7 @@ def leaves(path):
         return [f[name] for name in f.files]
 
 
-def assert_same_training(a, b, atol):
+def assert_same_training(a, b, atol=0.0):
     for x, y in zip(leaves(a), leaves(b)):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol)
 
@@ -73,19 +73,21 @@ def assert_same_training(a, b, atol):
 def test_sharded_k_axis_matches_one_device_and_resumes_across_device_counts(tmp_path):
     """4 devices (K = 3 padded to 4, one net each) against 1 device; then a run
     interrupted after epoch 1 of 3 on 2 devices and resumed on 1 (and the other
-    way round) against the uninterrupted 1-device run. Different device counts
-    compile different XLA programs (one net per device against nets one after
-    another), so the comparison is to float32 rounding (atol 1e-5), not bit for bit;
-    accuracies are equal."""
+    way round) against the uninterrupted 1-device run: bit for bit (issue 31),
+    since 1 and 2 devices run the same per-net program. A process of 4 CPU
+    devices (on 2 cores) ended one conv bias 6e-8 away (its last bit) in
+    jaxlib 0.10.2, whether its 3 nets ran one a device or two a device on two
+    of them: not explained yet, so 4 devices are compared to float32 rounding
+    (atol 1e-6)."""
     one = run(1, tmp_path / "one.npz")
     four = run(4, tmp_path / "four.npz")
     assert four["devices_used"] == [3, 3, 3] and one["devices_used"] == [1, 1, 1]
     assert four["many_k"] == 3 and four["many_devices"] == 3
-    assert_same_training(tmp_path / "one.npz", tmp_path / "four.npz", atol=1e-5)
+    assert_same_training(tmp_path / "one.npz", tmp_path / "four.npz", atol=1e-6)
 
     for first, then in ((2, 1), (1, 2)):
         ckpt = tmp_path / f"{first}to{then}.ckpt.npz"
         run(first, tmp_path / "stopped.npz", ckpt, "stop", expect=3)
         resumed = run(then, tmp_path / f"{first}to{then}.npz", ckpt)
         assert resumed["resumed"] == 1 and len(resumed["devices_used"]) == 2
-        assert_same_training(tmp_path / "one.npz", tmp_path / f"{first}to{then}.npz", atol=1e-5)
+        assert_same_training(tmp_path / "one.npz", tmp_path / f"{first}to{then}.npz")
