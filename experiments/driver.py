@@ -439,9 +439,6 @@ class Job:
     noun: tuple = ("seeds", "its")   # what its units are called in messages: ("nets", "the ensemble's")
 
 
-_CURRENT = {"job": None}
-
-
 def job_seeds(args, job):
     """Every seed of ``job`` (its own, else the command's)."""
     return list(job.seeds) if job.seeds is not None else store.seeds(args)
@@ -489,19 +486,16 @@ def run_whole_job(args, job):
 
 
 def _run(args, job, checkpoint_id, unit_seeds=None):
-    """``job.run`` on a copy of ``args`` that names its checkpoint and seeds:
-    (its records, its payload, its seconds)."""
-    _CURRENT["job"] = job
+    """``job.run`` on a copy of ``args`` that names the job (``args.job``, read
+    by `row_checkpoint`), its checkpoint and seeds: (its records, its payload, its seconds)."""
     t0 = time.time()
-    given = argparse.Namespace(**{**vars(args), "checkpoint_id": checkpoint_id, "unit_seeds": unit_seeds,
-                                  "extra_payload": {}})
+    given = argparse.Namespace(**{**vars(args), "job": job, "checkpoint_id": checkpoint_id,
+                                  "unit_seeds": unit_seeds, "extra_payload": {}})
     try:
         out = job.run(given)
     except BaseException:
         _drop_unsaved(args, checkpoint_id)  # a job stopped before its first checkpoint leaves no folder
         raise
-    finally:
-        _CURRENT["job"] = None
     done, payload = out if isinstance(out, tuple) else (out, {})
     return done, merged_payload(payload, given.extra_payload), time.time() - t0
 
@@ -771,7 +765,7 @@ def row_checkpoint(args, job_id, meta, rows=None):
     table rows it makes (default: the running job's)."""
     from nndl_jax import train
     job_id = getattr(args, "checkpoint_id", None) or job_id   # a job of units: the seeds it trains
-    job = _CURRENT["job"]
+    job = getattr(args, "job", None)   # set by the row driver on the args it hands a job's run
     rows = rows or (job.rows if job is not None else [job_id])
     folder = claim(args, job_id, rows)
     ckpt = train.Checkpoint(folder / CHECKPOINT_FILE,
