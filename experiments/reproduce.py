@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
-from experiments import book_seeds, compose, driver, parts, report, store
+from experiments import book_seeds, compose, driver, parts, report, session, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -86,10 +86,10 @@ def parse_args(argv=None):
         if problem:
             p.error(problem)
     # before any chapter runs JAX: the count asked for, else one per core when chapter 6 runs
-    driver.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
-    driver.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
+    session.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
+    session.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
     given = list(sys.argv[1:] if argv is None else argv)
-    driver.set_resume_command("nndl-jax reproduce " + shlex.join(
+    session.set_resume_command("nndl-jax reproduce " + shlex.join(
         [a for a in given if a not in ("--resume", "--restart")] + ["--resume"]))
     return args
 
@@ -191,7 +191,7 @@ def refusal_text(e):
     if isinstance(e, SystemExit):
         return e.code if isinstance(e.code, str) else f"exit status {e.code}"
     if isinstance(e, train.CheckpointError):
-        return driver.checkpoint_refusal(e)
+        return session.checkpoint_refusal(e)
     if isinstance(e, (store.ResultsError, data.MNISTError)):
         return str(e)
     return None
@@ -394,4 +394,4 @@ def report_main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

@@ -108,7 +108,7 @@ def test_a_replay_stopped_by_ctrl_c_resumes_to_the_uninterrupted_curve(tmp_path,
     assert whole.finish() == 0, whole.text()[-3000:]
 
     stopped = commands(replay_command(tmp_path / "stopped"))
-    stopped.wait_for_line(r"\[3\.7@book\] epoch 1/3")
+    stopped.wait_for_line(r"\[3\.7@book\] Epoch 0 \(1 of 3\)")
     stopped.proc.send_signal(signal.SIGINT)
     assert stopped.finish() == 130, stopped.text()[-3000:]
     note = stopped.text()

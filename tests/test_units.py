@@ -115,7 +115,7 @@ def test_a_merge_stopped_half_way_says_what_was_written(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv", [["experiments.chap1", "--plan", "10000000"],
                                   ["experiments.chap6", "--part", "1/100000000"],
-                                  ["nndl_jax.cli", "reproduce", "--plan", "10000000"]])
+                                  ["experiments.cli", "reproduce", "--plan", "10000000"]])
 def test_a_huge_number_of_parts_is_refused_at_once_naming_how_many_units_there_are(tmp_path, argv):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, "-m", *argv, "--out", str(tmp_path / "o")] if "reproduce" not in argv

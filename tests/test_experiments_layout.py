@@ -1,0 +1,94 @@
+"""experiments/ imports flow one way (issue 30): no module of it imports
+another that imports it back, directly or through others, whether the import
+sits at the top of the module or inside a function (a cycle inside functions
+still ties the modules' concerns together, and breaks as soon as one of the
+imports moves up). Not in the graph: a module's ``if __name__ == "__main__":``
+block (it runs only when the file is the command, ``python -m experiments.X``,
+never when another module imports it) and dynamic imports
+(``importlib.import_module`` of a chapter named at run time)."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "experiments"
+
+
+def is_main_block(node):
+    """Whether ``node`` is ``if __name__ == "__main__": ...``."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def nodes_outside_main_block(tree):
+    """Every node of ``tree`` but those of its ``__main__`` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo += [child for child in ast.iter_child_nodes(node) if not is_main_block(child)]
+
+
+def imported_modules(tree):
+    """The experiments modules that ``tree`` imports (by name, anywhere in it but its ``__main__`` block)."""
+    found = set()
+    for node in nodes_outside_main_block(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == PACKAGE:
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE + "."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
+    return found
+
+
+def import_graph(folder=REPO / PACKAGE):
+    """{module: the experiments modules it imports} for every module of ``folder``."""
+    modules = {p.stem: p for p in folder.glob("*.py") if p.stem != "__init__"}
+    return {name: sorted(imported_modules(ast.parse(p.read_text(), str(p))) & set(modules) - {name})
+            for name, p in modules.items()}
+
+
+def a_cycle(graph):
+    """One import cycle of ``graph`` as [a, b, ..., a], or None (depth-first search)."""
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for n in graph.get(m, ()):
+            if state.get(n) == "open":
+                return path[path.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        state[m] = "done"
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_a_cycle_is_found_when_there_is_one():
+    assert a_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert a_cycle({"a": ["b", "c"], "b": ["c"], "c": []}) is None
+
+
+def test_the_import_graph_reads_every_kind_of_import():
+    tree = ast.parse("from experiments import a, b\nimport experiments.c\n"
+                     "def f():\n    from experiments.d import x\n"
+                     "if __name__ == '__main__':\n    from experiments import e\n")
+    assert imported_modules(tree) == {"a", "b", "c", "d"}
+
+
+def test_experiments_has_no_import_cycle():
+    graph = import_graph()
+    assert {"driver", "session", "checkpoints", "progress"} <= set(graph)
+    assert a_cycle(graph) is None, f"import cycle: {' -> '.join(a_cycle(graph))}"
