@@ -427,9 +427,15 @@ def add_arguments(p):
                    help="epochs per network (default: the book's %(default)s; --quick: 2)")
 
 
-def main(argv=None):
-    args = driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
-                             add_arguments=add_arguments)
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    return driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
+                             add_arguments=add_arguments, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     rows, payload = run(args)
     return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
 

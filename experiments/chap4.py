@@ -326,8 +326,14 @@ def run(args):
     return rows
 
 
-def main(argv=None):
-    args = driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS})
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    return driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS}, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 

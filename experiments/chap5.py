@@ -390,9 +390,15 @@ def run(args):
     return rows, {"settings": run}
 
 
-def main(argv=None):
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
     titles = {r["id"]: r["experiment"].replace(" (peak of {epochs} epochs)", ", peak") for r in ROWS}
-    args = driver.parse_args("chap5", __doc__, argv, row_ids=titles)
+    return driver.parse_args("chap5", __doc__, argv, row_ids=titles, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -518,17 +518,23 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
     report.save(fig, path)
 
 
-def main(argv=None):
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
     # quick: one net per row unless --seeds is given (the dropout rows still train 5)
-    args = driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
-                             devices_per_core=True, quick_seeds=QUICK["seeds"])
+    return driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
+                             devices_per_core=True, quick_seeds=QUICK["seeds"], **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     if args.train_size is not None and args.train_size < MB:
         raise session.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
     seeds = ensemble_seeds(args)
     bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
     if bad:
-        raise session.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
-                             f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
+        raise session.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to "
+                              f"{len(seeds) - 1} (seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
     args.nets = asked_nets(args)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)

@@ -46,7 +46,7 @@ _RUNS = itertools.count(1)  # tells apart runs of one process (tests, nndl-jax r
 
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
-               add_arguments=None, devices_per_core=False, prog=None):
+               add_arguments=None, devices_per_core=False, prog=None, plan_only=False, book_plan=None):
     """The command line every chapter takes; ``row_ids``: the chapter's rows,
     as a dict id -> title (or a list of ids), listed by ``--help`` in the
     book's order; ``--only`` accepts them and every id of the results table
@@ -67,12 +67,57 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     another chapter's or the other kind's rows) are argparse errors (exit 2);
     a checkpoint folder that cannot be written, or unfinished rows of an
     earlier run without --resume / --restart, or a row being trained by a live
-    process, are a ``session.Refusal``. ``--devices`` is applied here, before JAX runs anything."""
+    process, are a ``session.Refusal``. ``--devices`` is applied here, before JAX runs anything.
+
+    ``plan_only``: the command line parsed and its row ids checked, nothing
+    else (no --plan printed, nothing on disk checked, nothing started): what
+    the planner reads of a chapter (`chapter_args`). ``book_plan``: the plan
+    of ``nndl-jax reproduce --part`` that this chapter's share comes from
+    (None: the chapter plans its own jobs)."""
     titles = row_ids if isinstance(row_ids, dict) else dict.fromkeys(row_ids, "")
-    row_ids = list(titles)
+    p = parser(chapter, description, titles, default_seeds=default_seeds, add_arguments=add_arguments,
+               devices_per_core=devices_per_core, prog=prog)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = checked_ids(p, chapter, list(titles), p.parse_args(argv), given, quick_seeds)
+    if plan_only:
+        return args
+    if args.plan is not None:
+        print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
+                              what=f"{chapter} --plan {args.plan}"))
+        raise SystemExit(0)
+    set_share(args, book_plan)
+    args.code = parts.code_version()
+    problem = store.out_problem(args.out, args.quick, chapter)
+    if problem:
+        p.error(problem)
+    start_run(args, given, devices_per_core)
+    return args
+
+
+def parser(chapter, description, titles, *, default_seeds=3, add_arguments=None, devices_per_core=False,
+           prog=None):
+    """The argparse parser of chapter ``chapter``'s command (``titles``: its rows, id -> title)."""
     p = argparse.ArgumentParser(prog=prog or session.command_name(chapter), description=description,
                                 epilog=rows_help(chapter, titles),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, chapter, default_seeds)
+    add_again_arguments(p)
+    p.add_argument("--x64", action="store_true",
+                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
+                        "code does; the default is float32. A seed draws other initial weights in "
+                        "float64 than in float32 (the mini-batch order is the same)")
+    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                   help="CPU devices for JAX, set before JAX starts (default: "
+                        + ("one per core" if devices_per_core else "JAX's own, one") + ")")
+    add_process_arguments(p)
+    add_part_arguments(p)
+    if add_arguments is not None:
+        add_arguments(p)
+    return p
+
+
+def add_run_arguments(p, chapter, default_seeds):
+    """What to run and where: --quick, --out, --seeds, --seed, --only, --data-dir."""
     p.add_argument("--quick", action="store_true",
                    help="a short run for CI: few epochs on a small subset, through the real code")
     p.add_argument("--out", type=Path, default=Path("results") / chapter,
@@ -87,15 +132,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                         "(3.10a runs row 3.10, which makes 3.10a-d; 3.14@100 that size alone)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
-    add_again_arguments(p)
-    p.add_argument("--x64", action="store_true",
-                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
-                        "code does; the default is float32. A seed draws other initial weights in "
-                        "float64 than in float32 (the mini-batch order is the same)")
-    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
-                   help="CPU devices for JAX, set before JAX starts (default: "
-                        + ("one per core" if devices_per_core else "JAX's own, one") + ")")
-    add_process_arguments(p)
+
+
+def add_part_arguments(p):
+    """--part I/N and --plan N (``experiments.parts``)."""
     p.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
                    help="run part I of N: the jobs (rows trained together; the ensemble's nets one by one) "
                         "shared out over N parts by their recorded time, longest first, so the parts finish "
@@ -103,10 +143,12 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                         "combine them with `nndl-jax merge`")
     p.add_argument("--plan", type=positive_int, default=None, metavar="N",
                    help="print which jobs each of N parts would run and its expected time, then exit")
-    if add_arguments is not None:
-        add_arguments(p)
-    args = p.parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
+
+
+def checked_ids(p, chapter, row_ids, args, given, quick_seeds):
+    """``args`` (parsed by ``p`` from ``given``) with --quick's seeds, the seeds
+    checked, ``--only``'s ids checked and kept in ``args.asked``, their rows in
+    ``args.only``; ``args.row_ids`` and ``args.chapter`` set. Bad ones are ``p.error``s."""
     if quick_seeds is not None and args.quick and not any(a.split("=")[0] == "--seeds" for a in given):
         args.seeds = quick_seeds
     if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
@@ -122,23 +164,26 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
     args.row_ids = list(row_ids)
     args.chapter = chapter
-    if _LISTING["on"]:
-        raise _Parsed(args)
-    if args.plan is not None:
-        print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
-                              what=f"{chapter} --plan {args.plan}"))
-        raise SystemExit(0)
+    return args
+
+
+def set_share(args, book_plan=None):
+    """``args.share`` (the jobs and units of this part, ``--part I/N``) and
+    ``args.part_record`` (what the results record of the part), from
+    ``book_plan`` (``nndl-jax reproduce --part``) or the chapter's own plan; None without --part."""
     args.share, args.part_record = None, None
     if args.part is not None:
         i, n = args.part
-        plan = _BOOK_PLAN.get(chapter) or parts.chapter_plan(chapter, args, planned_jobs_of(chapter), n)
-        args.share, args.part_record = parts.share(plan, i, chapter), parts.part_record(plan, i, chapter)
-    args.code = parts.code_version()
-    problem = store.out_problem(args.out, args.quick, chapter)
-    if problem:
-        p.error(problem)
-    session.start_processes(args, prog=chapter)
-    session.use_devices(args.devices, per_core=devices_per_core, prog=chapter)
+        plan = book_plan or parts.chapter_plan(args.chapter, args, planned_jobs_of(args.chapter), n)
+        args.share, args.part_record = parts.share(plan, i, args.chapter), parts.part_record(plan, i, args.chapter)
+
+
+def start_run(args, given, devices_per_core=False):
+    """Start the run of ``args``: join its other processes, choose its devices
+    and precision (before JAX makes any array), name it, and, in process 0,
+    check its checkpoint folder and the unfinished rows of earlier runs."""
+    session.start_processes(args, prog=args.chapter)
+    session.use_devices(args.devices, per_core=devices_per_core, prog=args.chapter)
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
@@ -149,7 +194,6 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         checkpoints.probe_checkpoint_folder(args)
         checkpoints.check_unfinished(args)
     session.note_run(args)
-    return args
 
 
 def add_again_arguments(p):
@@ -210,42 +254,18 @@ def seeds(args):
     return list(given) if given is not None else store.seeds(args)
 
 
-class _Parsed(Exception):
-    """Carries a chapter's parsed command line out of its ``main`` (``chapter_args``)."""
-
-
-_LISTING = {"on": False}
-
-
-_BOOK_PLAN = {}   # chapter -> the plan of ``nndl-jax reproduce --part``, set for its chapters
-
-
 def chapter_args(chapter, argv):
     """The command line ``argv`` of chapter ``chapter`` parsed as its ``main``
-    parses it, with nothing checked on disk, trained or started: for planning."""
+    parses it (its ``command_line``), with nothing checked on disk, trained or
+    started: for planning."""
     module = importlib.import_module(f"experiments.{chapter}")
-    _LISTING["on"] = True
-    try:
-        module.main(list(argv))
-    except _Parsed as e:
-        return e.args[0]
-    finally:
-        _LISTING["on"] = False
-    raise RuntimeError(f"experiments.{chapter}.main did not parse its arguments with driver.parse_args")
+    return module.command_line(list(argv), plan_only=True)
 
 
 def planned_jobs_of(chapter):
     """Chapter ``chapter``'s ``planned_jobs(args)``: its jobs asked for, listed
     without data (their ``run`` is never called)."""
     return importlib.import_module(f"experiments.{chapter}").planned_jobs
-
-
-def set_book_plan(plan, chapters):
-    """``nndl-jax reproduce --part``: the chapters' shares come from one plan of
-    the whole book (None: each chapter plans its own jobs)."""
-    _BOOK_PLAN.clear()
-    if plan is not None:
-        _BOOK_PLAN.update({c: plan for c in chapters})
 
 
 def rows_help(chapter, titles):

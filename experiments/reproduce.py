@@ -73,10 +73,10 @@ def parse_args(argv=None):
     if args.plan is not None:
         print(parts.plan_text(book_plan(args, args.plan), what=f"nndl-jax reproduce --plan {args.plan}"))
         raise SystemExit(0)
-    driver.set_book_plan(None, ())
+    args.book_plan = None   # --part: the plan of the whole book, which every chapter's share comes from
     if args.part is not None:
         (i, n), plan = args.part, book_plan(args, args.part[1])
-        driver.set_book_plan(plan, [f"chap{c}" for c in args.only])
+        args.book_plan = plan
         idle = [c for c in args.only if not parts.share(plan, i, f"chap{c}")]
         if idle:
             print(f"part {i}/{n} holds no job of chapter{'s' * (len(idle) > 1)} {' '.join(idle)}", flush=True)
@@ -151,11 +151,7 @@ def chapter_argv(args, chapter):
 def main(argv=None):
     """Run the chapters, write REPORT.md; exit status 1 when a chapter failed
     (the others still run, and the report shows what they finished)."""
-    args = parse_args(argv)
-    try:
-        return run_chapters(args)
-    finally:
-        driver.set_book_plan(None, ())   # a later command in this process plans its own
+    return run_chapters(parse_args(argv))
 
 
 def run_chapters(args):
@@ -165,7 +161,7 @@ def run_chapters(args):
         print(f"\n=== chapter {c} ({i + 1} of {len(args.only)}; {time.time() - t0:.0f} s so far): "
               f"python -m experiments.chap{c} {' '.join(chapter_argv(args, c))}", flush=True)
         try:
-            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c))
+            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c), book_plan=args.book_plan)
         except (Exception, SystemExit) as e:  # noqa: BLE001  one chapter's failure must not lose the rest
             if isinstance(e, SystemExit) and not e.code:
                 continue

@@ -38,7 +38,8 @@ def agreed_settings(args):
             return [plain(x) for x in v]
         return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
     given = vars(args)
-    left_out = _PER_PROCESS | ({"only"} if "asked" in given else set())   # --only's rows, from its ids as given
+    derived = {"book_plan"} | ({"only"} if "asked" in given else set())   # from --part; --only's rows, from its ids
+    left_out = _PER_PROCESS | derived
     return {_LABELS.get(k, "--" + k.replace("_", "-")): plain(v)
             for k, v in sorted(given.items()) if k not in left_out and not k.startswith("_")}
 

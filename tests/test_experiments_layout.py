@@ -92,3 +92,24 @@ def test_experiments_has_no_import_cycle():
     graph = import_graph()
     assert {"driver", "session", "checkpoints", "progress"} <= set(graph)
     assert a_cycle(graph) is None, f"import cycle: {' -> '.join(a_cycle(graph))}"
+
+
+CHAPTERS = ["chap1", "chap3", "chap4", "chap5", "chap6"]
+
+
+def test_planning_reads_each_chapters_command_line_without_running_its_main(monkeypatch):
+    """``driver.chapter_args`` parses a chapter's command line through its
+    ``command_line`` (planning mode: nothing started, nothing checked on disk),
+    never through its ``main``."""
+    import importlib
+
+    from experiments import driver
+    for chapter in CHAPTERS:
+        module = importlib.import_module(f"experiments.{chapter}")
+
+        def refused(*a, **k):
+            raise AssertionError("planning ran main")
+        monkeypatch.setattr(module, "main", refused)
+        args = driver.chapter_args(chapter, ["--quick", "--part", "1/2"])
+        assert args.chapter == chapter and args.quick and args.part == (1, 2)
+        assert not hasattr(args, "run_id") and not hasattr(args, "share")   # not started, no share taken
