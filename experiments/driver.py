@@ -31,8 +31,8 @@ that plan and exits.
 """
 import argparse
 import importlib
-import itertools
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments import checkpoints, parts, report, session, store
-
-_RUNS = itertools.count(1)  # tells apart runs of one process (tests, nndl-jax reproduce)
 
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
@@ -178,6 +176,14 @@ def set_share(args, book_plan=None):
         args.share, args.part_record = parts.share(plan, i, args.chapter), parts.part_record(plan, i, args.chapter)
 
 
+def run_id():
+    """A new run's id: "<start time> pid <pid> #<8 random hex>". The time and
+    pid tell runs apart across processes and machines, the random part runs of
+    one process (tests, ``nndl-jax reproduce``) in the same second, with no
+    counter kept between them; ``report`` reads the start time back from it."""
+    return f"{store.now()} pid {os.getpid()} #{secrets.token_hex(4)}"
+
+
 def start_run(args, given, devices_per_core=False):
     """Start the run of ``args``: join its other processes, choose its devices
     and precision (before JAX makes any array), name it, and, in process 0,
@@ -188,7 +194,7 @@ def start_run(args, given, devices_per_core=False):
         import jax
         jax.config.update("jax_enable_x64", True)
     args.started = time.time()
-    args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
+    args.run_id = run_id()
     args.argv = given
     if session.is_main_process():  # the other processes of a multi-process run follow process 0's decisions
         checkpoints.probe_checkpoint_folder(args)
