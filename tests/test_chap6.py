@@ -155,8 +155,8 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
 
     real_progress, seen = chap6._progress, []
 
-    def interrupted_after_epoch_1(*args):
-        show = real_progress(*args)
+    def interrupted_after_epoch_1(*args, **kw):
+        show = real_progress(*args, **kw)
 
         def on_epoch(e, record):
             seen.append(e)
