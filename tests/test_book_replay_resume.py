@@ -124,7 +124,7 @@ def test_a_replay_stopped_by_ctrl_c_resumes_to_the_uninterrupted_curve(tmp_path,
     done = int(re.search(r"(\d+) of 3 epochs done", line).group(1))
     assert resumed.finish() == 0, resumed.text()[-3000:]
     assert 1 <= done < 3
-    epochs_shown = [int(e) for e in re.findall(r"\[3\.7@book\] epoch (\d)/3", resumed.text())]
+    epochs_shown = [int(e) for e in re.findall(r"\[3\.7@book\] Epoch \d \((\d) of 3\)", resumed.text())]
     assert epochs_shown and min(epochs_shown) == done + 1           # the saved epochs were not trained again
 
     got, want = replayed_row(tmp_path / "stopped"), replayed_row(tmp_path / "whole")
