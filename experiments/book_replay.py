@@ -37,10 +37,10 @@ first difference appears.
 
 Each script run is a job of the chapter's row driver (``jobs``: ``driver.Job``
 ``<row>@book``, keyed by the seed), so a replay has what every row has: its
-training state saved after every epoch (``driver.row_checkpoint``; a script
+training state saved after every epoch (``checkpoints.row_checkpoint``; a script
 that trains several nets saves each as ``<row>@book@<which>``), ``--resume``
 (continue it, or skip it when recorded) and ``--restart``, ``--part`` / ``--plan``,
-the one progress printer (``driver.progress``), and its rows recorded by the
+the one progress printer (``progress.progress``), and its rows recorded by the
 driver. ``--book-seed`` implies ``--x64``: the run's own float64 setting, applied
 by ``driver.parse_args`` before any array is made.
 
@@ -81,7 +81,7 @@ from functools import partial
 
 import numpy as np
 
-from experiments import driver, report
+from experiments import checkpoints, driver, progress, report, session
 from nndl_jax import book_random, mnist_loader
 from nndl_jax.data import Dataset
 
@@ -164,12 +164,12 @@ def add_arguments(parser):
 
 def check_rows(args):
     """Before MNIST loads: with ``--book-seed``, every ``--only`` row must be
-    one that is replayed; else a ``driver.Refusal`` listing those that are."""
+    one that is replayed; else a ``session.Refusal`` listing those that are."""
     if getattr(args, "book_seed", None) is None:
         return
     other = [r for r in args.only or () if r not in SEEDED_ROWS]
     if other:
-        raise driver.Refusal(f"{args.chapter}: --book-seed replays only the rows {' '.join(SEEDED_ROWS)}; "
+        raise session.Refusal(f"{args.chapter}: --book-seed replays only the rows {' '.join(SEEDED_ROWS)}; "
                              f"{' '.join(other)} {'is' if len(other) == 1 else 'are'} not replayed: drop "
                              f"{'it' if len(other) == 1 else 'them'} from --only, or run without --book-seed")
 
@@ -186,9 +186,9 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
     """Train one net from the book's ``params`` in the book's ``orders``
     ([epochs, n]) with network2's rule (cross-entropy, L2, mini-batches of
     10); returns the History's arrays ``{name: [epochs]}``, the final params
-    (stacked, K = 1) and the trainer. Progress goes through ``driver.progress``
+    (stacked, K = 1) and the trainer. Progress goes through ``progress.progress``
     (a tenth of the epochs apart); ``on_epoch(e, record)`` is called after each
-    epoch too; ``checkpoint`` (``driver.row_checkpoint``): saved after every
+    epoch too; ``checkpoint`` (``checkpoints.row_checkpoint``): saved after every
     epoch, and continued from when it exists."""
     import jax
     import jax.numpy as jnp
@@ -201,10 +201,10 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
                            "(python -m experiments.chap3 --book-seed S does)")
     trainer = train.trainer_for(layers.mlp_net(sizes, sigmoid), costs.cross_entropy, 10, penalty="l2")
     stacked = train.stack([jax.tree_util.tree_map(jnp.asarray, params)])
-    progress = driver.progress(label, epochs, monitors_text, every=max(1, epochs // 10))
+    printer = progress.progress(label, epochs, monitors_text, every=max(1, epochs // 10))
 
     def each_epoch(e, record):
-        progress(e, record)
+        printer(e, record)
         if on_epoch is not None:
             on_epoch(e, record)
 
@@ -213,7 +213,7 @@ def replay_fit(params, training, evaluation, epochs, eta, lmbda, orders, *, size
                        checkpoint=checkpoint)
     if fitted.history.resumed_epochs == epochs:   # restored whole: no epoch ran to print its events
         for event in fitted.history.events:
-            print(f"  [{label}] {driver.event_text(event)}", flush=True)
+            print(f"  [{label}] {progress.event_text(event)}", flush=True)
     arrays = {k: v[:, 0] for k, v in fitted.history.as_arrays().items() if v.ndim == 2}
     return arrays, fitted.params, trainer
 
@@ -224,10 +224,10 @@ def monitors_text(record):
 
 
 def replay_checkpoint(args, run_id, **meta):
-    """The checkpoint of one replayed training run (``driver.row_checkpoint``):
+    """The checkpoint of one replayed training run (``checkpoints.row_checkpoint``):
     ``run_id`` is the job's id, or ``<job id>@<which run>`` for the runs of a
     script that trains several; ``meta`` says which run it is."""
-    return driver.row_checkpoint(args, run_id, dict(meta, run=run_id, book_seed=args.book_seed))
+    return checkpoints.row_checkpoint(args, run_id, dict(meta, run=run_id, book_seed=args.book_seed))
 
 
 def curve_match(measured, book, kind):

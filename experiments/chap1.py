@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import driver, report, store
+from experiments import checkpoints, driver, progress, report, session, store
 from nndl_jax.data import Dataset, load_mnist
 
 # JAX starts only when a network trains: train_group imports it (and the parts of
@@ -243,15 +243,15 @@ def train_group(args, rows, seeds, training, test, epochs):
         return " | ".join(f"{r['id']} η={r['eta']:g}: " + ", ".join(map(str, a)) + f" / {n_test}"
                           for r, a in zip(rows, acc.tolist()))
 
-    print(f"{arch}: {driver.plural(len(rows), 'learning rate')} x {driver.plural(k, 'seed')} = "
-          f"{driver.plural(len(eta), 'network')} in one program",
+    print(f"{arch}: {progress.plural(len(rows), 'learning rate')} x {progress.plural(k, 'seed')} = "
+          f"{progress.plural(len(eta), 'network')} in one program",
           flush=True)
-    ckpt = driver.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
+    ckpt = checkpoints.row_checkpoint(args, group_id(rows), {"rows": [r["id"] for r in rows],
                                                          "sizes": list(sizes), "seeds": list(seeds)})
     _, _, history = train.fit(trainer, params, (training.x, training.y), epochs,
                               key=train_keys, eta=eta, evaluation={"evaluation": (test.x, test.y)},
-                              on_epoch=driver.progress(group_id(rows), epochs, show,
-                                                       log=driver.metrics_log(args, group_id(rows))),
+                              on_epoch=progress.progress(group_id(rows), epochs, show,
+                                                       log=progress.metrics_log(args, group_id(rows))),
                               checkpoint=ckpt)
     return (np.asarray(history["evaluation_accuracy"]).reshape(-1, len(rows), k),
             np.asarray(history.diverged_at).reshape(len(rows), k))
@@ -267,7 +267,7 @@ def sgd_groups(args):
     earlier command with another --only (say 1.1+1.4 when 1.1 is asked) is
     continued as it was saved, its rows all recorded."""
     asked = [r for r in ROWS if r["kind"] == "sgd" and driver.wanted(args, r["id"])]
-    saved = [set(i.split("+")) for i in driver.saved_checkpoints(args)] if args.resume else []
+    saved = [set(i.split("+")) for i in checkpoints.saved_checkpoints(args)] if args.resume else []
     groups = []
     for sizes in dict.fromkeys(r["sizes"] for r in asked):
         ids = {r["id"] for r in asked if r["sizes"] == sizes}
@@ -349,7 +349,7 @@ def svm_row(args, data, n):
 
 
 def run(args):
-    driver.say_start(args)
+    progress.say_start(args)
     splits = load_mnist(args.data_dir)
     epochs = QUICK["epochs"] if args.quick else args.epochs
     data = splits._replace(training=_subset(splits.training, QUICK["n_train"] if args.quick else None),
@@ -363,7 +363,7 @@ def run(args):
         plot(args, store.recorded_rows(args))
     if len(networks) < len(todo):
         if rows:  # the network rows' table now (the SVM row can take a long time), not again at the end
-            driver.show_table(args, rows)
+            progress.show_table(args, rows)
         rows += driver.run_jobs(args, todo[len(networks):])
     return rows, {"n_train": len(data.training.y), "n_test": len(data.test.y), "epochs": epochs}
 
@@ -377,7 +377,7 @@ def sgd_row(quick, r, curve, epochs, seeds, n_test):
             f"{', '.join(f'{v:.2f}' for v in final)}%") if r["measure"] == "peak" else \
            f"peak {', '.join(f'{v:.2f}' for v in peak)}%"
     if quick or epochs != EPOCHS:  # the row's label names the book's setting
-        note = f"SHORTENED: {driver.plural(epochs, 'epoch')}{' on a subset (--quick)' if quick else ''}; " + note
+        note = f"SHORTENED: {progress.plural(epochs, 'epoch')}{' on a subset (--quick)' if quick else ''}; " + note
     return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
@@ -427,12 +427,18 @@ def add_arguments(p):
                    help="epochs per network (default: the book's %(default)s; --quick: 2)")
 
 
-def main(argv=None):
-    args = driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
-                             add_arguments=add_arguments)
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    return driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
+                             add_arguments=add_arguments, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     rows, payload = run(args)
     return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

@@ -43,7 +43,7 @@ import json
 
 import numpy as np
 
-from experiments import book_replay, driver, report, store
+from experiments import book_replay, checkpoints, driver, progress, report, session, store
 from nndl_jax.data import Dataset, load_mnist
 
 # JAX starts only when a row trains: train_configs, _net, train_neuron and run_neuron
@@ -205,18 +205,18 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
     lmbda = jnp.asarray(per_net("lmbda"), jax.tree_util.tree_leaves(params)[0].dtype)  # float64 with --x64
     def show(record):
         if "evaluation_accuracy" in record:
-            return "evaluation_accuracy " + driver.numbers(record["evaluation_accuracy"], "{}") + f" / {of}"
+            return "evaluation_accuracy " + progress.numbers(record["evaluation_accuracy"], "{}") + f" / {of}"
         if "training_cost" in record:
-            return "training_cost " + driver.numbers(record["training_cost"], "{:.4g}")
+            return "training_cost " + progress.numbers(record["training_cost"], "{:.4g}")
         return ""
     run_id = f"{spec['id']}@{hashlib.sha1(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:8]}"
-    ckpt = driver.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
+    ckpt = checkpoints.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
                                                 "configs": configs, "seeds": seeds})
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
-        on_epoch=driver.progress(spec["id"], epochs, show, every=max(1, epochs // 30),
-                                 log=driver.metrics_log(args, metrics_name(spec))),
+        on_epoch=progress.progress(spec["id"], epochs, show, every=max(1, epochs // 30),
+                                 log=progress.metrics_log(args, metrics_name(spec))),
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
     driver.add_payload(args, store.divergence(run_id, hist.diverged_at))
@@ -649,7 +649,7 @@ def planned_jobs(args):
 
 
 def run(args):
-    driver.say_start(args)
+    progress.say_start(args)
     splits = load_mnist(args.data_dir)
     if getattr(args, "book_seed", None) is not None:  # the seeded rows, with the book's own random streams
         return book_replay.run(args, splits)
@@ -664,13 +664,20 @@ def run(args):
     return rows
 
 
-def main(argv=None):
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
     row_ids = {spec["id"]: spec["what"] for spec in ROWS}
     row_ids |= {i: title for spec in ROWS for i, (title, _) in spec.get("also", {}).items() if i not in row_ids}
-    args = driver.parse_args("chap3", __doc__, argv, row_ids=row_ids, add_arguments=book_replay.add_arguments)
+    return driver.parse_args("chap3", __doc__, argv, row_ids=row_ids, add_arguments=book_replay.add_arguments,
+                             **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     book_replay.check_rows(args)  # before MNIST loads
     return driver.finish(args, run(args))
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

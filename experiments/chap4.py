@@ -33,7 +33,7 @@ K stacked nets in one program.
 
 import numpy as np
 
-from experiments import driver, report
+from experiments import driver, progress, report, session
 
 # JAX starts only when a row computes: the functions below import jax.numpy (and the
 # parts of nndl_jax built on it) where they use it, so `--help` and the row table
@@ -172,8 +172,8 @@ def learned(args, hidden, eta, mini_batch_size, epochs, n_train):
     params = train.init_many(init, init_keys, (1,))
     x = jnp.linspace(0.0, 1.0, n_train, dtype=jnp.float32)[:, None]
     trainer = train.Trainer(apply, costs.quadratic, mini_batch_size)
-    on_epoch = driver.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5),
-                               log=driver.metrics_log(args, "4.3"))
+    on_epoch = progress.progress(f"4.3: [1,{hidden},1]", epochs, lambda record: "", every=max(1, epochs // 5),
+                               log=progress.metrics_log(args, "4.3"))
     params, _, _ = train.fit(trainer, params, (x, f(x)), epochs, key=train_keys, eta=eta,
                              on_epoch=on_epoch)
     a = sigmoid(trainer.predict(params, grid()))[..., 0]                    # [K, GRID]
@@ -317,7 +317,7 @@ def planned_jobs(args):
 
 
 def run(args):
-    driver.say_start(args, loading=None)
+    progress.say_start(args, loading=None)
     figures = {}
     rows = driver.run_jobs(args, jobs(args, figures))
     if "errors" in figures:
@@ -326,10 +326,16 @@ def run(args):
     return rows
 
 
-def main(argv=None):
-    args = driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS})
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    return driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS}, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from experiments import driver, report, store
+from experiments import checkpoints, driver, progress, report, session, store
 from nndl_jax.data import load_mnist
 
 # JAX starts only when a row computes: the functions that train or take gradients
@@ -141,13 +141,13 @@ def depth_accuracy(args, splits, row_id, sizes, n_train, epochs):
     trainer = train.trainer_for(net, costs.cross_entropy, MINI_BATCH, penalty="l2")
     tr, va = splits.training, splits.validation
     n_val = len(va.y) if not args.quick else min(len(va.y), 1000)
-    ckpt = driver.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
+    ckpt = checkpoints.row_checkpoint(args, row_id, {"row": row_id, "sizes": list(sizes),
                                                 "seeds": driver.seeds(args), "n_train": n_train})
-    show = lambda record: driver.numbers(record["evaluation_accuracy"], "{}") + f" / {n_val}"  # noqa: E731
+    show = lambda record: progress.numbers(record["evaluation_accuracy"], "{}") + f" / {n_val}"  # noqa: E731
     _, _, hist = train.fit(trainer, params, (tr.x[:n_train], tr.y[:n_train]), epochs,
                            key=train_keys, eta=ETA, lmbda=LMBDA,
                            evaluation={"evaluation": (va.x[:n_val], va.y[:n_val])},
-                           on_epoch=driver.progress(row_id, epochs, show, log=driver.metrics_log(args, row_id)),
+                           on_epoch=progress.progress(row_id, epochs, show, log=progress.metrics_log(args, row_id)),
                            checkpoint=ckpt)
     return 100.0 * np.asarray(hist["evaluation_accuracy"]) / n_val
 
@@ -168,9 +168,9 @@ def gradient_norms_during_training(args, x, y, hidden, epochs):
     # Full batch: the order inside the one mini-batch does not change the step.
     trainer = train.trainer_for(net, costs.cross_entropy, x.shape[0], penalty="l2", shuffle=False)
     norms = [norms_k(params)]
-    show = driver.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
-                           log=driver.metrics_log(args, f"5.8@{hidden}"),
-                           show=lambda record: "mean ||dC/db^l|| " + driver.numbers(np.asarray(norms[-1]).mean(0),
+    show = progress.progress(f"{hidden} hidden layers", epochs, every=max(1, epochs // 5),
+                           log=progress.metrics_log(args, f"5.8@{hidden}"),
+                           show=lambda record: "mean ||dC/db^l|| " + progress.numbers(np.asarray(norms[-1]).mean(0),
                                                                                      "{:.3g}"))
 
     def on_epoch(e, record):
@@ -379,7 +379,7 @@ def planned_jobs(args):
 
 def run(args):
     need_data = any(driver.wanted(args, r["id"]) for r in ROWS if r["id"] != "5.10")
-    driver.say_start(args, loading="MNIST" if need_data else None)
+    progress.say_start(args, loading="MNIST" if need_data else None)
     splits = load_mnist(args.data_dir) if need_data else None
     run = settings(args, splits)
     rows = []
@@ -390,12 +390,18 @@ def run(args):
     return rows, {"settings": run}
 
 
-def main(argv=None):
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
     titles = {r["id"]: r["experiment"].replace(" (peak of {epochs} epochs)", ", peak") for r in ROWS}
-    args = driver.parse_args("chap5", __doc__, argv, row_ids=titles)
+    return driver.parse_args("chap5", __doc__, argv, row_ids=titles, **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

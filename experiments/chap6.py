@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import driver, report
+from experiments import checkpoints, driver, progress, report, session
 from nndl_jax import data
 
 # JAX starts only when a row computes: the table names each row's architecture, and
@@ -142,7 +142,7 @@ def add_arguments(p):
 
 def load(args):
     """The three sets, cut to the run's sizes, and the expanded training set."""
-    driver.say_start(args)
+    progress.say_start(args)
     splits = data.load_mnist(args.data_dir)
     n_train = args.train_size or (QUICK["train_size"] if args.quick else len(splits.training.y))
     n_eval = QUICK["eval_size"] if args.quick else None
@@ -160,7 +160,7 @@ def settings_note(args, r, n_train):
     """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""."""
     notes, row_epochs, expanded = [], r["epochs"], r["expanded"]
     if epochs_for(args, r) != row_epochs:
-        notes.append(f"{driver.plural(epochs_for(args, r), 'epoch')} (book {row_epochs})")
+        notes.append(f"{progress.plural(epochs_for(args, r), 'epoch')} (book {row_epochs})")
     book_n = 250_000 if expanded else 50_000
     if n_train != book_n:
         notes.append(f"{n_train} training images (book {book_n})")
@@ -266,14 +266,14 @@ def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, e
     ``network3.train_many``'s dict."""
     from nndl_jax import network3
 
-    print(f"\n{run_id}: {r['experiment']} — {driver.plural(len(seeds), 'net')}, {driver.plural(epochs, 'epoch')}, "
-          f"{len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
-    ckpt = driver.row_checkpoint(args, run_id, {
+    print(f"\n{run_id}: {r['experiment']} — {progress.plural(len(seeds), 'net')}, "
+          f"{progress.plural(epochs, 'epoch')}, {len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
+    ckpt = checkpoints.row_checkpoint(args, run_id, {
         "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
         "epochs": epochs, "expanded": r["expanded"]})
-    progress = _progress(run_id, epochs, len(validation.y), len(test.y), log=driver.metrics_log(args, run_id))
+    printer = _progress(run_id, epochs, len(validation.y), len(test.y), log=progress.metrics_log(args, run_id))
     return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
-                               seeds=seeds, on_epoch=progress, checkpoint=ckpt)
+                               seeds=seeds, on_epoch=printer, checkpoint=ckpt)
 
 
 def row_settings(r, out, seeds, epochs, train_set):
@@ -296,7 +296,7 @@ def asked_nets(args):
     seeds = ensemble_seeds(args)
     unknown = [a for a in named if not a[5:].isdigit() or int(a[5:]) not in seeds]
     if unknown:
-        raise driver.Refusal(f"chap6: --only {' '.join(unknown)}: the ensemble's nets are "
+        raise session.Refusal(f"chap6: --only {' '.join(unknown)}: the ensemble's nets are "
                              + " ".join(f"6.11@{s}" for s in seeds))
     return [seeds.index(int(a[5:])) for a in named]
 
@@ -459,9 +459,9 @@ def recorded_vote(row):
 def _progress(label, epochs, n_val, n_test, log=None):
     """One line per epoch: every net's validation and test accuracy (%), the time and the time left."""
     def show(record):
-        return ("validation " + driver.numbers(100 * np.asarray(record["validation_accuracy"]) / n_val, "{:.2f}")
-                + " | test " + driver.numbers(100 * np.asarray(record["test_accuracy"]) / n_test, "{:.2f}"))
-    return driver.progress(label, epochs, show, log=log)
+        return ("validation " + progress.numbers(100 * np.asarray(record["validation_accuracy"]) / n_val, "{:.2f}")
+                + " | test " + progress.numbers(100 * np.asarray(record["test_accuracy"]) / n_test, "{:.2f}"))
+    return progress.progress(label, epochs, show, log=log)
 
 
 def _mosaic(tiles, cols, pad=1):
@@ -518,21 +518,27 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
     report.save(fig, path)
 
 
-def main(argv=None):
+def command_line(argv=None, **how):
+    """The chapter's command line parsed (``driver.parse_args``); ``how``:
+    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
     # quick: one net per row unless --seeds is given (the dropout rows still train 5)
-    args = driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
-                             devices_per_core=True, quick_seeds=QUICK["seeds"])
+    return driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
+                             devices_per_core=True, quick_seeds=QUICK["seeds"], **how)
+
+
+def main(argv=None, book_plan=None):
+    args = command_line(argv, book_plan=book_plan)
     if args.train_size is not None and args.train_size < MB:
-        raise driver.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
+        raise session.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
     seeds = ensemble_seeds(args)
     bad = [i for i in args.nets or () if not 0 <= i < len(seeds)]
     if bad:
-        raise driver.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to {len(seeds) - 1} "
-                             f"(seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
+        raise session.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to "
+                              f"{len(seeds) - 1} (seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
     args.nets = asked_nets(args)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

@@ -18,7 +18,7 @@ The experiment commands (chapN, run, reproduce, report, merge) hand every
 argument after their name to the module's own parser, so ``nndl-jax chap6
 --quick`` and ``nndl-jax chap1 --help`` mean what ``python -m experiments.chap6
 --quick`` and ``... chap1 --help`` mean; they run through
-``experiments.driver.main_entry``, which turns refusals into one message and
+``experiments.session.main_entry``, which turns refusals into one message and
 handles Ctrl-C.
 
 Nothing here imports JAX: ``nndl-jax --help`` answers at once, and so does
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_experiment(module: str, function: str, argv: list[str]) -> int:
-    """``module.function(argv)`` through ``experiments.driver.main_entry``: its refusals
+    """``module.function(argv)`` through ``experiments.session.main_entry``: its refusals
     become one message and Ctrl-C says what is saved. JAX starts here, not before."""
     try:
         main = getattr(importlib.import_module(module), function)
@@ -97,7 +97,7 @@ def _run_experiment(module: str, function: str, argv: list[str]) -> int:
         print(f"nndl-jax run: no chapter {module.split('.')[-1]!r}; the chapters are "
               f"{' '.join(experiment_names())} (or their numbers)", file=sys.stderr)
         return 2
-    from experiments.driver import main_entry
+    from experiments.session import main_entry
     return main_entry(main, argv)
 
 

@@ -1,5 +1,7 @@
-"""How every chapter runs its rows: the command line, the row driver, the
-checkpoints of unfinished rows, the progress lines and the command-line wrapper.
+"""How every chapter runs its rows: the command line and the row driver.
+The rest of the runner has its own modules: ``session`` (processes, devices,
+Ctrl-C, ``main_entry``), ``checkpoints`` (the folders of unfinished rows and
+their locks) and ``progress`` (the progress lines and the metrics log).
 
 A chapter module is a table of the book's rows at the top, then ``jobs(args)``
 (what to train, as ``Job``s) and ``main``:
@@ -9,7 +11,7 @@ A chapter module is a table of the book's rows at the top, then ``jobs(args)``
         return driver.finish(args, driver.run_jobs(args, jobs(args)))
 
     if __name__ == "__main__":
-        raise SystemExit(driver.main_entry(main))
+        raise SystemExit(session.main_entry(main))
 
 A chapter module's top (docstring, row table, ``add_arguments``, ``main``)
 imports no JAX: it imports JAX and the parts of ``nndl_jax`` built on it
@@ -28,40 +30,21 @@ checkpoints. ``--resume`` therefore means the same everywhere, in
 that plan and exits.
 """
 import argparse
-import contextlib
-import datetime
-import glob
-import hashlib
 import importlib
-import itertools
-import json
 import os
-import re
+import secrets
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import parts, report, store
-from nndl_jax import data, files
+from experiments import checkpoints, parts, report, session, store
 
-_RUNS = itertools.count(1)  # tells apart runs of one process (tests, nndl-jax reproduce)
-CHECKPOINT_FILE = "state.npz"
-OWNER_FILE = "owner.json"   # in a row's checkpoint folder: the pid that trains it (locked), its rows
-
-
-class Refusal(SystemExit):
-    """A command refused before or while it trains: the message says why and
-    what to do. A SystemExit, so even uncaught it prints no traceback (exit 1)."""
-
-
-# --- the command line ----------------------------------------------------------------------
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
-               add_arguments=None, devices_per_core=False, prog=None):
+               add_arguments=None, devices_per_core=False, prog=None, plan_only=False, book_plan=None):
     """The command line every chapter takes; ``row_ids``: the chapter's rows,
     as a dict id -> title (or a list of ids), listed by ``--help`` in the
     book's order; ``--only`` accepts them and every id of the results table
@@ -70,7 +53,7 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     ``add_arguments(parser)`` adds a chapter's own options; ``quick_seeds``:
     the runs per row of --quick unless --seeds is given; ``prog``: the
     command as the user typed it (default: ``nndl-jax chapN`` under
-    `main_entry` with an argv, as the ``nndl-jax`` command runs it, else
+    `session.main_entry` with an argv, as the ``nndl-jax`` command runs it, else
     ``python -m experiments.chapN``).
 
     ``--plan N`` prints how ``--part I/N`` would share the chapter's jobs
@@ -82,12 +65,61 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     another chapter's or the other kind's rows) are argparse errors (exit 2);
     a checkpoint folder that cannot be written, or unfinished rows of an
     earlier run without --resume / --restart, or a row being trained by a live
-    process, are a ``Refusal``. ``--devices`` is applied here, before JAX runs anything."""
+    process, are a ``session.Refusal``. ``--devices`` is applied here, before JAX runs anything.
+
+    ``plan_only``: the command line parsed and its row ids checked, nothing
+    else (no --plan printed, nothing on disk checked, nothing started): what
+    the planner reads of a chapter (`chapter_args`). ``book_plan``: the plan
+    of ``nndl-jax reproduce --part`` that this chapter's share comes from
+    (None: the chapter plans its own jobs)."""
     titles = row_ids if isinstance(row_ids, dict) else dict.fromkeys(row_ids, "")
-    row_ids = list(titles)
-    p = argparse.ArgumentParser(prog=prog or command_name(chapter), description=description,
+    p = parser(chapter, description, titles, default_seeds=default_seeds, add_arguments=add_arguments,
+               devices_per_core=devices_per_core, prog=prog)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = checked_ids(p, chapter, list(titles), p.parse_args(argv), given, quick_seeds)
+    if plan_only:
+        return args
+    if args.plan is not None:
+        print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
+                              what=f"{chapter} --plan {args.plan}"))
+        raise SystemExit(0)
+    set_share(args, book_plan)
+    args.code = parts.code_version()
+    problem = store.out_problem(args.out, args.quick, chapter)
+    if problem:
+        p.error(problem)
+    start_run(args, given, devices_per_core)
+    return args
+
+
+def parser(chapter, description, titles, *, default_seeds=3, add_arguments=None, devices_per_core=False,
+           prog=None):
+    """The argparse parser of chapter ``chapter``'s command (``titles``: its rows, id -> title)."""
+    p = argparse.ArgumentParser(prog=prog or session.command_name(chapter), description=description,
                                 epilog=rows_help(chapter, titles),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, chapter, default_seeds)
+    add_again_arguments(p)
+    p.add_argument("--x64", action="store_true",
+                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
+                        "code does; the default is float32. A seed draws other initial weights in "
+                        "float64 than in float32 (the mini-batch order is the same)")
+    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                   help="CPU devices for JAX, set before JAX starts (default: "
+                        + ("one per core" if devices_per_core else "JAX's own, one") + ")")
+    p.add_argument("--share-device", type=positive_int, default=None, metavar="N",
+                   help="this process is one of N sharing one accelerator (e.g. N --part runs started at "
+                        "once): JAX's memory preallocation off and at most 0.9/N of its memory each, set "
+                        "before JAX starts (devices.share_device)")
+    add_process_arguments(p)
+    add_part_arguments(p)
+    if add_arguments is not None:
+        add_arguments(p)
+    return p
+
+
+def add_run_arguments(p, chapter, default_seeds):
+    """What to run and where: --quick, --out, --seeds, --seed, --only, --data-dir."""
     p.add_argument("--quick", action="store_true",
                    help="a short run for CI: few epochs on a small subset, through the real code")
     p.add_argument("--out", type=Path, default=Path("results") / chapter,
@@ -102,19 +134,10 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                         "(3.10a runs row 3.10, which makes 3.10a-d; 3.14@100 that size alone)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST folder (default: $NNDL_JAX_DATA, then the user cache)")
-    add_again_arguments(p)
-    p.add_argument("--x64", action="store_true",
-                   help="compute in float64 throughout (data, params, training), as the book's NumPy "
-                        "code does; the default is float32. A seed draws other initial weights in "
-                        "float64 than in float32 (the mini-batch order is the same)")
-    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
-                   help="CPU devices for JAX, set before JAX starts (default: "
-                        + ("one per core" if devices_per_core else "JAX's own, one") + ")")
-    p.add_argument("--share-device", type=positive_int, default=None, metavar="N",
-                   help="this process is one of N sharing one accelerator (e.g. N --part runs started at "
-                        "once): JAX's memory preallocation off and at most 0.9/N of its memory each, set "
-                        "before JAX starts (devices.share_device)")
-    add_process_arguments(p)
+
+
+def add_part_arguments(p):
+    """--part I/N and --plan N (``experiments.parts``)."""
     p.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
                    help="run part I of N: the jobs (rows trained together; the ensemble's nets one by one) "
                         "shared out over N parts by their recorded time, longest first, so the parts finish "
@@ -122,10 +145,12 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
                         "combine them with `nndl-jax merge`")
     p.add_argument("--plan", type=positive_int, default=None, metavar="N",
                    help="print which jobs each of N parts would run and its expected time, then exit")
-    if add_arguments is not None:
-        add_arguments(p)
-    args = p.parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
+
+
+def checked_ids(p, chapter, row_ids, args, given, quick_seeds):
+    """``args`` (parsed by ``p`` from ``given``) with --quick's seeds, the seeds
+    checked, ``--only``'s ids checked and kept in ``args.asked``, their rows in
+    ``args.only``; ``args.row_ids`` and ``args.chapter`` set. Bad ones are ``p.error``s."""
     if quick_seeds is not None and args.quick and not any(a.split("=")[0] == "--seeds" for a in given):
         args.seeds = quick_seeds
     if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
@@ -141,37 +166,47 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
         args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
     args.row_ids = list(row_ids)
     args.chapter = chapter
-    if _LISTING["on"]:
-        raise _Parsed(args)
-    if args.plan is not None:
-        print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
-                              what=f"{chapter} --plan {args.plan}"))
-        raise SystemExit(0)
+    return args
+
+
+def set_share(args, book_plan=None):
+    """``args.share`` (the jobs and units of this part, ``--part I/N``) and
+    ``args.part_record`` (what the results record of the part), from
+    ``book_plan`` (``nndl-jax reproduce --part``) or the chapter's own plan; None without --part."""
     args.share, args.part_record = None, None
     if args.part is not None:
         i, n = args.part
-        plan = _BOOK_PLAN.get(chapter) or parts.chapter_plan(chapter, args, planned_jobs_of(chapter), n)
-        args.share, args.part_record = parts.share(plan, i, chapter), parts.part_record(plan, i, chapter)
-    args.code = parts.code_version()
-    problem = store.out_problem(args.out, args.quick, chapter)
-    if problem:
-        p.error(problem)
-    if args.share_device is not None:
+        plan = book_plan or parts.chapter_plan(args.chapter, args, planned_jobs_of(args.chapter), n)
+        args.share, args.part_record = parts.share(plan, i, args.chapter), parts.part_record(plan, i, args.chapter)
+
+
+def run_id():
+    """A new run's id: "<start time> pid <pid> #<8 random hex>". The time and
+    pid tell runs apart across processes and machines, the random part runs of
+    one process (tests, ``nndl-jax reproduce``) in the same second, with no
+    counter kept between them; ``report`` reads the start time back from it."""
+    return f"{store.now()} pid {os.getpid()} #{secrets.token_hex(4)}"
+
+
+def start_run(args, given, devices_per_core=False):
+    """Start the run of ``args``: join its other processes, choose its devices
+    and precision (before JAX makes any array), name it, and, in process 0,
+    check its checkpoint folder and the unfinished rows of earlier runs."""
+    if getattr(args, "share_device", None) is not None:
         from nndl_jax import devices
         devices.share_device(args.share_device)
-    start_processes(args, prog=chapter)
-    use_devices(args.devices, per_core=devices_per_core, prog=chapter)
+    session.start_processes(args, prog=args.chapter)
+    session.use_devices(args.devices, per_core=devices_per_core, prog=args.chapter)
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
     args.started = time.time()
-    args.run_id = f"{store.now()} pid {os.getpid()} #{next(_RUNS)}"
+    args.run_id = run_id()
     args.argv = given
-    if is_main_process():  # the other processes of a multi-process run follow process 0's decisions
-        probe_checkpoint_folder(args)
-        check_unfinished(args)
-    _SESSION["runs"].append(args)
-    return args
+    if session.is_main_process():  # the other processes of a multi-process run follow process 0's decisions
+        checkpoints.probe_checkpoint_folder(args)
+        checkpoints.check_unfinished(args)
+    session.note_run(args)
 
 
 def add_again_arguments(p):
@@ -214,52 +249,6 @@ def coordinator_arg(text):
     return text
 
 
-# What may differ between the processes of one run: each process's own place in it.
-_PER_PROCESS = {"process_id", "coordinator", "coordinator_timeout", "cluster", "debug", "data_dir", "devices",
-                "share", "part_record", "asked"}
-_LABELS = {"chapter": "the command", "code": "the code version"}
-
-
-def agreed_settings(args):
-    """The settings every process of a run must share, as {"--epochs": 3, ...}:
-    the parsed command line but each process's own place in it (``_PER_PROCESS``)."""
-    def plain(v):
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-    return {_LABELS.get(k, "--" + k.replace("_", "-")): plain(v)
-            for k, v in sorted(vars(args).items()) if k not in _PER_PROCESS and not k.startswith("_")}
-
-
-def start_processes(args, prog="nndl-jax"):
-    """Join the run's other processes (before JAX starts) when asked to, after
-    checking that every process was given the same arguments; the processes
-    other than 0 then print nothing and write nothing (process 0 does). A stop
-    of any process (Ctrl-C, SIGTERM) stops this one too, with its note."""
-    from nndl_jax import distributed
-    try:
-        if not (args.cluster or distributed.wanted(args.coordinator, args.num_processes, args.process_id)):
-            return
-        index, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                              timeout=args.coordinator_timeout, auto=args.cluster,
-                                              agree=agreed_settings(args), debug=getattr(args, "debug", False))
-    except distributed.DistributedError as e:
-        raise Refusal(f"{prog}: {e}") from None
-    distributed.on_peer_stop(lambda peer, why, status: _stop_now(why if " in process " in why
-                                                                 else f"{why} in process {peer}", status))
-    if index != 0:  # stdout, its file descriptor too (the collectives' libraries print there)
-        sys.stdout.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
-def is_main_process():
-    """Whether this process prints and writes: process 0 of a multi-process run, or the only one."""
-    from nndl_jax import distributed
-    return distributed.is_main() if "jax" in sys.modules else True
-
-
 def positive_int(text):
     """An argparse type: an integer of at least 1."""
     try:
@@ -271,32 +260,6 @@ def positive_int(text):
     return value
 
 
-def use_devices(n, *, per_core=False, prog="nndl-jax"):
-    """Ask JAX for ``n`` CPU devices (None: one per core when ``per_core``,
-    else leave JAX's default) before it runs anything. When JAX already runs
-    (a test, or an earlier chapter of ``reproduce``) with another count, says
-    so on stderr; the numbers do not depend on the device count. The count is
-    this process's own (``--devices`` in a run over several processes); then
-    the processes connect their collectives (``distributed.connect_collectives``)."""
-    from nndl_jax import distributed
-    if n is None and not per_core:
-        if distributed.started():
-            distributed.connect_collectives()
-        return None
-    from nndl_jax import devices
-    want = devices.cpu_count() if n is None else n
-    devices.use_cpu_devices_unless_started(want)
-    import jax
-    got = len(jax.local_devices(backend="cpu"))
-    if n is not None and got != n:
-        print(f"{prog}: --devices {n} cannot apply: JAX already runs with {got} CPU devices in this "
-              f"process (the count is fixed once JAX has run anything); run the command in a fresh "
-              f"process to use {n}. The results do not depend on it.", file=sys.stderr, flush=True)
-    if distributed.started():
-        distributed.connect_collectives()
-    return got
-
-
 def seeds(args):
     """The integer seeds of the runs of one row: the command's, or those the
     row driver hands a job of units (a part's share, the seeds not yet recorded)."""
@@ -304,48 +267,18 @@ def seeds(args):
     return list(given) if given is not None else store.seeds(args)
 
 
-class _Parsed(Exception):
-    """Carries a chapter's parsed command line out of its ``main`` (``chapter_args``)."""
-
-
-_LISTING = {"on": False}
-_BOOK_PLAN = {}   # chapter -> the plan of ``nndl-jax reproduce --part``, set for its chapters
-
-
 def chapter_args(chapter, argv):
     """The command line ``argv`` of chapter ``chapter`` parsed as its ``main``
-    parses it, with nothing checked on disk, trained or started: for planning."""
+    parses it (its ``command_line``), with nothing checked on disk, trained or
+    started: for planning."""
     module = importlib.import_module(f"experiments.{chapter}")
-    _LISTING["on"] = True
-    try:
-        module.main(list(argv))
-    except _Parsed as e:
-        return e.args[0]
-    finally:
-        _LISTING["on"] = False
-    raise RuntimeError(f"experiments.{chapter}.main did not parse its arguments with driver.parse_args")
+    return module.command_line(list(argv), plan_only=True)
 
 
 def planned_jobs_of(chapter):
     """Chapter ``chapter``'s ``planned_jobs(args)``: its jobs asked for, listed
     without data (their ``run`` is never called)."""
     return importlib.import_module(f"experiments.{chapter}").planned_jobs
-
-
-def set_book_plan(plan, chapters):
-    """``nndl-jax reproduce --part``: the chapters' shares come from one plan of
-    the whole book (None: each chapter plans its own jobs)."""
-    _BOOK_PLAN.clear()
-    if plan is not None:
-        _BOOK_PLAN.update({c: plan for c in chapters})
-
-
-def command_name(chapter):
-    """How the user typed chapter ``chapter``'s command: ``nndl-jax chapN``
-    when `main_entry` runs it for the ``nndl-jax`` command, else
-    ``python -m experiments.chapN``."""
-    base = _SESSION.get("prog")
-    return f"{base} {chapter}" if base else f"python -m experiments.{chapter}"
 
 
 def rows_help(chapter, titles):
@@ -399,7 +332,7 @@ def asked_jobs(args, jobs):
         of_row = [j for j in jobs if any(row_of(n, rows) == row for n in names(j))]
         if of_row and not any(j.seeds_apart for j in of_row):
             made = sorted({r for j in of_row for r in j.rows}, key=store.row_sort_key)
-            raise Refusal(f"{args.chapter}: --only {a}: row {row} makes {' '.join(made)} here, not {a}")
+            raise session.Refusal(f"{args.chapter}: --only {a}: row {row} makes {' '.join(made)} here, not {a}")
         kept += [j for j in of_row if j not in kept]
     return [j for j in jobs if j in kept]
 
@@ -408,8 +341,6 @@ def wanted(args, row_id):
     """Whether the row ``row_id`` was asked for (``--only``)."""
     return args.only is None or row_id in args.only
 
-
-# --- the row driver --------------------------------------------------------------------------
 
 @dataclass
 class Job:
@@ -444,9 +375,6 @@ class Job:
     unit_rows: list = None
     units_are_rows: bool = False
     noun: tuple = ("seeds", "its")   # what its units are called in messages: ("nets", "the ensemble's")
-
-
-_CURRENT = {"job": None}
 
 
 def job_seeds(args, job):
@@ -491,24 +419,21 @@ def run_whole_job(args, job):
         if job.seeds is not None:
             r.setdefault("seeds", list(job.seeds))
     _record(args, done, payload)
-    remove_checkpoints(args, job.id)
+    checkpoints.remove_checkpoints(args, job.id)
     return done
 
 
 def _run(args, job, checkpoint_id, unit_seeds=None):
-    """``job.run`` on a copy of ``args`` that names its checkpoint and seeds:
-    (its records, its payload, its seconds)."""
-    _CURRENT["job"] = job
+    """``job.run`` on a copy of ``args`` that names the job (``args.job``, read
+    by `checkpoints.row_checkpoint`), its checkpoint and seeds: (its records, its payload, its seconds)."""
     t0 = time.time()
-    given = argparse.Namespace(**{**vars(args), "checkpoint_id": checkpoint_id, "unit_seeds": unit_seeds,
-                                  "extra_payload": {}})
+    given = argparse.Namespace(**{**vars(args), "job": job, "checkpoint_id": checkpoint_id,
+                                  "unit_seeds": unit_seeds, "extra_payload": {}})
     try:
         out = job.run(given)
     except BaseException:
-        _drop_unsaved(args, checkpoint_id)  # a job stopped before its first checkpoint leaves no folder
+        checkpoints.drop_unsaved(args, checkpoint_id)  # a job stopped before its first checkpoint leaves no folder
         raise
-    finally:
-        _CURRENT["job"] = None
     done, payload = out if isinstance(out, tuple) else (out, {})
     return done, merged_payload(payload, given.extra_payload), time.time() - t0
 
@@ -531,7 +456,7 @@ def merged_payload(a, b):
 def _record(args, rows, payload, units=()):
     """Every write of a chapter run's results goes through here (``store.record``)."""
     store.record(args, rows, units=units, **payload)
-    _SESSION["recorded"] += [(args.out, r["id"]) for r in rows]
+    session.note_recorded(args.out, [r["id"] for r in rows])
 
 
 def held_seeds(args, job):
@@ -542,7 +467,7 @@ def held_seeds(args, job):
     if nets:
         bad = [i for i in nets if not 0 <= i < len(every)]
         if bad:
-            raise Refusal(f"{args.chapter}: --nets {' '.join(map(str, bad))}: {job.id} has nets 0 to "
+            raise session.Refusal(f"{args.chapter}: --nets {' '.join(map(str, bad))}: {job.id} has nets 0 to "
                           f"{len(every) - 1} (seeds {every[0]}–{every[-1]}; more with --seeds)")
         every = [every[i] for i in sorted(set(nets))]
     return parts.held_seeds(args, job, every)
@@ -590,7 +515,7 @@ def run_unit_job(args, job):
             u.setdefault("seconds", seconds)
         shown = [u for u in units if job.units_are_rows]
         _record(args, shown, payload, () if job.units_are_rows else units)
-        remove_checkpoints(args, ckpt)
+        checkpoints.remove_checkpoints(args, ckpt)
         rows += shown
     return rows + composed_rows(args, job)
 
@@ -629,8 +554,8 @@ def composed_rows(args, job):
 def _note_other_groupings(args, job):
     """Under --resume: say so when rows of ``job`` are also saved in a checkpoint
     of another grouping (another --only or --nets), which this job does not continue."""
-    mine = {job.id} | {j for j in saved_checkpoints(args) if j.startswith(job.id + "@")}
-    for other, rows in saved_checkpoints(args).items():
+    mine = {job.id} | {j for j in checkpoints.saved_checkpoints(args) if j.startswith(job.id + "@")}
+    for other, rows in checkpoints.saved_checkpoints(args).items():
         shared = sorted(set(rows) & set(job.rows))
         if other not in mine and shared:
             print(f"\n{job.id}: note: {', '.join(shared)} also saved as part of {other} (rows {', '.join(rows)}), "
@@ -654,7 +579,7 @@ def recorded_job(args, job):
 
 def finish(args, rows, **payload):
     """Record ``rows`` once more (unchanged), mark the run complete, print this
-    run's table (less the rows `show_table` printed already) and return the
+    run's table (less the rows `progress.show_table` printed already) and return the
     merged results (every row in ``OUT/results.json``)."""
     out = store.record(args, rows, complete=True, **payload)
     unshown = [r for r in rows if r["id"] not in getattr(args, "shown", ())]
@@ -677,553 +602,3 @@ def merge_hint(args):
     folders = [shlex.quote(str(args.out)) if k == i else f"PART{k}_OUT" for k in range(1, n + 1)]
     return (f"part {i}/{n} (plan {args.part_record['plan']}) done. Once every part is, with PARTk_OUT the --out "
             f"of part k/{n}: nndl-jax merge {' '.join(folders)} --out merged")
-
-
-# --- checkpoints of unfinished rows ------------------------------------------------------------
-
-def checkpoint_root(args):
-    """``<cache>/checkpoints/<first 12 hex of sha1(absolute --out)>/<chapter>``, with
-    ``<cache>`` the user cache (``$XDG_CACHE_HOME/nndl-jax``): one folder per
-    output folder, so runs into different ``--out`` folders never share checkpoints."""
-    digest = hashlib.sha1(str(Path(args.out).resolve()).encode()).hexdigest()[:12]
-    return data.cache_dir() / "checkpoints" / digest / args.chapter
-
-
-def checkpoint_dir(args, job_id):
-    """The folder where job ``job_id`` keeps its checkpoint. Not created here."""
-    return checkpoint_root(args) / str(job_id)
-
-
-def probe_checkpoint_folder(args):
-    """Before any training: the checkpoint folder can be written (a folder made
-    for the probe is removed again), else a one-line ``Refusal``."""
-    folder = checkpoint_root(args)
-    try:
-        with store.probed_folder(folder):
-            pass
-    except OSError as e:
-        raise Refusal(f"{args.chapter}: the checkpoint folder {folder} cannot be written "
-                      f"({e.strerror or e}); set XDG_CACHE_HOME to a folder you can write to "
-                      "(checkpoints go to $XDG_CACHE_HOME/nndl-jax/checkpoints)") from None
-
-
-_LOCKS = {}  # checkpoint folder -> the open, locked owner file of a job this process trains
-
-
-def live_owner(folder):
-    """The pid of the live process that trains the job of ``folder`` (it holds
-    the lock of its owner file), or None."""
-    path = Path(folder) / OWNER_FILE
-    if Path(folder) in _LOCKS or not path.exists():
-        return None
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return _owner(folder).get("pid", "?")
-    finally:
-        os.close(fd)
-    return None
-
-
-def _owner(folder):
-    try:
-        return json.loads((Path(folder) / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def claim(args, job_id, rows):
-    """Make the folder of ``job_id`` this process's: a lock held until its rows
-    are recorded (``remove_checkpoints``) or the process ends, so a second
-    command on the same rows is told who trains them."""
-    folder = checkpoint_dir(args, job_id)
-    if not is_main_process():  # process 0 holds the lock and writes the checkpoints
-        return folder
-    pid = live_owner(folder)
-    if pid is not None:
-        raise Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
-                      "wait for it to finish, or give another --out")
-    if folder in _LOCKS:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        import fcntl
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
-        pass
-    except OSError:
-        os.close(fd)
-        raise Refusal(f"{args.chapter}: row {job_id} is being trained by pid "
-                      f"{_owner(folder).get('pid', '?')}; wait for it to finish, or give another --out") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "rows": list(rows), "out": str(args.out)}).encode())
-    _LOCKS[folder] = fd
-    return folder
-
-
-def row_checkpoint(args, job_id, meta, rows=None):
-    """The ``train.Checkpoint`` of job ``job_id`` (or one of its sub-runs,
-    ``<id>@...``), saved after every epoch in ``checkpoint_dir(args, job_id)``
-    and removed by ``remove_checkpoints`` once its rows are recorded.
-    ``--resume`` continues from it; ``--restart`` discards it. ``rows``: the
-    table rows it makes (default: the running job's)."""
-    from nndl_jax import train
-    job = _CURRENT["job"]
-    job_id = checkpoint_name(getattr(args, "checkpoint_id", None), job, job_id)
-    rows = rows or (job.rows if job is not None else [job_id])
-    folder = claim(args, job_id, rows)
-    ckpt = train.Checkpoint(folder / CHECKPOINT_FILE,
-                            dict(meta, chapter=args.chapter, quick=bool(args.quick), x64=bool(args.x64)))
-    if ckpt.exists() and args.restart:
-        ckpt.remove()
-    _SESSION["checkpoint"] = folder
-    if not args.quick:
-        print(f"  checkpoint after every epoch: {ckpt.path} (Ctrl-C stops at once; "
-              "--resume continues from the last finished epoch)", flush=True)
-    return ckpt
-
-
-def checkpoint_name(given, job, job_id):
-    """The checkpoint folder's name for ``job_id``: the name the driver gave the
-    running job (``given``: a job of units names the seeds it trains), with a
-    sub-run's own suffix kept (``3.22@0.25``, ``3.10@book@large``: one
-    checkpoint per sub-run, never one folder shared by two runs)."""
-    if not given or job is None:
-        return given or job_id
-    if job_id.startswith(job.id + "@"):
-        return given + job_id[len(job.id):]
-    return given
-
-
-def saved_checkpoints(args):
-    """{job id: the table rows it makes} for every job of this command's
-    chapter and --out with a saved checkpoint."""
-    root = checkpoint_root(args)
-    if not root.is_dir():
-        return {}
-    return {p.parent.name: _owner(p.parent).get("rows", [p.parent.name])
-            for p in sorted(root.glob(f"*/{CHECKPOINT_FILE}"))}
-
-
-def _asked_for(args, job_id):
-    """"1.1+1.2" (a group of rows), "3.12@..." (a sub-run), "6.8a" (--only 6.8)."""
-    share = getattr(args, "share", None)
-    if share is not None and not any(job_id.split("@")[0] == s.split("@")[0] for s in share):
-        return False   # another part's job
-    return any(wanted(args, part) or wanted(args, part.rstrip("ab"))
-               for part in (p.split("@")[0] for p in job_id.split("+")))
-
-
-def _stale(args, folder, rows):
-    """Whether every row of a saved checkpoint has been recorded since it was written."""
-    try:
-        written = datetime.datetime.fromtimestamp((folder / CHECKPOINT_FILE).stat().st_mtime,
-                                                  datetime.timezone.utc).isoformat(timespec="seconds")
-        recorded = {r["id"]: r for r in store.recorded_rows(args)}
-    except OSError:
-        return False
-    return bool(rows) and all(rid in recorded and recorded[rid].get("finished", "") >= written for rid in rows)
-
-
-def check_unfinished(args):
-    """Before any training, for each checkpoint folder of the rows asked for:
-    a live process training it is named (its checkpoint is never discarded);
-    a saved checkpoint whose rows have all been recorded since is stale and
-    removed; others need ``--resume`` (continue) or ``--restart`` (discard):
-    nothing saved is dropped silently. Leftovers of a run that saved nothing are cleared."""
-    root, left = checkpoint_root(args), []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        job_id = folder.name
-        if not _asked_for(args, job_id):
-            continue
-        pid = live_owner(folder)
-        if pid is not None:
-            raise Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
-                          "wait for it to finish, or give another --out")
-        rows = _owner(folder).get("rows", [job_id])
-        if not (folder / CHECKPOINT_FILE).exists() or args.restart:
-            remove_checkpoints(args, job_id)
-        elif _stale(args, folder, rows):
-            print(f"{args.chapter}: removed the checkpoint of {job_id}, whose rows were recorded since",
-                  flush=True)
-            remove_checkpoints(args, job_id)
-        else:
-            left.append(job_id)
-    if left and not args.resume:
-        raise Refusal(
-            f"{args.chapter}: rows {', '.join(left)} of an interrupted run into {args.out} are saved in "
-            f"{root}: add --resume to continue them from their last finished epoch, "
-            "or --restart to discard them")
-
-
-def remove_checkpoints(args, job_id):
-    """Remove the checkpoints of job ``job_id`` and of its sub-runs
-    (``<id>@...``), with any temporary file an interrupted write left there,
-    then every folder this leaves empty up to the cache's checkpoints folder
-    (process 0's work in a multi-process run)."""
-    if not is_main_process():
-        return
-    root = checkpoint_root(args)
-    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
-        if not folder.is_dir():
-            continue
-        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        for p in [*folder.glob(".*.tmp"), *folder.glob(".*.part")]:  # interrupted writes; the job is over
-            p.unlink(missing_ok=True)
-        (folder / OWNER_FILE).unlink(missing_ok=True)
-        fd = _LOCKS.pop(folder, None)
-        if fd is not None:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    remove_empty_folders(root, data.cache_dir())
-
-
-def _drop_unsaved(args, job_id):
-    """Remove the checkpoint folders of ``job_id`` (and its sub-runs) that hold no saved state."""
-    root = checkpoint_root(args)
-    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
-        if folder.is_dir() and not (folder / CHECKPOINT_FILE).exists():
-            remove_checkpoints(args, folder.name)
-
-
-def remove_empty_folders(folder, stop):
-    """Remove ``folder`` and its parents while they are empty, below ``stop``."""
-    folder, stop = Path(folder), Path(stop)
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
-
-
-# --- progress ------------------------------------------------------------------------------
-
-def event_text(event):
-    """One line for an event of ``fit``'s records (resumed, diverged)."""
-    kind = event.get("event")
-    if kind == "resumed":
-        return (f"resumed from {event.get('path')}: {event.get('epochs_done')} of {event.get('epochs')} "
-                "epochs done")
-    if kind == "diverged":
-        return (f"net {event.get('net')} diverged in Epoch {event.get('epoch')} (η = {event.get('eta'):g}): "
-                "its parameters are no longer finite; it stops training here (try a smaller η)")
-    return ", ".join(f"{k} {v}" for k, v in event.items())
-
-
-def epoch_text(e, epochs):
-    """Epoch ``e`` (from 0) of ``epochs`` as the progress lines name it: the
-    book's number, as its programs print it ("Epoch 0" is the first), then how
-    many of the run's epochs are done: "Epoch 9 (10 of 30)"."""
-    return f"Epoch {e} ({e + 1} of {epochs})"
-
-
-def progress(label, epochs, show, *, every=1, log=None):
-    """The one ``on_epoch`` printer of every chapter: a line saying what the
-    wait before the first epoch is (compiling), fit's events, and every
-    ``every``-th epoch (and the first and last) a line (`epoch_text`) with ``show(record)``
-    (the chapter's rounded numbers), the time so far and the time left; with
-    ``log`` (a path: `metrics_log`), every epoch's numbers of every net
-    appended to that JSON-lines file as the epoch ends (`MetricsLog`).
-
-    The estimate counts only epochs run in this process after the first
-    finished (that one includes compiling; a resumed run starts later): after
-    the first epoch it is an upper bound from that epoch's time, after that the
-    mean time of the epochs since."""
-    state = {"start": time.time()}
-    metrics = MetricsLog(log) if log is not None else None
-    print(f"  [{label}] compiling (first run only: the user cache keeps compiled programs), "
-          f"then {plural(epochs, 'epoch')} ...", flush=True)
-
-    def on_epoch(e, record):
-        now = time.time()
-        if metrics is not None:
-            metrics.write(e, record, seconds=round(now - state["start"], 3))
-        for event in record.get("events", ()):
-            print(f"  [{label}] {event_text(event)}", flush=True)
-        if "first" not in state:
-            state.update(first=e, first_done=now)
-            took = now - state["start"]
-            left = epochs - e - 1
-            timing = f"{report.duration(took)} with compiling" + (
-                f"; at most about {report.duration(took * left)} left" if left else "")
-        else:
-            done = e - state["first"]
-            left = (now - state["first_done"]) / done * (epochs - e - 1)
-            timing = f"{report.duration(now - state['start'])}" + (
-                f", ETA {report.duration(left)}" if e + 1 < epochs else "")
-        if e == state["first"] or (e + 1) % every == 0 or e + 1 == epochs:
-            shown = show(record)
-            print(f"  [{label}] {epoch_text(e, epochs)}{': ' + shown if shown else ''}  ({timing})", flush=True)
-
-    return on_epoch
-
-
-METRICS = "metrics"   # OUT/metrics/<job>.jsonl: the per-epoch log of each job being trained
-
-
-def metrics_log(args, label):
-    """Where job ``label``'s per-epoch numbers stream while it trains:
-    ``OUT/metrics/<label>.jsonl`` (characters other than letters, digits and
-    ``. @ + -`` replaced by ``_``). None in the processes of a multi-process
-    run other than process 0, which alone writes."""
-    if not is_main_process():
-        return None
-    name = re.sub(r"[^\w.@+-]+", "_", label).strip("_")
-    return Path(args.out) / METRICS / f"{name}.jsonl"
-
-
-def metrics_lines(e, record, **extra):
-    """Epoch ``e``'s record as JSON lines, one per net: ``{"epoch": e (from 0,
-    as the book counts), "net": k, **extra, <name>: value, ...}`` for every
-    per-net value of the record (accuracies as counts, costs, η, active, finite)."""
-    import numpy as np
-    per_net = {name: np.asarray(v) for name, v in record.items()
-               if name not in ("params", "events", "epoch") and np.ndim(v) == 1}
-    k = len(next(iter(per_net.values()))) if per_net else 0
-    return [json.dumps({"epoch": int(e), "net": i, **extra, **{name: v[i].item() for name, v in per_net.items()}})
-            for i in range(k)]
-
-
-class MetricsLog:
-    """A job's per-epoch JSON-lines log, appended and flushed at every epoch, so
-    that it can be followed (``tail -f``) or plotted while a long row trains.
-    At its first epoch in this process it keeps the lines of the epochs before
-    it (a resumed run continues its log) and drops the later ones (a rerun
-    starts a fresh log)."""
-
-    def __init__(self, path):
-        self.path, self.started = Path(path), False
-
-    def write(self, e, record, **extra):
-        if not self.started:
-            self._keep_epochs_before(e)
-            self.started = True
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in metrics_lines(e, record, **extra)))
-            f.flush()
-
-    def _keep_epochs_before(self, e):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    if json.loads(line).get("epoch", e) < e:
-                        kept.append(line + "\n")
-        files.atomic_write(self.path, lambda f: f.write("".join(kept)), mode="w")
-
-
-def show_table(args, rows):
-    """Print ``rows``' table now (before a long wait), once: `finish`'s table
-    leaves them out."""
-    print("\n" + report.format_table(rows) + "\n", flush=True)
-    args.shown = set(getattr(args, "shown", ())) | {r["id"] for r in rows}
-
-
-def plural(n, word):
-    """"1 epoch", "30 epochs"."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def say_start(args, loading="MNIST"):
-    """A chapter run's first line, before its first wait: the devices JAX
-    computes on, and what is loaded (``loading``: "MNIST"; None: nothing).
-    Starting JAX and reading MNIST take seconds to a minute on a busy machine,
-    and a run should not start with a silence."""
-    from nndl_jax import devices
-    if is_main_process():
-        what = f"; loading {loading} ..." if loading else ""
-        print(f"{args.chapter}: computing on {devices.describe()}{what}", flush=True)
-
-
-def numbers(values, fmt="{:.4g}"):
-    """A list of numbers as text for a progress line, each rounded by ``fmt``."""
-    import numpy as np
-    return " ".join(fmt.format(v) for v in np.asarray(values).ravel().tolist())
-
-
-# --- the command-line wrapper ---------------------------------------------------------------
-
-_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None, "prog": None}
-
-
-def set_resume_command(command):
-    """The command that Ctrl-C's note offers (``nndl-jax reproduce`` sets its own)."""
-    _SESSION["resume"] = command
-
-
-def resume_command():
-    if _SESSION["resume"]:
-        return _SESSION["resume"]
-    if not _SESSION["runs"]:
-        return None
-    args = _SESSION["runs"][-1]
-    argv = [a for a in args.argv if a not in ("--restart", "--resume")] + ["--resume"]
-    return f"{command_name(args.chapter)} " + shlex.join(argv)
-
-
-def interrupted_note(why="Ctrl-C"):
-    """What Ctrl-C (or SIGTERM: ``why``) prints: the rows saved where, and the
-    command that resumes. In a process other than 0 of a run over several,
-    which saves nothing itself: that process 0 keeps what is saved."""
-    from nndl_jax import distributed
-    lines = ["", f"stopped ({why})."]
-    place = distributed.started()
-    if place is not None and place[0] != 0:
-        lines.append(f"process {place[0]} of {place[1]}: process 0 records the finished rows and keeps the "
-                     "unfinished row's checkpoint; its note says what is saved.")
-    else:
-        lines += _saved_lines()
-    command = resume_command()
-    if command:
-        lines.append(f"resume with: {command}" + (" (and every other process with its own --process-id)"
-                                                  if place is not None else ""))
-    return "\n".join(lines)
-
-
-def _saved_lines():
-    """Where the finished rows and the unfinished row's last epoch are saved."""
-    lines, by_out = [], {}
-    for out, rid in _SESSION["recorded"]:
-        by_out.setdefault(str(out), []).append(rid)
-    for out, ids in by_out.items():
-        lines.append(f"rows recorded in {Path(out) / store.RESULTS}: {', '.join(ids)}")
-    if _SESSION["checkpoint"] is not None and Path(_SESSION["checkpoint"], CHECKPOINT_FILE).exists():
-        lines.append(f"the unfinished row's last finished epoch is saved in {_SESSION['checkpoint']}")
-    if not by_out and _SESSION["checkpoint"] is None:
-        lines.append("no row was finished yet.")
-    return lines
-
-
-def checkpoint_refusal(e):
-    """A refused checkpoint as lines: one per differing setting, then what to do."""
-    differences = getattr(e, "differences", None) or []
-    path = getattr(e, "path", None)
-    if not differences:
-        return f"{e}" + ("" if "--restart" in str(e) else "\n--restart discards the saved checkpoint")
-    lines = [f"the saved checkpoint {path or ''} is of another run of this row:".replace("  ", " ")]
-    for setting, saved, now in differences:
-        option = _OPTIONS.get(str(setting).rsplit(".", 1)[-1])
-        scalar = isinstance(saved, (str, int, float, bool))
-        hint = f" (pass {option} {_short(saved)} to continue it)" if option and scalar else ""
-        lines.append(f"  {setting}: saved {_short(saved)}, this run {_short(now)}{hint}")
-    lines.append("Pass the saved settings back to continue it, or add --restart to discard it and train afresh.")
-    return "\n".join(lines)
-
-
-_OPTIONS = {"epochs": "--epochs", "train_size": "--train-size", "n_train": "--train-size", "seed": "--seed",
-            "devices": "--devices", "svm_train_size": "--svm-train-size", "x64": "--x64", "quick": "--quick",
-            "book_seed": "--book-seed"}
-
-
-def _short(value, limit=60):
-    if not isinstance(value, (str, int, float, bool, list, dict, type(None))):
-        return "(not set)"   # a setting one of the two runs does not have
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-_STOPS = {"SIGINT": ("Ctrl-C", 130), "SIGTERM": ("SIGTERM", 143)}   # signal: what the note says, exit status
-_STOPPING = threading.Lock()
-
-
-def _stop_now(why, status):
-    """End this process at once (from any thread): tell the run's other
-    processes, print the note, exit with ``status``. Only the first caller
-    gets through; a second one waits for the exit."""
-    _STOPPING.acquire()
-    from nndl_jax import distributed
-    distributed.tell_peers_stopping(why, status)
-    print(interrupted_note(why), file=sys.stderr, flush=True)
-    os._exit(status)
-
-
-@contextlib.contextmanager
-def _stop_at_once_with_a_note():
-    """Ctrl-C (SIGINT) and SIGTERM (what Slurm sends before it kills a job)
-    end the process at once, even in the middle of a compiled epoch (Python
-    alone would only see it when the epoch returns), after printing which rows
-    are saved where and the command that resumes (exit status 130, 143); in a
-    run over several processes every process stops so. Nothing saved is lost:
-    checkpoints and results are written atomically. The signal's byte reaches
-    a helper thread through ``signal.set_wakeup_fd``, which needs no help
-    from the busy main thread."""
-    import signal
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "set_wakeup_fd"):
-        yield
-        return
-    caught = {getattr(signal, name): stop for name, stop in _STOPS.items()}
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    previous_handlers = {sig: signal.signal(sig, lambda *_: None) for sig in caught}
-    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-
-    def watch():
-        while True:
-            try:
-                got = os.read(r, 64)
-            except OSError:
-                return
-            if not got:
-                return
-            for sig, (why, status) in caught.items():
-                if sig in got:
-                    _stop_now(why, status)
-
-    thread = threading.Thread(target=watch, name="ctrl-c", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-        os.close(w)
-        thread.join(timeout=1)
-        os.close(r)
-
-
-def main_entry(main, argv=None, prog=None):
-    """Run an experiment command's ``main(argv)`` for the command line; its exit
-    status. Every refusal (bad arguments, a refused checkpoint, a bad results
-    file, missing MNIST) prints its message without a Python traceback and
-    gives a non-zero status; Ctrl-C stops at once and says what is saved and
-    how to resume (130; SIGTERM likewise, 143). Used by every ``__main__`` block and by ``nndl-jax``;
-    ``prog``: the command's name for its messages, usage line and resume
-    command (default, given an ``argv``: ``nndl-jax``; a chapter adds its name)."""
-    from nndl_jax.checkpoint import CheckpointError
-    prog = Path(sys.argv[0]).stem if argv is None else (prog or "nndl-jax")
-    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None, prog=None if argv is None else prog)
-    with _stop_at_once_with_a_note():
-        try:
-            result = main(argv)
-        except KeyboardInterrupt:
-            print(interrupted_note(), file=sys.stderr, flush=True)
-            return 130
-        except SystemExit as e:
-            if e.code is None or isinstance(e.code, int):
-                return e.code or 0
-            print(e.code, file=sys.stderr, flush=True)
-            return 1
-        except CheckpointError as e:
-            print(checkpoint_refusal(e), file=sys.stderr, flush=True)
-            return 1
-        except (store.ResultsError, data.MNISTError) as e:
-            print(f"{_chapter_or(prog)}: {e}", file=sys.stderr, flush=True)
-            return 1
-    return result if isinstance(result, int) else 0
-
-
-def _chapter_or(prog):
-    return _SESSION["runs"][-1].chapter if _SESSION["runs"] else prog

@@ -356,7 +356,10 @@ def code_version(root=REPO):
     return {"version": __version__, "commit": commit}
 
 
-def main(argv=None):
+def main(argv=None, book_table=None):
+    """``python -m experiments.parts``: the table of ``book_table(ns, quick=...)``
+    (``reproduce.book_table``, handed in by the ``__main__`` block below, so
+    that this module, which ``driver`` and ``reproduce`` import, imports neither)."""
     p = argparse.ArgumentParser(prog="python -m experiments.parts", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", type=int, default=16, metavar="N", help="the largest N (default %(default)s)")
@@ -364,10 +367,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="plan the --quick book")
     args = p.parse_args(argv)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= args.plan] if args.all else [args.plan]
-    from experiments import reproduce  # the command's entry only: parts itself imports no chapter
-    print("\n".join(reproduce.book_table(ns, quick=args.quick)))
+    print("\n".join(book_table(ns, quick=args.quick)))
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":   # the command's entry only: as a module, parts imports no chapter and no command
+    from experiments import reproduce
+    raise SystemExit(main(book_table=reproduce.book_table))

@@ -8,8 +8,8 @@ command line cannot start a heading or a link), only regular files read
 (``unreadable``), and the wall time of runs (``wall_seconds``, ``wall_text``:
 runs side by side count once, the parts of one plan as their longest part).
 
-The results store (results.json) is ``experiments.store``; the command line,
-the row driver and the progress lines are ``experiments.driver``.
+The results store (results.json) is ``experiments.store``; the command line
+and the row driver are ``experiments.driver``, the progress lines ``experiments.progress``.
 """
 import datetime
 import json

@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
-from experiments import book_seeds, compose, driver, parts, report, store
+from experiments import book_seeds, compose, driver, parts, report, session, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -73,10 +73,10 @@ def parse_args(argv=None):
     if args.plan is not None:
         print(parts.plan_text(book_plan(args, args.plan), what=f"nndl-jax reproduce --plan {args.plan}"))
         raise SystemExit(0)
-    driver.set_book_plan(None, ())
+    args.book_plan = None   # --part: the plan of the whole book, which every chapter's share comes from
     if args.part is not None:
         (i, n), plan = args.part, book_plan(args, args.part[1])
-        driver.set_book_plan(plan, [f"chap{c}" for c in args.only])
+        args.book_plan = plan
         idle = [c for c in args.only if not parts.share(plan, i, f"chap{c}")]
         if idle:
             print(f"part {i}/{n} holds no job of chapter{'s' * (len(idle) > 1)} {' '.join(idle)}", flush=True)
@@ -86,10 +86,10 @@ def parse_args(argv=None):
         if problem:
             p.error(problem)
     # before any chapter runs JAX: the count asked for, else one per core when chapter 6 runs
-    driver.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
-    driver.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
+    session.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
+    session.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
     given = list(sys.argv[1:] if argv is None else argv)
-    driver.set_resume_command("nndl-jax reproduce " + shlex.join(
+    session.set_resume_command("nndl-jax reproduce " + shlex.join(
         [a for a in given if a not in ("--resume", "--restart")] + ["--resume"]))
     return args
 
@@ -151,11 +151,7 @@ def chapter_argv(args, chapter):
 def main(argv=None):
     """Run the chapters, write REPORT.md; exit status 1 when a chapter failed
     (the others still run, and the report shows what they finished)."""
-    args = parse_args(argv)
-    try:
-        return run_chapters(args)
-    finally:
-        driver.set_book_plan(None, ())   # a later command in this process plans its own
+    return run_chapters(parse_args(argv))
 
 
 def run_chapters(args):
@@ -165,7 +161,7 @@ def run_chapters(args):
         print(f"\n=== chapter {c} ({i + 1} of {len(args.only)}; {time.time() - t0:.0f} s so far): "
               f"python -m experiments.chap{c} {' '.join(chapter_argv(args, c))}", flush=True)
         try:
-            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c))
+            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c), book_plan=args.book_plan)
         except (Exception, SystemExit) as e:  # noqa: BLE001  one chapter's failure must not lose the rest
             if isinstance(e, SystemExit) and not e.code:
                 continue
@@ -191,7 +187,7 @@ def refusal_text(e):
     if isinstance(e, SystemExit):
         return e.code if isinstance(e.code, str) else f"exit status {e.code}"
     if isinstance(e, train.CheckpointError):
-        return driver.checkpoint_refusal(e)
+        return session.checkpoint_refusal(e)
     if isinstance(e, (store.ResultsError, data.MNISTError)):
         return str(e)
     return None
@@ -394,4 +390,4 @@ def report_main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(driver.main_entry(main))
+    raise SystemExit(session.main_entry(main))

@@ -186,13 +186,13 @@ def test_the_largest_book_seed_is_accepted_and_implies_float64(tmp_path, monkeyp
 
 def test_rows_that_are_not_replayed_are_refused_with_the_list_of_those_that_are(tmp_path, monkeypatch,
                                                                                x64_restored):
-    from experiments import chap3, driver
+    from experiments import chap3, session
     monkeypatch.setattr(chap3, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST for rows it cannot replay"))
-    with pytest.raises(driver.Refusal) as e:
+    with pytest.raises(session.Refusal) as e:
         chap3.main(["--quick", "--only", "3.7", "3.1", "3.8", "--book-seed", "1", "--out", str(tmp_path)])
     message = str(e.value)
     assert "3.1 3.8 are not replayed" in message and " ".join(book_replay.SEEDED_ROWS) in message
-    assert driver.main_entry(chap3.main, ["--quick", "--only", "3.1", "--book-seed", "1", "--out",
+    assert session.main_entry(chap3.main, ["--quick", "--only", "3.1", "--book-seed", "1", "--out",
                                           str(tmp_path)]) == 1
     assert not (tmp_path / "results.json").exists()
 
@@ -227,12 +227,12 @@ def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupt
     the second continues from its epoch 1, and the row is the uninterrupted one's."""
     import json
 
-    from experiments import chap3, driver
+    from experiments import chap3, progress
     argv = ["--quick", "--only", "3.10", "--book-seed", str(book_random.BOOK_SEED), "--data-dir", str(mnist_dir)]
-    progress = driver.progress
+    real_progress = progress.progress
 
     def stopping_in_the_second_run(label, epochs, show, **kw):
-        printer = progress(label, epochs, show, **kw)
+        printer = real_progress(label, epochs, show, **kw)
 
         def on_epoch(e, record):
             printer(e, record)
@@ -242,10 +242,10 @@ def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupt
 
     with jax.numpy_dtype_promotion("standard"):
         chap3.main(argv + ["--out", str(tmp_path / "whole")])
-        monkeypatch.setattr(driver, "progress", stopping_in_the_second_run)
+        monkeypatch.setattr(progress, "progress", stopping_in_the_second_run)
         with pytest.raises(KeyboardInterrupt):
             chap3.main(argv + ["--out", str(tmp_path / "stopped")])
-        monkeypatch.setattr(driver, "progress", progress)
+        monkeypatch.setattr(progress, "progress", real_progress)
         capsys.readouterr()
         chap3.main(argv + ["--out", str(tmp_path / "stopped"), "--resume"])
     out = capsys.readouterr().out
@@ -258,8 +258,8 @@ def test_a_script_of_two_runs_resumes_where_it_stopped_and_gives_the_uninterrupt
 
 
 def test_a_replays_checkpoint_of_another_book_seed_is_refused_naming_the_seed_to_pass():
-    from experiments import driver
+    from experiments import session
     from nndl_jax.checkpoint import CheckpointError
-    text = driver.checkpoint_refusal(CheckpointError("another run", "/c/3.7@book/state.npz",
+    text = session.checkpoint_refusal(CheckpointError("another run", "/c/3.7@book/state.npz",
                                                      [("book_seed", 12345678, 7)]))
     assert "book_seed: saved 12345678, this run 7 (pass --book-seed 12345678 to continue it)" in text

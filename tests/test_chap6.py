@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import chap6, driver
+from experiments import chap6, session
 from nndl_jax import data, network3
 
 
@@ -86,7 +86,7 @@ def test_ensemble_trained_in_parts_is_the_ensemble_trained_at_once(tmp_path, mni
     assert got["6.12"]["measured"] == want["6.12"]["measured"] and got["6.12"]["errors"] == want["6.12"]["errors"]
     assert got["6.11"]["measured"] == want["6.11"]["measured"]
     assert got["6.11@12345681"]["trained_with"] == [12345681, 12345682] and got["6.11"]["seconds"] > 0
-    with pytest.raises(driver.Refusal, match="the ensemble has nets 0 to 4"):
+    with pytest.raises(session.Refusal, match="the ensemble has nets 0 to 4"):
         chap6.main(common + ["--out", str(tmp_path / "bad"), "--nets", "5"])
 
 
@@ -155,8 +155,8 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
 
     real_progress, seen = chap6._progress, []
 
-    def interrupted_after_epoch_1(*args, **kwargs):
-        show = real_progress(*args, **kwargs)
+    def interrupted_after_epoch_1(*args, **kw):
+        show = real_progress(*args, **kw)
 
         def on_epoch(e, record):
             seen.append(e)
@@ -169,7 +169,7 @@ def test_a_row_interrupted_after_epoch_1_of_3_resumes_to_the_uninterrupted_resul
     out = ["--out", str(tmp_path / "cut")]
     with pytest.raises(KeyboardInterrupt):
         chap6.main(argv + out)
-    with pytest.raises(driver.Refusal, match="6.3.*--resume"):
+    with pytest.raises(session.Refusal, match="6.3.*--resume"):
         chap6.main(argv + out)
     seen.clear()
     chap6.main(argv + out + ["--resume"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from test_distributed import REPO, finish, free_port
 
-from experiments import chap1, driver
+from experiments import chap1, checkpoints, driver, session
 from nndl_jax import distributed
 
 
@@ -132,7 +132,7 @@ def test_the_settings_compared_leave_out_each_process_s_own_place():
     args = driver.argparse.Namespace(process_id=1, coordinator="h:1", coordinator_timeout=5, data_dir=Path("/d"),
                                      devices=2, cluster=False, debug=False, share=None, part_record=None,
                                      epochs=3, only=["1.1"], out=Path("r"), quick=True, chapter="chap1", code="x")
-    assert driver.agreed_settings(args) == {"--epochs": 3, "--only": ["1.1"], "--out": "r", "--quick": True,
+    assert session.agreed_settings(args) == {"--epochs": 3, "--only": ["1.1"], "--out": "r", "--quick": True,
                                             "the command": "chap1", "the code version": "x"}
 
 
@@ -144,7 +144,7 @@ def test_the_settings_compared_leave_out_each_process_s_own_place():
 def test_a_bad_coordinator_is_one_message(coordinator, why, capsys):
     """Today a ValueError traceback, or a wait for the whole timeout."""
     argv = ["--quick", "--coordinator", coordinator, "--num-processes", "2", "--process-id", "0"]
-    assert driver.main_entry(chap1.main, argv) == 2
+    assert session.main_entry(chap1.main, argv) == 2
     err = capsys.readouterr().err
     assert "--coordinator" in err and why in err and "Traceback" not in err, err
     with pytest.raises(distributed.DistributedError, match=why):
@@ -162,8 +162,8 @@ def test_sigterm_stops_every_process_with_the_note_and_keeps_the_checkpoint(tmp_
             "--data-dir", str(mnist_dir)]
     procs = [start_chap1(tmp_path, argv, 2, i, port) for i in range(2)]
     try:
-        seen = wait_for_line(procs[0], "(1 of 30)", limit=400)
-        assert "(1 of 30)" in seen, seen[-2000:]
+        seen = wait_for_line(procs[0], "Epoch 0 (1 of 30)", limit=400)
+        assert "Epoch 0 (1 of 30)" in seen, seen[-2000:]
         for i in signalled:
             os.kill(procs[i].pid, signal.SIGTERM)
         results = finish(procs, limit=120)
@@ -176,7 +176,7 @@ def test_sigterm_stops_every_process_with_the_note_and_keeps_the_checkpoint(tmp_
     assert rc0 == 143 and rc1 == 143, err0[-2000:] + err1[-2000:]
     assert "stopped (SIGTERM" in err0 and "stopped (SIGTERM" in err1 and "Traceback" not in err0 + err1
     saved = next(line for line in err0.splitlines() if "last finished epoch is saved in" in line).split(" in ")[-1]
-    assert (Path(saved) / driver.CHECKPOINT_FILE).exists()
+    assert (Path(saved) / checkpoints.CHECKPOINT_FILE).exists()
     resume = [line for line in err0.splitlines() if line.startswith("resume with:")]
     assert resume and "--process-id 0" in resume[0] and resume[0].count("--resume") == 1
     assert saved not in err1 and "process 0 records the finished rows" in err1 and "--process-id 1" in err1
@@ -203,14 +203,14 @@ def wait_for_line(proc, text, limit):
 def test_a_ctrl_c_note_in_process_1_points_at_process_0_not_at_its_checkpoint(tmp_path, monkeypatch):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    (folder / driver.CHECKPOINT_FILE).write_bytes(b"")
-    monkeypatch.setitem(driver._SESSION, "checkpoint", folder)
-    monkeypatch.setitem(driver._SESSION, "recorded", [])
+    (folder / checkpoints.CHECKPOINT_FILE).write_bytes(b"")
+    monkeypatch.setitem(session._SESSION, "checkpoint", folder / checkpoints.CHECKPOINT_FILE)
+    monkeypatch.setitem(session._SESSION, "recorded", [])
     monkeypatch.setattr(distributed, "_STARTED", [(1, 2)])
-    note = driver.interrupted_note()
+    note = session.interrupted_note()
     assert str(folder) not in note and "process 1 of 2: process 0" in note
     monkeypatch.setattr(distributed, "_STARTED", [(0, 2)])
-    assert str(folder) in driver.interrupted_note()
+    assert str(folder) in session.interrupted_note()
 
 
 # --- the first collective, and errors ------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_a_ctrl_c_note_in_process_1_points_at_process_0_not_at_its_checkpoint(tm
 WORKER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from experiments import driver
+    from experiments import driver, session
 
     def main(argv):
         driver.parse_args("chap1", "the start of a run over several processes", argv, row_ids=["1.1"])
@@ -236,7 +236,7 @@ WORKER = textwrap.dedent("""
         print("trained", fitted.history["evaluation_accuracy"], flush=True)
         return 0
 
-    raise SystemExit(driver.main_entry(main, sys.argv[1:]))
+    raise SystemExit(session.main_entry(main, sys.argv[1:]))
 """)
 
 

@@ -60,8 +60,8 @@ updated (not visible in ``fit``'s results), and --resume ignoring the quick
 flag (``store.out_problem`` keeps quick and full rows apart, so no command reaches it).
 
 Internal functions used (no command shows what they do without training):
-``driver.claim`` and ``driver.live_owner`` (the owner lock), ``driver.checkpoint_dir``
-and ``driver.remove_checkpoints`` (planting and removing checkpoints). The rest
+``checkpoints.claim`` and ``checkpoints.live_owner`` (the owner lock), ``checkpoints.checkpoint_dir``
+and ``checkpoints.remove_checkpoints`` (planting and removing checkpoints). The rest
 goes through public behaviour: ``train.fit``, ``driver.parse_args`` /
 ``run_jobs`` / ``main_entry`` / ``progress``, ``store.read_results`` / ``record`` /
 ``out_problem``, ``merge.main`` / ``merge.merge``, ``parts.part_record``.
@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import book_replay, driver, merge, parts, store
+from experiments import book_replay, checkpoints, driver, merge, parts, progress, session, store
 from nndl_jax import activations, costs, files, layers, network, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,12 +311,12 @@ def parse(chapter, out, *argv, row_ids=("5.1", "5.2")):
 
 def plant_checkpoint(args, job_id, rows, mtime=None):
     """A saved checkpoint of ``job_id`` whose owner is gone."""
-    folder = driver.checkpoint_dir(args, job_id)
+    folder = checkpoints.checkpoint_dir(args, job_id)
     folder.mkdir(parents=True)
-    (folder / driver.CHECKPOINT_FILE).write_bytes(b"saved state")
-    (folder / driver.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": rows}))
+    (folder / checkpoints.CHECKPOINT_FILE).write_bytes(b"saved state")
+    (folder / checkpoints.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": rows}))
     if mtime is not None:
-        os.utime(folder / driver.CHECKPOINT_FILE, (mtime, mtime))
+        os.utime(folder / checkpoints.CHECKPOINT_FILE, (mtime, mtime))
     return folder
 
 
@@ -330,34 +330,34 @@ def write_results(out, rows, *, chapter="chap5", quick=False, **top):
 
 
 def test_a_claimed_row_shows_its_live_owner_to_another_process(tmp_path, cache):
-    """Fault: the owner lock taken shared (``LOCK_SH`` in ``driver.claim``): a
+    """Fault: the owner lock taken shared (``LOCK_SH`` in ``checkpoints.claim``): a
     second process could take it too, so the live owner is invisible to it.
-    Uses the private-ish ``driver.claim`` and ``driver.live_owner``."""
+    Uses the private-ish ``checkpoints.claim`` and ``checkpoints.live_owner``."""
     args = parse("chap5", tmp_path / "out")
-    folder = driver.claim(args, "5.1", ["5.1"])
+    folder = checkpoints.claim(args, "5.1", ["5.1"])
     try:
-        probe = "import sys; from experiments import driver; print(driver.live_owner(sys.argv[1]))"
+        probe = "import sys; from experiments import checkpoints; print(checkpoints.live_owner(sys.argv[1]))"
         proc = subprocess.run([sys.executable, "-c", probe, str(folder)], capture_output=True, text=True,
                               timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == str(os.getpid())
     finally:
-        driver.remove_checkpoints(args, "5.1")
+        checkpoints.remove_checkpoints(args, "5.1")
 
 
 def test_claiming_a_row_rewrites_its_owner_file_whole(tmp_path, cache):
     """Fault: the owner file not truncated before it is rewritten: a longer
     earlier owner's tail would be left after the new JSON."""
     args = parse("chap5", tmp_path / "out")
-    folder = driver.checkpoint_dir(args, "5.1")
+    folder = checkpoints.checkpoint_dir(args, "5.1")
     folder.mkdir(parents=True)
-    (folder / driver.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": ["5.1"] * 50, "out": "x" * 500}))
+    (folder / checkpoints.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": ["5.1"] * 50, "out": "x" * 500}))
     try:
-        driver.claim(args, "5.1", ["5.1"])
-        owner = json.loads((folder / driver.OWNER_FILE).read_text())
+        checkpoints.claim(args, "5.1", ["5.1"])
+        owner = json.loads((folder / checkpoints.OWNER_FILE).read_text())
         assert owner == {"pid": os.getpid(), "rows": ["5.1"], "out": str(args.out)}
     finally:
-        driver.remove_checkpoints(args, "5.1")
+        checkpoints.remove_checkpoints(args, "5.1")
 
 
 def test_a_checkpoint_written_in_the_second_its_row_was_recorded_is_stale(tmp_path, cache, capsys):
@@ -380,7 +380,7 @@ def test_only_a_base_row_covers_its_variants_checkpoint(tmp_path, cache):
     ids = ("6.8", "6.8a", "6.8b")
     args = parse("chap6", tmp_path / "out", row_ids=ids)
     plant_checkpoint(args, "6.8a", ["6.8a"])
-    with pytest.raises(driver.Refusal, match="rows 6.8a of an interrupted run"):
+    with pytest.raises(session.Refusal, match="rows 6.8a of an interrupted run"):
         parse("chap6", tmp_path / "out", "--only", "6.8", row_ids=ids)
 
 
@@ -389,9 +389,9 @@ def test_removing_a_rows_checkpoints_keeps_a_row_whose_id_extends_it(tmp_path, c
     args = parse("chap3", tmp_path / "out", row_ids=("3.1", "3.10"))
     mine, sub = plant_checkpoint(args, "3.1", ["3.1"]), plant_checkpoint(args, "3.1@abc", ["3.1"])
     other = plant_checkpoint(args, "3.10", ["3.10"])
-    driver.remove_checkpoints(args, "3.1")
+    checkpoints.remove_checkpoints(args, "3.1")
     assert not mine.exists() and not sub.exists()
-    assert (other / driver.CHECKPOINT_FILE).read_bytes() == b"saved state"
+    assert (other / checkpoints.CHECKPOINT_FILE).read_bytes() == b"saved state"
 
 
 # --- the row driver: progress, --resume, seeds, Ctrl-C ------------------------------------------
@@ -399,7 +399,7 @@ def test_removing_a_rows_checkpoints_keeps_a_row_whose_id_extends_it(tmp_path, c
 def test_progress_prints_the_last_epoch_when_not_a_multiple_of_every(capsys):
     """Fault: the last epoch's progress line not printed when its number is not
     a multiple of ``every``."""
-    on_epoch = driver.progress("r", 5, lambda record: "shown", every=2)
+    on_epoch = progress.progress("r", 5, lambda record: "shown", every=2)
     for e in range(5):
         on_epoch(e, {"events": []})
     lines = [line for line in capsys.readouterr().out.splitlines() if "] Epoch " in line]
@@ -436,7 +436,7 @@ def test_the_ctrl_c_resume_command_drops_restart(tmp_path, cache, capsys):
     def main(argv):
         parse("chap5", tmp_path / "out", *argv)
         raise KeyboardInterrupt
-    assert driver.main_entry(main, ["--restart", "--seeds", "2"]) == 130
+    assert session.main_entry(main, ["--restart", "--seeds", "2"]) == 130
     command = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume with: ")]
     assert len(command) == 1 and command[0].endswith("--resume") and "--seeds 2" in command[0]
     assert "--restart" not in command[0]
@@ -589,6 +589,6 @@ def test_a_checkpoint_with_a_row_not_recorded_since_is_kept(tmp_path, cache):
     finished = datetime.datetime.fromtimestamp(second, datetime.timezone.utc).isoformat(timespec="seconds")
     write_results(out, {"5.1": {"finished": finished}})
     folder = plant_checkpoint(parse("chap5", out), "5.1+5.2", ["5.1", "5.2"], mtime=second)
-    with pytest.raises(driver.Refusal, match=r"rows 5\.1\+5\.2 of an interrupted run"):
+    with pytest.raises(session.Refusal, match=r"rows 5\.1\+5\.2 of an interrupted run"):
         parse("chap5", out)
-    assert (folder / driver.CHECKPOINT_FILE).exists()
+    assert (folder / checkpoints.CHECKPOINT_FILE).exists()

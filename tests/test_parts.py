@@ -122,8 +122,8 @@ def test_plan_prints_without_training_and_is_the_same_in_every_process(tmp_path)
     """--plan N: the same text from two processes, no --out folder made, no JAX device started."""
     out = tmp_path / "never"
     cmd = [sys.executable, "-c",
-           "import sys, jax; from experiments import driver, chap6\n"
-           "code = driver.main_entry(chap6.main, sys.argv[1:])\n"
+           "import sys, jax; from experiments import chap6, session\n"
+           "code = session.main_entry(chap6.main, sys.argv[1:])\n"
            "assert not jax._src.xla_bridge.backends_are_initialized(), 'JAX started a backend'\n"
            "sys.exit(code)", "--plan", "3", "--out", str(out)]
     texts = [run_bounded(cmd, timeout=120).stdout for _ in range(2)]
@@ -346,8 +346,8 @@ def test_a_rows_seeds_in_three_parts_merge_to_the_unsplit_row(mnist_dir, tmp_pat
         assert part["rows"] == [] and list(part["units"]) == [f"1.1@{12345678 + i - 1}"]   # its seed alone
     run_bounded(command + ["--out", str(tmp_path / "one")], timeout=300, env=env)
     said = run_bounded([sys.executable, "-m", "experiments.cli", "merge",
-                        *(str(tmp_path / f"part{i}") for i in (1, 2, 3)), "--out", str(tmp_path / "merged")],
-                       timeout=120, env=env).stdout
+                        *(str(tmp_path / f"part{i}") for i in (1, 2, 3)),
+                        "--out", str(tmp_path / "merged")], timeout=120, env=env).stdout
     assert "composed 1.1 from 3 unit records" in said and "redrew chap1_accuracy.png" in said
     merged = {r["id"]: r for r in store.read_results(tmp_path / "merged" / "chap1")["rows"]}
     one = {r["id"]: r for r in store.read_results(tmp_path / "one")["rows"]}

@@ -1,17 +1,17 @@
 """The chapters' progress lines and the per-epoch metrics log they stream
-(experiments.driver.progress): epochs named as the book counts them, one JSON
+(experiments.progress.progress): epochs named as the book counts them, one JSON
 line per epoch and net appended as each epoch ends."""
 import json
 import re
 
 import numpy as np
 
-from experiments import chap4, driver
+from experiments import chap4, driver, progress
 
 
 def test_epochs_are_named_as_the_book_prints_them_then_counted():
-    assert driver.epoch_text(0, 30) == "Epoch 0 (1 of 30)"
-    assert driver.epoch_text(29, 30) == "Epoch 29 (30 of 30)"
+    assert progress.epoch_text(0, 30) == "Epoch 0 (1 of 30)"
+    assert progress.epoch_text(29, 30) == "Epoch 29 (30 of 30)"
 
 
 def record(e, k=2):
@@ -26,7 +26,7 @@ def lines_of(path):
 
 def test_each_epoch_is_in_the_log_as_it_ends_one_line_per_net(tmp_path, capsys):
     log = tmp_path / "metrics" / "3.8.jsonl"
-    on_epoch = driver.progress("3.8", 3, lambda r: "", log=log)
+    on_epoch = progress.progress("3.8", 3, lambda r: "", log=log)
     on_epoch(0, record(0))
     assert [(x["epoch"], x["net"], x["test_accuracy"]) for x in lines_of(log)] == [(0, 0, 0), (0, 1, 1)]
     on_epoch(1, record(1))   # the first epoch is already on disk before the second ends
@@ -39,18 +39,18 @@ def test_each_epoch_is_in_the_log_as_it_ends_one_line_per_net(tmp_path, capsys):
 
 def test_a_resumed_run_continues_its_log_and_a_rerun_starts_a_fresh_one(tmp_path):
     log = tmp_path / "3.8.jsonl"
-    first = driver.progress("3.8", 4, lambda r: "", log=log)
+    first = progress.progress("3.8", 4, lambda r: "", log=log)
     for e in range(3):
         first(e, record(e))
-    driver.progress("3.8", 4, lambda r: "", log=log)(2, record(2))   # resumed after epoch 1 was saved
+    progress.progress("3.8", 4, lambda r: "", log=log)(2, record(2))   # resumed after epoch 1 was saved
     assert [x["epoch"] for x in lines_of(log)] == [0, 0, 1, 1, 2, 2]
-    driver.progress("3.8", 4, lambda r: "", log=log)(0, record(0))   # trained afresh
+    progress.progress("3.8", 4, lambda r: "", log=log)(0, record(0))   # trained afresh
     assert [x["epoch"] for x in lines_of(log)] == [0, 0]
 
 
 def test_a_chapter_streams_each_trained_rows_log_into_out_metrics(tmp_path):
     chap4.main(["--quick", "--only", "4.3", "--seeds", "2", "--out", str(tmp_path)])
-    got = lines_of(tmp_path / driver.METRICS / "4.3.jsonl")
+    got = lines_of(tmp_path / progress.METRICS / "4.3.jsonl")
     epochs = json.loads((tmp_path / "results.json").read_text())["rows"][0]["hyperparameters"]["epochs"]
     assert [(x["epoch"], x["net"]) for x in got] == [(e, k) for e in range(epochs) for k in range(2)]
     assert all(x["finite"] and x["eta"] > 0 for x in got)
@@ -92,7 +92,7 @@ def test_rows_whose_table_was_shown_before_a_long_wait_are_not_printed_again(mon
     rows = [report.row("1.1", "networks", 95.0, 94.0), report.row("1.6", "the SVM", 94.35, 94.3)]
     monkeypatch.setattr(store, "record", lambda args, rows, **kw: {"rows": rows})
     args = argparse.Namespace(chapter="chap1", started=0.0, out=tmp_path, quick=False)
-    driver.show_table(args, rows[:1])
+    progress.show_table(args, rows[:1])
     driver.finish(args, rows)
     out = capsys.readouterr().out
     assert out.count("networks") == 1 and out.count("the SVM") == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import chap4, chap6, driver, report, reproduce, store
+from experiments import chap4, chap6, checkpoints, driver, progress, report, reproduce, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,11 +136,11 @@ def test_resume_and_restart_are_flags_for_the_trainer_and_exclude_each_other(tmp
 def test_checkpoint_dir_is_in_the_user_cache_one_folder_per_out_and_row(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    a = driver.checkpoint_dir(_args(Path("out"), chapter="chap6"), "6.8a")
-    assert a == driver.checkpoint_dir(_args(tmp_path / "out", chapter="chap6"), "6.8a")  # absolute --out
+    a = checkpoints.checkpoint_dir(_args(Path("out"), chapter="chap6"), "6.8a")
+    assert a == checkpoints.checkpoint_dir(_args(tmp_path / "out", chapter="chap6"), "6.8a")  # absolute --out
     assert re.fullmatch(r"[0-9a-f]{12}", a.parent.parent.name)
     assert a.relative_to(tmp_path / "cache" / "nndl-jax" / "checkpoints").parts[1:] == ("chap6", "6.8a")
-    assert driver.checkpoint_dir(_args(tmp_path / "other", chapter="chap6"), "6.8a").parent.parent != \
+    assert checkpoints.checkpoint_dir(_args(tmp_path / "other", chapter="chap6"), "6.8a").parent.parent != \
         a.parent.parent
     assert not a.exists()
 
@@ -152,7 +152,7 @@ def test_progress_eta_counts_only_the_epochs_after_the_first_finished_in_this_pr
     estimates right; every `every`-th epoch is printed, but all are timed."""
     clock = iter([0.0, 100.0, 110.0, 120.0, 130.0])
     monkeypatch.setattr(driver.time, "time", lambda: next(clock))
-    show = driver.progress("3.8", 14, lambda record: driver.numbers(record["acc"], "{:.2f}"), every=2)
+    show = progress.progress("3.8", 14, lambda record: progress.numbers(record["acc"], "{:.2f}"), every=2)
     show(10, {"acc": [0.12345, 9.87654]})   # resumed: the first epoch of this process is epoch 10
     show(11, {"acc": [1, 2]})
     show(12, {"acc": [1, 2]})               # not printed (every 2), but timed
@@ -168,7 +168,7 @@ def test_progress_eta_counts_only_the_epochs_after_the_first_finished_in_this_pr
 
 
 def test_progress_prints_fits_events(capsys):
-    show = driver.progress("1.1", 3, lambda record: "")
+    show = progress.progress("1.1", 3, lambda record: "")
     show(1, {"events": [{"event": "resumed", "path": "/c/state.npz", "epochs_done": 1, "epochs": 3},
                         {"event": "diverged", "net": 2, "epoch": 1, "eta": 100.0}]})
     out = capsys.readouterr().out

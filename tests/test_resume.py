@@ -229,7 +229,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time as _time  # noqa: E402
 
-from experiments import chap1, chap4, chap5, driver, report  # noqa: E402
+from experiments import chap1, chap4, chap5, checkpoints, driver, progress, report, session  # noqa: E402
 
 
 @pytest.fixture
@@ -246,12 +246,12 @@ def _args(out, *argv, chapter="chap5"):
 
 
 def _plant_checkpoint(args, job_id, rows, age_seconds=0.0):
-    folder = driver.checkpoint_dir(args, job_id)
+    folder = checkpoints.checkpoint_dir(args, job_id)
     folder.mkdir(parents=True)
-    (folder / driver.CHECKPOINT_FILE).write_bytes(b"saved state")
-    (folder / driver.OWNER_FILE).write_text(json.dumps({"pid": 999999999, "rows": rows}))
+    (folder / checkpoints.CHECKPOINT_FILE).write_bytes(b"saved state")
+    (folder / checkpoints.OWNER_FILE).write_text(json.dumps({"pid": 999999999, "rows": rows}))
     then = _time.time() - age_seconds
-    os.utime(folder / driver.CHECKPOINT_FILE, (then, then))
+    os.utime(folder / checkpoints.CHECKPOINT_FILE, (then, then))
     return folder
 
 
@@ -261,7 +261,7 @@ def test_removing_a_rows_checkpoints_clears_interrupted_writes_and_empty_folders
     (folder / ".state.npz.999999999.tmp").write_bytes(b"half")             # interrupted writes
     (folder / ".state.npz.999999999.1a2b3c4d.part").write_bytes(b"half")
     sub = _plant_checkpoint(args, "5.1@abc", ["5.1"])
-    driver.remove_checkpoints(args, "5.1")
+    checkpoints.remove_checkpoints(args, "5.1")
     assert not folder.exists() and not sub.exists()
     assert not (cache / "nndl-jax" / "checkpoints").exists()                # no empty folders left
 
@@ -273,7 +273,7 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_refused_before_training(tmp_
     blocker.write_text("a file")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     monkeypatch.setattr(chap4, "run", lambda args: pytest.fail("trained without a checkpoint folder"))
-    status = driver.main_entry(chap4.main, ["--quick", "--out", str(tmp_path / "out"), "--only", "4.3"])
+    status = session.main_entry(chap4.main, ["--quick", "--out", str(tmp_path / "out"), "--only", "4.3"])
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"the checkpoint folder {blocker / 'nndl-jax' / 'checkpoints'}" in err and "XDG_CACHE_HOME" in err
@@ -289,14 +289,14 @@ def test_a_live_run_is_named_and_never_discarded(tmp_path, cache):
         [sys.executable, "-c", "import fcntl, json, os, sys, time\n"
          "fd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
          "os.ftruncate(fd, 0); os.write(fd, json.dumps({'pid': os.getpid(), 'rows': ['5.1']}).encode())\n"
-         "print('locked', flush=True)\ntime.sleep(120)", str(folder / driver.OWNER_FILE)],
+         "print('locked', flush=True)\ntime.sleep(120)", str(folder / checkpoints.OWNER_FILE)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline().strip() == "locked"
         for again in ([], ["--resume"], ["--restart"]):
-            with pytest.raises(driver.Refusal, match=f"row 5.1 is being trained by pid {owner.pid}"):
+            with pytest.raises(session.Refusal, match=f"row 5.1 is being trained by pid {owner.pid}"):
                 chap5.main(["--quick", "--out", str(tmp_path / "out"), "--only", "5.1", *again])
-        assert (folder / driver.CHECKPOINT_FILE).read_bytes() == b"saved state"
+        assert (folder / checkpoints.CHECKPOINT_FILE).read_bytes() == b"saved state"
     finally:
         owner.kill()
         owner.wait()
@@ -312,7 +312,7 @@ def test_a_checkpoint_whose_rows_were_recorded_since_never_blocks_a_run(tmp_path
     assert "removed the checkpoint of 5.10, whose rows were recorded since" in capsys.readouterr().out
     assert not folder.exists()
     _plant_checkpoint(_args(out, "--quick"), "5.10", ["5.10.1", "5.10.2", "5.10.3"], age_seconds=-3600)
-    with pytest.raises(driver.Refusal, match="rows 5.10 of an interrupted run .* --resume .* --restart"):
+    with pytest.raises(session.Refusal, match="rows 5.10 of an interrupted run .* --resume .* --restart"):
         chap5.main(["--quick", "--out", str(out), "--only", "5.10"])
 
 
@@ -321,9 +321,9 @@ class Stop(KeyboardInterrupt):
 
 
 def _interrupt_after_first_epoch(monkeypatch, seen):
-    real = driver.progress
+    real = progress.progress
 
-    def progress(label, epochs, show, **kw):
+    def interrupting(label, epochs, show, **kw):
         printer = real(label, epochs, show, **kw)
 
         def on_epoch(e, record):
@@ -332,7 +332,7 @@ def _interrupt_after_first_epoch(monkeypatch, seen):
             if e == 0:
                 raise Stop
         return on_epoch
-    monkeypatch.setattr(driver, "progress", progress)
+    monkeypatch.setattr(progress, "progress", interrupting)
 
 
 def test_resume_with_another_only_grouping_continues_the_saved_group(tmp_path, cache, mnist_dir, monkeypatch):
@@ -345,10 +345,10 @@ def test_resume_with_another_only_grouping_continues_the_saved_group(tmp_path, c
         _interrupt_after_first_epoch(m, seen)
         with pytest.raises(Stop):
             chap1.main([*common, "--only", "1.1", "1.4"])
-    assert list(driver.saved_checkpoints(_args(tmp_path / "out", "--resume", chapter="chap1"))) == ["1.1+1.4"]
+    assert list(checkpoints.saved_checkpoints(_args(tmp_path / "out", "--resume", chapter="chap1"))) == ["1.1+1.4"]
     seen.clear()
-    real = driver.progress
-    monkeypatch.setattr(driver, "progress", lambda label, epochs, show, **kw: (
+    real = progress.progress
+    monkeypatch.setattr(progress, "progress", lambda label, epochs, show, **kw: (
         lambda e, r: (seen.append(e), real(label, epochs, show, **kw)(e, r))))
     chap1.main([*common, "--only", "1.1", "--resume"])
     assert seen == [1]
@@ -365,7 +365,7 @@ def test_a_refused_checkpoint_is_shown_one_line_per_setting_without_a_traceback(
         e.path, e.differences = "/cache/5.1/state.npz", [("fit.epochs", 12, 10), ("seeds", [1, 2], [1, 3]),
                                                          ("rules", object(), "plateau")]
         raise e
-    assert driver.main_entry(refused, []) == 1
+    assert session.main_entry(refused, []) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "  fit.epochs: saved 12, this run 10 (pass --epochs 12 to continue it)" in err
@@ -378,12 +378,12 @@ def test_a_refused_checkpoint_of_a_real_row_ends_without_a_traceback(tmp_path, c
     common = ["--quick", "--only", "5.1", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "out")]
     with monkeypatch.context() as m:
         _interrupt_after_first_epoch(m, [])
-        assert driver.main_entry(chap5.main, [*common, "--seeds", "2"]) == 130
+        assert session.main_entry(chap5.main, [*common, "--seeds", "2"]) == 130
     assert "resume with: nndl-jax chap5" in capsys.readouterr().err   # main_entry with an argv: the nndl-jax command
-    assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--resume"]) == 1   # other seeds
+    assert session.main_entry(chap5.main, [*common, "--seeds", "1", "--resume"]) == 1   # other seeds
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--restart" in err
-    assert driver.main_entry(chap5.main, [*common, "--seeds", "1", "--restart"]) == 0
+    assert session.main_entry(chap5.main, [*common, "--seeds", "1", "--restart"]) == 0
 
 
 def test_resume_says_when_a_row_is_saved_in_a_checkpoint_it_does_not_continue(tmp_path, cache, capsys):

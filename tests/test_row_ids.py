@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from experiments import chap3, chap5, chap6, driver
+from experiments import chap3, chap5, chap6, driver, session
 
 
 @pytest.mark.parametrize("table_id, row", [
@@ -37,7 +37,7 @@ def test_only_runs_what_each_table_id_needs_and_a_size_alone():
 
 
 def test_an_id_its_row_does_not_make_is_refused_naming_those_it_makes(capsys):
-    with pytest.raises(driver.Refusal, match=r"--only 3.14@7: row 3.14 makes 3.14@100 3.14@200 .* not 3.14@7"):
+    with pytest.raises(session.Refusal, match=r"--only 3.14@7: row 3.14 makes 3.14@100 3.14@200 .* not 3.14@7"):
         planned(chap3, "3.14@7")
     with pytest.raises(SystemExit) as e:
         driver.chapter_args("chap3", ["--only", "3.11"])
@@ -45,7 +45,7 @@ def test_an_id_its_row_does_not_make_is_refused_naming_those_it_makes(capsys):
 
 
 def test_help_lists_the_rows_in_the_books_order_with_their_titles(capsys, monkeypatch):
-    monkeypatch.setitem(driver._SESSION, "prog", None)
+    monkeypatch.setitem(session._SESSION, "prog", None)
     with pytest.raises(SystemExit):
         chap3.main(["--help"])
     out = capsys.readouterr().out
@@ -57,7 +57,7 @@ def test_help_lists_the_rows_in_the_books_order_with_their_titles(capsys, monkey
 
 
 def test_the_nndl_jax_command_names_itself_in_the_usage_line(capsys):
-    assert driver.main_entry(chap6.main, ["--help"]) == 0
+    assert session.main_entry(chap6.main, ["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: nndl-jax chap6 ") and re.search(r"\n  6\.8 +both of 6\.8a and 6\.8b\n", out)
 
@@ -67,5 +67,5 @@ def test_a_single_ensemble_net_asked_by_its_table_id_is_that_net(monkeypatch, tm
     monkeypatch.setattr(chap6, "run", lambda args: seen.append(args) or ([], {}))
     chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@12345680"])
     assert seen[0].nets == [2] and seen[0].only == ["6.11"]
-    with pytest.raises(driver.Refusal, match="the ensemble's nets are 6.11@12345678 "):
+    with pytest.raises(session.Refusal, match="the ensemble's nets are 6.11@12345678 "):
         chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@7"])
