@@ -239,7 +239,7 @@ TWO_DEVICES = textwrap.dedent("""
     x = rng.normal(size=(40, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     seen = []
-    train.fit(train.Trainer(apply, costs.cross_entropy, 8), params, (x, y), 1, key=keys, eta=0.5,
+    train.fit(train.Trainer(apply, costs.cross_entropy, 8, over_k="map"), params, (x, y), 1, key=keys, eta=0.5,
               on_epoch=lambda e, r: seen.append(len(r["params"][0]["w"].sharding.device_set)))
     put = devices.layout_for(2).put(np.zeros((2, 3), np.float32))
     print(json.dumps({"devices": len(jax.devices()), "fit": seen, "put": len(put.sharding.device_set)}))
@@ -248,7 +248,9 @@ TWO_DEVICES = textwrap.dedent("""
 
 def test_two_devices_shard_the_nets_of_a_fit():
     """Fault: on 2 devices the nets not sharded at all (``devices.Layout.put``
-    returning its tree as it is). A subprocess: the device count is fixed when JAX starts."""
+    returning its tree as it is): a fit whose nets map one by one ("map", as conv
+    nets do on the CPU) spreads them over the devices. A subprocess: the device
+    count is fixed when JAX starts."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), NNDL_JAX_COMPILATION_CACHE="0")
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True, text=True,
