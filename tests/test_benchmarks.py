@@ -41,7 +41,7 @@ def test_bench_conv_runs_each_jax_case_of_a_net():
                            "--no-torch", "--no-processes")
     table = stdout[stdout.index("conv: case"):].splitlines()[1:]
     cases = {line[:40].strip(): line[40:].split() for line in table if line.strip()}
-    assert set(cases) == {"jax K=1", "jax K=2 map", "jax K=2 devices", "jax K=2 vmap-sharded"}, stdout
+    assert set(cases) == {"jax K=1", "jax K=2 map", "jax K=2 vmap", "jax K=2 devices", "jax K=2 vmap-sharded"}, stdout
     for case, figures in cases.items():
         ms = float(figures[0])
         assert math.isfinite(ms) and ms > 0, (case, figures)

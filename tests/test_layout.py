@@ -113,14 +113,14 @@ def test_two_processes_of_one_device_train_the_same_nets_as_one_process_of_one_d
 # argv: module, "whole" | "stop" (Ctrl-C after the first epoch), then the chapter's arguments
 CHAPTER = textwrap.dedent("""
     import importlib, sys
-    from experiments import driver
+    from experiments import progress as printing
     module, how, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 
     class Stop(KeyboardInterrupt):
         pass
 
     if how == "stop":
-        real = driver.progress
+        real = printing.progress
 
         def progress(label, epochs, show=None, **kw):
             printer = real(label, epochs, show, **kw)
@@ -129,7 +129,7 @@ CHAPTER = textwrap.dedent("""
                 printer(e, record)
                 raise Stop
             return on_epoch
-        driver.progress = progress
+        printing.progress = progress
     try:
         importlib.import_module("experiments." + module).main(argv)
     except Stop:
