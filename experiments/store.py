@@ -56,7 +56,7 @@ def write_text(path, text):
 
 def write_json(path, payload):
     """Write JSON atomically, with every innermost list of numbers on one line."""
-    write_text(path, _numbers_on_one_line(json.dumps(payload, indent=1, default=_jsonable)))
+    write_text(path, _numbers_on_one_line(json.dumps(payload, indent=1, default=files.json_default)))
 
 
 def remove_stale_temporaries(folder, name="*"):
@@ -87,16 +87,6 @@ def _numbers_on_one_line(text):
     JSON strings hold no line breaks, so no string is changed."""
     return re.sub(r"\[\n[-0-9.eE+,\s]*\]",
                   lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(0)[1:-1].strip()) + "]", text)
-
-
-def _jsonable(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.integer, np.floating, np.bool_)):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serializable: {type(x)}")
 
 
 # --- reading and validating -------------------------------------------------------------------
@@ -273,13 +263,14 @@ VOLATILE = frozenset({"run", "finished", "seconds", "earlier_seconds", "untimed_
 
 def identity(record):
     """A record less its ``VOLATILE`` keys, as canonical JSON text: equal texts, one measurement."""
-    return json.dumps({k: v for k, v in record.items() if k not in VOLATILE}, sort_keys=True, default=_jsonable)
+    kept = {k: v for k, v in record.items() if k not in VOLATILE}
+    return json.dumps(kept, sort_keys=True, default=files.json_default)
 
 
 def differing_keys(a, b):
     """The non-volatile keys in which records ``a`` and ``b`` differ."""
     def text(v):
-        return json.dumps(v, sort_keys=True, default=_jsonable)
+        return json.dumps(v, sort_keys=True, default=files.json_default)
     return sorted(k for k in (set(a) | set(b)) - VOLATILE if text(a.get(k)) != text(b.get(k)))
 
 

@@ -83,21 +83,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_resume import SIZES, toy_data
 
 from experiments import book_replay, checkpoints, driver, merge, parts, progress, session, store
 from nndl_jax import activations, costs, files, layers, network, train
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = [4, 6, 3]
 
 
-# --- a toy run of two nets --------------------------------------------------------------------
-
-def toy_data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, SIZES[0])).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
-    return x, y
+# --- a toy run of two nets (test_resume's data) ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
