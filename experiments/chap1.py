@@ -322,7 +322,7 @@ def compose(units, results=None):
     wherever each seed was trained: the row's curves stacked seed by seed."""
     rows = []
     for row_id, records in units.items():
-        curve = np.asarray([u["curve"] for u in records], dtype=float).T    # [epochs, seeds]
+        curve = np.asarray([u["curve"] for u in records]).T    # [epochs, seeds]: images correct, as recorded
         first = records[0]
         rows.append(sgd_row(first.get("quick", False), ROW[row_id], curve, first["epochs"],
                             [u["seed"] for u in records], first["n_test"]))
@@ -381,7 +381,7 @@ def sgd_row(quick, r, curve, epochs, seeds, n_test):
     return report.row(r["id"], r["experiment"], r["book"], measured.tolist(), note=note,
                       sizes=list(r["sizes"]), eta=r["eta"], measure=r["measure"],
                       epochs=epochs, mini_batch_size=MINI_BATCH_SIZE, seeds=seeds,
-                      peak=peak.tolist(), final=final.tolist(), curve=curve.T.tolist(), n_test=n_test)
+                      peak=peak.tolist(), final=final.tolist(), curve=curve.T.astype(int).tolist(), n_test=n_test)
 
 def plot(args, rows):
     """chap1_accuracy.png: test accuracy per epoch, every run of every SGD row

@@ -177,6 +177,7 @@ def test_resume_trains_only_the_seeds_not_yet_recorded_and_composes_the_row(tmp_
     row = results["rows"][0]
     assert row["seeds"] == [12345678, 12345679] and len(row["measured"]["runs"]) == 2
     assert row["curve"][0] == first["curve"] and row["curve"][1] == results["units"]["1.1@12345679"]["curve"]
+    assert all(type(v) is int for curve in row["curve"] for v in curve)  # images correct, as the book counts them
 
 
 def test_a_part_done_suggests_a_complete_merge_command():
