@@ -12,6 +12,16 @@ and the learning-rate schedule; and the chapter's exercises L1 regularization
 (seeds, and where the book compares settings, the settings too) as K stacked
 networks in one vmapped program (``train.fit``).
 
+A row trained with seeds is made of units, one a seed (``3.4@12345678``,
+``driver.Job``): the seeds one process holds train side by side as above,
+each seed's record (its per-epoch curves) goes into results.json's
+``"units"``, and the row (mean ± sd, best of k, the per-seed lists and
+curves) is composed from them by ``compose`` wherever they meet: at the end of
+a run, in ``nndl-jax merge`` of parts that trained some seeds each, in a
+report. More data (3.14@n, 3.15@n) and early stopping (3.20@n) stay whole
+jobs, one per size or n. The figures are drawn from the rows (``redraw``), so
+merge draws them again from the merged rows.
+
 3.1's stall is measured by a stated rule (``stall_epochs``): the first epoch
 whose fall in cost is at least half the largest per-epoch fall of the run.
 
@@ -44,7 +54,7 @@ import json
 import numpy as np
 
 from experiments import book_replay, checkpoints, driver, progress, report, session, store
-from nndl_jax.data import Dataset, load_mnist
+from nndl_jax.data import N_TEST, N_TRAIN, N_VALIDATION, Dataset, load_mnist
 
 # JAX starts only when a row trains: train_configs, _net, train_neuron and run_neuron
 # import it (and the parts of nndl_jax built on it), so `--help` and the row table
@@ -143,14 +153,29 @@ def _subset(d, n):
     return d if n is None or n >= len(d.y) else Dataset(d.x[:n], d.y[:n])
 
 
-def row_data(args, splits, spec):
-    """(training, evaluation) for a row, cut down in --quick mode."""
+def row_sizes(quick, spec):
+    """The most training and evaluation images a row uses (None: the whole
+    set), cut down in --quick mode."""
     n_train, n_eval = spec.get("n_train"), spec.get("n_eval")
-    if args.quick:
+    if quick:
         n_train = min(n_train or QUICK["n_train"], QUICK["n_train"])
         n_eval = min(n_eval or QUICK["n_eval"], QUICK["n_eval"])
+    return n_train, n_eval
+
+
+def row_data(args, splits, spec):
+    """(training, evaluation) for a row, cut down in --quick mode."""
+    n_train, n_eval = row_sizes(args.quick, spec)
     ev = None if spec.get("eval") is None else _subset(getattr(splits, spec["eval"]), n_eval)
     return _subset(splits.training, n_train), ev
+
+
+def recorded_sizes(quick, spec):
+    """(training, evaluation) images of a recorded row, as ``row_data`` cut
+    MNIST's splits for it: what its curves of counts are out of."""
+    n_train, n_eval = row_sizes(quick, spec)
+    whole = {"test": N_TEST, "validation": N_VALIDATION}.get(spec.get("eval"))
+    return min(n_train or N_TRAIN, N_TRAIN), None if whole is None else min(n_eval or whole, whole)
 
 
 def row_epochs(args, spec):
@@ -209,9 +234,9 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
         if "training_cost" in record:
             return "training_cost " + progress.numbers(record["training_cost"], "{:.4g}")
         return ""
-    run_id = f"{spec['id']}@{hashlib.sha1(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:8]}"
-    ckpt = checkpoints.row_checkpoint(args, run_id, {"row": spec["id"], "sizes": list(spec["sizes"]),
-                                                "configs": configs, "seeds": seeds})
+    checkpoint_name = f"{spec['id']}@{hashlib.sha1(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:8]}"
+    ckpt = checkpoints.row_checkpoint(args, checkpoint_name, {"row": spec["id"], "sizes": list(spec["sizes"]),
+                                                         "configs": configs, "seeds": seeds})
     params, _, hist = train.fit(
         trainer, params, training, epochs, key=jnp.concatenate([train_keys] * len(configs)),
         eta=per_net("eta"), lmbda=lmbda, evaluation=sets, rules=rules,
@@ -219,7 +244,8 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
                                  log=progress.metrics_log(args, metrics_name(spec))),
         checkpoint=ckpt)
     shape = (len(configs), len(seeds))
-    driver.add_payload(args, store.divergence(run_id, hist.diverged_at))
+    # keyed by the checkpoint's folder: "3.2@<configs>", or "3.2@<seeds>@<configs>" for the seeds of a part
+    driver.add_payload(args, store.divergence(ckpt.path.parent.name, hist.diverged_at))
     arrays = {k: (v.reshape((len(v),) + shape) if v.size else v) for k, v in hist.as_arrays().items()}
     if final_eval is not None:
         correct, _ = trainer.evaluate(params, jnp.asarray(final_eval.x, lmbda.dtype),
@@ -230,6 +256,94 @@ def train_configs(args, spec, training, evaluation, epochs, monitor, final_eval=
 
 def pct(correct, n):
     return 100.0 * np.asarray(correct, float) / n
+
+
+# --- units: one seed of a row --------------------------------------------------------
+
+def monitored(spec):
+    """(the metrics row ``spec`` measures every epoch, those its unit records keep)."""
+    kind = spec["kind"]
+    if kind == "curves":
+        return MONITORS, MONITORS
+    if kind == "multiple_eta":
+        return ("training_cost",), ("training_cost",)
+    if kind == "stopping":
+        return ("evaluation_accuracy",), ("evaluation_accuracy", "eta")
+    if "also" in spec:
+        return ("evaluation_accuracy", "training_accuracy"), ("evaluation_accuracy", "training_accuracy")
+    return ("evaluation_accuracy",), ("evaluation_accuracy",)
+
+
+def seed_records(args, spec, arrays, stopped, seeds, **shared):
+    """One unit record per seed of row ``spec`` (``<row>@<seed>``): its slice
+    of ``arrays`` ({metric: [epochs, configs, seeds]}) and ``stopped``
+    ([configs, seeds]), with ``shared`` (the epochs, the sets' sizes)."""
+    return [dict(shared, row=spec["id"], seed=s, quick=bool(args.quick),
+                 history={k: np.asarray(v)[:, :, i].tolist() for k, v in arrays.items()},
+                 stopped_at=np.asarray(stopped)[:, i].tolist()) for i, s in enumerate(seeds)]
+
+
+def stacked(records):
+    """The unit records of one row, in seed order, as ``train_configs`` gives
+    them: ({metric: [epochs, configs, seeds]}, stopped [configs, seeds], seeds)."""
+    arrays = {k: np.stack([np.asarray(r["history"][k]) for r in records], axis=-1) for k in records[0]["history"]}
+    return arrays, np.stack([np.asarray(r["stopped_at"]) for r in records], axis=-1), [r["seed"] for r in records]
+
+
+def trained_units(args, splits, spec):
+    """Every config of row ``spec`` × the seeds the driver gives (``driver.seeds``)
+    trained as one program: one unit record per seed."""
+    training, ev = row_data(args, splits, spec)
+    epochs, (monitor, kept) = row_epochs(args, spec), monitored(spec)
+    rule = {k: spec[k] for k in ("early_stopping_n", "schedule_n") if k in spec}
+    h, stopped, seeds = train_configs(args, spec, training, ev, epochs, monitor, **rule)
+    return seed_records(args, spec, {k: h[k] for k in kept}, stopped, seeds, epochs=epochs,
+                        n_train=len(training.y), n_eval=None if ev is None else len(ev.y))
+
+
+def run_sweep(args, splits, spec):
+    """One setting swept (``spec["sweep"]``: λ of L1, or momentum μ): one unit
+    record per seed, its accuracy curve for every value. Values that only
+    change η or λ train as one program; each momentum is its own trainer."""
+    training, ev = row_data(args, splits, spec)
+    epochs, configs = row_epochs(args, spec), spec["configs"]
+    curves, stops = [None] * len(configs), [None] * len(configs)
+    for momentum in dict.fromkeys(c.get("momentum", 0.0) for c in configs):
+        where = [i for i, c in enumerate(configs) if c.get("momentum", 0.0) == momentum]
+        h, stopped, seeds = train_configs(args, dict(spec, configs=[configs[i] for i in where], momentum=momentum),
+                                          training, ev, epochs, ("evaluation_accuracy",))
+        for j, i in enumerate(where):
+            curves[i], stops[i] = h["evaluation_accuracy"][:, j], stopped[j]
+    return seed_records(args, spec, {"evaluation_accuracy": np.stack(curves, axis=1)}, np.stack(stops), seeds,
+                        epochs=epochs, n_train=len(training.y), n_eval=len(ev.y))
+
+
+def compose(units, results=None):
+    """Chapter 3's rows from their units' records ({row: [a record a seed, in
+    seed order]}), wherever each seed was trained: at the end of a run, in
+    ``nndl-jax merge``, in a report (``results`` is not needed)."""
+    rows = []
+    for row_id, records in units.items():
+        rows += rows_of(ROW[row_id], records)
+    return rows, {}
+
+
+def rows_of(spec, records):
+    """The table rows of row ``spec`` from its seeds' records: the settings
+    (epochs) and --quick's SHORTENED note in them, as a run records them."""
+    h, stopped, seeds = stacked(records)
+    first = records[0]
+    rows = ROW_MAKERS[spec["kind"]](spec, h, stopped, seeds, first)
+    for r in rows:
+        r.setdefault("epochs", first["epochs"])
+        if first.get("quick") and "SHORTENED" not in r["note"]:
+            r["note"] = store.SHORTENED + ("; " + r["note"] if r["note"] else "")
+    return rows
+
+
+def whole_rows(args, splits, spec):
+    """A row that is one job, not units (3.20@n): trained, then its rows made at once."""
+    return rows_of(spec, trained_units(args, splits, spec))
 
 
 # --- the kinds of row ----------------------------------------------------------------
@@ -270,6 +384,14 @@ def train_neuron(cost, starts, etas, epochs, seed):
     return np.asarray(outputs), np.asarray(cost_values)
 
 
+def neuron_groups(spec):
+    """3.1's configs by cost, in the order they train, each with its table id (3.1a-d)."""
+    letters, out = iter("abcdefgh"), {}
+    for cost_name in dict.fromkeys(c["cost"] for c in spec["configs"]):
+        out[cost_name] = [(f"{spec['id']}{next(letters)}", c) for c in spec["configs"] if c["cost"] == cost_name]
+    return out
+
+
 def run_neuron(args, splits, spec):
     """The book's single-neuron demonstration: one input 1, target 0, one
     gradient step per epoch from the book's starting weight and bias, the
@@ -279,63 +401,37 @@ def run_neuron(args, splits, spec):
 
     del splits  # no MNIST here
     epochs = spec["epochs"]  # 300 steps of one neuron: the same in --quick
-    rows, letters = [], iter("abcdefgh")
-    for cost_name in dict.fromkeys(c["cost"] for c in spec["configs"]):
-        group = [c for c in spec["configs"] if c["cost"] == cost_name]
-        outputs, cost_curve = train_neuron(costs.by_name(cost_name), [(c["w"], c["b"]) for c in group],
-                                           [c["eta"] for c in group], epochs, args.seed)
-        for i, c in enumerate(group):
+    rows = []
+    for cost_name, group in neuron_groups(spec).items():
+        outputs, cost_curve = train_neuron(costs.by_name(cost_name), [(c["w"], c["b"]) for _, c in group],
+                                           [c["eta"] for _, c in group], epochs, args.seed)
+        for i, (row_id, c) in enumerate(group):
             stall = stall_epochs(cost_curve[:, i])
             start = f"w {c['w']:g}, b {c['b']:g}"
             book_start = spec["book_start"][c["w"]]
             measured, unit, what = ((outputs[-1, i], "", f"output after {epochs} epochs") if c["quote"] == "output"
                                     else (stall, " epochs", "stall in epochs (rule in the note)"))
             rows.append(report.row(
-                f"{spec['id']}{next(letters)}", f"{cost_name}, η {c['eta']:g}, {start}: {what}",
+                row_id, f"{cost_name}, η {c['eta']:g}, {start}: {what}",
                 spec["book"].get((cost_name, c["quote"])), measured, unit=unit,
                 note=f"output {outputs[0, i]:.3f} at epoch 0 (book {book_start}), {outputs[-1, i]:.3f} "
                      f"after {epochs}; stall {stall} epochs (first epoch whose fall in cost is at least "
                      "half the run's largest)", cost=cost_name, eta=c["eta"], w0=c["w"], b0=c["b"],
                 output_start=outputs[0, i], output_final=outputs[-1, i], stall_epochs=stall,
                 output=outputs[:, i], cost_curve=cost_curve[:, i], dtype=str(outputs.dtype)))
-        _neuron_figure(args, spec, cost_name, group, outputs, cost_curve)
     return rows
 
 
-def _neuron_figure(args, spec, cost_name, group, outputs, cost_curve):
-    """neuron_<cost>.png: output and cost against epoch for each start, the
-    book's quoted outputs as crosses, the stall rule's epoch as a dotted line."""
-    fig, path = report.figure(args, f"neuron_{cost_name}")
-    if fig is None:
-        return
-    out_ax, cost_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    epochs = np.arange(len(outputs))
-    for i, c in enumerate(group):
-        label = f"w {c['w']:g}, b {c['b']:g}"
-        line, = out_ax.plot(epochs, outputs[:, i], lw=1.5, label=label)
-        out_ax.plot([0], [spec["book_start"][c["w"]]], "x", color=line.get_color(), ms=7)
-        cost_ax.plot(epochs, cost_curve[:, i], lw=1.5, color=line.get_color(), label=label)
-        cost_ax.axvline(stall_epochs(cost_curve[:, i]), ls=":", color=line.get_color())
-        book_final = spec["book"].get((cost_name, "output")) if c["quote"] == "output" else None
-        if book_final is not None:
-            out_ax.plot([epochs[-1]], [book_final], "x", color=line.get_color(), ms=7, label="book")
-    out_ax.set(xlabel="epoch", ylabel="output", ylim=(0, 1), title=f"{cost_name}, η {group[0]['eta']:g}")
-    cost_ax.set(xlabel="epoch", ylabel="cost", title="cost (dotted: end of the stall)")
-    out_ax.legend(fontsize=7)
-    report.save(fig, path)
-
-
-def run_accuracy(args, splits, spec):
-    training, ev = row_data(args, splits, spec)
-    monitor = ("evaluation_accuracy", "training_accuracy") if "also" in spec else ("evaluation_accuracy",)
-    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), monitor)
-    acc = pct(h["evaluation_accuracy"][:, 0], len(ev.y))                  # [epochs, seeds]
+def accuracy_rows(spec, h, stopped, seeds, unit):
+    """The peak accuracy on the row's set (and 3.5: the training accuracy at the last epoch)."""
+    n_eval, n_train = unit["n_eval"], unit["n_train"]
+    acc = pct(h["evaluation_accuracy"][:, 0], n_eval)                  # [epochs, seeds]
     rows = [report.row(spec["id"], spec["what"], spec["book"], acc.max(axis=0),
-                       note=f"peak over epochs on {spec['eval']} ({len(ev.y)} images, {len(training.y)} "
+                       note=f"peak over epochs on {spec['eval']} ({n_eval} images, {n_train} "
                             "training); final epoch: " + ", ".join(f"{a:.2f}" for a in acc[-1]),
                        set=spec["eval"], peak_epoch=acc.argmax(axis=0) + 1, final=acc[-1], seeds=seeds)]
     for rid, (what, book) in spec.get("also", {}).items():
-        tr = pct(h["training_accuracy"][:, 0], len(training.y))
+        tr = pct(h["training_accuracy"][:, 0], n_train)
         rows.append(report.row(rid, what, book, tr[-1], set="training",
                                note="training accuracy at the last epoch; test peak "
                                     + ", ".join(f"{a:.2f}" for a in acc.max(axis=0)),
@@ -343,47 +439,23 @@ def run_accuracy(args, splits, spec):
     return rows
 
 
-def run_curves(args, splits, spec):
-    training, ev = row_data(args, splits, spec)
-    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), MONITORS)
+def curves_rows(spec, h, stopped, seeds, unit):
+    """The test peak, with the four monitored curves (3.4, 3.6)."""
     m = {k: h[k][:, 0] for k in MONITORS}                               # [epochs, seeds]
-    acc = pct(m["evaluation_accuracy"], len(ev.y))
-    book = report.book_curve(spec["curve"])
-    panels = [("evaluation_cost", "cost on the test data", 1.0, 1.0),
-              ("evaluation_accuracy", "accuracy (%) on the test data", 100.0 / len(ev.y), 100.0 / 10000),
-              ("training_cost", "cost on the training data", 1.0, 1.0),
-              ("training_accuracy", "accuracy (%) on the training data", 100.0 / len(training.y), 100.0 / 1000)]
-    for i, (name, label, scale, book_scale) in enumerate(panels):
-        fig, path = report.figure(args, f"{spec['curve']}_{name}")
-        if fig is None:
-            break
-        ax = fig.gca()
-        for s, seed in enumerate(seeds):
-            ax.plot(np.arange(len(m[name])), m[name][:, s] * scale, lw=1, label=f"measured (seed {seed})")
-        if book is not None:
-            ax.plot(np.asarray(book[i], float) * book_scale, "k--", lw=1, label="book")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{spec['id']}: {spec['what']}")
-        ax.legend(fontsize=7)
-        report.save(fig, path)
+    acc = pct(m["evaluation_accuracy"], unit["n_eval"])
     return [report.row(
         spec["id"], spec["what"], spec["book"], acc.max(axis=0), set=spec["eval"], seeds=seeds,
         note=f"test peak after {', '.join(str(e) for e in acc.argmax(axis=0) + 1)} epochs{spec.get('hint_peak', '')}; "
              f"test cost lowest after {', '.join(str(e) for e in m['evaluation_cost'].argmin(axis=0) + 1)} epochs"
              f"{spec.get('hint_cost', '')}; final training accuracy "
-             f"{', '.join(f'{a:.1f}' for a in pct(m['training_accuracy'][-1], len(training.y)))} %",
+             f"{', '.join(f'{a:.1f}' for a in pct(m['training_accuracy'][-1], unit['n_train']))} %",
         peak_epoch=acc.argmax(axis=0) + 1, test_cost_min_epoch=m["evaluation_cost"].argmin(axis=0) + 1,
         curves={k: v for k, v in m.items()})]
 
 
-def run_weight_init(args, splits, spec):
-    training, ev = row_data(args, splits, spec)
-    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec),
-                                ("evaluation_accuracy",))
-    acc = pct(h["evaluation_accuracy"], len(ev.y))                           # [epochs, 2, seeds]
-    book = report.book_curve(spec["curve"])
-    fig, path = report.figure(args, spec["curve"])
+def weight_init_rows(spec, h, stopped, seeds, unit):
+    """Each initialization's accuracy after epoch 1 (3.10a, b) and at the last epoch (3.10c, d)."""
+    acc = pct(h["evaluation_accuracy"], unit["n_eval"])                     # [epochs, 2, seeds]
     rows = []
     for c, cfg in enumerate(spec["configs"]):
         name = cfg["init"]
@@ -394,67 +466,80 @@ def run_weight_init(args, splits, spec):
         rows.append(report.row(f"{spec['id']}{'c' if c == 0 else 'd'}", f"{label}: final accuracy (validation)",
                                spec["book"][name]["final"], acc[-1, c], set=spec["eval"], seeds=seeds,
                                curve=acc[:, c]))
-        if fig is not None:
-            ax = fig.gca()
-            ax.plot(np.arange(1, len(acc) + 1), acc[:, c].mean(axis=1), lw=1.5,
-                    label=f"{name} init (measured, mean of {len(seeds)})")
-            if book is not None:
-                ax.plot(np.arange(1, 31), np.asarray(book[f"{name}_weight_initialization"][1], float) / 100, "--", lw=1,
-                        label=f"{name} init (book)")
-    if fig is not None:
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{spec['id']}: {spec['what']}")
-        ax.legend(fontsize=7)
-        report.save(fig, path)
     return rows
 
 
-def run_multiple_eta(args, splits, spec):
-    training, _ = row_data(args, splits, spec)
-    h, _, seeds = train_configs(args, spec, training, None, row_epochs(args, spec), ("training_cost",))
+def multiple_eta_rows(spec, h, stopped, seeds, unit):
+    """Each η's training cost at the last epoch, with its curve (3.18a-c)."""
     cost = h["training_cost"]                                                 # [epochs, 3, seeds]
-    book = report.book_curve(spec["curve"])
-    fig, path = report.figure(args, spec["curve"])
+    return [report.row(f"{spec['id']}{'abc'[c]}", f"η = {cfg['eta']}: training cost at the last epoch",
+                       spec["book"][c], cost[-1, c], unit="", direction="lower", set="training", seeds=seeds,
+                       curve=cost[:, c]) for c, cfg in enumerate(spec["configs"])]
+
+
+def transcript_rows(spec, h, stopped, seeds, unit):
+    """The walk-through's accuracies at the last epoch, with the first seed's transcript."""
+    acc, n_eval = h["evaluation_accuracy"], unit["n_eval"]                     # [epochs, configs, seeds]
     rows = []
     for c, cfg in enumerate(spec["configs"]):
-        rows.append(report.row(f"{spec['id']}{'abc'[c]}", f"η = {cfg['eta']}: training cost at the last epoch",
-                               spec["book"][c], cost[-1, c], unit="", direction="lower", set="training", seeds=seeds,
-                               curve=cost[:, c]))
-        if fig is not None:
-            line, = fig.gca().plot(np.arange(len(cost)), cost[:, c].mean(axis=1), lw=1.5,
-                                   label=f"η = {cfg['eta']} (measured)")
-            if book is not None:
-                fig.gca().plot(book[c][2], "--", color=line.get_color(), lw=1, label=f"η = {cfg['eta']} (book)")
-    if fig is not None:
-        fig.gca().set_xlabel("epoch")
-        fig.gca().set_ylabel("cost on the training data")
-        fig.gca().legend(fontsize=7)
-        report.save(fig, path)
+        name = cfg.get("name", "a")
+        book = spec["book"].get(name)
+        shown = acc[:4, c, 0].tolist() + ["…"] + acc[-1:, c, 0].tolist() + [f"/ {n_eval}"]
+        rows.append(report.row(
+            f"{spec['id']}{name if len(spec['configs']) > 1 else ''}",
+            f"η {cfg['eta']:g}, λ {cfg['lmbda']:g}: accuracy at the last epoch",
+            None if book is None else 100.0 * book[-1] / spec["book_of"], pct(acc[-1, c], n_eval),
+            set=spec["eval"], seeds=seeds, transcript=acc[:, c], book_transcript=book,
+            note=f"seed {seeds[0]} transcript: {' '.join(map(str, shown))}; "
+                 f"book: {' '.join(map(str, book or []))} (book's last number is its last epoch shown)"))
     return rows
 
 
-def _sizes(args, spec):
-    return QUICK["train_sizes"] if args.quick else spec["train_sizes"]
+def stopping_spec(spec, n):
+    """Row 3.20 for one n of its no-improvement-in-n rule: row "3.20@n"."""
+    return dict(spec, id=f"{spec['id']}@{n}", early_stopping_n=n,
+                what=spec["what"].replace("no-improvement-in-n, n = 10, 20, 50", f"no-improvement-in-{n}"))
 
 
-def _log_figure(args, name, series, title):
-    """Accuracy against training-set size, linear and log x axis: ``series`` is
-    a list of (label, sizes, values, style)."""
-    for scale in ("linear", "log"):
-        fig, path = report.figure(args, f"{name}_{scale}")
-        if fig is None:
-            return
-        ax = fig.gca()
-        for label, sizes, values, style in series:
-            ax.plot(sizes, values, style, label=label)
-        ax.set_xscale(scale)
-        ax.set_xlabel("training set size")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-        report.save(fig, path)
+def stopping_rows(spec, h, stopped, seeds, unit):
+    """The best accuracy before the rule stopped each seed, and how long each ran (3.20@n, 3.21)."""
+    acc = pct(h["evaluation_accuracy"][:, 0], unit["n_eval"])                  # [epochs, seeds]
+    ran = np.where(stopped[0] >= 0, stopped[0] + 1, len(acc))
+    best = [float(np.nanmax(acc[:r, s])) for s, r in enumerate(ran)]
+    rule = (f"no-improvement-in-{spec['early_stopping_n']}" if "early_stopping_n" in spec
+            else f"halve η at no-improvement-in-{spec['schedule_n']}, stop at η/128")
+    return [report.row(spec["id"], spec["what"], None, best, set=spec["eval"], seeds=seeds,
+                       note=f"{rule}: ran {', '.join(map(str, ran))} epochs (limit {unit['epochs']}; stopped: "
+                            f"{', '.join(str(bool(s >= 0)) for s in stopped[0])}); measured = best accuracy",
+                       stopped_after_epochs=ran, eta=h["eta"][:, 0], curve=acc)]
 
+
+def sweep_rows(spec, h, stopped, seeds, unit):
+    """The peak accuracy at each value of the swept setting, against its first value (λ 0, μ 0)."""
+    name, symbol = spec["sweep"], {"lmbda": "λ", "momentum": "μ"}[spec["sweep"]]
+    acc = {c[name]: pct(h["evaluation_accuracy"][:, i], unit["n_eval"])        # value -> [epochs, seeds]
+           for i, c in enumerate(spec["configs"])}
+    base_value = spec["configs"][0][name]
+    base = acc[base_value].max(axis=0)
+    rows = []
+    for value, a in acc.items():
+        peak = a.max(axis=0)
+        rows.append(report.row(
+            f"{spec['id']}@{value:g}", f"{spec['what'].split(':')[0]}: {symbol} {value:g}, peak accuracy",
+            None, peak, set=spec["eval"], seeds=seeds, **{name: value}, curve=a,
+            peak_epoch=a.argmax(axis=0) + 1, final=a[-1],
+            note=f"peak − peak at {symbol} {base_value:g}: {peak.mean() - base.mean():+.2f} (mean over seeds; "
+                 f"per seed {', '.join(f'{d:+.2f}' for d in peak - base)}); final epoch "
+                 + ", ".join(f"{v:.2f}" for v in a[-1])))
+    return rows
+
+
+ROW_MAKERS = {"accuracy": accuracy_rows, "curves": curves_rows, "weight_init": weight_init_rows,
+              "multiple_eta": multiple_eta_rows, "transcript": transcript_rows, "stopping": stopping_rows,
+              "sweep": sweep_rows}
+
+
+# --- more data and the SVM: one job per training-set size --------------------------------
 
 def run_more_data(args, splits, spec, size):
     """3.14 at one training-set size: the book's fixed number of examples seen
@@ -470,22 +555,6 @@ def run_more_data(args, splits, spec, size):
     return [report.row(f"{spec['id']}@{size}", f"more data: {size} images, {epochs} epochs, "
                        f"λ {size * 1e-4:g} (validation, last epoch)", book, acc,
                        set="validation", seeds=seeds, epochs=epochs, lmbda=size * 1e-4)]
-
-
-def more_data_figures(args, spec):
-    """more_data_{linear,log}.png from every 3.14 size recorded in --out, with the book's curves."""
-    recorded = {r["id"]: r for r in store.recorded_rows(args)}
-    sizes = [n for n in spec["train_sizes"] if f"{spec['id']}@{n}" in recorded]
-    if not sizes:
-        return
-    series = [("network (measured, mean)", sizes, [recorded[f"{spec['id']}@{n}"]["measured"]["mean"] for n in sizes],
-               "o-")]
-    book, svm = report.book_curve(spec["curve"]), report.book_curve("more_data_svm")
-    if book is not None:
-        series.append(("network (book)", spec["train_sizes"], book, "k--"))
-    if svm is not None:
-        series.append(("SVM (book)", spec["train_sizes"], svm, "k:"))
-    _log_figure(args, "more_data", series, spec["what"])
 
 
 def svm_sizes(args, spec):
@@ -505,101 +574,189 @@ def run_svm(args, splits, spec, size):
                        book, acc, set="validation", note="deterministic (no seed)")]
 
 
-def svm_figures(args, spec):
-    """more_data_svm_{linear,log}.png from every 3.15 size recorded in --out."""
-    recorded = {r["id"]: r for r in store.recorded_rows(args)}
-    sizes = sorted({n for n in [*spec["train_sizes"], *QUICK["svm_sizes"]] if f"{spec['id']}@{n}" in recorded})
+# --- the figures, drawn from the rows ------------------------------------------------------
+
+def neuron_figures(args, spec, rows):
+    """neuron_<cost>.png for each cost of 3.1 whose rows are in ``rows``: output
+    and cost against epoch for each start, the book's quoted outputs as
+    crosses, the stall rule's epoch as a dotted line."""
+    written = []
+    for cost_name, group in neuron_groups(spec).items():
+        if not all(row_id in rows for row_id, _ in group):
+            continue
+        fig, path = report.figure(args, f"neuron_{cost_name}")
+        if fig is None:
+            return written
+        out_ax, cost_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        for row_id, c in group:
+            output, cost = np.asarray(rows[row_id]["output"]), np.asarray(rows[row_id]["cost_curve"])
+            epochs, label = np.arange(len(output)), f"w {c['w']:g}, b {c['b']:g}"
+            line, = out_ax.plot(epochs, output, lw=1.5, label=label)
+            out_ax.plot([0], [spec["book_start"][c["w"]]], "x", color=line.get_color(), ms=7)
+            cost_ax.plot(epochs, cost, lw=1.5, color=line.get_color(), label=label)
+            cost_ax.axvline(stall_epochs(cost), ls=":", color=line.get_color())
+            book_final = spec["book"].get((cost_name, "output")) if c["quote"] == "output" else None
+            if book_final is not None:
+                out_ax.plot([epochs[-1]], [book_final], "x", color=line.get_color(), ms=7, label="book")
+        out_ax.set(xlabel="epoch", ylabel="output", ylim=(0, 1), title=f"{cost_name}, η {group[0][1]['eta']:g}")
+        cost_ax.set(xlabel="epoch", ylabel="cost", title="cost (dotted: end of the stall)")
+        out_ax.legend(fontsize=7)
+        report.save(fig, path)
+        written.append(path.name)
+    return written
+
+
+def curves_figures(args, spec, rows):
+    """<curve>_<metric>.png for 3.4 or 3.6: each monitored curve of every seed, with the book's."""
+    r = rows.get(spec["id"])
+    if r is None:
+        return []
+    n_train, n_eval = recorded_sizes(r.get("quick"), spec)
+    book = report.book_curve(spec["curve"])
+    panels = [("evaluation_cost", "cost on the test data", 1.0, 1.0),
+              ("evaluation_accuracy", "accuracy (%) on the test data", 100.0 / n_eval, 100.0 / 10000),
+              ("training_cost", "cost on the training data", 1.0, 1.0),
+              ("training_accuracy", "accuracy (%) on the training data", 100.0 / n_train, 100.0 / 1000)]
+    written = []
+    for i, (name, label, scale, book_scale) in enumerate(panels):
+        fig, path = report.figure(args, f"{spec['curve']}_{name}")
+        if fig is None:
+            break
+        ax, curve = fig.gca(), np.asarray(r["curves"][name], float)            # [epochs, seeds]
+        for s, seed in enumerate(r["seeds"]):
+            ax.plot(np.arange(len(curve)), curve[:, s] * scale, lw=1, label=f"measured (seed {seed})")
+        if book is not None:
+            ax.plot(np.asarray(book[i], float) * book_scale, "k--", lw=1, label="book")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{spec['id']}: {spec['what']}")
+        ax.legend(fontsize=7)
+        report.save(fig, path)
+        written.append(path.name)
+    return written
+
+
+def weight_init_figure(args, spec, rows):
+    """weight_initialization_<n>.png for 3.10 or 3.10-100: each initialization's
+    validation accuracy, the mean of its seeds, beside the book's."""
+    finals = [rows.get(f"{spec['id']}{'cd'[c]}") for c in range(len(spec["configs"]))]
+    fig, path = report.figure(args, spec["curve"]) if all(finals) else (None, None)
+    if fig is None:
+        return []
+    ax, book = fig.gca(), report.book_curve(spec["curve"])
+    for cfg, r in zip(spec["configs"], finals):
+        name, acc = cfg["init"], np.asarray(r["curve"], float)                   # [epochs, seeds]
+        ax.plot(np.arange(1, len(acc) + 1), acc.mean(axis=1), lw=1.5,
+                label=f"{name} init (measured, mean of {len(r['seeds'])})")
+        if book is not None:
+            ax.plot(np.arange(1, 31), np.asarray(book[f"{name}_weight_initialization"][1], float) / 100, "--", lw=1,
+                    label=f"{name} init (book)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{spec['id']}: {spec['what']}")
+    ax.legend(fontsize=7)
+    report.save(fig, path)
+    return [path.name]
+
+
+def multiple_eta_figure(args, spec, rows):
+    """multiple_eta.png: each η's training cost, the mean of its seeds, beside the book's."""
+    made = [rows.get(f"{spec['id']}{'abc'[c]}") for c in range(len(spec["configs"]))]
+    fig, path = report.figure(args, spec["curve"]) if all(made) else (None, None)
+    if fig is None:
+        return []
+    ax, book = fig.gca(), report.book_curve(spec["curve"])
+    for c, (cfg, r) in enumerate(zip(spec["configs"], made)):
+        cost = np.asarray(r["curve"], float)                                    # [epochs, seeds]
+        line, = ax.plot(np.arange(len(cost)), cost.mean(axis=1), lw=1.5, label=f"η = {cfg['eta']} (measured)")
+        if book is not None:
+            ax.plot(book[c][2], "--", color=line.get_color(), lw=1, label=f"η = {cfg['eta']} (book)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cost on the training data")
+    ax.legend(fontsize=7)
+    report.save(fig, path)
+    return [path.name]
+
+
+def sweep_figure(args, spec, rows):
+    """l1_sweep.png or momentum_sweep.png: the accuracy at each value of the swept setting, the mean of its seeds."""
+    name, symbol = spec["sweep"], {"lmbda": "λ", "momentum": "μ"}[spec["sweep"]]
+    made = [rows.get(f"{spec['id']}@{c[name]:g}") for c in spec["configs"]]
+    fig, path = report.figure(args, spec["figure"]) if all(made) else (None, None)
+    if fig is None:
+        return []
+    for cfg, r in zip(spec["configs"], made):
+        a = np.asarray(r["curve"], float)                                       # [epochs, seeds]
+        fig.gca().plot(np.arange(1, len(a) + 1), a.mean(axis=1), lw=1.5,
+                       label=f"{symbol} = {cfg[name]:g} (mean of {len(r['seeds'])})")
+    fig.gca().set(xlabel="epoch", ylabel=f"{spec['eval']} accuracy (%)", title=f"{spec['id']}: {spec['what']}")
+    fig.gca().legend(fontsize=7)
+    report.save(fig, path)
+    return [path.name]
+
+
+def _log_figure(args, name, series, title):
+    """Accuracy against training-set size, linear and log x axis: ``series`` is
+    a list of (label, sizes, values, style). The names written."""
+    written = []
+    for scale in ("linear", "log"):
+        fig, path = report.figure(args, f"{name}_{scale}")
+        if fig is None:
+            return written
+        ax = fig.gca()
+        for label, sizes, values, style in series:
+            ax.plot(sizes, values, style, label=label)
+        ax.set_xscale(scale)
+        ax.set_xlabel("training set size")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        report.save(fig, path)
+        written.append(path.name)
+    return written
+
+
+def more_data_figures(args, spec, rows):
+    """more_data_{linear,log}.png from every 3.14 size in ``rows``, with the book's curves."""
+    sizes = [n for n in spec["train_sizes"] if f"{spec['id']}@{n}" in rows]
     if not sizes:
-        return
-    series = [("SVM (measured)", sizes, [recorded[f"{spec['id']}@{n}"]["measured"] for n in sizes], "o-")]
+        return []
+    series = [("network (measured, mean)", sizes, [rows[f"{spec['id']}@{n}"]["measured"]["mean"] for n in sizes],
+               "o-")]
+    book, svm = report.book_curve(spec["curve"]), report.book_curve("more_data_svm")
+    if book is not None:
+        series.append(("network (book)", spec["train_sizes"], book, "k--"))
+    if svm is not None:
+        series.append(("SVM (book)", spec["train_sizes"], svm, "k:"))
+    return _log_figure(args, "more_data", series, spec["what"])
+
+
+def svm_figures(args, spec, rows):
+    """more_data_svm_{linear,log}.png from every 3.15 size in ``rows``."""
+    sizes = sorted({n for n in [*spec["train_sizes"], *QUICK["svm_sizes"]] if f"{spec['id']}@{n}" in rows})
+    if not sizes:
+        return []
+    series = [("SVM (measured)", sizes, [rows[f"{spec['id']}@{n}"]["measured"] for n in sizes], "o-")]
     book = report.book_curve(spec["curve"])
     if book is not None:
         series.append(("SVM (book)", spec["train_sizes"], book, "k:"))
-    _log_figure(args, "more_data_svm", series, spec["what"])
+    return _log_figure(args, "more_data_svm", series, spec["what"])
 
 
-def run_transcript(args, splits, spec):
-    training, ev = row_data(args, splits, spec)
-    h, _, seeds = train_configs(args, spec, training, ev, row_epochs(args, spec), ("evaluation_accuracy",))
-    acc = h["evaluation_accuracy"]                                             # [epochs, configs, seeds]
-    rows = []
-    for c, cfg in enumerate(spec["configs"]):
-        name = cfg.get("name", "a")
-        book = spec["book"].get(name)
-        shown = acc[:4, c, 0].tolist() + ["…"] + acc[-1:, c, 0].tolist() + [f"/ {len(ev.y)}"]
-        rows.append(report.row(
-            f"{spec['id']}{name if len(spec['configs']) > 1 else ''}",
-            f"η {cfg['eta']:g}, λ {cfg['lmbda']:g}: accuracy at the last epoch",
-            None if book is None else 100.0 * book[-1] / spec["book_of"], pct(acc[-1, c], len(ev.y)),
-            set=spec["eval"], seeds=seeds, transcript=acc[:, c], book_transcript=book,
-            note=f"seed {seeds[0]} transcript: {' '.join(map(str, shown))}; "
-                 f"book: {' '.join(map(str, book or []))} (book's last number is its last epoch shown)"))
-    return rows
+FIGURES = {"neuron": neuron_figures, "curves": curves_figures, "weight_init": weight_init_figure,
+           "multiple_eta": multiple_eta_figure, "sweep": sweep_figure, "more_data": more_data_figures,
+           "svm": svm_figures}
 
 
-def stopping_spec(spec, n):
-    """Row 3.20 for one n of its no-improvement-in-n rule: row "3.20@n"."""
-    return dict(spec, id=f"{spec['id']}@{n}", early_stopping_n=n,
-                what=spec["what"].replace("no-improvement-in-n, n = 10, 20, 50", f"no-improvement-in-{n}"))
+def redraw(args, results):
+    """Every figure of the chapter whose rows ``results`` holds, drawn from those
+    rows into ``args.out``: at the end of a run (this run's rows and earlier
+    runs'), and by ``nndl-jax merge`` from the merged rows. The names written."""
+    rows = {r["id"]: r for r in (results or {}).get("rows", [])}
+    return [name for spec in ROWS for name in FIGURES.get(spec["kind"], lambda *a: [])(args, spec, rows)]
 
 
-def run_stopping(args, splits, spec):
-    training, ev = row_data(args, splits, spec)
-    epochs = row_epochs(args, spec)
-    kw = {k: spec[k] for k in ("early_stopping_n", "schedule_n") if k in spec}
-    h, stopped, seeds = train_configs(args, spec, training, ev, epochs, ("evaluation_accuracy",), **kw)
-    acc = pct(h["evaluation_accuracy"][:, 0], len(ev.y))                      # [epochs, seeds]
-    ran = np.where(stopped[0] >= 0, stopped[0] + 1, len(acc))
-    best = [float(np.nanmax(acc[:r, s])) for s, r in enumerate(ran)]
-    rule = (f"no-improvement-in-{kw['early_stopping_n']}" if "early_stopping_n" in kw
-            else f"halve η at no-improvement-in-{kw['schedule_n']}, stop at η/128")
-    return [report.row(spec["id"], spec["what"], None, best, set=spec["eval"], seeds=seeds,
-                       note=f"{rule}: ran {', '.join(map(str, ran))} epochs (limit {epochs}; stopped: "
-                            f"{', '.join(str(bool(s >= 0)) for s in stopped[0])}); measured = best accuracy",
-                       stopped_after_epochs=ran, eta=h["eta"][:, 0], curve=acc)]
-
-
-def run_sweep(args, splits, spec):
-    """One setting swept (``spec["sweep"]``: λ of L1, or momentum μ) against its
-    first value (λ 0, μ 0): peak validation accuracy per value. Values that
-    only change η or λ train as one program; each momentum is its own trainer."""
-    training, ev = row_data(args, splits, spec)
-    epochs, name = row_epochs(args, spec), spec["sweep"]
-    acc = {}                                                                  # value -> [epochs, seeds]
-    for momentum in dict.fromkeys(c.get("momentum", 0.0) for c in spec["configs"]):
-        group = [c for c in spec["configs"] if c.get("momentum", 0.0) == momentum]
-        h, _, seeds = train_configs(args, dict(spec, configs=group, momentum=momentum), training, ev,
-                                    epochs, ("evaluation_accuracy",))
-        for i, c in enumerate(group):
-            acc[c[name]] = pct(h["evaluation_accuracy"][:, i], len(ev.y))
-    symbol = {"lmbda": "λ", "momentum": "μ"}[name]
-    base_value = spec["configs"][0][name]
-    base = acc[base_value].max(axis=0)
-    rows = []
-    fig, path = report.figure(args, spec["figure"])
-    for value, a in acc.items():
-        peak = a.max(axis=0)
-        rows.append(report.row(
-            f"{spec['id']}@{value:g}", f"{spec['what'].split(':')[0]}: {symbol} {value:g}, peak accuracy",
-            None, peak, set=spec["eval"], seeds=seeds, **{name: value}, curve=a,
-            peak_epoch=a.argmax(axis=0) + 1, final=a[-1],
-            note=f"peak − peak at {symbol} {base_value:g}: {peak.mean() - base.mean():+.2f} (mean over seeds; "
-                 f"per seed {', '.join(f'{d:+.2f}' for d in peak - base)}); final epoch "
-                 + ", ".join(f"{v:.2f}" for v in a[-1])))
-        if fig is not None:
-            fig.gca().plot(np.arange(1, len(a) + 1), a.mean(axis=1), lw=1.5,
-                           label=f"{symbol} = {value:g} (mean of {len(seeds)})")
-    if fig is not None:
-        fig.gca().set(xlabel="epoch", ylabel=f"{spec['eval']} accuracy (%)", title=f"{spec['id']}: {spec['what']}")
-        fig.gca().legend(fontsize=7)
-        report.save(fig, path)
-    return rows
-
-
-RUNNERS = {"neuron": run_neuron, "sweep": run_sweep, "accuracy": run_accuracy, "curves": run_curves,
-           "weight_init": run_weight_init, "multiple_eta": run_multiple_eta, "transcript": run_transcript,
-           "stopping": run_stopping}
-
+# --- the jobs ------------------------------------------------------------------------------
 
 def table_ids(spec):
     """The ids of the table rows that row ``spec`` writes."""
@@ -616,8 +773,10 @@ def table_ids(spec):
 
 
 def jobs(args, splits):
-    """The rows asked for, as the driver's jobs: one per row; more data (3.14,
-    3.15) and early stopping (3.20) one per training-set size or n."""
+    """The rows asked for, as the driver's jobs: a row trained with seeds is a
+    job of units (one a seed, composed by ``compose``); 3.1 (one neuron, no
+    seeds) is one job; more data (3.14, 3.15) and early stopping (3.20) are one
+    job per training-set size or n."""
     def job(job_id, ids, runner, *extra, **settings):
         return driver.Job(job_id, ids, lambda a: runner(a, splits, *extra), settings=settings)
 
@@ -633,10 +792,14 @@ def jobs(args, splits):
         elif kind == "svm":
             out += [job(f"{rid}@{n}", [f"{rid}@{n}"], run_svm, spec, n) for n in svm_sizes(args, spec)]
         elif kind == "stopping" and isinstance(spec.get("early_stopping_n"), tuple):
-            out += [job(f"{rid}@{n}", [f"{rid}@{n}"], run_stopping, stopping_spec(spec, n),
+            out += [job(f"{rid}@{n}", [f"{rid}@{n}"], whole_rows, stopping_spec(spec, n),
                         epochs=row_epochs(args, spec)) for n in spec["early_stopping_n"]]
+        elif kind == "neuron":
+            out.append(job(rid, table_ids(spec), run_neuron, spec, epochs=row_epochs(args, spec)))
         else:
-            out.append(job(rid, table_ids(spec), RUNNERS[kind], spec, epochs=row_epochs(args, spec)))
+            out.append(driver.Job(rid, table_ids(spec), lambda a, spec=spec: (
+                run_sweep if spec["kind"] == "sweep" else trained_units)(a, splits, spec),
+                settings={"epochs": row_epochs(args, spec)}, compose=compose, unit_rows=[rid]))
     return driver.asked_jobs(args, out)
 
 
@@ -658,9 +821,7 @@ def run(args):
         spec = ROW[job.id.split("@")[0]]
         print(f"\n== {job.id}: {spec['what']}", flush=True)
         rows += driver.run_jobs(args, [job])
-    for spec in ROWS:
-        if spec["kind"] in ("more_data", "svm") and driver.wanted(args, spec["id"]):
-            (more_data_figures if spec["kind"] == "more_data" else svm_figures)(args, spec)
+    redraw(args, store.read_results(args.out))
     return rows
 
 

@@ -260,18 +260,19 @@ def run(args):
     return driver.run_jobs(args, jobs(args, (training, validation, test))), {"settings": settings}
 
 
-def train_row(args, run_id, r, net_layers, seeds, train_set, validation, test, epochs):
-    """Train the nets of ``seeds`` for row ``r`` (checkpointed as ``run_id``),
+def train_row(args, checkpoint_name, r, net_layers, seeds, train_set, validation, test, epochs):
+    """Train the nets of ``seeds`` for row ``r`` (checkpointed as ``checkpoint_name``),
     printing a line per epoch (after the first, an estimate of the time left):
     ``network3.train_many``'s dict."""
     from nndl_jax import network3
 
-    print(f"\n{run_id}: {r['experiment']} — {progress.plural(len(seeds), 'net')}, "
+    print(f"\n{checkpoint_name}: {r['experiment']} — {progress.plural(len(seeds), 'net')}, "
           f"{progress.plural(epochs, 'epoch')}, {len(train_set.y)} images, η={r['eta']}, λ={r['lmbda']}", flush=True)
-    ckpt = checkpoints.row_checkpoint(args, run_id, {
-        "row": run_id, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
+    ckpt = checkpoints.row_checkpoint(args, checkpoint_name, {
+        "row": checkpoint_name, "layers": [layer.spec() for layer in net_layers], "seeds": seeds,
         "epochs": epochs, "expanded": r["expanded"]})
-    printer = _progress(run_id, epochs, len(validation.y), len(test.y), log=progress.metrics_log(args, run_id))
+    printer = _progress(checkpoint_name, epochs, len(validation.y), len(test.y),
+                        log=progress.metrics_log(args, checkpoint_name))
     return network3.train_many(net_layers, MB, train_set, epochs, r["eta"], validation, test, r["lmbda"],
                                seeds=seeds, on_epoch=printer, checkpoint=ckpt)
 

@@ -54,6 +54,7 @@ class Unit:
     composes: tuple = ()  # one seed of a job: the job's own rows, composed once every seed is recorded
     seeds: tuple = ()     # the seeds it trains
     splits: bool = False  # a whole job whose seeds may be planned apart
+    unit_rows: tuple = ()  # a whole job: the rows of its unit records, when not its table rows (3.10 for 3.10a-d)
 
     @property
     def key(self):
@@ -176,7 +177,7 @@ def chapter_units(chapter, args, all_jobs, jobs, results, start=0):
         else:
             seconds = QUICK_SECONDS if quick else ESTIMATE_SECONDS
         units.append(Unit(chapter, job.id, tuple(job.rows), seconds, job.id in timed, order, (), tuple(seeds),
-                          job.compose is not None and len(seeds) > 1))
+                          job.compose is not None and len(seeds) > 1, tuple(job.unit_rows or ())))
     return units
 
 
@@ -190,7 +191,8 @@ def split(units, n):
     for u in units:
         if u.splits and u.seconds > fair:
             each = {s: u.seconds / len(u.seeds) for s in u.seeds}
-            out += _seed_units(u.chapter, _AsJob(u.job, list(u.rows)), list(u.seeds), each, u.recorded, u.order)
+            out += _seed_units(u.chapter, _AsJob(u.job, list(u.rows), list(u.unit_rows) or None), list(u.seeds), each,
+                               u.recorded, u.order)
         else:
             out.append(u)
     return out
