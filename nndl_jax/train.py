@@ -650,11 +650,18 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     resumed_epochs = int(state.epoch)
     state, events = run_epochs(trainer, run, placed_state(state, run.layout), events, orders, on_epoch,
                                checkpoint, identity)
-    history = History(metrics={n: list(v) for n, v in state.metrics.items()}, eta=list(state.eta),
+    history = History(metrics=history_metrics(state.metrics), eta=list(state.eta),
                       seconds=list(state.seconds), resumed_epochs=resumed_epochs,
                       stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
                       events=events)
     return Fitted(run.layout.gathered(state.params), run.layout.gathered(state.opt_state), history)
+
+
+def history_metrics(metrics):
+    """The state's metrics ([epochs, K] arrays) as the History's lists, the
+    ``<set>_accuracy`` counts (images correct) as integers: the state keeps
+    every metric as float64, a layout its checkpoints are saved and checked in."""
+    return {name: list(v.astype(np.int64) if name.endswith("_accuracy") else v) for name, v in metrics.items()}
 
 
 def resumed_or_fresh(checkpoint, state, identity, epochs):

@@ -66,6 +66,7 @@ def test_run_interrupted_after_epoch_1_of_3_and_resumed_is_bit_identical(toy, tm
         np.testing.assert_array_equal(values, resumed.history.as_arrays()[name], err_msg=name)
     np.testing.assert_array_equal(whole.history.stopped_at, resumed.history.stopped_at)
     assert whole.history.as_arrays()["evaluation_accuracy"].shape == (3, 2)
+    assert np.issubdtype(resumed.history.as_arrays()["evaluation_accuracy"].dtype, np.integer)  # images correct
 
 
 def saved_leaf(path, name):
