@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from experiments import session, store
-from nndl_jax import data
+from nndl_jax import data, files
 
 CHECKPOINT_FILE = "state.npz"
 
@@ -209,7 +209,8 @@ def check_unfinished(args):
 
 def remove_checkpoints(args, job_id):
     """Remove the checkpoints of job ``job_id`` and of its sub-runs
-    (``<id>@...``), with any temporary file an interrupted write left there,
+    (``<id>@...``), with the temporary files interrupted writes left there
+    (``files.remove_stale_parts``: a live writer's is kept, and so its folder),
     then every folder this leaves empty up to the cache's checkpoints folder
     (process 0's work in a multi-process run)."""
     if not session.is_main_process():
@@ -219,8 +220,7 @@ def remove_checkpoints(args, job_id):
         if not folder.is_dir():
             continue
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        for p in [*folder.glob(".*.tmp"), *folder.glob(".*.part")]:  # interrupted writes; the job is over
-            p.unlink(missing_ok=True)
+        files.remove_stale_parts(folder)   # interrupted writes; the job is over
         (folder / OWNER_FILE).unlink(missing_ok=True)
         fd = _LOCKS.pop(folder, None)
         if fd is not None:

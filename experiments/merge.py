@@ -29,6 +29,7 @@ rows are drawn again from the merged rows (``redraw``); the others are copied.
 import argparse
 import importlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -88,8 +89,8 @@ def chapter_name(name, path):
 def chapter_folders(folder):
     """{chapter: folder} under a part's folder."""
     folder = Path(folder)
-    if (folder / store.RESULTS).is_file():
-        results = store.read_results(folder)
+    results = store.read_results(folder)   # a folder, FIFO or damaged file there: ResultsError
+    if results is not None:
         return {chapter_name(results.get("chapter") or folder.name, folder / store.RESULTS): folder}
     found = {chapter_name(p.parent.name, p): p.parent for p in sorted(folder.glob(f"chap*/{store.RESULTS}"))}
     if not found:
@@ -228,8 +229,8 @@ def merge(folders, out):
     merged, lines = {}, []
     for chapter, found in sorted(by_chapter.items(), key=lambda kv: store.row_sort_key(kv[0])):
         target = out / chapter
-        if (target / store.RESULTS).is_file() and all(f.resolve() != target.resolve() for f in found):
-            found = [target, *found]
+        if os.path.lexists(target / store.RESULTS) and all(f.resolve() != target.resolve() for f in found):
+            found = [target, *found]   # read (and refused, when it cannot be used) as one more part
         sources = [(f, store.read_results(f)) for f in found]
         merged[chapter], notes = merge_chapter(chapter, sources)
         lines += [f"{chapter}: {len(merged[chapter]['rows'])} rows from {len(found)} folders"] + notes

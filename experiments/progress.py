@@ -143,11 +143,11 @@ def say_start(args, loading="MNIST"):
     """A chapter run's first line, before its first wait: the devices JAX
     computes on, and what is loaded (``loading``: "MNIST"; None: nothing).
     Starting JAX and reading MNIST take seconds to a minute on a busy machine,
-    and a run should not start with a silence."""
-    from nndl_jax import devices
+    and a run should not start with a silence. Said as the façades say theirs
+    (``nndl_jax.waits.say``), at every run."""
+    from nndl_jax import waits
     if session.is_main_process():
-        what = f"; loading {loading} ..." if loading else ""
-        print(f"{args.chapter}: computing on {devices.describe()}{what}", flush=True)
+        waits.say(args.chapter, f"loading {loading}" if loading else None, on_devices="computing")
 
 
 def numbers(values, fmt="{:.4g}"):

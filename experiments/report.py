@@ -4,9 +4,9 @@ the book's recorded curves.
 
 Also what REPORT.md (``experiments.reproduce``) takes from here: text from
 results files written as data (``markdown_text``, ``code_span``: a recorded
-command line cannot start a heading or a link), only regular files read
-(``unreadable``), and the wall time of runs (``wall_seconds``, ``wall_text``:
-runs side by side count once, the parts of one plan as their longest part).
+command line cannot start a heading or a link), and the wall time of runs
+(``wall_seconds``, ``wall_text``: runs side by side count once, the parts of
+one plan as their longest part). Results files are read by ``store.read_results``.
 
 The results store (results.json) is ``experiments.store``; the command line
 and the row driver are ``experiments.driver``, the progress lines ``experiments.progress``.
@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import re
-import stat
 import textwrap
 from pathlib import Path
 
@@ -208,17 +207,6 @@ def code_span(text):
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     return f"{fence} {text} {fence}" if text.startswith(("`", " ")) or text.endswith(("`", " ")) \
         else f"{fence}{text}{fence}"
-
-
-def unreadable(path):
-    """Why ``path`` is not read, or None for a regular file (a link to one
-    counts): a results.json linked to /dev/zero, a FIFO or a folder would hang
-    or break the reader, so only regular files are opened."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    return None if stat.S_ISREG(mode) else "is not a regular file"
 
 
 def run_interval(run):

@@ -4,10 +4,12 @@
 with ``--only 6.3`` into a folder that holds 6.1 adds 6.3 and keeps 6.1, and
 rerunning a row replaces that row alone. Every row records whether it came
 from a ``--quick`` run, its seeds, when it finished and which run (command,
-machine, wall time; ``"runs"``) made it. A file is validated whenever it is
-read (``read_results``): a damaged or hand-edited one is refused with the
-file, the row and what to do, never half-used. Quick and full rows, and two
-chapters' rows, never share a folder (``out_problem``).
+machine, wall time; ``"runs"``) made it. ``read_results`` is the one reader
+of results files (a chapter run's --out, merge, the report): only a regular
+file is opened (``unreadable``), and it is validated (``results_problems``);
+a folder, a FIFO, a truncated, damaged or hand-edited file is refused in one
+line with the file, the row and what to do, never half-used nor touched.
+Quick and full rows, and two chapters' rows, never share a folder (``out_problem``).
 
 Every file the experiments write goes through ``atomic_write`` (a temporary
 file beside the target, then a rename), so an interrupted run never leaves
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -59,28 +62,6 @@ def write_json(path, payload):
     write_text(path, _numbers_on_one_line(json.dumps(payload, indent=1, default=files.json_default)))
 
 
-def remove_stale_temporaries(folder, name="*"):
-    """Remove the temporary files that interrupted writes of ``folder/name`` left
-    behind (``.<name>.<pid>....tmp`` / ``.part``) by processes no longer running."""
-    for p in [*Path(folder).glob(f".{name}.*.tmp"), *Path(folder).glob(f".{name}.*.part")]:
-        if not _pid_alive(p.name):
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-def _pid_alive(temp_name):
-    pids = [int(t) for t in temp_name.split(".") if t.isdigit()]
-    if not pids or pids[0] == os.getpid():
-        return bool(pids)
-    try:
-        os.kill(pids[0], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _numbers_on_one_line(text):
     """JSON text with every innermost list of numbers on one line (``indent``
     puts each number on its own). Only the line breaks between numbers go:
@@ -94,36 +75,16 @@ def _numbers_on_one_line(text):
 def results_problems(results):
     """What is wrong with ``results`` (a parsed results.json) as a list of
     ``(where, what)``; empty for a good file. Checked: a dict with a list of
-    rows; every row a dict with a non-empty string ``id`` (unique), a string
-    ``experiment`` and ``unit``, a ``measured`` that is null, a number or a
-    summary with ``mean``, ``std`` and a list of ``runs``, and a ``direction``
-    of higher/lower/none when given; ``runs`` (when present) a list of dicts
-    with a string id; ``chapter`` a string."""
+    rows; every row (`row_problems`) what the tables (``report.format_table``,
+    ``report.markdown_table``) read of it; ``runs`` (when present) a list of
+    dicts with a string id; ``units`` a map of unit records; ``chapter`` a string."""
     if not isinstance(results, dict):
         return [("the file", "is not a JSON object")]
     if not isinstance(results.get("rows"), list):
         return [("the file", "has no list of rows")]
     problems, seen = [], set()
     for i, r in enumerate(results["rows"]):
-        if not isinstance(r, dict):
-            problems.append((f"row {i + 1}", f"is {type(r).__name__}, not an object"))
-            continue
-        rid = r.get("id")
-        where = f"row {i + 1} (id {rid!r})" if rid is not None else f"row {i + 1}"
-        if not isinstance(rid, str) or not rid:
-            problems.append((where, "has no string id"))
-        elif rid in seen:
-            problems.append((where, "repeats an id"))
-        seen.add(rid)
-        for key in ("experiment", "unit"):
-            if not isinstance(r.get(key), str):
-                problems.append((where, f"has no string {key!r}"))
-        if "measured" not in r:
-            problems.append((where, "has no 'measured'"))
-        else:
-            problems += [(where, p) for p in _measured_problems(r["measured"])]
-        if r.get("direction", "higher") not in DIRECTIONS:
-            problems.append((where, f"has direction {r['direction']!r}, not one of {', '.join(DIRECTIONS)}"))
+        problems += row_problems(r, i, seen)
     runs = results.get("runs", [])
     if not isinstance(runs, list) or not all(isinstance(x, dict) and isinstance(x.get("id"), str) for x in runs):
         problems.append(("'runs'", "is not a list of runs with string ids"))
@@ -137,8 +98,48 @@ def results_problems(results):
     return problems
 
 
+def row_problems(r, i, seen):
+    """What is wrong with row ``r``, the ``i``-th (from 0) of its file, as
+    ``(where, what)``; ``seen``: the ids of the rows before it (this one's is
+    added). A row is a dict with a non-empty string ``id`` (unique), a string
+    ``experiment`` and ``unit``, a ``book`` that is null or a number, a
+    ``measured`` that is null, a number or a summary with ``mean``, ``std``
+    and a list of ``runs``, a string ``note`` and a ``direction`` of
+    higher/lower/none when given."""
+    if not isinstance(r, dict):
+        return [(f"row {i + 1}", f"is {type(r).__name__}, not an object")]
+    problems, rid = [], r.get("id")
+    where = f"row {i + 1} (id {rid!r})" if rid is not None else f"row {i + 1}"
+    if not isinstance(rid, str) or not rid:
+        problems.append((where, "has no string id"))
+    elif rid in seen:
+        problems.append((where, "repeats an id"))
+    else:
+        seen.add(rid)
+    for key in ("experiment", "unit"):
+        if not isinstance(r.get(key), str):
+            problems.append((where, f"has no string {key!r}"))
+    if "book" not in r:
+        problems.append((where, "has no 'book' (the book's figure, null where the book gives none)"))
+    elif not _number_or_null(r["book"]):
+        problems.append((where, f"has a 'book' of type {type(r['book']).__name__}, not a number or null"))
+    if "measured" not in r:
+        problems.append((where, "has no 'measured'"))
+    else:
+        problems += [(where, p) for p in _measured_problems(r["measured"])]
+    if not isinstance(r.get("note", ""), str):
+        problems.append((where, f"has a 'note' of type {type(r['note']).__name__}, not a string"))
+    if r.get("direction", "higher") not in DIRECTIONS:
+        problems.append((where, f"has direction {r['direction']!r}, not one of {', '.join(DIRECTIONS)}"))
+    return problems
+
+
+def _number_or_null(x):
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
 def _measured_problems(m):
-    if m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)):
+    if _number_or_null(m):
         return []
     if not isinstance(m, dict):
         return [f"has a 'measured' of type {type(m).__name__}"]
@@ -149,26 +150,49 @@ def _measured_problems(m):
     return [f"has a 'measured' summary without {' and '.join(missing)}"] if missing else []
 
 
+def unreadable(path):
+    """Why the results file ``path`` is not opened, or None for a regular file
+    (a link to one counts): a results.json that is a folder, a FIFO (opening
+    it would wait for a writer for ever) or a link to /dev/zero (reading would
+    never end) is refused before it is opened. A stat reads nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a results file"
+    return None if stat.S_ISREG(mode) else "is not a regular file"
+
+
+LEFT_AS_IT_IS = "it is left as it is: move it away or give another folder"
+
+
 def read_results(out):
     """The results in ``out/results.json``, validated, or None when there is
-    none yet. A file that cannot be used raises ResultsError naming the file,
-    the row and what to do; it is never touched."""
+    none yet. The one reader of results files (a chapter run's --out, merge's
+    parts and --out, the report): a file that cannot be used (not a regular
+    file, unreadable, not JSON, truncated, or not valid results) raises
+    ResultsError, one line naming the file, the row and what to do; it is never touched."""
     path = Path(out) / RESULTS
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    problem = unreadable(path)
+    if problem:
+        raise ResultsError(f"{path} {problem}; {LEFT_AS_IT_IS}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             results = json.load(f)
     except (OSError, ValueError) as e:
-        raise ResultsError(f"{path} cannot be read as results ({e}); it is left as it is: "
-                           "move it away or give another --out") from None
+        reason = " ".join(str(e).split())   # one line
+        raise ResultsError(f"{path} cannot be read as results ({type(e).__name__}: {reason}); "
+                           f"{LEFT_AS_IT_IS}") from None
     problems = results_problems(results)
     if problems:
         shown = "; ".join(f"{where} {what}" for where, what in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ResultsError(f"{path} is not a valid results file: {shown}{more}. It is left as it is: "
                            "fix or remove those rows (or restore the file, e.g. `git checkout` it), "
-                           "or move it away or give another --out")
+                           "or move it away or give another folder")
     return results
 
 
@@ -400,7 +424,7 @@ def record(args, rows, *, complete=False, units=(), **payload):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out):
-        remove_stale_temporaries(out, RESULTS)  # under the lock no other writer is half-way
+        files.remove_stale_parts(out, RESULTS)  # interrupted writes of results.json by processes now gone
         merged = merge_results(read_results(out), rows, payload, _run_entry(args, complete), units)
         problems = results_problems(merged)
         if problems:

@@ -5,7 +5,9 @@ networks, figures, the MNIST cache and the expanded set all go through
 ``atomic_write``. The temporary file lives in the target's folder (a rename
 within one file system is atomic), is named ``.<name>.<pid>.<random>.part``
 and is removed when the write fails; a process killed in the middle of a write
-leaves such a file behind, which ``remove_stale_parts`` clears.
+leaves such a file behind, which ``remove_stale_parts`` clears: the one home of
+"which temporary files are stale" (a checkpoint's, the results store's) and of
+"is this writer's process alive" (``_pid_alive``).
 
 Standard library only (layer 1: everything else may import it).
 """
@@ -64,13 +66,15 @@ def atomic_write_text(path, text, *, parents=True):
 def stale_parts(folder, name=None):
     """The temporary files that interrupted ``atomic_write`` calls left in
     ``folder`` (of the file ``name`` only, when given) by processes that are no
-    longer running. Files named otherwise (another tool's, or a temporary file
-    without a pid) are never listed: nothing tells whether their writer lives."""
+    longer running: ``part_path``'s names, and ``.<name>.<pid>.tmp``, the name
+    this project's writes used before (a folder written then may still hold
+    one). Files named otherwise (another tool's, or a temporary file without a
+    pid) are never listed: nothing tells whether their writer lives."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     out = []
-    for p in folder.glob(f".*{PART_SUFFIX}"):
+    for p in sorted([*folder.glob(f".*{PART_SUFFIX}"), *folder.glob(".*.tmp")]):
         parsed = _parse_part(p.name)
         if parsed is not None and (name is None or parsed[0] == name) and not _pid_alive(parsed[1]):
             out.append(p)
@@ -87,11 +91,12 @@ def remove_stale_parts(folder, name=None):
     return removed
 
 
-_PART = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<token>[0-9a-f]+)" + re.escape(PART_SUFFIX))
+_PART = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)(?:\.[0-9a-f]+" + re.escape(PART_SUFFIX) + r"|\.tmp)")
 
 
 def _parse_part(part_name):
-    """``(target name, pid)`` of a temporary file named by ``part_path``, else None."""
+    """``(target name, pid)`` of a temporary file named by ``part_path`` (or
+    by the earlier ``.<name>.<pid>.tmp``), else None."""
     m = _PART.fullmatch(part_name)
     return (m["name"], int(m["pid"])) if m else None
 

@@ -5,7 +5,10 @@
 
 The files are found, verified and (into the cache only) downloaded by
 `nndl_jax.data.load_mnist`; this module only reshapes the arrays into the
-book's layout. The project itself uses the array form, `load_arrays`.
+book's layout. The project itself uses the array form, `load_arrays`. The
+book's calls (`load_data`, `load_data_wrapper`) say "mnist_loader.py: loading
+MNIST ..." on a line of their own before the wait, the first time in a process
+(`nndl_jax.waits`).
 
 Pixels are byte/255 (0 … 1.0). ``book_pixels=True`` gives them as the book's
 ``mnist.pkl.gz`` stores them, byte/256 (0 … 0.99609375; see
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nndl_jax import book_random
+from nndl_jax import book_random, waits
 from nndl_jax.data import Dataset, Splits, load_mnist
 
 __all__ = ["load_data", "load_data_wrapper", "vectorized_result", "load_arrays", "with_book_pixels"]
@@ -43,6 +46,7 @@ def load_data(data_dir=None, *, book_pixels=False):
     intensities in [0, 1] (byte/256 with ``book_pixels``), ``y`` an int64
     array [n] of digits; n is 50,000 for training, 10,000 for validation and test.
     """
+    _say_loading()
     return tuple((d.x, d.y.astype(np.int64)) for d in load_arrays(data_dir, book_pixels=book_pixels))
 
 
@@ -57,12 +61,20 @@ def load_data_wrapper(data_dir=None, *, book_pixels=False):
     consumed only once: these are lists.) ``book_pixels``: pixels byte/256, as
     the book's pickle holds them (for ``Network(..., book_seed=S)`` replays).
     """
+    _say_loading()
     tr_d, va_d, te_d = load_arrays(data_dir, book_pixels=book_pixels)
     one_hot = np.eye(10)[tr_d.y][:, :, None]  # float64, as the book's vectorized_result
     training_data = list(zip(_columns(tr_d.x), one_hot))
     validation_data = list(zip(_columns(va_d.x), va_d.y.tolist()))
     test_data = list(zip(_columns(te_d.x), te_d.y.tolist()))
     return training_data, validation_data, test_data
+
+
+def _say_loading():
+    """The book's calls' line before their wait, once per process: reading
+    (and, the first time, downloading and verifying) MNIST takes seconds to
+    minutes, which should not pass in silence."""
+    waits.say("mnist_loader.py", waits.LOADING_MNIST, once=True)
 
 
 def vectorized_result(j):

@@ -47,12 +47,11 @@ after 200 steps on 1,000 images; ``tests/test_book_facades.py``).
 import contextlib
 import operator
 import secrets
-import sys
 
 import jax
 import numpy as np
 
-from nndl_jax import book_random, costs, devices, layers, seeds, train
+from nndl_jax import book_random, costs, layers, seeds, train, waits
 from nndl_jax.activations import sigmoid
 from nndl_jax.data import as_arrays
 
@@ -156,20 +155,13 @@ def _sample_unchanged(data, dataset, count=32):
     return np.array_equal(x, np.asarray(dataset.x[rows]))
 
 
-_SAID = set()   # the programs whose first SGD call of this process has said what its wait is
-
-
 def say_the_wait(program):
-    """Before ``program``'s first training in this process, one line on
-    standard error (standard output stays the book's printout): the devices
-    JAX trains on, and that the first epoch waits for compiling, which a later
-    run finds in the user cache. A first epoch otherwise starts in silence,
-    for seconds to a minute on a busy machine."""
-    if program in _SAID:
-        return
-    _SAID.add(program)
-    print(f"{program}: training on {devices.describe()}; compiling before the first epoch "
-          "(first run only: the user cache keeps compiled programs) ...", file=sys.stderr, flush=True)
+    """Before ``program``'s first training in this process, one line (``waits.say``,
+    on standard output before the book's printout): the devices JAX trains on,
+    and that the first epoch waits for compiling, which a later run finds in
+    the user cache. A first epoch otherwise starts in silence, for seconds to
+    a minute on a busy machine."""
+    waits.say(program, waits.COMPILING, on_devices="training", once=True)
 
 
 class Network:

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndl_jax import activations, costs, devices, layers, network, scoring, train
+from nndl_jax import activations, costs, devices, layers, network, scoring, train, waits
 from nndl_jax.activations import linear, relu, sigmoid, tanh  # noqa: F401 (the book's names)
 from nndl_jax.checkpoint import HEADER, TreeFileError, load_tree, read_tree, save_tree
 from nndl_jax.data import is_pair_of_sets
@@ -227,6 +227,7 @@ def load_data_shared(filename=None):
     expanded set from the faster ``.npz`` cache (``expand_mnist.load_expanded``).
     """
     from nndl_jax import data
+    waits.say("network3.py", waits.LOADING_MNIST, once=True)
     if filename is not None and Path(filename).is_file():
         splits = data.read_pickle(filename)
     elif filename is not None and str(filename).endswith(".pkl.gz"):

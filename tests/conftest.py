@@ -14,6 +14,9 @@ Fixtures (other test files rely on these names):
              $NNDL_JAX_DATA) fails the test when CI=true and skips it, with the reason, otherwise.
   mnist      load_mnist(mnist_dir), loaded once per session (Splits of Datasets).
   key        jax.random.key(0).
+  said_waits the façades' once-per-process lines before a wait (``nndl_jax.waits``) made
+             unsaid for one test: without it, every test runs as in a process that has said
+             them already (autouse), so the book's printout a test compares is the book's alone.
 """
 
 import os
@@ -24,7 +27,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from nndl_jax import data
+from nndl_jax import data, waits
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -137,3 +140,24 @@ def mnist(mnist_dir):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+class _AllSaid(set):
+    """``waits._SAID`` in a process that has said every once-per-process line."""
+
+    def __contains__(self, key):
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _waits_said_already(monkeypatch):
+    monkeypatch.setattr(waits, "_SAID", _AllSaid())
+
+
+@pytest.fixture
+def said_waits(monkeypatch):
+    """The lines ``waits.say(..., once=True)`` has said in this test (a fresh
+    process's state: none yet)."""
+    said = set()
+    monkeypatch.setattr(waits, "_SAID", said)
+    return said

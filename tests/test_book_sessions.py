@@ -491,3 +491,58 @@ def test_predict_on_a_size_that_is_not_a_multiple_of_the_chunk_equals_apply():
     z = train.predict(params, x, apply=apply, chunk=1000)
     assert z.shape == (1500, 4)
     np.testing.assert_allclose(np.asarray(z), np.asarray(apply(params, x)), rtol=0, atol=1e-6)
+
+
+# --- 3. what the first call says before its wait (issue 33 item 6) --------------------------
+
+def test_the_loaders_first_call_says_loading_mnist_on_a_line_of_its_own_before_the_wait_once(
+        mnist_dir, said_waits, capsys, monkeypatch):
+    """``load_data_wrapper()``, the book's call: "mnist_loader.py: loading MNIST
+    ..." on stdout before the files are read; later calls (``load_data`` too) say nothing."""
+    from nndl_jax import mnist_loader
+    printed_at_the_wait = []
+    read = mnist_loader.load_arrays
+
+    def load_arrays(*args, **kwargs):
+        printed_at_the_wait.append(capsys.readouterr().out)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(mnist_loader, "load_arrays", load_arrays)
+    mnist_loader.load_data_wrapper(mnist_dir)
+    mnist_loader.load_data_wrapper(mnist_dir)
+    mnist_loader.load_data(mnist_dir)
+    assert printed_at_the_wait == ["mnist_loader.py: loading MNIST ...\n", "", ""]
+    assert capsys.readouterr().out == ""
+
+
+def test_network3s_loader_says_loading_mnist_once(mnist_dir, said_waits, capsys):
+    network3.load_data_shared(mnist_dir)
+    network3.load_data_shared(mnist_dir)
+    assert capsys.readouterr().out == "network3.py: loading MNIST ...\n"
+
+
+WAIT_LINE = (r"{}\.py: training on \d+ CPU devices?; compiling before the first epoch "
+             r"\(first run only: the user cache keeps compiled programs\) \.\.\.")
+
+
+@pytest.mark.parametrize("facade", FACADES)
+def test_the_first_sgd_call_says_its_devices_and_the_compiling_wait_once_before_the_first_epoch(
+        facade, said_waits, capsys):
+    """On stdout, where the book's lines follow; a second SGD call (its
+    programs compiled) prints the book's lines only."""
+    x, y = toy(20, seed=3)
+    net = FACADES[facade](seed=1)
+
+    def sgd():
+        if facade == "network3":
+            net.SGD((x, y), 1, 5, 0.5, (x, y), (x, y))
+        elif facade == "network2":
+            net.SGD((x, y), 1, 5, 0.5, evaluation_data=(x, y), monitor_evaluation_accuracy=True)
+        else:
+            net.SGD((x, y), 1, 5, 0.5, test_data=(x, y))
+        return capsys.readouterr().out.splitlines()
+
+    first, second = sgd(), sgd()
+    assert re.fullmatch(WAIT_LINE.format(facade), first[0]), first[0]
+    assert second and first[1:] == second                  # then the book's lines, as the second call's
+    assert not any("compiling" in line for line in second)

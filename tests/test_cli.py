@@ -243,7 +243,7 @@ def test_reproduce_quick_chapter_4_end_to_end(tmp_path):
 def test_reproduce_refuses_a_folder_that_holds_the_other_kind_before_training(tmp_path, capsys):
     (tmp_path / "chap5").mkdir()
     (tmp_path / "chap5" / "results.json").write_text(json.dumps({"quick": False, "rows": [
-        {"id": "5.1", "experiment": "depth", "unit": "%", "measured": 96.5, "quick": False}]}))
+        {"id": "5.1", "experiment": "depth", "unit": "%", "book": 96.5, "measured": 96.5, "quick": False}]}))
     assert exit_status(["reproduce", "--quick", "--only", "4", "5", "--out", str(tmp_path)]) == 2
     assert "holds full results" in capsys.readouterr().err
     assert not (tmp_path / "chap4" / "results.json").exists()  # nothing trained

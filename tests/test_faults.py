@@ -19,7 +19,7 @@ devices (nndl_jax/devices.py)
   Layout.put returns early on 2 devices .. test_two_devices_shard_the_nets_of_a_fit
 checkpoint folders and writers (nndl_jax/files.py, experiments/store.py, experiments/driver.py)
   another user's live writer (files) ..... test_a_part_file_of_another_users_live_writer_is_not_stale
-  another user's live writer (store) ..... test_a_results_temporary_of_another_users_live_writer_is_kept
+  the store's temporaries, a live writer . test_a_results_temporary_of_another_users_live_writer_is_kept
   the owner lock taken shared ............ test_a_claimed_row_shows_its_live_owner_to_another_process
   the owner file not truncated ........... test_claiming_a_row_rewrites_its_owner_file_whole
   same-second checkpoint not stale ....... test_a_checkpoint_written_in_the_second_its_row_was_recorded_is_stale
@@ -285,13 +285,19 @@ def test_a_part_file_of_another_users_live_writer_is_not_stale(tmp_path, other_u
 
 
 def test_a_results_temporary_of_another_users_live_writer_is_kept(tmp_path, other_users_writer):
-    """Fault: ``store._pid_alive`` counting another user's live writer as dead."""
+    """Fault: the results store clearing interrupted writes with a check of its
+    own that counts another user's live writer as dead (``store.record`` goes
+    through ``files.remove_stale_parts``, the one home). A dead writer's
+    temporary file, also in the ``.<name>.<pid>.tmp`` form earlier versions
+    wrote, is removed."""
     live = tmp_path / f".results.json.{OTHER_USERS_PID}.1a2b3c4d.part"
-    dead = tmp_path / f".results.json.{DEAD_PID}.tmp"
-    for p in (live, dead):
+    dead = [tmp_path / f".results.json.{DEAD_PID}.tmp", tmp_path / f".results.json.{DEAD_PID}.1a2b3c4d.part"]
+    for p in (live, *dead):
         p.write_bytes(b"half")
-    store.remove_stale_temporaries(tmp_path, store.RESULTS)
-    assert live.exists() and not dead.exists()
+    store.record(record_args(tmp_path), [{"id": "a", "experiment": "a", "unit": "%", "book": None,
+                                           "measured": 1.0}])
+    assert live.exists() and not any(p.exists() for p in dead)
+    assert [r["id"] for r in store.read_results(tmp_path)["rows"]] == ["a"]
 
 
 @pytest.fixture
@@ -319,7 +325,7 @@ def plant_checkpoint(args, job_id, rows, mtime=None):
 def write_results(out, rows, *, chapter="chap5", quick=False, **top):
     """A results.json as a run writes it, with ``rows`` ({id: extra keys})."""
     results = {"chapter": chapter, "quick": quick, "runs": [], **top,
-               "rows": [{"id": rid, "experiment": rid, "unit": "%", "measured": 1.0, **extra}
+               "rows": [{"id": rid, "experiment": rid, "unit": "%", "book": None, "measured": 1.0, **extra}
                         for rid, extra in rows.items()]}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / store.RESULTS).write_text(json.dumps(results))
@@ -410,7 +416,7 @@ def test_resume_reruns_a_job_recorded_with_other_seeds(tmp_path, cache):
     write_results(out, {"5.1": {"seeds": [12345678], "x64": False, "quick": False}})
     ran = []
     job = driver.Job("5.1", ["5.1"], lambda a: ran.append(a.seeds) or
-                     [{"id": "5.1", "experiment": "5.1", "unit": "%", "measured": 2.0}])
+                     [{"id": "5.1", "experiment": "5.1", "unit": "%", "book": None, "measured": 2.0}])
     driver.run_jobs(parse("chap5", out, "--resume", "--seeds", "1"), [job])
     assert ran == []                          # recorded with these seeds: skipped
     driver.run_jobs(parse("chap5", out, "--resume", "--seeds", "2"), [job])
@@ -471,7 +477,7 @@ def test_record_waits_for_the_folders_lock(tmp_path):
     fd = os.open(out, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     done = []
-    row = {"id": "a", "experiment": "a", "unit": "%", "measured": 1.0}
+    row = {"id": "a", "experiment": "a", "unit": "%", "book": None, "measured": 1.0}
     writer = threading.Thread(target=lambda: done.append(store.record(record_args(out), [row])), daemon=True)
     try:
         writer.start()

@@ -5,6 +5,7 @@ path (two parts of chapter 1 --quick as two processes, merged) against one
 process training the same rows and seeds; merge's refusals on results files
 written by hand."""
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -330,6 +331,67 @@ def test_merge_refuses_a_folder_without_results(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert merge.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
     assert "holds no results.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def unusable_results(path, how):
+    """Put an unusable results.json at ``path``: a folder, or a truncated copy
+    of a good file (cut mid-row, as a copy interrupted half-way leaves it)."""
+    if how == "folder":
+        path.unlink(missing_ok=True)
+        path.mkdir(parents=True)
+        (path / "kept.txt").write_text("not touched")
+    else:
+        text = path.read_text() if path.exists() else '{"rows": [{"id": "a", "experiment": "a"}]}'
+        path.write_text(text[: len(text) // 2])
+    return "is a folder, not a results file" if how == "folder" else "cannot be read as results (JSONDecodeError"
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes (a folder: its path and None)."""
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(Path(folder).rglob("*"))}
+
+
+@pytest.mark.parametrize("how", ["folder", "truncated"])
+@pytest.mark.parametrize("where", ["a part", "a part's chapter", "the merged --out"])
+def test_merge_refuses_an_unusable_results_file_in_one_line_touching_nothing(tmp_path, capsys, how, where):
+    """A results.json that is a folder or a truncated file, in a part (its own
+    results.json or chapX/results.json) or in the --out merged into: the one
+    reader's one-line error (``store.read_results``) naming the file and what
+    to do, no traceback; nothing written, nothing of the parts touched."""
+    p1 = write_part(tmp_path / "p1", {"a": 1.0})
+    folders, out = [p1], tmp_path / "out"
+    if where == "a part":
+        bad = write_part(tmp_path / "p2", {"b": 2.0}) / store.RESULTS
+        folders.append(bad.parent)
+    elif where == "a part's chapter":
+        bad = write_part(tmp_path / "p2" / "chapX", {"b": 2.0}) / store.RESULTS
+        folders.append(tmp_path / "p2")
+    else:
+        merge.merge([p1], out)
+        bad = out / "chapX" / store.RESULTS
+    said = unusable_results(bad, how)
+    before = snapshot(tmp_path)
+    assert merge.main([*map(str, folders), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nndl-jax merge: {bad} {said}") and len(err.splitlines()) == 1, err
+    assert "move it away or give another folder" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before                           # nothing written, nothing removed
+
+
+def test_merge_refuses_a_row_without_what_the_tables_need_naming_the_file_and_row(tmp_path, capsys):
+    """A part's row without "book" (which the report's tables print): before,
+    merge wrote the merged file and then failed in ``report.markdown_table``
+    with a traceback; now the reader refuses the part, naming file and row."""
+    p1 = write_part(tmp_path / "p1", {"a": 1.0})
+    p2 = write_part(tmp_path / "p2", {"b": 2.0})
+    results = store.read_results(p2)
+    del results["rows"][0]["book"]
+    (p2 / store.RESULTS).write_text(json.dumps(results))
+    assert merge.main([str(p1), str(p2), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nndl-jax merge: {p2 / store.RESULTS} is not a valid results file: row 1 (id 'b') "
+                          "has no 'book'") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 

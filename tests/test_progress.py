@@ -56,18 +56,18 @@ def test_a_chapter_streams_each_trained_rows_log_into_out_metrics(tmp_path):
     assert all(x["finite"] and x["eta"] > 0 for x in got)
 
 
-def test_a_facades_first_sgd_call_says_what_the_wait_is_once_on_stderr(capsys, monkeypatch):
-    """The book's printout (stdout) stays the book's; the note goes to stderr."""
-    from nndl_jax import network
-    monkeypatch.setattr(network, "_SAID", set())
-    x, y = np.random.default_rng(0).random((20, 784), np.float32), np.arange(20) % 10
-    net = network.Network([784, 5, 10], seed=1)
-    net.SGD((x, y), 1, 10, 3.0, test_data=(x, y))
-    first = capsys.readouterr()
-    assert first.out.startswith("Epoch 0: ") and "network.py" not in first.out
-    assert re.match(r"network\.py: training on \d+ CPU devices?; compiling", first.err), first.err
-    net.SGD((x, y), 1, 10, 3.0, test_data=(x, y))
-    assert capsys.readouterr().err == ""
+def test_a_chapter_run_says_its_devices_and_what_it_loads_at_every_start(capsys):
+    """The chapters' first line, made by the façades' ``waits.say`` (their
+    once-per-process lines are tested with the book's sessions); every run says it."""
+    import argparse
+    args = argparse.Namespace(chapter="chap3")
+    progress.say_start(args)
+    progress.say_start(args)
+    progress.say_start(argparse.Namespace(chapter="chap4"), loading=None)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0] == lines[1]
+    assert re.fullmatch(r"chap3: computing on \d+ CPU devices?; loading MNIST \.\.\.", lines[0]), lines[0]
+    assert re.fullmatch(r"chap4: computing on \d+ CPU devices?", lines[2]), lines[2]
 
 
 def test_a_test_worker_process_finds_the_users_cache_not_the_controllers():

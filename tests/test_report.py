@@ -109,7 +109,7 @@ def test_an_out_whose_results_file_is_not_one_fails_and_is_left_alone(tmp_path, 
     (tmp_path / "results.json").write_text(content)
     with pytest.raises(SystemExit):
         _args(tmp_path)
-    assert "move it away or give another --out" in capsys.readouterr().err
+    assert "move it away or give another folder" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == content
 
 
@@ -276,6 +276,14 @@ DAMAGED = {  # case: (results.json, what the refusal names)
                                "row 1 (id '4.1') has no 'measured'"),
     "a summary without runs": ({"rows": [{"id": "4.1", "experiment": "e", "unit": "", "measured": {"mean": 1}}]},
                                "row 1 (id '4.1') has a 'measured' summary without a list of numbers"),
+    # what the tables read of a row (report.format_table, markdown_table): merge failed in them with a traceback
+    "a row without book": ({"rows": [{"id": "4.1", "experiment": "e", "unit": "", "measured": 1.0}]},
+                           "row 1 (id '4.1') has no 'book'"),
+    "a book that is text": ({"rows": [{"id": "4.1", "experiment": "e", "unit": "", "book": "97%", "measured": 1.0}]},
+                            "row 1 (id '4.1') has a 'book' of type str, not a number or null"),
+    "a note that is a number": ({"rows": [{"id": "4.1", "experiment": "e", "unit": "", "book": None,
+                                           "measured": 1.0, "note": 3}]},
+                                "row 1 (id '4.1') has a 'note' of type int, not a string"),
 }
 
 
@@ -291,8 +299,52 @@ def test_a_damaged_results_file_is_refused_before_training_naming_the_file_and_r
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'results.json'} is not a valid results file" in err
-    assert named in err and "move it away or give another --out" in err
+    assert named in err and "move it away or give another folder" in err
     assert (tmp_path / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["folder", "truncated"])
+def test_an_unusable_results_file_in_out_is_refused_in_one_line_before_training(tmp_path, capsys, monkeypatch,
+                                                                               how):
+    """A chapter run's --out whose results.json is a folder or a truncated
+    file: the one reader's one-line error naming the file and what to do
+    (``store.read_results``, as merge and the report give it), nothing trained,
+    nothing touched."""
+    path = tmp_path / "results.json"
+    if how == "folder":
+        path.mkdir()
+        (path / "kept.txt").write_text("not touched")
+        said = f"{path} is a folder, not a results file"
+    else:
+        driver.finish(_args(tmp_path, "--quick", chapter="chap4"), [report.row("4.1", "a", None, 1.0)])
+        path.write_bytes(path.read_bytes()[:-7])           # cut off, as an interrupted copy leaves it
+        said = f"{path} cannot be read as results (JSONDecodeError: "
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    monkeypatch.setattr(chap4, "run", lambda args: pytest.fail("trained despite an unusable results file"))
+    with pytest.raises(SystemExit) as e:
+        chap4.main(["--quick", "--out", str(tmp_path), "--only", "4.1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if str(path) in line] == [err.splitlines()[-1]]   # one line
+    assert err.rstrip().endswith("it is left as it is: move it away or give another folder")
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+
+
+def test_a_fifo_in_place_of_results_json_is_refused_without_opening_it(tmp_path):
+    """Opening a FIFO waits for a writer for ever: the one reader stats it first."""
+    import os
+    import threading
+    fifo = tmp_path / "results.json"
+    os.mkfifo(fifo)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(store.out_problem(tmp_path, True, "chap4")), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    if reader.is_alive():   # it opened the FIFO and waits: let it go, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=60)
+        pytest.fail("the results store opened a FIFO named results.json")
+    assert answer == [f"{fifo} is not a regular file; it is left as it is: move it away or give another folder"]
 
 
 def test_report_skips_a_damaged_file_with_a_warning_and_the_readme_block_names_it(tmp_path, capsys):
@@ -443,10 +495,11 @@ def test_only_regular_files_are_read(tmp_path):
     (tmp_path / "link.json").symlink_to(tmp_path / "regular.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo.json")
-    assert report.unreadable(tmp_path / "regular.json") is None and report.unreadable(tmp_path / "link.json") is None
-    assert report.unreadable(tmp_path / "zero.json") == report.unreadable(tmp_path / "fifo.json") == \
-        report.unreadable(tmp_path) == "is not a regular file"
-    assert report.unreadable(tmp_path / "missing").startswith("cannot be read")
+    assert store.unreadable(tmp_path / "regular.json") is None and store.unreadable(tmp_path / "link.json") is None
+    assert store.unreadable(tmp_path / "zero.json") == store.unreadable(tmp_path / "fifo.json") == \
+        "is not a regular file"
+    assert store.unreadable(tmp_path) == "is a folder, not a results file"
+    assert store.unreadable(tmp_path / "missing").startswith("cannot be read")
 
 
 def test_report_command_leaves_out_a_results_file_linked_to_dev_zero_or_a_fifo(tmp_path):
