@@ -18,6 +18,8 @@ seeded runs needs (``network2.Network(..., book_seed=S)``).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from nndl_jax import book_random, waits
@@ -74,7 +76,7 @@ def _say_loading():
     """The book's calls' line before their wait, once per process: reading
     (and, the first time, downloading and verifying) MNIST takes seconds to
     minutes, which should not pass in silence."""
-    waits.say("mnist_loader.py", waits.LOADING_MNIST, once=True)
+    waits.say("mnist_loader.py", waits.LOADING_MNIST, once=True, stream=sys.stderr)
 
 
 def vectorized_result(j):

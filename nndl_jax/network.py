@@ -47,6 +47,7 @@ after 200 steps on 1,000 images; ``tests/test_book_facades.py``).
 import contextlib
 import operator
 import secrets
+import sys
 
 import jax
 import numpy as np
@@ -157,11 +158,11 @@ def _sample_unchanged(data, dataset, count=32):
 
 def say_the_wait(program):
     """Before ``program``'s first training in this process, one line (``waits.say``,
-    on standard output before the book's printout): the devices JAX trains on,
+    on standard error, so standard output stays the book's printout): the devices JAX trains on,
     and that the first epoch waits for compiling, which a later run finds in
     the user cache. A first epoch otherwise starts in silence, for seconds to
     a minute on a busy machine."""
-    waits.say(program, waits.COMPILING, on_devices="training", once=True)
+    waits.say(program, waits.COMPILING, on_devices="training", once=True, stream=sys.stderr)
 
 
 class Network:

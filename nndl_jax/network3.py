@@ -52,6 +52,7 @@ the local devices when there are several (``devices.k_axis_mode``: on CPU
 devices each runs its nets one after another).
 """
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -227,7 +228,7 @@ def load_data_shared(filename=None):
     expanded set from the faster ``.npz`` cache (``expand_mnist.load_expanded``).
     """
     from nndl_jax import data
-    waits.say("network3.py", waits.LOADING_MNIST, once=True)
+    waits.say("network3.py", waits.LOADING_MNIST, once=True, stream=sys.stderr)
     if filename is not None and Path(filename).is_file():
         splits = data.read_pickle(filename)
     elif filename is not None and str(filename).endswith(".pkl.gz"):

@@ -6,8 +6,9 @@ the programs in the user cache, ``compile_cache``): said nothing, a new user
 cannot tell such a wait from a hang. The book's façades (``mnist_loader``,
 ``network``, ``network2``, ``network3``) and the chapters
 (``experiments.progress.say_start``) say it through ``say``, the one place
-these lines are made: on standard output, where the book's programs print,
-flushed at once, with the devices the run uses where it names them.
+these lines are made, flushed at once, with the devices the run uses where it
+names them: the chapters' on standard output, the façades' on standard error,
+so that a façade's standard output stays the book's printout, line for line.
 
 Standard library only (layer 1); the devices are described by
 ``devices.describe`` (JAX), imported only when a line names them.
@@ -19,9 +20,9 @@ COMPILING = "compiling before the first epoch (first run only: the user cache ke
 _SAID = set()   # (who, wait) of the lines said once in this process
 
 
-def say(who, wait=None, *, on_devices=None, once=False):
+def say(who, wait=None, *, on_devices=None, once=False, stream=None):
     """Print ``"{who}: {on_devices} on {the devices}; {wait} ..."`` on
-    standard output, e.g. "network.py: training on 1 CPU device; compiling
+    ``stream`` (standard output if None), e.g. "network.py: training on 1 CPU device; compiling
     before the first epoch (...) ..." or "mnist_loader.py: loading MNIST ...".
 
     ``wait``: what the program is about to wait for (``LOADING_MNIST``,
@@ -40,5 +41,5 @@ def say(who, wait=None, *, on_devices=None, once=False):
         said.append(f"{on_devices} on {devices.describe()}")
     if wait:
         said.append(f"{wait} ...")
-    print(f"{who}: {'; '.join(said)}", flush=True)
+    print(f"{who}: {'; '.join(said)}", file=stream, flush=True)
     return True

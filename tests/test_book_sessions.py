@@ -498,13 +498,14 @@ def test_predict_on_a_size_that_is_not_a_multiple_of_the_chunk_equals_apply():
 def test_the_loaders_first_call_says_loading_mnist_on_a_line_of_its_own_before_the_wait_once(
         mnist_dir, said_waits, capsys, monkeypatch):
     """``load_data_wrapper()``, the book's call: "mnist_loader.py: loading MNIST
-    ..." on stdout before the files are read; later calls (``load_data`` too) say nothing."""
+    ..." on stderr before the files are read (stdout stays the book's); later calls
+    (``load_data`` too) say nothing."""
     from nndl_jax import mnist_loader
     printed_at_the_wait = []
     read = mnist_loader.load_arrays
 
     def load_arrays(*args, **kwargs):
-        printed_at_the_wait.append(capsys.readouterr().out)
+        printed_at_the_wait.append(capsys.readouterr().err)
         return read(*args, **kwargs)
 
     monkeypatch.setattr(mnist_loader, "load_arrays", load_arrays)
@@ -512,13 +513,13 @@ def test_the_loaders_first_call_says_loading_mnist_on_a_line_of_its_own_before_t
     mnist_loader.load_data_wrapper(mnist_dir)
     mnist_loader.load_data(mnist_dir)
     assert printed_at_the_wait == ["mnist_loader.py: loading MNIST ...\n", "", ""]
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_network3s_loader_says_loading_mnist_once(mnist_dir, said_waits, capsys):
     network3.load_data_shared(mnist_dir)
     network3.load_data_shared(mnist_dir)
-    assert capsys.readouterr().out == "network3.py: loading MNIST ...\n"
+    assert capsys.readouterr() == ("", "network3.py: loading MNIST ...\n")
 
 
 WAIT_LINE = (r"{}\.py: training on \d+ CPU devices?; compiling before the first epoch "
@@ -528,8 +529,8 @@ WAIT_LINE = (r"{}\.py: training on \d+ CPU devices?; compiling before the first 
 @pytest.mark.parametrize("facade", FACADES)
 def test_the_first_sgd_call_says_its_devices_and_the_compiling_wait_once_before_the_first_epoch(
         facade, said_waits, capsys):
-    """On stdout, where the book's lines follow; a second SGD call (its
-    programs compiled) prints the book's lines only."""
+    """On stderr, before the book's lines on stdout, which are the same as a
+    second SGD call's (its programs compiled), which says nothing on stderr."""
     x, y = toy(20, seed=3)
     net = FACADES[facade](seed=1)
 
@@ -540,9 +541,9 @@ def test_the_first_sgd_call_says_its_devices_and_the_compiling_wait_once_before_
             net.SGD((x, y), 1, 5, 0.5, evaluation_data=(x, y), monitor_evaluation_accuracy=True)
         else:
             net.SGD((x, y), 1, 5, 0.5, test_data=(x, y))
-        return capsys.readouterr().out.splitlines()
+        said = capsys.readouterr()
+        return said.out.splitlines(), said.err.splitlines()
 
-    first, second = sgd(), sgd()
-    assert re.fullmatch(WAIT_LINE.format(facade), first[0]), first[0]
-    assert second and first[1:] == second                  # then the book's lines, as the second call's
-    assert not any("compiling" in line for line in second)
+    (first, first_err), (second, second_err) = sgd(), sgd()
+    assert len(first_err) == 1 and re.fullmatch(WAIT_LINE.format(facade), first_err[0]), first_err
+    assert second and first == second and second_err == []   # the book's lines alone on stdout
