@@ -41,8 +41,9 @@ training state saved after every epoch (``checkpoints.row_checkpoint``; a script
 that trains several nets saves each as ``<row>@book@<which>``), ``--resume``
 (continue it, or skip it when recorded) and ``--restart``, ``--part`` / ``--plan``,
 the one progress printer (``progress.progress``), and its rows recorded by the
-driver. ``--book-seed`` implies ``--x64``: the run's own float64 setting, applied
-by ``driver.parse_args`` before any array is made.
+driver. ``--book-seed`` implies ``--x64`` (``implied``, the run context as the
+option implies it): the run's own float64 setting, applied by
+``driver.parse_args`` before any array is made.
 
 Rows are recorded as ``<row>@book`` (e.g. ``3.7@book``) beside the rows trained
 with JAX keys, with ``book_seed`` and, per curve, the match; ``reproduced/
@@ -145,18 +146,17 @@ def book_seed_arg(text):
     return seed
 
 
-class _AlsoX64(argparse.Action):
-    """``--book-seed S`` sets ``--x64`` too: a replay computes in float64, and
-    the run's own x64 setting (``driver.parse_args``) switches JAX to it before
-    any array is made; nothing else here touches JAX's configuration."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.x64 = True
+def implied(args):
+    """The run context as ``--book-seed S`` implies it: with ``x64`` (a replay
+    computes in float64, and the run's own x64 setting, applied by
+    ``driver.parse_args`` before any array is made, switches JAX to it;
+    nothing else here touches JAX's configuration). ``args`` itself is not
+    changed: a context never is."""
+    return args.replace(x64=True) if getattr(args, "book_seed", None) is not None else args
 
 
 def add_arguments(parser):
-    parser.add_argument("--book-seed", type=book_seed_arg, action=_AlsoX64, default=None, metavar="S",
+    parser.add_argument("--book-seed", type=book_seed_arg, default=None, metavar="S",
                         help="replay the book's seeded figure scripts (rows " + " ".join(SEEDED_ROWS)
                              + ") with the book's random streams from seed S (the book's: "
                              f"{book_random.BOOK_SEED}), in float64 (implies --x64); recorded as <row>@book")

@@ -429,13 +429,13 @@ def add_arguments(p):
 
 def command_line(argv=None, **how):
     """The chapter's command line parsed (``driver.parse_args``); ``how``:
-    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    ``plan_only`` (for the planner: parsed, nothing started), ``book_plan``, ``run_session``."""
     return driver.parse_args("chap1", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS},
                              add_arguments=add_arguments, **how)
 
 
-def main(argv=None, book_plan=None):
-    args = command_line(argv, book_plan=book_plan)
+def main(argv=None, book_plan=None, run_session=None):
+    args = command_line(argv, book_plan=book_plan, run_session=run_session)
     rows, payload = run(args)
     return driver.finish(args, rows, svm_train_size=args.svm_train_size, **payload)
 

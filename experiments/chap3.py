@@ -827,15 +827,15 @@ def run(args):
 
 def command_line(argv=None, **how):
     """The chapter's command line parsed (``driver.parse_args``); ``how``:
-    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    ``plan_only`` (for the planner: parsed, nothing started), ``book_plan``, ``run_session``."""
     row_ids = {spec["id"]: spec["what"] for spec in ROWS}
     row_ids |= {i: title for spec in ROWS for i, (title, _) in spec.get("also", {}).items() if i not in row_ids}
     return driver.parse_args("chap3", __doc__, argv, row_ids=row_ids, add_arguments=book_replay.add_arguments,
-                             **how)
+                             derive=book_replay.implied, **how)
 
 
-def main(argv=None, book_plan=None):
-    args = command_line(argv, book_plan=book_plan)
+def main(argv=None, book_plan=None, run_session=None):
+    args = command_line(argv, book_plan=book_plan, run_session=run_session)
     book_replay.check_rows(args)  # before MNIST loads
     return driver.finish(args, run(args))
 

@@ -328,12 +328,12 @@ def run(args):
 
 def command_line(argv=None, **how):
     """The chapter's command line parsed (``driver.parse_args``); ``how``:
-    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    ``plan_only`` (for the planner: parsed, nothing started), ``book_plan``, ``run_session``."""
     return driver.parse_args("chap4", __doc__, argv, row_ids={r["id"]: r["experiment"] for r in ROWS}, **how)
 
 
-def main(argv=None, book_plan=None):
-    args = command_line(argv, book_plan=book_plan)
+def main(argv=None, book_plan=None, run_session=None):
+    args = command_line(argv, book_plan=book_plan, run_session=run_session)
     return driver.finish(args, run(args), step_weight=STEP_WEIGHT, grid_points=GRID)
 
 

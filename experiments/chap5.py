@@ -392,13 +392,13 @@ def run(args):
 
 def command_line(argv=None, **how):
     """The chapter's command line parsed (``driver.parse_args``); ``how``:
-    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    ``plan_only`` (for the planner: parsed, nothing started), ``book_plan``, ``run_session``."""
     titles = {r["id"]: r["experiment"].replace(" (peak of {epochs} epochs)", ", peak") for r in ROWS}
     return driver.parse_args("chap5", __doc__, argv, row_ids=titles, **how)
 
 
-def main(argv=None, book_plan=None):
-    args = command_line(argv, book_plan=book_plan)
+def main(argv=None, book_plan=None, run_session=None):
+    args = command_line(argv, book_plan=book_plan, run_session=run_session)
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -521,14 +521,14 @@ def _ensemble_errors(args, test, vote, errors, limit=40):
 
 def command_line(argv=None, **how):
     """The chapter's command line parsed (``driver.parse_args``); ``how``:
-    ``plan_only`` (for the planner: parsed, nothing started) or ``book_plan``."""
+    ``plan_only`` (for the planner: parsed, nothing started), ``book_plan``, ``run_session``."""
     # quick: one net per row unless --seeds is given (the dropout rows still train 5)
     return driver.parse_args("chap6", __doc__, argv, row_ids=ROW_IDS, add_arguments=add_arguments,
                              devices_per_core=True, quick_seeds=QUICK["seeds"], **how)
 
 
-def main(argv=None, book_plan=None):
-    args = command_line(argv, book_plan=book_plan)
+def main(argv=None, book_plan=None, run_session=None):
+    args = command_line(argv, book_plan=book_plan, run_session=run_session)
     if args.train_size is not None and args.train_size < MB:
         raise session.Refusal(f"chap6: --train-size must be at least the mini-batch size {MB}")
     seeds = ensemble_seeds(args)
@@ -536,7 +536,7 @@ def main(argv=None, book_plan=None):
     if bad:
         raise session.Refusal(f"chap6: --nets {' '.join(map(str, bad))}: the ensemble has nets 0 to "
                               f"{len(seeds) - 1} (seeds {seeds[0]}–{seeds[-1]}; more with --seeds)")
-    args.nets = asked_nets(args)
+    args = args.replace(nets=asked_nets(args))
     rows, payload = run(args)
     return driver.finish(args, rows, **payload)
 

@@ -47,14 +47,12 @@ def probe_checkpoint_folder(args):
                       "(checkpoints go to $XDG_CACHE_HOME/nndl-jax/checkpoints)") from None
 
 
-_LOCKS = {}  # checkpoint folder -> the open, locked owner file of a job this process trains
-
-
-def live_owner(folder):
+def live_owner(folder, held=()):
     """The pid of the live process that trains the job of ``folder`` (it holds
-    the lock of its owner file), or None."""
+    the lock of its owner file), or None; ``held``: the folders this command
+    holds (``session.Session.locks``), which are its own, not another's."""
     path = Path(folder) / OWNER_FILE
-    if Path(folder) in _LOCKS or not path.exists():
+    if Path(folder) in held or not path.exists():
         return None
     try:
         import fcntl
@@ -80,18 +78,23 @@ def _owner(folder):
         return {}
 
 
-def claim(args, job_id, rows):
-    """Make the folder of ``job_id`` this process's: a lock held until its rows
-    are recorded (``remove_checkpoints``) or the process ends, so a second
-    command on the same rows is told who trains them."""
+def claim(args, job_id, rows, group=None):
+    """Make the folder of ``job_id`` this command's (``args.session.locks``): a
+    lock held until its rows are recorded (``remove_checkpoints``), its job
+    stops or the process ends, so a second command on the same rows is told
+    who trains them. The owner file names the pid, the rows, the --out and the
+    checkpoint group the folder belongs to (``group``: the name the row driver
+    gave the running job, whose folder or sub-run folder it is; default
+    ``job_id``), which ``remove_checkpoints`` removes together."""
     folder = checkpoint_dir(args, job_id)
+    locks = args.session.locks
     if not session.is_main_process():  # process 0 holds the lock and writes the checkpoints
         return folder
-    pid = live_owner(folder)
+    pid = live_owner(folder, locks)
     if pid is not None:
         raise session.Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
                       "wait for it to finish, or give another --out")
-    if folder in _LOCKS:
+    if folder in locks:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o666)
@@ -105,8 +108,9 @@ def claim(args, job_id, rows):
         raise session.Refusal(f"{args.chapter}: row {job_id} is being trained by pid "
                       f"{_owner(folder).get('pid', '?')}; wait for it to finish, or give another --out") from None
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "rows": list(rows), "out": str(args.out)}).encode())
-    _LOCKS[folder] = fd
+    os.write(fd, json.dumps({"pid": os.getpid(), "rows": list(rows), "out": str(args.out),
+                             "job": group or job_id}).encode())
+    locks[folder] = fd
     return folder
 
 
@@ -129,15 +133,16 @@ def row_checkpoint(args, job_id, meta, rows=None):
     ``--resume`` continues from it; ``--restart`` discards it. ``rows``: the
     table rows it makes (default: the running job's)."""
     from nndl_jax import train
-    job = getattr(args, "job", None)   # set by the row driver on the args it hands a job's run
+    job = getattr(args, "job", None)   # the row driver's view of the job it runs
+    group = getattr(args, "checkpoint_id", None) or job_id
     job_id = checkpoint_name(getattr(args, "checkpoint_id", None), job, job_id)
     rows = rows or (job.rows if job is not None else [job_id])
-    folder = claim(args, job_id, rows)
+    folder = claim(args, job_id, rows, group=group)
     ckpt = train.Checkpoint(folder / CHECKPOINT_FILE,
                             dict(meta, chapter=args.chapter, quick=bool(args.quick), x64=bool(args.x64)))
     if ckpt.exists() and args.restart:
         ckpt.remove()
-    session.note_checkpoint(ckpt.path)
+    args.session.note_checkpoint(ckpt.path)
     if not args.quick:
         print(f"  checkpoint after every epoch: {ckpt.path} (Ctrl-C stops at once; "
               "--resume continues from the last finished epoch)", flush=True)
@@ -187,7 +192,7 @@ def check_unfinished(args):
         job_id = folder.name
         if not _asked_for(args, job_id):
             continue
-        pid = live_owner(folder)
+        pid = live_owner(folder, args.session.locks)
         if pid is not None:
             raise session.Refusal(f"{args.chapter}: row {job_id} is being trained by pid {pid} (into {args.out}); "
                           "wait for it to finish, or give another --out")
@@ -207,22 +212,42 @@ def check_unfinished(args):
             "or --restart to discard them")
 
 
+def job_folders(args, job_id):
+    """The checkpoint folders of job ``job_id``: its own and those of its
+    sub-runs (``<id>@<which>`` whose `group` is ``job_id``). A folder
+    ``<id>@...`` of another job is not among them: ``3.7@book`` (the book
+    replay of 3.7) is not a sub-run of 3.7, nor ``3.14@100`` of 3.14."""
+    root = checkpoint_root(args)
+    found = [root / job_id] if (root / job_id).is_dir() else []
+    return found + [f for f in sorted(root.glob(f"{glob.escape(job_id)}@*")) if f.is_dir() and group(f) == job_id]
+
+
+def group(folder):
+    """The checkpoint group (the row driver's name of a job) that ``folder``
+    belongs to, as its owner file names it (`claim`). An owner file written
+    before owners named it: a folder whose only row is its own name is a job
+    of its own (``3.7@book``), any other the sub-run of the name before its
+    last "@" (``3.18@book@0.025``)."""
+    owner, folder = _owner(folder), Path(folder)
+    if "job" in owner:
+        return owner["job"]
+    return folder.name if owner.get("rows") == [folder.name] else folder.name.rsplit("@", 1)[0]
+
+
 def remove_checkpoints(args, job_id):
     """Remove the checkpoints of job ``job_id`` and of its sub-runs
-    (``<id>@...``), with the temporary files interrupted writes left there
+    (`job_folders`), with the temporary files interrupted writes left there
     (``files.remove_stale_parts``: a live writer's is kept, and so its folder),
     then every folder this leaves empty up to the cache's checkpoints folder
-    (process 0's work in a multi-process run)."""
+    (process 0's work in a multi-process run); their locks are released."""
     if not session.is_main_process():
         return
     root = checkpoint_root(args)
-    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
-        if not folder.is_dir():
-            continue
+    for folder in job_folders(args, job_id):
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         files.remove_stale_parts(folder)   # interrupted writes; the job is over
         (folder / OWNER_FILE).unlink(missing_ok=True)
-        fd = _LOCKS.pop(folder, None)
+        fd = args.session.locks.pop(folder, None)
         if fd is not None:
             os.close(fd)
         with contextlib.suppress(OSError):
@@ -232,9 +257,8 @@ def remove_checkpoints(args, job_id):
 
 def drop_unsaved(args, job_id):
     """Remove the checkpoint folders of ``job_id`` (and its sub-runs) that hold no saved state."""
-    root = checkpoint_root(args)
-    for folder in [root / job_id, *root.glob(f"{glob.escape(job_id)}@*")]:
-        if folder.is_dir() and not (folder / CHECKPOINT_FILE).exists():
+    for folder in job_folders(args, job_id):
+        if not (folder / CHECKPOINT_FILE).exists():
             remove_checkpoints(args, folder.name)
 
 

@@ -1,13 +1,17 @@
 """How every chapter runs its rows: the command line and the row driver.
-The rest of the runner has its own modules: ``session`` (processes, devices,
-Ctrl-C, ``main_entry``), ``checkpoints`` (the folders of unfinished rows and
-their locks) and ``progress`` (the progress lines and the metrics log).
+The rest of the runner has its own modules: ``context`` (the run's context,
+``RunContext``: what ``parse_args`` returns, immutable, handed to every job as
+``args``), ``session`` (processes, devices, Ctrl-C, ``main_entry``, and the
+``Session`` that holds what a command changes while it runs), ``checkpoints``
+(the folders of unfinished rows and their locks) and ``progress`` (the
+progress lines and the metrics log).
 
 A chapter module is a table of the book's rows at the top, then ``jobs(args)``
 (what to train, as ``Job``s) and ``main``:
 
-    def main(argv=None):
-        args = driver.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS])
+    def main(argv=None, book_plan=None, run_session=None):
+        args = driver.parse_args("chap1", __doc__, argv, row_ids=[r["id"] for r in ROWS],
+                                 book_plan=book_plan, run_session=run_session)
         return driver.finish(args, driver.run_jobs(args, jobs(args)))
 
     if __name__ == "__main__":
@@ -40,21 +44,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import checkpoints, parts, report, session, store
+from experiments import checkpoints, context, parts, report, session, store
 
 
 def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, quick_seeds=None,
-               add_arguments=None, devices_per_core=False, prog=None, plan_only=False, book_plan=None):
-    """The command line every chapter takes; ``row_ids``: the chapter's rows,
-    as a dict id -> title (or a list of ids), listed by ``--help`` in the
-    book's order; ``--only`` accepts them and every id of the results table
-    they make (`row_of`: ``3.10a``, ``3.14@100``), kept in ``args.asked``
-    (``args.only`` holds their rows; `asked_jobs` keeps the jobs they need);
-    ``add_arguments(parser)`` adds a chapter's own options; ``quick_seeds``:
-    the runs per row of --quick unless --seeds is given; ``prog``: the
-    command as the user typed it (default: ``nndl-jax chapN`` under
-    `session.main_entry` with an argv, as the ``nndl-jax`` command runs it, else
-    ``python -m experiments.chapN``).
+               add_arguments=None, devices_per_core=False, prog=None, plan_only=False, book_plan=None,
+               run_session=None, derive=None):
+    """The command line every chapter takes, as the run's context
+    (``context.RunContext``: immutable, handed to every job); ``row_ids``: the
+    chapter's rows, as a dict id -> title (or a list of ids), listed by
+    ``--help`` in the book's order; ``--only`` accepts them and every id of the
+    results table they make (`row_of`: ``3.10a``, ``3.14@100``), kept in
+    ``args.asked`` (``args.only`` holds their rows; `asked_jobs` keeps the jobs
+    they need); ``add_arguments(parser)`` adds a chapter's own options (read
+    as ``args.epochs``, kept in ``args.options``); ``derive(args)``: the
+    context as the chapter's options imply it (``--book-seed`` implies
+    ``--x64``), before anything starts; ``quick_seeds``: the runs per row of
+    --quick unless --seeds is given; ``prog``: the command as the user typed it
+    (default: ``nndl-jax chapN`` under `session.main_entry` with an argv, as the
+    ``nndl-jax`` command runs it, else ``python -m experiments.chapN``);
+    ``run_session``: the command's ``session.Session`` (default: a new one).
 
     ``--plan N`` prints how ``--part I/N`` would share the chapter's jobs
     (``experiments.parts``) and exits, training nothing and starting no JAX
@@ -72,30 +81,32 @@ def parse_args(chapter, description, argv=None, *, row_ids, default_seeds=3, qui
     the planner reads of a chapter (`chapter_args`). ``book_plan``: the plan
     of ``nndl-jax reproduce --part`` that this chapter's share comes from
     (None: the chapter plans its own jobs)."""
+    run_session = run_session or session.Session()
     titles = row_ids if isinstance(row_ids, dict) else dict.fromkeys(row_ids, "")
     p = parser(chapter, description, titles, default_seeds=default_seeds, add_arguments=add_arguments,
-               devices_per_core=devices_per_core, prog=prog)
+               devices_per_core=devices_per_core, prog=prog or run_session.command_name(chapter))
     given = list(sys.argv[1:] if argv is None else argv)
-    args = checked_ids(p, chapter, list(titles), p.parse_args(argv), given, quick_seeds)
+    parsed = p.parse_args(argv)
+    args = context.from_namespace(parsed, **checked_ids(p, chapter, list(titles), parsed, given, quick_seeds),
+                                  prog=p.prog, argv=given, session=run_session)
+    args = derive(args) if derive is not None else args
     if plan_only:
         return args
     if args.plan is not None:
         print(parts.plan_text(parts.chapter_plan(chapter, args, planned_jobs_of(chapter), args.plan),
                               what=f"{chapter} --plan {args.plan}"))
         raise SystemExit(0)
-    set_share(args, book_plan)
-    args.code = parts.code_version()
+    args = with_share(args, book_plan).replace(code=parts.code_version())
     problem = store.out_problem(args.out, args.quick, chapter)
     if problem:
         p.error(problem)
-    start_run(args, given, devices_per_core)
-    return args
+    return start_run(args, devices_per_core)
 
 
 def parser(chapter, description, titles, *, default_seeds=3, add_arguments=None, devices_per_core=False,
            prog=None):
     """The argparse parser of chapter ``chapter``'s command (``titles``: its rows, id -> title)."""
-    p = argparse.ArgumentParser(prog=prog or session.command_name(chapter), description=description,
+    p = argparse.ArgumentParser(prog=prog or f"python -m experiments.{chapter}", description=description,
                                 epilog=rows_help(chapter, titles),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, chapter, default_seeds)
@@ -147,37 +158,38 @@ def add_part_arguments(p):
                    help="print which jobs each of N parts would run and its expected time, then exit")
 
 
-def checked_ids(p, chapter, row_ids, args, given, quick_seeds):
-    """``args`` (parsed by ``p`` from ``given``) with --quick's seeds, the seeds
-    checked, ``--only``'s ids checked and kept in ``args.asked``, their rows in
-    ``args.only``; ``args.row_ids`` and ``args.chapter`` set. Bad ones are ``p.error``s."""
-    if quick_seeds is not None and args.quick and not any(a.split("=")[0] == "--seeds" for a in given):
-        args.seeds = quick_seeds
-    if not 0 <= args.seed or args.seed + args.seeds > 2 ** 32:
-        p.error(f"--seed {args.seed} with --seeds {args.seeds}: seeds must lie in 0 .. 2**32 - 1")
-    args.asked = args.only
-    if args.only is not None:
-        unknown = [r for r in args.only if row_of(r, row_ids) is None]
+def checked_ids(p, chapter, row_ids, parsed, given, quick_seeds):
+    """What the context takes from the command line ``given`` (parsed by ``p``
+    into ``parsed``) beyond its options: ``seeds`` (--quick's unless --seeds is
+    given), checked; ``asked`` (``--only``'s ids, checked) and ``only`` (their
+    rows); ``row_ids`` and ``chapter``. Bad ones are ``p.error``s."""
+    seeds = parsed.seeds
+    if quick_seeds is not None and parsed.quick and not any(a.split("=")[0] == "--seeds" for a in given):
+        seeds = quick_seeds
+    if not 0 <= parsed.seed or parsed.seed + seeds > 2 ** 32:
+        p.error(f"--seed {parsed.seed} with --seeds {seeds}: seeds must lie in 0 .. 2**32 - 1")
+    only = parsed.only
+    if only is not None:
+        unknown = [r for r in only if row_of(r, row_ids) is None]
         if unknown:
             p.error(f"unknown row id{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} for --only; "
                     f"the {chapter} rows are: {' '.join(sorted(row_ids, key=store.row_sort_key))} "
                     "(or an id of the results a row makes, such as chapter 3's 3.10a or 3.14@100; "
                     "--help lists the rows with their titles)")
-        args.only = list(dict.fromkeys(row_of(r, row_ids) for r in args.only))
-    args.row_ids = list(row_ids)
-    args.chapter = chapter
-    return args
+        only = list(dict.fromkeys(row_of(r, row_ids) for r in only))
+    return dict(seeds=seeds, asked=parsed.only, only=only, row_ids=list(row_ids), chapter=chapter)
 
 
-def set_share(args, book_plan=None):
-    """``args.share`` (the jobs and units of this part, ``--part I/N``) and
-    ``args.part_record`` (what the results record of the part), from
+def with_share(args, book_plan=None):
+    """``args`` with ``share`` (the jobs and units of this part, ``--part I/N``)
+    and ``part_record`` (what the results record of the part), from
     ``book_plan`` (``nndl-jax reproduce --part``) or the chapter's own plan; None without --part."""
-    args.share, args.part_record = None, None
-    if args.part is not None:
-        i, n = args.part
-        plan = book_plan or parts.chapter_plan(args.chapter, args, planned_jobs_of(args.chapter), n)
-        args.share, args.part_record = parts.share(plan, i, args.chapter), parts.part_record(plan, i, args.chapter)
+    if args.part is None:
+        return args
+    i, n = args.part
+    plan = book_plan or parts.chapter_plan(args.chapter, args, planned_jobs_of(args.chapter), n)
+    return args.replace(share=frozenset(parts.share(plan, i, args.chapter)),
+                        part_record=parts.part_record(plan, i, args.chapter))
 
 
 def run_id():
@@ -188,11 +200,12 @@ def run_id():
     return f"{store.now()} pid {os.getpid()} #{secrets.token_hex(4)}"
 
 
-def start_run(args, given, devices_per_core=False):
+def start_run(args, devices_per_core=False):
     """Start the run of ``args``: join its other processes, choose its devices
     and precision (before JAX makes any array), name it, and, in process 0,
-    check its checkpoint folder and the unfinished rows of earlier runs."""
-    if getattr(args, "share_device", None) is not None:
+    check its checkpoint folder and the unfinished rows of earlier runs. The
+    context of the started run (``started``, ``run_id``), noted in its session."""
+    if args.share_device is not None:
         from nndl_jax import devices
         devices.share_device(args.share_device)
     session.start_processes(args, prog=args.chapter)
@@ -200,13 +213,12 @@ def start_run(args, given, devices_per_core=False):
     if args.x64:  # before any array is made: every default float becomes float64
         import jax
         jax.config.update("jax_enable_x64", True)
-    args.started = time.time()
-    args.run_id = run_id()
-    args.argv = given
+    args = args.replace(started=time.time(), run_id=run_id())
     if session.is_main_process():  # the other processes of a multi-process run follow process 0's decisions
         checkpoints.probe_checkpoint_folder(args)
         checkpoints.check_unfinished(args)
-    session.note_run(args)
+    args.session.note_run(args)
+    return args
 
 
 def add_again_arguments(p):
@@ -263,8 +275,7 @@ def positive_int(text):
 def seeds(args):
     """The integer seeds of the runs of one row: the command's, or those the
     row driver hands a job of units (a part's share, the seeds not yet recorded)."""
-    given = getattr(args, "unit_seeds", None)
-    return list(given) if given is not None else store.seeds(args)
+    return list(args.unit_seeds) if args.unit_seeds is not None else store.seeds(args)
 
 
 def chapter_args(chapter, argv):
@@ -424,39 +435,35 @@ def run_whole_job(args, job):
 
 
 def _run(args, job, checkpoint_id, unit_seeds=None):
-    """``job.run`` on a copy of ``args`` that names the job (``args.job``, read
-    by `checkpoints.row_checkpoint`), its checkpoint and seeds: (its records, its payload, its seconds)."""
+    """``job.run`` on the job's view of ``args`` (``args.job``, read by
+    `checkpoints.row_checkpoint`, its checkpoint and seeds): (its records, its
+    payload with what it added through `add_payload`, its seconds). A job that
+    stops on an error gives up its checkpoint folders' locks (it trains them no more)."""
     t0 = time.time()
-    given = argparse.Namespace(**{**vars(args), "job": job, "checkpoint_id": checkpoint_id,
-                                  "unit_seeds": unit_seeds, "extra_payload": {}})
+    given = args.replace(job=job, checkpoint_id=checkpoint_id,
+                         unit_seeds=None if unit_seeds is None else tuple(unit_seeds))
+    args.session.take_payload()   # nothing left over from a job that stopped
     try:
         out = job.run(given)
     except BaseException:
         checkpoints.drop_unsaved(args, checkpoint_id)  # a job stopped before its first checkpoint leaves no folder
+        args.session.release_locks()
         raise
     done, payload = out if isinstance(out, tuple) else (out, {})
-    return done, merged_payload(payload, given.extra_payload), time.time() - t0
+    return done, session.merged_payload(payload, args.session.take_payload()), time.time() - t0
 
 
 def add_payload(args, payload):
     """Add ``payload`` (e.g. ``store.divergence(...)``) to what the running job
     records with its rows: a job's sub-runs return nothing to the driver but
     what they measure, and only the driver writes results."""
-    args.extra_payload = merged_payload(getattr(args, "extra_payload", {}), payload)
-
-
-def merged_payload(a, b):
-    """Two chapter payloads as one: dict entries merged key by key."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    args.session.add_payload(payload)
 
 
 def _record(args, rows, payload, units=()):
     """Every write of a chapter run's results goes through here (``store.record``)."""
     store.record(args, rows, units=units, **payload)
-    session.note_recorded(args.out, [r["id"] for r in rows])
+    args.session.note_recorded(args.out, [r["id"] for r in rows])
 
 
 def held_seeds(args, job):
@@ -582,7 +589,7 @@ def finish(args, rows, **payload):
     run's table (less the rows `progress.show_table` printed already) and return the
     merged results (every row in ``OUT/results.json``)."""
     out = store.record(args, rows, complete=True, **payload)
-    unshown = [r for r in rows if r["id"] not in getattr(args, "shown", ())]
+    unshown = [r for r in rows if r["id"] not in args.session.shown.get(args.run_id, ())]
     if unshown or not rows:
         print()
         print(report.format_table(unshown))
@@ -590,7 +597,7 @@ def finish(args, rows, **payload):
     print(f"\n{args.chapter}: {report.duration(time.time() - args.started)} wall"
           f"{' (quick mode)' if args.quick else ''}")
     print(f"wrote {Path(args.out) / store.RESULTS}" + (f" ({kept} rows of earlier runs kept)" if kept else ""))
-    if getattr(args, "part_record", None):
+    if args.part_record:
         print(merge_hint(args))
     return out
 

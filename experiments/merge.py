@@ -34,7 +34,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from experiments import compose, store
+from experiments import compose, context, store
 
 VOLATILE = store.VOLATILE   # one list of what does not identify a measurement
 # payload entries that say how long something took, not what it measured
@@ -258,7 +258,8 @@ def figures(chapter, folders, target, results):
     draws from rows drawn again from the merged rows; the parts' others copied
     (a figure drawn by more than one part from its own rows keeps the first, named)."""
     module = importlib.import_module(f"experiments.{chapter}") if chapter in _chapter_modules() else None
-    redrawn = set(module.redraw(argparse.Namespace(out=target), results) or ()) if hasattr(module, "redraw") else set()
+    into = context.RunContext(chapter=chapter, out=Path(target))   # what a chapter's figures read of a run
+    redrawn = set(module.redraw(into, results) or ()) if hasattr(module, "redraw") else set()
     seen, twice = set(redrawn), []
     for folder in folders:
         if Path(folder).resolve() == Path(target).resolve():
@@ -285,7 +286,8 @@ def _chapter_modules():
     return {p.stem for p in Path(__file__).parent.glob("chap*.py")}
 
 
-def main(argv=None):
+def main(argv=None, run_session=None):
+    """``nndl-jax merge``; ``run_session`` (``session.main_entry``'s) is not used: a merge trains nothing."""
     p = argparse.ArgumentParser(prog="nndl-jax merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="+", type=Path, metavar="DIR", help="the parts' --out folders")

@@ -295,8 +295,8 @@ def chapter_plan(chapter, args, planned_jobs, n):
 def _units(chapter, args, planned_jobs, start):
     """A chapter's units, listed as a fresh run lists them (no --resume: a
     resumed run's saved groups must not change the plan)."""
-    fresh = argparse.Namespace(**{**vars(args), "resume": False})
-    every = planned_jobs(argparse.Namespace(**{**vars(fresh), "only": None}))
+    fresh = args.replace(resume=False)   # the run context (``context.RunContext``) as a fresh run sees it
+    every = planned_jobs(fresh.replace(only=None))
     return chapter_units(chapter, fresh, every, planned_jobs(fresh), recorded_results(chapter), start=start)
 
 

@@ -129,9 +129,9 @@ class MetricsLog:
 
 def show_table(args, rows):
     """Print ``rows``' table now (before a long wait), once: `finish`'s table
-    leaves them out."""
+    leaves them out (the run's session keeps which were shown)."""
     print("\n" + report.format_table(rows) + "\n", flush=True)
-    args.shown = set(getattr(args, "shown", ())) | {r["id"] for r in rows}
+    args.session.shown.setdefault(args.run_id, set()).update(r["id"] for r in rows)
 
 
 def plural(n, word):

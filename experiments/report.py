@@ -136,12 +136,11 @@ def duration(seconds):
 
 # --- figures ---------------------------------------------------------------------------
 
-_ANNOUNCED = set()  # figures whose "wrote" line this process printed: each file is announced once
-
-
 def figure(args, name):
     """A new matplotlib figure and the path it will be saved to; None, None when
-    matplotlib is not installed (the results JSON is still written)."""
+    matplotlib is not installed (the results JSON is still written). The
+    figure carries the run session's ``announce`` (``args.session``, when
+    ``args`` has one), which `save` asks whether to say it wrote the file."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -150,20 +149,23 @@ def figure(args, name):
         print(f"(matplotlib is not installed: skipping {name}.png; pip install 'nndl-jax[plots]')")
         return None, None
     fig = plt.figure(figsize=(7, 4.5))
+    session = getattr(args, "session", None)
+    fig.nndl_announce = session.announce if session is not None else None
     return fig, Path(args.out) / f"{name}.png"
 
 
 def save(fig, path):
     """Save a figure atomically (``store.atomic_write``) and close it; the
-    first save of a file in this process says so."""
+    first save of a file in a command says so (the figure's session: `figure`;
+    a figure made elsewhere, every save)."""
     if fig is None:
         return
     import matplotlib.pyplot as plt
     fig.tight_layout()
     store.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    if Path(path).resolve() not in _ANNOUNCED:
-        _ANNOUNCED.add(Path(path).resolve())
+    announce = getattr(fig, "nndl_announce", None)
+    if announce is None or announce(path):
         print(f"wrote {path}")
 
 

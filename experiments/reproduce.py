@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
-from experiments import book_seeds, compose, driver, parts, report, session, store
+from experiments import book_seeds, compose, context, driver, parts, report, session, store
 
 CHAPTERS = ("1", "3", "4", "5", "6")
 FULL_OUT, QUICK_OUT = Path("reproduced"), Path("results") / "reproduce-quick"
@@ -42,7 +42,13 @@ END = "<!-- results:end -->"
 
 # --- running the chapters ----------------------------------------------------------------
 
-def parse_args(argv=None):
+def parse_args(argv=None, run_session=None):
+    """The command line of ``nndl-jax reproduce`` as the run's context
+    (``context.RunContext``, chapter "reproduce": ``only`` its chapters,
+    ``seeds`` None for each chapter's own, ``book_plan`` the plan of
+    ``--part``), its processes joined and its devices chosen; ``run_session``:
+    the command's ``session.Session`` (default: a new one), which every
+    chapter's run then shares."""
     p = argparse.ArgumentParser(prog="nndl-jax reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="every chapter's short CI run")
@@ -66,21 +72,21 @@ def parse_args(argv=None):
                            "`nndl-jax merge`")
     farm.add_argument("--plan", type=driver.positive_int, default=None, metavar="N",
                       help="print which jobs each of N parts would run and its expected time, then exit")
-    args = p.parse_args(argv)
-    if args.out is None:
-        args.out = QUICK_OUT if args.quick else FULL_OUT
-    args.only = [c for c in CHAPTERS if c in args.only]
+    parsed = p.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = context.from_namespace(parsed, chapter="reproduce", prog=p.prog, argv=given,
+                                  out=parsed.out or (QUICK_OUT if parsed.quick else FULL_OUT),
+                                  only=[c for c in CHAPTERS if c in parsed.only],
+                                  session=run_session or session.Session())
     if args.plan is not None:
         print(parts.plan_text(book_plan(args, args.plan), what=f"nndl-jax reproduce --plan {args.plan}"))
         raise SystemExit(0)
-    args.book_plan = None   # --part: the plan of the whole book, which every chapter's share comes from
-    if args.part is not None:
+    if args.part is not None:   # the plan of the whole book, which every chapter's share comes from
         (i, n), plan = args.part, book_plan(args, args.part[1])
-        args.book_plan = plan
         idle = [c for c in args.only if not parts.share(plan, i, f"chap{c}")]
         if idle:
             print(f"part {i}/{n} holds no job of chapter{'s' * (len(idle) > 1)} {' '.join(idle)}", flush=True)
-        args.only = [c for c in args.only if c not in idle]
+        args = args.replace(book_plan=plan, only=tuple(c for c in args.only if c not in idle))
     for c in args.only:  # fail before hours of chapter 1 if chapter 6's folder cannot take its results
         problem = store.out_problem(args.out / f"chap{c}", args.quick, f"chap{c}")
         if problem:
@@ -88,8 +94,7 @@ def parse_args(argv=None):
     # before any chapter runs JAX: the count asked for, else one per core when chapter 6 runs
     session.start_processes(args, prog="nndl-jax reproduce")  # every chapter then runs over the same processes
     session.use_devices(args.devices, per_core="6" in args.only, prog="nndl-jax reproduce")
-    given = list(sys.argv[1:] if argv is None else argv)
-    session.set_resume_command("nndl-jax reproduce " + shlex.join(
+    args.session.set_resume_command("nndl-jax reproduce " + shlex.join(
         [a for a in given if a not in ("--resume", "--restart")] + ["--resume"]))
     return args
 
@@ -148,10 +153,10 @@ def chapter_argv(args, chapter):
     return argv
 
 
-def main(argv=None):
+def main(argv=None, run_session=None):
     """Run the chapters, write REPORT.md; exit status 1 when a chapter failed
     (the others still run, and the report shows what they finished)."""
-    return run_chapters(parse_args(argv))
+    return run_chapters(parse_args(argv, run_session))
 
 
 def run_chapters(args):
@@ -161,7 +166,8 @@ def run_chapters(args):
         print(f"\n=== chapter {c} ({i + 1} of {len(args.only)}; {time.time() - t0:.0f} s so far): "
               f"python -m experiments.chap{c} {' '.join(chapter_argv(args, c))}", flush=True)
         try:
-            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c), book_plan=args.book_plan)
+            importlib.import_module(f"experiments.chap{c}").main(chapter_argv(args, c), book_plan=args.book_plan,
+                                                                 run_session=args.session)
         except (Exception, SystemExit) as e:  # noqa: BLE001  one chapter's failure must not lose the rest
             if isinstance(e, SystemExit) and not e.code:
                 continue
@@ -359,7 +365,7 @@ def update_readme(readme=README, root=None):
     return new != text
 
 
-def report_main(argv=None):
+def report_main(argv=None, run_session=None):
     """``nndl-jax report``: REPORT.md (and, with --readme, the README block) from existing results."""
     p = argparse.ArgumentParser(prog="nndl-jax report",
                                 description="Write OUT/REPORT.md from OUT/chapN/results.json, training nothing.")

@@ -2,10 +2,12 @@
 the note that says what is saved and how to resume, and ``main_entry``, the
 wrapper that turns every refusal into a message without a traceback.
 
-``_SESSION`` is what that note needs to know about the command running in this
-process (its runs, the rows recorded, the checkpoint being written, the resume
-command, the command's name): state of the process, set by ``main_entry``, as
-the signal handlers that read it are.
+A ``Session`` is what that note needs to know about the command running (its
+runs, the rows recorded, the checkpoint being written, the resume command, the
+command's name), with the rest of the command's changing state (the owner
+locks it holds, the figures it announced): one object per command, made by
+``main_entry`` and handed explicitly to the command, to the signal handlers
+(as closures) and to the peer-stop callback. Nothing here is module state.
 """
 import contextlib
 import json
@@ -32,13 +34,15 @@ _LABELS = {"chapter": "the command", "code": "the code version", "asked": "--onl
 
 def agreed_settings(args):
     """The settings every process of a run must share, as {"--epochs": 3, ...}:
-    the parsed command line but each process's own place in it (``_PER_PROCESS``)."""
+    the parsed command line (a run context's ``settings()``, or a namespace)
+    but each process's own place in it (``_PER_PROCESS``)."""
     def plain(v):
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
-    given = vars(args)
-    derived = {"book_plan"} | ({"only"} if "asked" in given else set())   # from --part; --only's rows, from its ids
+    given = args.settings() if hasattr(args, "settings") else vars(args)
+    # from --part; --only's rows, from its ids
+    derived = {"book_plan"} | ({"only"} if given.get("asked") is not None else set())
     left_out = _PER_PROCESS | derived
     return {_LABELS.get(k, "--" + k.replace("_", "-")): plain(v)
             for k, v in sorted(given.items()) if k not in left_out and not k.startswith("_")}
@@ -58,8 +62,8 @@ def start_processes(args, prog="nndl-jax"):
                                               agree=agreed_settings(args), debug=getattr(args, "debug", False))
     except distributed.DistributedError as e:
         raise Refusal(f"{prog}: {e}") from None
-    distributed.on_peer_stop(lambda peer, why, status: _stop_now(why if " in process " in why
-                                                                 else f"{why} in process {peer}", status))
+    distributed.on_peer_stop(lambda peer, why, status: args.session.stop_now(
+        why if " in process " in why else f"{why} in process {peer}", status))
     if index != 0:  # stdout, its file descriptor too (the collectives' libraries print there)
         sys.stdout.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -99,80 +103,137 @@ def use_devices(n, *, per_core=False, prog="nndl-jax"):
     return got
 
 
-def command_name(chapter):
-    """How the user typed chapter ``chapter``'s command: ``nndl-jax chapN``
-    when `main_entry` runs it for the ``nndl-jax`` command, else
-    ``python -m experiments.chapN``."""
-    base = _SESSION.get("prog")
-    return f"{base} {chapter}" if base else f"python -m experiments.{chapter}"
+class Session:
+    """The state of one command while it runs: what Ctrl-C's note says (the
+    chapter runs, the rows recorded, the checkpoint being written, the resume
+    command), the owner-file locks of the checkpoint folders it trains (an
+    flock lasts as long as its open file), the figures whose "wrote" line it
+    printed, the rows whose table it printed and the payload the running job
+    adds to its rows.
+
+    `main_entry` makes one per command and hands it to the command's ``main``
+    (``run_session=``), which hands it to ``driver.parse_args``: every run
+    context of the command carries it (``args.session``), and the signal
+    handlers get it through their closures. A ``main`` called without one
+    (a test) gets a fresh one from ``parse_args``. ``prog``: the command's
+    base name when `main_entry` runs it for the ``nndl-jax`` command."""
+
+    def __init__(self, prog=None):
+        self.prog = prog
+        self.runs, self.recorded = [], []
+        self.checkpoint, self.resume = None, None
+        self.locks = {}        # checkpoint folder -> the open, locked owner file of a job this command trains
+        self.announced = set()  # figures whose "wrote" line was printed: each file is announced once
+        self.shown = {}         # run id -> the rows whose table `progress.show_table` printed
+        self.payload = {}       # what the running job adds to its rows (``driver.add_payload``)
+        self.stopping = threading.Lock()   # only the first stop (a signal, a peer) prints the note
+
+    def command_name(self, chapter):
+        """How the user typed chapter ``chapter``'s command: ``nndl-jax chapN``
+        when `main_entry` runs it for the ``nndl-jax`` command, else
+        ``python -m experiments.chapN``."""
+        return f"{self.prog} {chapter}" if self.prog else f"python -m experiments.{chapter}"
+
+    def note_run(self, args):
+        """A chapter run of this command (its context): the resume command and the messages name the last one."""
+        self.runs.append(args)
+
+    def note_recorded(self, out, row_ids):
+        """Rows recorded in ``out`` by this command, for the Ctrl-C note."""
+        self.recorded += [(out, rid) for rid in row_ids]
+
+    def note_checkpoint(self, path):
+        """The checkpoint file of the row being trained, for the Ctrl-C note."""
+        self.checkpoint = path
+
+    def set_resume_command(self, command):
+        """The command that Ctrl-C's note offers (``nndl-jax reproduce`` sets its own)."""
+        self.resume = command
+
+    def resume_command(self):
+        if self.resume:
+            return self.resume
+        if not self.runs:
+            return None
+        args = self.runs[-1]
+        argv = [a for a in args.argv if a not in ("--restart", "--resume")] + ["--resume"]
+        return f"{args.prog or self.command_name(args.chapter)} " + shlex.join(argv)
+
+    def announce(self, path):
+        """Whether the figure ``path`` is written for the first time in this command (then say so)."""
+        first = Path(path).resolve() not in self.announced
+        self.announced.add(Path(path).resolve())
+        return first
+
+    def add_payload(self, payload):
+        """Add ``payload`` to what the running job records with its rows."""
+        self.payload = merged_payload(self.payload, payload)
+
+    def take_payload(self):
+        """What the running job added (``add_payload``), handed over once."""
+        payload, self.payload = self.payload, {}
+        return payload
+
+    def release_locks(self):
+        """Close every owner file this command holds locked: its jobs are over."""
+        while self.locks:
+            _, fd = self.locks.popitem()
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def interrupted_note(self, why="Ctrl-C"):
+        """What Ctrl-C (or SIGTERM: ``why``) prints: the rows saved where, and the
+        command that resumes. In a process other than 0 of a run over several,
+        which saves nothing itself: that process 0 keeps what is saved."""
+        from nndl_jax import distributed
+        lines = ["", f"stopped ({why})."]
+        place = distributed.started()
+        if place is not None and place[0] != 0:
+            lines.append(f"process {place[0]} of {place[1]}: process 0 records the finished rows and keeps the "
+                         "unfinished row's checkpoint; its note says what is saved.")
+        else:
+            lines += self._saved_lines()
+        command = self.resume_command()
+        if command:
+            lines.append(f"resume with: {command}" + (" (and every other process with its own --process-id)"
+                                                      if place is not None else ""))
+        return "\n".join(lines)
+
+    def _saved_lines(self):
+        """Where the finished rows and the unfinished row's last epoch are saved."""
+        lines, by_out = [], {}
+        for out, rid in self.recorded:
+            by_out.setdefault(str(out), []).append(rid)
+        for out, ids in by_out.items():
+            lines.append(f"rows recorded in {Path(out) / store.RESULTS}: {', '.join(ids)}")
+        saved = self.checkpoint   # the path of the checkpoint file of the row being trained
+        if saved is not None and Path(saved).exists():
+            lines.append(f"the unfinished row's last finished epoch is saved in {Path(saved).parent}")
+        if not by_out and self.checkpoint is None:
+            lines.append("no row was finished yet.")
+        return lines
+
+    def stop_now(self, why, status):
+        """End this process at once (from any thread): tell the run's other
+        processes, print the note, exit with ``status``. Only the first caller
+        gets through; a second one waits for the exit."""
+        self.stopping.acquire()
+        from nndl_jax import distributed
+        distributed.tell_peers_stopping(why, status)
+        print(self.interrupted_note(why), file=sys.stderr, flush=True)
+        os._exit(status)
+
+    def chapter_or(self, prog):
+        """The chapter of this command's last run, else ``prog``: the name its messages start with."""
+        return self.runs[-1].chapter if self.runs else prog
 
 
-_SESSION = {"runs": [], "recorded": [], "checkpoint": None, "resume": None, "prog": None}
-
-
-def note_run(args):
-    """A chapter run of this session (its parsed command line): the resume
-    command and the messages name the last one."""
-    _SESSION["runs"].append(args)
-
-
-def note_recorded(out, row_ids):
-    """Rows recorded in ``out`` by this session, for the Ctrl-C note."""
-    _SESSION["recorded"] += [(out, rid) for rid in row_ids]
-
-
-def note_checkpoint(path):
-    """The checkpoint file of the row being trained, for the Ctrl-C note."""
-    _SESSION["checkpoint"] = path
-
-
-def set_resume_command(command):
-    """The command that Ctrl-C's note offers (``nndl-jax reproduce`` sets its own)."""
-    _SESSION["resume"] = command
-
-
-def resume_command():
-    if _SESSION["resume"]:
-        return _SESSION["resume"]
-    if not _SESSION["runs"]:
-        return None
-    args = _SESSION["runs"][-1]
-    argv = [a for a in args.argv if a not in ("--restart", "--resume")] + ["--resume"]
-    return f"{command_name(args.chapter)} " + shlex.join(argv)
-
-
-def interrupted_note(why="Ctrl-C"):
-    """What Ctrl-C (or SIGTERM: ``why``) prints: the rows saved where, and the
-    command that resumes. In a process other than 0 of a run over several,
-    which saves nothing itself: that process 0 keeps what is saved."""
-    from nndl_jax import distributed
-    lines = ["", f"stopped ({why})."]
-    place = distributed.started()
-    if place is not None and place[0] != 0:
-        lines.append(f"process {place[0]} of {place[1]}: process 0 records the finished rows and keeps the "
-                     "unfinished row's checkpoint; its note says what is saved.")
-    else:
-        lines += _saved_lines()
-    command = resume_command()
-    if command:
-        lines.append(f"resume with: {command}" + (" (and every other process with its own --process-id)"
-                                                  if place is not None else ""))
-    return "\n".join(lines)
-
-
-def _saved_lines():
-    """Where the finished rows and the unfinished row's last epoch are saved."""
-    lines, by_out = [], {}
-    for out, rid in _SESSION["recorded"]:
-        by_out.setdefault(str(out), []).append(rid)
-    for out, ids in by_out.items():
-        lines.append(f"rows recorded in {Path(out) / store.RESULTS}: {', '.join(ids)}")
-    saved = _SESSION["checkpoint"]   # the path of the checkpoint file of the row being trained
-    if saved is not None and Path(saved).exists():
-        lines.append(f"the unfinished row's last finished epoch is saved in {Path(saved).parent}")
-    if not by_out and _SESSION["checkpoint"] is None:
-        lines.append("no row was finished yet.")
-    return lines
+def merged_payload(a, b):
+    """Two chapter payloads as one: dict entries merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def checkpoint_refusal(e):
@@ -206,22 +267,8 @@ def _short(value, limit=60):
 _STOPS = {"SIGINT": ("Ctrl-C", 130), "SIGTERM": ("SIGTERM", 143)}   # signal: what the note says, exit status
 
 
-_STOPPING = threading.Lock()
-
-
-def _stop_now(why, status):
-    """End this process at once (from any thread): tell the run's other
-    processes, print the note, exit with ``status``. Only the first caller
-    gets through; a second one waits for the exit."""
-    _STOPPING.acquire()
-    from nndl_jax import distributed
-    distributed.tell_peers_stopping(why, status)
-    print(interrupted_note(why), file=sys.stderr, flush=True)
-    os._exit(status)
-
-
 @contextlib.contextmanager
-def _stop_at_once_with_a_note():
+def _stop_at_once_with_a_note(session):
     """Ctrl-C (SIGINT) and SIGTERM (what Slurm sends before it kills a job)
     end the process at once, even in the middle of a compiled epoch (Python
     alone would only see it when the epoch returns), after printing which rows
@@ -229,7 +276,7 @@ def _stop_at_once_with_a_note():
     run over several processes every process stops so. Nothing saved is lost:
     checkpoints and results are written atomically. The signal's byte reaches
     a helper thread through ``signal.set_wakeup_fd``, which needs no help
-    from the busy main thread."""
+    from the busy main thread; the note is ``session``'s (`Session.stop_now`)."""
     import signal
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "set_wakeup_fd"):
         yield
@@ -250,7 +297,7 @@ def _stop_at_once_with_a_note():
                 return
             for sig, (why, status) in caught.items():
                 if sig in got:
-                    _stop_now(why, status)
+                    session.stop_now(why, status)
 
     thread = threading.Thread(target=watch, name="ctrl-c", daemon=True)
     thread.start()
@@ -266,21 +313,23 @@ def _stop_at_once_with_a_note():
 
 
 def main_entry(main, argv=None, prog=None):
-    """Run an experiment command's ``main(argv)`` for the command line; its exit
-    status. Every refusal (bad arguments, a refused checkpoint, a bad results
-    file, missing MNIST) prints its message without a Python traceback and
-    gives a non-zero status; Ctrl-C stops at once and says what is saved and
-    how to resume (130; SIGTERM likewise, 143). Used by every ``__main__`` block and by ``nndl-jax``;
+    """Run an experiment command's ``main(argv, run_session=...)`` for the
+    command line; its exit status. The command's `Session` is made here and
+    handed to ``main`` and to the Ctrl-C / SIGTERM handlers. Every refusal (bad
+    arguments, a refused checkpoint, a bad results file, missing MNIST) prints
+    its message without a Python traceback and gives a non-zero status; Ctrl-C
+    stops at once and says what is saved and how to resume (130; SIGTERM
+    likewise, 143). Used by every ``__main__`` block and by ``nndl-jax``;
     ``prog``: the command's name for its messages, usage line and resume
     command (default, given an ``argv``: ``nndl-jax``; a chapter adds its name)."""
     from nndl_jax.checkpoint import CheckpointError
     prog = Path(sys.argv[0]).stem if argv is None else (prog or "nndl-jax")
-    _SESSION.update(runs=[], recorded=[], checkpoint=None, resume=None, prog=None if argv is None else prog)
-    with _stop_at_once_with_a_note():
+    session = Session(prog=None if argv is None else prog)
+    with _stop_at_once_with_a_note(session):
         try:
-            result = main(argv)
+            result = main(argv, run_session=session)
         except KeyboardInterrupt:
-            print(interrupted_note(), file=sys.stderr, flush=True)
+            print(session.interrupted_note(), file=sys.stderr, flush=True)
             return 130
         except SystemExit as e:
             if e.code is None or isinstance(e.code, int):
@@ -291,10 +340,8 @@ def main_entry(main, argv=None, prog=None):
             print(checkpoint_refusal(e), file=sys.stderr, flush=True)
             return 1
         except (store.ResultsError, data.MNISTError) as e:
-            print(f"{_chapter_or(prog)}: {e}", file=sys.stderr, flush=True)
+            print(f"{session.chapter_or(prog)}: {e}", file=sys.stderr, flush=True)
             return 1
+        finally:
+            session.release_locks()
     return result if isinstance(result, int) else 0
-
-
-def _chapter_or(prog):
-    return _SESSION["runs"][-1].chapter if _SESSION["runs"] else prog

@@ -386,7 +386,7 @@ def seeds(args):
 def _run_entry(args, complete):
     """This command's entry in ``"runs"``: its command line, settings, machine,
     the code it ran (package version, git commit) and, for ``--part``, which part of which plan."""
-    entry = {"id": args.run_id, "chapter": args.chapter, "argv": args.argv, "quick": args.quick,
+    entry = {"id": args.run_id, "chapter": args.chapter, "argv": list(args.argv), "quick": args.quick,
              "x64": bool(args.x64), "seeds": seeds(args), "wall_seconds": time.time() - args.started,
              "complete": complete, "environment": environment()}
     if getattr(args, "code", None) is not None:

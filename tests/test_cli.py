@@ -363,8 +363,8 @@ def test_reproduce_hands_devices_and_resume_to_every_chapter(tmp_path):
     """`nndl-jax reproduce --devices N --resume` sets the device count before any
     chapter runs JAX (in this test process JAX already runs, so it only says so)
     and gives every chapter the same options."""
-    from experiments import reproduce, session
+    from experiments import reproduce
     args = reproduce.parse_args(["--quick", "--only", "4", "--devices", "1", "--resume", "--out", str(tmp_path)])
     argv = reproduce.chapter_argv(args, "4")
     assert argv[argv.index("--devices") + 1] == "1" and "--resume" in argv and "--quick" in argv
-    assert session.resume_command() == f"nndl-jax reproduce --quick --only 4 --devices 1 --out {tmp_path} --resume"
+    assert args.session.resume_command() == f"nndl-jax reproduce --quick --only 4 --devices 1 --out {tmp_path} --resume"

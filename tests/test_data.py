@@ -857,7 +857,7 @@ def test_cli_run_dispatches_to_an_experiment_main(monkeypatch):
 
     seen = []
     fake = types.ModuleType("experiments.chap99")
-    fake.main = lambda argv: seen.append(argv) or 0
+    fake.main = lambda argv, run_session=None: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "experiments.chap99", fake)
     from experiments import cli as experiments_cli
     assert experiments_cli.main(["run", "99", "--quick", "--seed", "3"]) == 0

@@ -204,13 +204,13 @@ def test_a_ctrl_c_note_in_process_1_points_at_process_0_not_at_its_checkpoint(tm
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / checkpoints.CHECKPOINT_FILE).write_bytes(b"")
-    monkeypatch.setitem(session._SESSION, "checkpoint", folder / checkpoints.CHECKPOINT_FILE)
-    monkeypatch.setitem(session._SESSION, "recorded", [])
+    command = session.Session()
+    command.note_checkpoint(folder / checkpoints.CHECKPOINT_FILE)
     monkeypatch.setattr(distributed, "_STARTED", [(1, 2)])
-    note = session.interrupted_note()
+    note = command.interrupted_note()
     assert str(folder) not in note and "process 1 of 2: process 0" in note
     monkeypatch.setattr(distributed, "_STARTED", [(0, 2)])
-    assert str(folder) in session.interrupted_note()
+    assert str(folder) in command.interrupted_note()
 
 
 # --- the first collective, and errors ------------------------------------------------------------
@@ -220,8 +220,9 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from experiments import driver, session
 
-    def main(argv):
-        driver.parse_args("chap1", "the start of a run over several processes", argv, row_ids=["1.1"])
+    def main(argv, run_session=None):
+        driver.parse_args("chap1", "the start of a run over several processes", argv, row_ids=["1.1"],
+                          run_session=run_session)
         import jax
         if jax.process_index() == 1:
             time.sleep(float(os.environ["SLEEP_IN_PROCESS_1"]))

@@ -112,18 +112,15 @@ def test_planning_reads_each_chapters_command_line_without_running_its_main(monk
         monkeypatch.setattr(module, "main", refused)
         args = driver.chapter_args(chapter, ["--quick", "--part", "1/2"])
         assert args.chapter == chapter and args.quick and args.part == (1, 2)
-        assert not hasattr(args, "run_id") and not hasattr(args, "share")   # not started, no share taken
+        assert args.run_id is None and args.started is None and args.share is None   # not started, no share taken
 
 
 MUTATORS = {"append", "extend", "update", "clear", "pop", "popitem", "setdefault", "add", "discard", "remove",
-            "insert", "__next__"}
-# The module-level state left, and why: both belong to the process, not to one run of it.
-# session._SESSION: what the Ctrl-C / SIGTERM note says, read by a signal-watching thread that has no run to
-#   ask (main_entry resets it per command). checkpoints._LOCKS: the owner-file locks this process holds, which
-#   are the process's (an flock lives as long as its open file) and outlive the parsed args of one chapter.
-# report._ANNOUNCED: the figures whose "wrote" line this process printed (each announced once per process);
-#   the results side's, left to its redesign.
-PROCESS_STATE = {("session", "_SESSION"), ("checkpoints", "_LOCKS"), ("report", "_ANNOUNCED")}
+            "insert", "__next__", "acquire", "release"}
+# The module-level state left: none. What a command changes while it runs (the Ctrl-C note's rows and
+# checkpoint, the owner-file locks it holds, the figures it announced) lives in its session.Session, made
+# per command and passed explicitly; what describes the run is the immutable context.RunContext.
+PROCESS_STATE = set()
 
 
 def mutated_module_names(tree):
@@ -148,9 +145,9 @@ def mutated_module_names(tree):
 
 
 def test_mutated_module_names_finds_state_changed_in_place():
-    tree = ast.parse("A = {}\nB = []\nC = (1,)\nN = iter(())\ndef f():\n    A['k'] = 1\n    B.append(2)\n"
-                     "    next(N)\n    x = {}\n    x['k'] = 1\n")
-    assert mutated_module_names(tree) == {"A", "B", "N"}
+    tree = ast.parse("A = {}\nB = []\nC = (1,)\nN = iter(())\nL = Lock()\ndef f():\n    A['k'] = 1\n"
+                     "    B.append(2)\n    next(N)\n    L.acquire()\n    x = {}\n    x['k'] = 1\n")
+    assert mutated_module_names(tree) == {"A", "B", "N", "L"}
 
 
 def test_a_run_id_needs_no_counter_and_tells_apart_runs_of_one_second():
@@ -161,7 +158,38 @@ def test_a_run_id_needs_no_counter_and_tells_apart_runs_of_one_second():
     assert len(ids) == 100 and all(re.fullmatch(r"\S+ pid \d+ #[0-9a-f]{8}", i) for i in ids)
 
 
-def test_experiments_keeps_no_run_state_in_module_globals_but_the_process_state_named_here():
+def test_experiments_keeps_no_run_state_in_module_globals():
     found = {(p.stem, name) for p in (REPO / PACKAGE).glob("*.py")
              for name in mutated_module_names(ast.parse(p.read_text(), str(p)))}
     assert found == PROCESS_STATE
+
+
+def test_the_run_context_cannot_be_changed_only_replaced(tmp_path):
+    """A run's context is built once (``driver.parse_args``) and never changed:
+    setting a field or a chapter's option raises; a job's view of the run is
+    a new context (``replace``), the original left as it was."""
+    import dataclasses
+
+    import pytest
+
+    from experiments import driver
+    args = driver.chapter_args("chap6", ["--quick", "--out", str(tmp_path), "--nets", "1", "--epochs", "2"])
+    assert args.epochs == 2 and args.nets == (1,) and args.options["epochs"] == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.seed = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.nets = [0]
+    with pytest.raises(TypeError):
+        args.options["nets"] = [0]
+    view = args.replace(nets=[0, 2], unit_seeds=(5,), x64=True)
+    assert view.nets == (0, 2) and view.unit_seeds == (5,) and view.x64 and view.session is args.session
+    assert args.nets == (1,) and args.unit_seeds is None and not args.x64
+    assert getattr(args, "book_seed", None) is None   # another chapter's option: not there
+
+
+def test_book_seed_implies_x64_in_a_new_context_not_by_changing_one():
+    from experiments import book_replay, driver
+    args = driver.chapter_args("chap3", ["--only", "3.7", "--book-seed", "12345678"])
+    assert args.book_seed == 12345678 and args.x64
+    plain = driver.chapter_args("chap3", ["--only", "3.7"])
+    assert book_replay.implied(plain) is plain and not plain.x64

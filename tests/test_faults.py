@@ -25,6 +25,8 @@ checkpoint folders and writers (nndl_jax/files.py, experiments/store.py, experim
   same-second checkpoint not stale ....... test_a_checkpoint_written_in_the_second_its_row_was_recorded_is_stale
   --only 6.8 misses 6.8a's checkpoint .... test_only_a_base_row_covers_its_variants_checkpoint
   removing 3.1 removes 3.10 .............. test_removing_a_rows_checkpoints_keeps_a_row_whose_id_extends_it
+  removing 3.7 removes 3.7@book .......... test_removing_a_rows_checkpoints_keeps_another_jobs_folder_named_after_it
+  a job's sub-runs left behind ........... test_a_finished_job_removes_its_sub_runs_not_the_book_replays_state
 driver (experiments/driver.py)
   last epoch's line not printed .......... test_progress_prints_the_last_epoch_when_not_a_multiple_of_every
   --resume skips rows of other seeds ..... test_resume_reruns_a_job_recorded_with_other_seeds
@@ -85,7 +87,7 @@ import numpy as np
 import pytest
 from test_resume import SIZES, toy_data
 
-from experiments import book_replay, checkpoints, driver, merge, parts, progress, session, store
+from experiments import book_replay, checkpoints, driver, merge, parts, progress, report, session, store
 from nndl_jax import activations, costs, files, layers, network, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,16 +309,18 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def parse(chapter, out, *argv, row_ids=("5.1", "5.2")):
-    return driver.parse_args(chapter, "", ["--out", str(out), *argv], row_ids=list(row_ids))
+def parse(chapter, out, *argv, row_ids=("5.1", "5.2"), run_session=None):
+    return driver.parse_args(chapter, "", ["--out", str(out), *argv], row_ids=list(row_ids), run_session=run_session)
 
 
-def plant_checkpoint(args, job_id, rows, mtime=None):
-    """A saved checkpoint of ``job_id`` whose owner is gone."""
+def plant_checkpoint(args, job_id, rows, mtime=None, group=None):
+    """A saved checkpoint of ``job_id`` whose owner is gone (``group``: the job
+    its owner file names; None: an owner file of before owners named it)."""
     folder = checkpoints.checkpoint_dir(args, job_id)
     folder.mkdir(parents=True)
     (folder / checkpoints.CHECKPOINT_FILE).write_bytes(b"saved state")
-    (folder / checkpoints.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": rows}))
+    (folder / checkpoints.OWNER_FILE).write_text(json.dumps({"pid": DEAD_PID, "rows": rows}
+                                                            | ({"job": group} if group else {})))
     if mtime is not None:
         os.utime(folder / checkpoints.CHECKPOINT_FILE, (mtime, mtime))
     return folder
@@ -357,7 +361,7 @@ def test_claiming_a_row_rewrites_its_owner_file_whole(tmp_path, cache):
     try:
         checkpoints.claim(args, "5.1", ["5.1"])
         owner = json.loads((folder / checkpoints.OWNER_FILE).read_text())
-        assert owner == {"pid": os.getpid(), "rows": ["5.1"], "out": str(args.out)}
+        assert owner == {"pid": os.getpid(), "rows": ["5.1"], "out": str(args.out), "job": "5.1"}
     finally:
         checkpoints.remove_checkpoints(args, "5.1")
 
@@ -394,6 +398,45 @@ def test_removing_a_rows_checkpoints_keeps_a_row_whose_id_extends_it(tmp_path, c
     checkpoints.remove_checkpoints(args, "3.1")
     assert not mine.exists() and not sub.exists()
     assert (other / checkpoints.CHECKPOINT_FILE).read_bytes() == b"saved state"
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["owner-names-its-job", "owner-of-before"])
+def test_removing_a_rows_checkpoints_keeps_another_jobs_folder_named_after_it(tmp_path, cache, named):
+    """Fault: a plain ``--only 3.7 --resume``, once 3.7 is recorded, removing the
+    saved state of an interrupted book replay of 3.7 (``3.7@book``, another
+    job, not a sub-run of 3.7); 3.18's removal keeping the replay's nets
+    (``3.18@book@0.025``) too, and the replay's own removal taking them."""
+    args = parse("chap3", tmp_path / "out", row_ids=("3.7", "3.18"))
+    def plant(job_id, rows, group):
+        return plant_checkpoint(args, job_id, rows, group=group if named else None)
+    mine, sub = plant("3.7", ["3.7"], "3.7"), plant("3.7@0.25", ["3.7"], "3.7")
+    replay = plant("3.7@book", ["3.7@book"], "3.7@book")
+    replay_net = plant("3.18@book@0.025", ["3.18a@book", "3.18b@book", "3.18c@book"], "3.18@book")
+    checkpoints.remove_checkpoints(args, "3.7")
+    checkpoints.remove_checkpoints(args, "3.18")
+    assert not mine.exists() and not sub.exists()
+    for kept in (replay, replay_net):
+        assert (kept / checkpoints.CHECKPOINT_FILE).read_bytes() == b"saved state"
+    checkpoints.remove_checkpoints(args, "3.18@book")
+    assert not replay_net.exists() and replay.exists()
+
+
+def test_a_finished_job_removes_its_sub_runs_not_the_book_replays_state(tmp_path, cache):
+    """Through the row driver: job 3.7 saves a sub-run (``3.7@large``, its owner
+    naming job 3.7) and, once recorded, removes it, leaving ``3.7@book``."""
+    args = parse("chap3", tmp_path / "out", row_ids=("3.7",))
+    replay = plant_checkpoint(args, "3.7@book", ["3.7@book"], group="3.7@book")
+    seen = []
+
+    def run(a):
+        ckpt = checkpoints.row_checkpoint(a, "3.7@large", {"net": "large"})
+        seen.append(json.loads((ckpt.path.parent / checkpoints.OWNER_FILE).read_text())["job"])
+        ckpt.path.write_bytes(b"state")
+        return [report.row("3.7", "a row", None, 1.0)]
+    driver.run_jobs(args, [driver.Job("3.7", ["3.7"], run)])
+    assert seen == ["3.7"] and not checkpoints.checkpoint_dir(args, "3.7@large").exists()
+    assert (replay / checkpoints.CHECKPOINT_FILE).read_bytes() == b"saved state"
+    assert [r["id"] for r in store.read_results(tmp_path / "out")["rows"]] == ["3.7"]
 
 
 # --- the row driver: progress, --resume, seeds, Ctrl-C ------------------------------------------
@@ -435,8 +478,8 @@ def test_the_largest_seed_is_accepted_and_one_more_refused(capsys):
 def test_the_ctrl_c_resume_command_drops_restart(tmp_path, cache, capsys):
     """Fault: the command Ctrl-C's note offers keeping ``--restart`` (which
     would discard what the interrupted run saved)."""
-    def main(argv):
-        parse("chap5", tmp_path / "out", *argv)
+    def main(argv, run_session=None):
+        parse("chap5", tmp_path / "out", *argv, run_session=run_session)
         raise KeyboardInterrupt
     assert session.main_entry(main, ["--restart", "--seeds", "2"]) == 130
     command = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resume with: ")]

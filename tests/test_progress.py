@@ -86,12 +86,10 @@ def test_a_test_worker_process_finds_the_users_cache_not_the_controllers():
 
 
 def test_rows_whose_table_was_shown_before_a_long_wait_are_not_printed_again(monkeypatch, capsys, tmp_path):
-    import argparse
-
-    from experiments import report, store
+    from experiments import context, report, store
     rows = [report.row("1.1", "networks", 95.0, 94.0), report.row("1.6", "the SVM", 94.35, 94.3)]
     monkeypatch.setattr(store, "record", lambda args, rows, **kw: {"rows": rows})
-    args = argparse.Namespace(chapter="chap1", started=0.0, out=tmp_path, quick=False)
+    args = context.RunContext(chapter="chap1", started=0.0, out=tmp_path, run_id="a run")
     progress.show_table(args, rows[:1])
     driver.finish(args, rows)
     out = capsys.readouterr().out

@@ -361,7 +361,7 @@ def test_resume_with_another_only_grouping_continues_the_saved_group(tmp_path, c
 def test_a_refused_checkpoint_is_shown_one_line_per_setting_without_a_traceback(capsys):
     """Issue 24 item 4: the core names each differing setting (CheckpointError.differences);
     the command line shows one line each, with the option to pass back, or --restart."""
-    def refused(argv):
+    def refused(argv, run_session=None):
         e = train.CheckpointError("belongs to another run")
         e.path, e.differences = "/cache/5.1/state.npz", [("fit.epochs", 12, 10), ("seeds", [1, 2], [1, 3]),
                                                          ("rules", object(), "plateau")]

@@ -30,7 +30,7 @@ def planned(chapter, *only):
 def test_only_runs_what_each_table_id_needs_and_a_size_alone():
     ids, args = planned(chap3, "3.10a", "3.14@100", "3.17c")
     assert ids == ["3.10", "3.14@100", "3.17"]
-    assert args.only == ["3.10", "3.14", "3.17"] and args.asked == ["3.10a", "3.14@100", "3.17c"]
+    assert args.only == ("3.10", "3.14", "3.17") and args.asked == ("3.10a", "3.14@100", "3.17c")
     assert planned(chap3, "3.14")[0] == [f"3.14@{n}" for n in chap3.ROW["3.14"]["train_sizes"]]
     assert planned(chap3, "3.14", "3.14@100")[0] == planned(chap3, "3.14")[0]   # the whole row asked too
     assert planned(chap5, "5.8.3.2")[0] == ["5.8@3"]
@@ -44,9 +44,8 @@ def test_an_id_its_row_does_not_make_is_refused_naming_those_it_makes(capsys):
     assert e.value.code == 2 and "unknown row id 3.11 for --only" in capsys.readouterr().err
 
 
-def test_help_lists_the_rows_in_the_books_order_with_their_titles(capsys, monkeypatch):
-    monkeypatch.setitem(session._SESSION, "prog", None)
-    with pytest.raises(SystemExit):
+def test_help_lists_the_rows_in_the_books_order_with_their_titles(capsys):
+    with pytest.raises(SystemExit):   # main called without main_entry's session: the python -m command
         chap3.main(["--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m experiments.chap3 ")
@@ -66,6 +65,6 @@ def test_a_single_ensemble_net_asked_by_its_table_id_is_that_net(monkeypatch, tm
     seen = []
     monkeypatch.setattr(chap6, "run", lambda args: seen.append(args) or ([], {}))
     chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@12345680"])
-    assert seen[0].nets == [2] and seen[0].only == ["6.11"]
+    assert seen[0].nets == (2,) and seen[0].only == ("6.11",)
     with pytest.raises(session.Refusal, match="the ensemble's nets are 6.11@12345678 "):
         chap6.main(["--quick", "--out", str(tmp_path), "--only", "6.11@7"])
