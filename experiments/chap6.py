@@ -22,12 +22,14 @@ Extra options (besides the shared ones below):
   --epochs N       run every row for N epochs instead of the book's 60 / 40
   --train-size N   use the first N training images (expanded rows: their
                    5N-image expansion) instead of 50,000 / 250,000
+  --eval-size N    validate and test on the first N images of each set
+                   instead of 10,000 (the time probe's: experiments/probe.py)
   --nets I [I ...] rows 6.11/6.12: train only these of the ensemble's nets
                    (0 is seed --seed); the others are taken from --out
   --devices N      CPU devices for JAX (every chapter takes it; here the default
                    is one per core this process may run on); 1 for a lone net,
                    whose step then has both cores' threads to itself
-The first two are recorded in the JSON and printed in the table's notes, so a
+The first three are recorded in the JSON and printed in the table's notes, so a
 shortened run is never passed off as the book's setting.
 
     python -m experiments.chap6 --quick
@@ -134,6 +136,8 @@ def add_arguments(p):
                    help="epochs per row instead of the book's (default: the book's; --quick: 1)")
     p.add_argument("--train-size", type=int, default=None,
                    help="training images instead of the book's 50,000 (expanded rows: 5x this)")
+    p.add_argument("--eval-size", type=driver.positive_int, default=None,
+                   help="validation and test images instead of the book's 10,000 of each")
     p.add_argument("--nets", type=int, nargs="+", default=None, metavar="I",
                    help="rows 6.11/6.12: train only these of the ensemble's nets (0 = seed --seed, "
                         "1 = --seed + 1, ...), each recorded as row 6.11@<seed>; 6.11 and 6.12 are "
@@ -145,7 +149,7 @@ def load(args):
     progress.say_start(args)
     splits = data.load_mnist(args.data_dir)
     n_train = args.train_size or (QUICK["train_size"] if args.quick else len(splits.training.y))
-    n_eval = QUICK["eval_size"] if args.quick else None
+    n_eval = args.eval_size or (QUICK["eval_size"] if args.quick else None)
     cut = lambda d, n: data.Dataset(d.x[:n], d.y[:n])  # noqa: E731
     training = cut(splits.training, n_train)
     return training, cut(splits.validation, n_eval), cut(splits.test, n_eval)
@@ -156,14 +160,17 @@ def epochs_for(args, r):
     return args.epochs or (QUICK["epochs"] if args.quick else r["epochs"])
 
 
-def settings_note(args, r, n_train):
-    """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""."""
+def settings_note(args, r, n_train, n_eval=None):
+    """"SHORTENED: ..." when this run's epochs or data are not the book's, else ""
+    (``n_eval``: the validation and test images, None: the book's)."""
     notes, row_epochs, expanded = [], r["epochs"], r["expanded"]
     if epochs_for(args, r) != row_epochs:
         notes.append(f"{progress.plural(epochs_for(args, r), 'epoch')} (book {row_epochs})")
     book_n = 250_000 if expanded else 50_000
     if n_train != book_n:
         notes.append(f"{n_train} training images (book {book_n})")
+    if n_eval is not None and n_eval != data.N_VALIDATION:
+        notes.append(f"{n_eval} validation and test images (book {data.N_VALIDATION})")
     return "SHORTENED: " + ", ".join(notes) if notes else ""
 
 
@@ -187,7 +194,8 @@ def jobs(args, sets):
         if not (driver.wanted(args, base_id(r["id"])) or driver.wanted(args, r["id"])) or r["id"] == "6.12":
             continue
         n_train = None if training is None else len(training.y) * (5 if r["expanded"] else 1)
-        same = {"epochs": epochs_for(args, r), "train_size": n_train}
+        same = {"epochs": epochs_for(args, r), "train_size": n_train,
+                "eval_size": None if validation is None else len(validation.y)}
         if r["arch"] == "counts":  # no training: count the params of freshly initialized nets
             out.append(driver.Job("6.13", [], lambda a, r=r: parameter_count_rows(r, a.seed)))
         elif r["arch"] == "dropout":   # 6.11 and 6.12: one ensemble, its nets rows of their own
@@ -232,7 +240,8 @@ def compose(units, results, test=None, args=None):
         return compose_ensemble(units["6.11"], results, test, args)
     (row_id, nets), = units.items()
     r, first = ROW[row_id], nets[0]
-    note = settings_note(argparse.Namespace(epochs=first["epochs"], quick=first.get("quick")), r, first["train_size"])
+    note = settings_note(argparse.Namespace(epochs=first["epochs"], quick=first.get("quick")), r, first["train_size"],
+                         first.get("eval_size"))
     if row_id == "6.5":
         note = (note + "; " if note else "") + ("book: tanh trains a little faster, final "
                                                "accuracy very similar to sigmoid (6.4)")
@@ -330,7 +339,7 @@ def ensemble_units(args, r11, train_set, validation, test):
     net_layers = architecture(r11["arch"], r11["activation"], r11["n"])
     out = train_row(args, "6.11", r11, net_layers, todo, train_set, validation, test, epochs)
     preds = np.asarray(network3.predictions(net_layers, out["params"], test.x))
-    note = settings_note(args, r11, len(train_set.y))
+    note = settings_note(args, r11, len(train_set.y), len(test.y))
     rows, curves = [], {}
     for k, (s, unit) in enumerate(zip(todo, net_units(r11, out, todo, epochs, train_set))):
         per_net = {key: v for key, v in unit.items() if key not in ("validation_accuracy", "test_accuracy",
@@ -363,7 +372,7 @@ def compose_ensemble(nets, results, test=None, args=None):
     if earlier:
         common["earlier_seconds"] = earlier
     note = settings_note(argparse.Namespace(epochs=nets[0]["epochs"], quick=nets[0].get("quick")), r11,
-                         nets[0]["train_size"])
+                         nets[0]["train_size"], nets[0].get("eval_size"))
     curves = {"6.11": {key: np.stack([results["curves"][n["id"]][key] for n in nets], axis=1)
                        for key in ("validation_accuracy", "test_accuracy")}}
     row11 = report.row("6.11", r11["experiment"], r11["book"], [n["measured"] for n in nets], note=note,

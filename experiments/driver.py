@@ -151,9 +151,9 @@ def add_part_arguments(p):
     """--part I/N and --plan N (``experiments.parts``)."""
     p.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
                    help="run part I of N: the jobs (rows trained together; the ensemble's nets one by one) "
-                        "shared out over N parts by their recorded time, longest first, so the parts finish "
-                        "close together; the same in every process. Give each part its own --out and "
-                        "combine them with `nndl-jax merge`")
+                        "shared out over N parts by their expected time (probed, else recorded), longest first, "
+                        "so the parts finish close together; the same in every process. Give each part its own "
+                        "--out and combine them with `nndl-jax merge`")
     p.add_argument("--plan", type=positive_int, default=None, metavar="N",
                    help="print which jobs each of N parts would run and its expected time, then exit")
 

@@ -11,14 +11,24 @@ parts finish close together. Ties go by the units' order in the book and the
 lowest part number: the same arguments give the same plan in every process,
 on every machine.
 
-Expected seconds come from the results recorded in the checkout's
-``reproduced/chapN/results.json`` as committed (``git show HEAD:...``, so a
-part writing into ``reproduced/`` never changes the plan of a part started
-later; the files themselves where there is no git): a job's rows record
-``seconds``; rows that do not are given an equal share of what remains of
-their run's wall time; a row recorded with fewer seeds than planned is scaled
-by the number of nets. A job with no record, and every job of a --quick run,
-gets ``ESTIMATE_SECONDS``.
+Expected seconds come, for each job, from the first of:
+
+1. the time probe, ``benchmarks/probe_seconds.json`` (``experiments.probe``:
+   each job run alone for a few epochs, scaled to the book's epochs and data,
+   on the machine the file names), read as it is in the checkout (no part
+   writes it; a machine just probed plans with its own figures at once: give
+   every part the same file); a file that cannot be read as one is refused
+   (``ProbeFileError``), a missing file is skipped;
+2. the results recorded in the checkout's ``reproduced/chapN/results.json`` as
+   committed (``git show HEAD:...``, so a part writing into ``reproduced/``
+   never changes the plan of a part started later; the files themselves where
+   there is no git): a job's rows record ``seconds``; rows that do not are
+   given an equal share of what remains of their run's wall time. These runs
+   trained several jobs side by side, so they overstate a job's time alone;
+3. ``ESTIMATE_SECONDS`` (shown with "~").
+
+A figure timed with fewer seeds than planned is scaled by the number of nets.
+Every job of a --quick run gets ``QUICK_SECONDS``.
 
     python -m experiments.parts --plan 16 --all     # the whole book's wall time for N = 1, 2, 4, 8, 16
 
@@ -37,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ESTIMATE_SECONDS = 60.0     # a job with no recorded time
+PROBE_FILE = REPO / "benchmarks" / "probe_seconds.json"   # experiments.probe's: jobs timed alone
+ESTIMATE_SECONDS = 60.0     # a job with neither a probed nor a recorded time
 QUICK_SECONDS = 10.0        # every job of a --quick run
 
 
@@ -49,16 +60,22 @@ class Unit:
     job: str            # the driver's job id; "6.8a@12345679" for one seed of a job
     rows: tuple         # the table rows it records (one seed: the unit records "<row>@<seed>")
     seconds: float      # expected wall time
-    recorded: bool      # seconds from a recorded run (else an estimate)
+    recorded: bool      # seconds measured (probed or recorded), else an estimate
     order: float        # its place in the book (the tie-break)
     composes: tuple = ()  # one seed of a job: the job's own rows, composed once every seed is recorded
     seeds: tuple = ()     # the seeds it trains
     splits: bool = False  # a whole job whose seeds may be planned apart
     unit_rows: tuple = ()  # a whole job: the rows of its unit records, when not its table rows (3.10 for 3.10a-d)
+    source: str = None    # where ``seconds`` come from: "probe", "recorded" or "estimate" (None: by ``recorded``)
 
     @property
     def key(self):
         return f"{self.chapter}:{self.job}"
+
+    @property
+    def how(self):
+        """"probe", "recorded" or "estimate"."""
+        return self.source or ("recorded" if self.recorded else "estimate")
 
     @property
     def base(self):
@@ -78,6 +95,66 @@ def part_arg(text):
 
 
 # --- expected seconds ----------------------------------------------------------------------
+
+class ProbeFileError(SystemExit):
+    """A probe file that cannot be read as one: the message names it and what to do."""
+
+
+def read_probe(path=None):
+    """The probe file (``PROBE_FILE``; ``experiments.probe`` writes it) as a
+    dict, checked: its ``jobs`` {chapter: {job id: {"expected_seconds": s >= 0,
+    "seeds": n >= 1, ...}}} and ``machine``. None when there is no file; a file
+    that is not one (bad JSON, a wrong shape, a bad number) is a ``ProbeFileError``."""
+    path = Path(PROBE_FILE if path is None else path)
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        problem = _probe_problem(found)
+    except (OSError, ValueError) as e:
+        problem = f"cannot be read as JSON ({e})"
+    if problem:
+        raise ProbeFileError(f"{path}: not a probe file: {problem}. Probe again (python -m experiments.probe), "
+                             f"or remove it to plan from the recorded seconds")
+    return found
+
+
+def _probe_problem(found):
+    if not isinstance(found, dict) or not isinstance(found.get("jobs"), dict):
+        return 'no "jobs"'
+    for chapter, jobs in found["jobs"].items():
+        if not isinstance(jobs, dict):
+            return f"jobs of {chapter} are not a mapping"
+        for job, entry in jobs.items():
+            seconds = entry.get("expected_seconds") if isinstance(entry, dict) else None
+            seeds = entry.get("seeds") if isinstance(entry, dict) else None
+            if (not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds >= 0
+                    or not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+                return f"{chapter} {job}: expected_seconds must be a number >= 0 and seeds a whole number >= 1"
+    return None
+
+
+def probed_seconds(chapter, path=None):
+    """{job id: (seconds, nets it was timed with)} of ``chapter`` in the probe file ({} without one)."""
+    found = read_probe(path)
+    jobs = (found or {}).get("jobs", {}).get(chapter, {})
+    return {job: (float(e["expected_seconds"]), int(e["seeds"])) for job, e in jobs.items()}
+
+
+def shown_path(path):
+    """``path`` relative to the checkout when it lies in it ("benchmarks/probe_seconds.json")."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def probe_machine(path=None):
+    """"AMD EPYC, 2 cores, jax 0.10.2, 2026-12-07 10:00 UTC": where the probe file was measured."""
+    m = (read_probe(path) or {}).get("machine") or {}
+    return ", ".join(str(t) for t in (m.get("cpu"), m.get("cores") and f"{m['cores']} cores",
+                                      m.get("jax") and f"jax {m['jax']}", m.get("date")) if t) or "an unnamed machine"
+
 
 def recorded_results(chapter, root=REPO):
     """The committed ``reproduced/<chapter>/results.json`` of the checkout at
@@ -145,39 +222,49 @@ def _job_seeds(args, job):
     return list(job.seeds) if job.seeds is not None else [args.seed + k for k in range(args.seeds)]
 
 
-def _seed_units(chapter, job, seeds, seconds, recorded, order):
+def _seed_units(chapter, job, seeds, seconds, recorded, order, source=None):
     """One unit per seed of ``job``, each ``seconds[s]`` long."""
     return [Unit(chapter, f"{job.id}@{s}", tuple(f"{r}@{s}" for r in (job.unit_rows or job.rows)), seconds[s],
-                 recorded, order + k / (len(seeds) + 1), tuple(job.rows), (s,)) for k, s in enumerate(seeds)]
+                 recorded, order + k / (len(seeds) + 1), tuple(job.rows), (s,), source=source)
+            for k, s in enumerate(seeds)]
 
 
-def chapter_units(chapter, args, all_jobs, jobs, results, start=0):
+def chapter_units(chapter, args, all_jobs, jobs, results, start=0, probed=None):
     """The units of ``jobs`` (the chapter's jobs asked for), timed from
-    ``results`` through ``all_jobs`` (every job of the chapter, so a run's
-    wall time is shared as it was spent): a job whose seeds train apart
-    (the ensemble) seed by seed, every other job whole (``split`` gives out
-    the seeds of those that are too long for N parts)."""
+    ``probed`` ({job id: (seconds, nets)}: the probe file's, `probed_seconds`)
+    where it has the job, else from ``results`` through ``all_jobs`` (every
+    job of the chapter, so a run's wall time is shared as it was spent), else
+    estimated: a job whose seeds train apart (the ensemble) seed by seed,
+    every other job whole (``split`` gives out the seeds of those that are too
+    long for N parts)."""
     quick = bool(getattr(args, "quick", False))
     timed = {} if quick else job_seconds(all_jobs, results)
+    probed = {} if quick or probed is None else probed
     units = []
     for job in jobs:
         seeds, order = _job_seeds(args, job), start + len(units)
         if job.seeds_apart:
             nets = getattr(args, "nets", None)
             mine = [seeds[i] for i in sorted(set(nets)) if 0 <= i < len(seeds)] if nets else seeds
+            if job.id in probed:   # a net alone
+                seconds, timed_nets = probed[job.id]
+                units += _seed_units(chapter, job, mine, dict.fromkeys(mine, seconds / max(timed_nets, 1)), True,
+                                     order, "probe")
+                continue
             each = {} if quick else seed_seconds(job, results)
             mean = sum(each.values()) / len(each) if each else None
             got = {s: QUICK_SECONDS if quick else each.get(s, mean) for s in mine}
             units += _seed_units(chapter, job, mine, {s: ESTIMATE_SECONDS if v is None else v for s, v in got.items()},
                                  bool(each) and not quick, order)
             continue
-        if job.id in timed:
-            seconds, timed_nets = timed[job.id]
+        source = "probe" if job.id in probed else "recorded" if job.id in timed else "estimate"
+        if source != "estimate":
+            seconds, timed_nets = (probed if source == "probe" else timed)[job.id]
             seconds *= len(seeds) / max(timed_nets, 1)
         else:
             seconds = QUICK_SECONDS if quick else ESTIMATE_SECONDS
-        units.append(Unit(chapter, job.id, tuple(job.rows), seconds, job.id in timed, order, (), tuple(seeds),
-                          job.compose is not None and len(seeds) > 1, tuple(job.unit_rows or ())))
+        units.append(Unit(chapter, job.id, tuple(job.rows), seconds, source != "estimate", order, (), tuple(seeds),
+                          job.compose is not None and len(seeds) > 1, tuple(job.unit_rows or ()), source))
     return units
 
 
@@ -192,7 +279,7 @@ def split(units, n):
         if u.splits and u.seconds > fair:
             each = {s: u.seconds / len(u.seeds) for s in u.seeds}
             out += _seed_units(u.chapter, _AsJob(u.job, list(u.rows), list(u.unit_rows) or None), list(u.seeds), each,
-                               u.recorded, u.order)
+                               u.recorded, u.order, u.source)
         else:
             out.append(u)
     return out
@@ -244,12 +331,30 @@ def expected_seconds(part):
     return sum(u.seconds for u in part)
 
 
+def sources_text(units, shown=6):
+    """Where the units' expected times come from, in a few words: the probe
+    (its machine), recorded runs (naming them when few), "~": estimates."""
+    probe = [u for u in units if u.how == "probe"]
+    recorded = [u for u in units if u.how == "recorded"]
+    said = []
+    if probe:
+        said.append(f"{'' if len(probe) == len(units) else f'{len(probe)} '}measured alone by the probe "
+                    f"({shown_path(PROBE_FILE)}: {probe_machine()})")
+    if recorded:
+        names = ", ".join(f"{u.chapter} {u.job}" for u in recorded[:shown]) + (
+            f" and {len(recorded) - shown} more" if len(recorded) > shown else "")
+        said.append(f"{'' if len(recorded) == len(units) else f'{len(recorded)} '}from recorded runs "
+                    f"(reproduced/*/results.json, jobs side by side: they overstate)"
+                    + (f": {names}" if probe else ""))
+    return "expected times " + "; ".join(said or ["estimated"]) + "; ~ an estimate"
+
+
 def plan_text(parts, *, what):
     """The plan as lines: each part's expected wall time and its units."""
     from experiments.report import duration
     units = [u for p in parts for u in p]
     lines = [f"{what}: {len(units)} units over {len(parts)} parts, longest first onto the least-loaded part "
-             f"(expected times from reproduced/*/results.json; ~ an estimate). Plan {digest(parts)}."]
+             f"({sources_text(units)}). Plan {digest(parts)}."]
     for i, p in enumerate(parts, 1):
         shown = ", ".join(f"{u.chapter} {u.job} ({'~' * (not u.recorded)}{duration(u.seconds)})" for u in p)
         lines.append(f"part {i}/{len(parts)}: {duration(expected_seconds(p))} — {shown or 'nothing'}")
@@ -264,8 +369,9 @@ def plan_text(parts, *, what):
         held = ", ".join(f"{k} ({c} seed{'s' * (c > 1)})" for k, c in zip(where, counts))
         lines.append(f"{chapter} {job}: its {len(seeds)} seeds are held apart, in parts {held}: {len(where)} "
                      f"programs instead of one, each part loading the data and compiling on its own; a seed is "
-                     f"planned at its share of the side-by-side run ({duration(seeds[0].seconds)}), and one "
-                     f"trained alone may take up to 1.6x that (it loses the side-by-side speed-up); merge "
+                     f"planned at its share of the side-by-side run, or at its own time where the probe timed "
+                     f"a net alone ({duration(seeds[0].seconds)}), and a share trained alone may take up to 1.6x "
+                     f"that (it loses the side-by-side speed-up); merge "
                      f"composes {', '.join(seeds[0].composes)} from the parts' seeds")
     return "\n".join(lines)
 
@@ -294,10 +400,12 @@ def chapter_plan(chapter, args, planned_jobs, n):
 
 def _units(chapter, args, planned_jobs, start):
     """A chapter's units, listed as a fresh run lists them (no --resume: a
-    resumed run's saved groups must not change the plan)."""
+    resumed run's saved groups must not change the plan), timed by the probe
+    file, else the recorded results."""
     fresh = args.replace(resume=False)   # the run context (``context.RunContext``) as a fresh run sees it
     every = planned_jobs(fresh.replace(only=None))
-    return chapter_units(chapter, fresh, every, planned_jobs(fresh), recorded_results(chapter), start=start)
+    return chapter_units(chapter, fresh, every, planned_jobs(fresh), recorded_results(chapter), start=start,
+                         probed=probed_seconds(chapter))
 
 
 def book_plan(chapter_args, planned, n):

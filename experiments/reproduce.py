@@ -1,7 +1,7 @@
 """The whole book in one command, and its report.
 
     nndl-jax reproduce [--quick] [--only 1 3 ...] [--resume | --restart] [--out DIR]
-                       [--seeds N] [--data-dir D] [--part I/N | --plan N]
+                       [--seeds N] [--data-dir D] [--part I/N | --plan N | --probe]
     nndl-jax report [--out DIR] [--readme]
 
 ``reproduce`` runs chapters 1, 3, 4, 5 and 6, one after another in this
@@ -15,7 +15,9 @@ settings, seeds, wall times, machines and the figures. ``OUT`` is
 ``--part I/N`` runs part I of the whole book planned over N parts
 (``experiments.parts``: every chapter's jobs, longest first onto the
 least-loaded part); ``--plan N`` prints that plan and exits. Combine the
-parts' folders with ``nndl-jax merge`` (``experiments.merge``).
+parts' folders with ``nndl-jax merge`` (``experiments.merge``). ``--probe``
+times every job of the chapters alone, briefly (``experiments.probe``), into
+``benchmarks/probe_seconds.json``, the plan's expected seconds.
 
 ``report`` writes REPORT.md again from the results already in ``OUT``
 (nothing is trained); with ``--readme`` it also rewrites the README's results
@@ -64,20 +66,17 @@ def parse_args(argv=None, run_session=None):
     p.add_argument("--devices", type=driver.positive_int, default=None, metavar="N",
                    help="CPU devices for JAX, set before JAX starts (default: one per core for chapter 6)")
     driver.add_process_arguments(p)
-    farm = p.add_mutually_exclusive_group()
-    farm.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
-                      help="run part I of N of the whole book: every chapter's jobs (the ensemble's nets one "
-                           "by one) shared out by their recorded time, longest first onto the least-loaded "
-                           "part, the same in every process; give each part its own --out, then "
-                           "`nndl-jax merge`")
-    farm.add_argument("--plan", type=driver.positive_int, default=None, metavar="N",
-                      help="print which jobs each of N parts would run and its expected time, then exit")
+    add_farm_arguments(p)
     parsed = p.parse_args(argv)
+    only = [c for c in CHAPTERS if c in parsed.only]
+    if parsed.probe:
+        from experiments import probe
+        raise SystemExit(probe.main(["--chapters", *only] + (["--seeds", str(parsed.seeds)] if parsed.seeds else [])
+                                    + (["--data-dir", str(parsed.data_dir)] if parsed.data_dir else [])))
     given = list(sys.argv[1:] if argv is None else argv)
     args = context.from_namespace(parsed, chapter="reproduce", prog=p.prog, argv=given,
                                   out=parsed.out or (QUICK_OUT if parsed.quick else FULL_OUT),
-                                  only=[c for c in CHAPTERS if c in parsed.only],
-                                  session=run_session or session.Session())
+                                  only=only, session=run_session or session.Session())
     if args.plan is not None:
         print(parts.plan_text(book_plan(args, args.plan), what=f"nndl-jax reproduce --plan {args.plan}"))
         raise SystemExit(0)
@@ -97,6 +96,21 @@ def parse_args(argv=None, run_session=None):
     args.session.set_resume_command("nndl-jax reproduce " + shlex.join(
         [a for a in given if a not in ("--resume", "--restart")] + ["--resume"]))
     return args
+
+
+def add_farm_arguments(p):
+    """--part I/N, --plan N and --probe: the book over several machines, and the times it is planned by."""
+    farm = p.add_mutually_exclusive_group()
+    farm.add_argument("--part", type=parts.part_arg, default=None, metavar="I/N",
+                      help="run part I of N of the whole book: every chapter's jobs (the ensemble's nets one "
+                           "by one) shared out by their expected time (probed, else recorded), longest first "
+                           "onto the least-loaded part, the same in every process; give each part its own "
+                           "--out, then `nndl-jax merge`")
+    farm.add_argument("--plan", type=driver.positive_int, default=None, metavar="N",
+                      help="print which jobs each of N parts would run and its expected time, then exit")
+    farm.add_argument("--probe", action="store_true",
+                      help="time every job of these chapters alone, briefly (experiments.probe: minutes), write "
+                           "benchmarks/probe_seconds.json, whose seconds --plan and --part then use, and exit")
 
 
 def book_plan(args, n):
@@ -135,6 +149,8 @@ def book_table(ns, quick=False, seeds=(None, 1)):
         top = sorted(units, key=lambda u: (-u.seconds, u.order))[:8]
         lines += ["", f"Compute ({name}): {duration(sum(u.seconds for u in units))}; longest jobs: " + ", ".join(
             f"{u.chapter} {u.job} {duration(u.seconds)}" + ("" if u.recorded else " (estimate)") for u in top)]
+    said = parts.sources_text([u for p in plan_for(1, seeds[0]) for u in p])
+    lines += ["", said[0].upper() + said[1:] + "."]
     return lines
 
 

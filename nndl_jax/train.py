@@ -45,7 +45,7 @@ import optax
 # Names that moved to their own modules (checks, rules, scoring, seeds, compile_cache) stay
 # importable from here as before (the experiments and benchmarks use them as ``train.<name>``).
 from nndl_jax import costs as costs_mod
-from nndl_jax import devices, distributed, files
+from nndl_jax import devices, distributed, files, fit_watch
 from nndl_jax.checkpoint import Checkpoint, CheckpointError, fingerprint  # noqa: F401
 from nndl_jax.checks import (  # noqa: F401
     check_evaluation,
@@ -58,6 +58,7 @@ from nndl_jax.checks import (  # noqa: F401
     positive_int,
 )
 from nndl_jax.compile_cache import COMPILATION_CACHE_ENV, compilation_cache_dir, use_compilation_cache  # noqa: F401
+from nndl_jax.fit_watch import watch_fits  # noqa: F401
 from nndl_jax.rules import Rule, early_stopping, plateau_schedule  # noqa: F401
 from nndl_jax.scoring import best_validation, plurality_vote  # noqa: F401
 from nndl_jax.seeds import SEED_LIMIT, check_seed, seed_keys  # noqa: F401
@@ -538,9 +539,11 @@ def placed_state(state, layout):
     return state.with_nets(layout.place(state.nets))
 
 
-def train_epoch(trainer, run, state, orders):
+def train_epoch(trainer, run, state, orders, watched=None):
     """One epoch of every active net: ``(state, record)``, the record holding
-    the epoch's metrics on every evaluation set ([K] NumPy arrays)."""
+    the epoch's metrics on every evaluation set ([K] NumPy arrays); ``watched``
+    (a ``fit_watch.WatchedFit``, or None): told how long the steps and each
+    evaluation took."""
     e = int(state.epoch)
     keys = jax.random.wrap_key_data(state.keys)
     epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
@@ -550,13 +553,21 @@ def train_epoch(trainer, run, state, orders):
         order = run.layout.place(np.asarray(order, np.int32))
     eta = devices.to_host(get_eta(state.opt_state))[:run.k]  # read before the epoch donates the state
     active = run.layout.put(np.resize(state.active, run.layout.k_all))
+    started = time.perf_counter()
     params, opt_state = trainer.epoch(state.params, state.opt_state, run.x, run.y, epoch_keys, run.c,
                                       active, e, order)
+    if watched is not None:   # a watch times the steps and each evaluation apart
+        jax.block_until_ready(params)
+        watched.train.append(time.perf_counter() - started)
+        watched.evaluate.append({})
     record = {"epoch": e, "eta": eta}
     for name, (ex, ey) in run.sets.items():
+        started = time.perf_counter()
         correct, cost = trainer.evaluate(params, ex, ey, run.lmbda)
         record[f"{name}_accuracy"] = devices.to_host(correct)[:run.k]
         record[f"{name}_cost"] = devices.to_host(cost)[:run.k]
+        if watched is not None:
+            watched.evaluate[-1][name] = time.perf_counter() - started
     record["finite"] = devices.to_host(_all_finite(params))[:run.k]
     return state._replace(params=params, opt_state=opt_state), record
 
@@ -638,8 +649,12 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
     The K axis is padded to a multiple of the devices (``devices.Layout``:
     copies of the last net, trained and dropped) and sharded over them.
     """
+    called = time.perf_counter()
     run = prepare_run(params, training_data, epochs, eta=eta, lmbda=lmbda, n_penalty=n_penalty,
                       evaluation=evaluation, rules=rules, k_mode=trainer.k_mode)
+    watched = fit_watch.watching(epochs=run.epochs, nets=run.k, examples=int(run.x.shape[0]),
+                                 evaluation={name: int(d[0].shape[0]) for name, d in run.sets.items()},
+                                 rules=[rule.spec for rule in run.rules], started=called)
     check_labels(trainer.apply, params, {"the training data": (run.x, run.y)}
                  | {f"evaluation set {name!r}": d for name, d in run.sets.items()})
     state = initial_state(trainer, params, key, run)
@@ -649,7 +664,7 @@ def fit(trainer, params, training_data, epochs, *, key, eta, lmbda=0.0, n_penalt
         state, events = resumed_or_fresh(checkpoint, state, identity, run.epochs)
     resumed_epochs = int(state.epoch)
     state, events = run_epochs(trainer, run, placed_state(state, run.layout), events, orders, on_epoch,
-                               checkpoint, identity)
+                               checkpoint, identity, watched)
     history = History(metrics=history_metrics(state.metrics), eta=list(state.eta),
                       seconds=list(state.seconds), resumed_epochs=resumed_epochs,
                       stopped_at=np.asarray(state.stopped_at), diverged_at=np.asarray(state.diverged_at),
@@ -674,15 +689,16 @@ def resumed_or_fresh(checkpoint, state, identity, epochs):
                     "epochs": epochs}]
 
 
-def run_epochs(trainer, run, state, events, orders, on_epoch, checkpoint, identity):
+def run_epochs(trainer, run, state, events, orders, on_epoch, checkpoint, identity, watched=None):
     """The loop: epochs until ``run.epochs`` or no net is active, each one
     trained, booked (``after_epoch``), saved to ``checkpoint`` and handed to
     ``on_epoch``. ``events`` (a resume's) go into the first record. Returns
-    ``(state, every event)``."""
+    ``(state, every event)``. ``watched`` (``fit_watch``): each epoch's time
+    recorded, and the loop ended early when a watch has had enough."""
     pending, all_events = events, []
     while int(state.epoch) < run.epochs and state.active.any():
         e, started = int(state.epoch), time.perf_counter()
-        state, record = train_epoch(trainer, run, state, orders)
+        state, record = train_epoch(trainer, run, state, orders, watched)
         record["events"], pending = pending, []
         state, record = after_epoch(state, record, run, time.perf_counter() - started)
         all_events += record["events"]
@@ -692,6 +708,11 @@ def run_epochs(trainer, run, state, events, orders, on_epoch, checkpoint, identi
                 checkpoint.save(saved, identity, int(state.epoch))
         if on_epoch is not None:
             on_epoch(e, EpochRecord(record, partial(run.layout.gathered, state.params)))
+        if watched is not None:
+            watched.epoch_ended()
+            if fit_watch.had_enough(watched):
+                watched.ended_early = int(state.epoch) < run.epochs and bool(state.active.any())
+                break
     return state, all_events + pending   # pending: a resumed run that had nothing left to do
 
 

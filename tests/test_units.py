@@ -136,8 +136,10 @@ def test_checked_plan_allows_n_up_to_the_most_units_and_no_more():
 
 # --- the planner's numbers for the whole book (issue 30 item 2) ----------------------------
 
-def test_the_books_plan_for_16_and_8_machines_from_the_recorded_seconds():
-    """--plan 16 at most 4 h 30 min, --plan 8 within 1.15 of the one-machine total / 8."""
+def test_the_books_plan_for_16_and_8_machines_from_the_recorded_seconds(tmp_path, monkeypatch):
+    """--plan 16 at most 4 h 30 min, --plan 8 within 1.15 of the one-machine total / 8, from the
+    recorded seconds alone (no probe file: benchmarks/probe_seconds.json's are tested in test_probe)."""
+    monkeypatch.setattr(parts, "PROBE_FILE", tmp_path / "no-probe.json")
     args = argparse.Namespace(out=Path("unused"), quick=False, resume=False, restart=False, seeds=None,
                               data_dir=None, devices=None, part=None, only=list(reproduce.CHAPTERS))
     one = parts.expected_seconds(reproduce.book_plan(args, 1)[0])
