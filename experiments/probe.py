@@ -359,7 +359,10 @@ def written(found, out, command):
             "probe_seconds": found["seconds"], "loads": loads | found["loads"], "jobs": jobs}
 
 
-def main(argv=None):
+def main(argv=None, run_session=None):
+    """The probe's command line (``session.main_entry``'s protocol: ``run_session``
+    is the command's session, which each probed job does not share: every job
+    runs as its own chapter command, with a session of its own)."""
     p = argparse.ArgumentParser(prog="python -m experiments.probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chapters", nargs="+", default=list(GROUPS), choices=list(GROUPS), metavar="CHAPTER",
