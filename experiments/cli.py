@@ -66,7 +66,8 @@ def _add_run(sub):
     for name in experiment_names():
         sub.add_parser(name, add_help=False, help=f"python -m experiments.{name} (nndl-jax {name} --help)")
     sub.add_parser("reproduce", add_help=False,
-                   help="every chapter (1, 3, 4, 5, 6; ~52 h on a 2-core CPU, ~21.5 h with --seeds 1: --plan 1), "
+                   help="every chapter (1, 3, 4, 5, 6; about 25 h on a quiet 2-core CPU, 11.5 h with --seeds 1: "
+                        "--plan 1), "
                         "then one report (nndl-jax reproduce --help)")
     sub.add_parser("report", add_help=False,
                    help="the report of results already written, training nothing: report --out results "
